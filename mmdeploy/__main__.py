@@ -1,0 +1,3 @@
+from mmdeploy.cli import main
+
+main()

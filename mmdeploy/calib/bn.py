@@ -1,0 +1,143 @@
+"""Exact BatchNorm statistics per input size, for many sizes in one pass over decoded images.
+
+As in the reference code's ``--calibrate-bn``, the model runs in train mode (BN normalizes
+with batch statistics) under ``no_grad``, with every other layer in eval mode. Unlike
+``momentum=None``, which weighs each *batch* equally, every activation weighs the same:
+per layer and channel we keep the count, sum and sum of squares in float64, built from each
+batch's own mean and unbiased variance. Those we read for free: with ``momentum=1.0`` a
+train-mode BN leaves exactly its batch mean and unbiased batch variance in its running
+buffers. Sums merge by addition, so shards from several processes all-reduce to the same
+result as one process, as long as each batch is whole on one rank.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmdeploy.data import Preprocess, to_input
+
+
+@dataclass
+class BNSums:
+    """Per-channel count, sum and sum of squares of one BN layer's input (float64)."""
+
+    count: float
+    sum: torch.Tensor
+    sumsq: torch.Tensor
+
+    def add_batch(self, n: int, mean: torch.Tensor, var_unbiased: torch.Tensor) -> None:
+        mean = mean.double()
+        self.count += n
+        self.sum += n * mean
+        self.sumsq += (n - 1) * var_unbiased.double() + n * mean * mean
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.count
+        mean = self.sum / n
+        var = (self.sumsq - n * mean * mean) / max(n - 1, 1)
+        return mean, var.clamp_min(0)
+
+
+def bn_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
+    """The BN layers whose running statistics calibration sets."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+def plan_batches(n_available: int, batch_size: int, batches: int, seed: int) -> list[list[int]]:
+    """Which images make up each calibration batch: a seeded permutation, cut into batches.
+
+    Uses ``min(batches * batch_size, n_available)`` images. A last batch of a single image
+    joins the one before it (a train-mode BN cannot take one value per channel).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n = min(batches * batch_size, n_available)
+    order = torch.randperm(n_available, generator=gen)[:n].tolist()
+    plan = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(plan) > 1 and len(plan[-1]) == 1:
+        plan[-2] += plan.pop()
+    return plan
+
+
+def augment_generator(seed: int, size: int, batch_index: int) -> torch.Generator:
+    """One generator per (seed, size, batch): results do not depend on other sizes or ranks."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + size * 10_007 + batch_index) % (2**63))
+
+
+@torch.no_grad()
+def calibrate_bn(
+    model: nn.Module,
+    images: torch.Tensor,
+    batches: list[tuple[int, torch.Tensor]],
+    sizes: list[int],
+    preprocess: Preprocess,
+    augment: bool = True,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress=None,
+) -> dict[int, dict[str, BNSums]]:
+    """Accumulate exact BN input statistics for every size.
+
+    ``images`` is uint8 [N,3,R,R]; ``batches`` lists (global batch index, positions in
+    ``images``); the global index seeds the augmentation. The model's state is left as it
+    was. Returns, per size, per BN layer name, the sums (all-reducible).
+    """
+    layers = bn_layers(model)
+    if not layers:
+        warnings.warn("the model has no BatchNorm layers: calibration changes nothing", stacklevel=2)
+        return {s: {} for s in sizes}
+    saved_training = {m: m.training for m in model.modules()}
+    saved = {name: (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for name, m in layers}
+    counts: dict[str, int] = {}
+    hooks = [m.register_forward_hook(_count_hook(name, counts)) for name, m in layers]
+    sums = {s: {name: BNSums(0.0, torch.zeros(m.num_features, dtype=torch.float64), torch.zeros(m.num_features, dtype=torch.float64)) for name, m in layers} for s in sizes}
+    try:
+        model.eval()
+        for _, m in layers:
+            m.train()
+            m.momentum = 1.0  # running stats := this batch's mean and unbiased variance
+        for batch_index, positions in batches:
+            batch = images[positions]
+            for size in sizes:
+                gen = augment_generator(seed, size, batch_index) if augment else None
+                model(to_input(batch, size, preprocess, gen).to(device, non_blocking=True))
+                for name, m in layers:
+                    sums[size][name].add_batch(counts[name], m.running_mean.cpu(), m.running_var.cpu())
+                if progress is not None:
+                    progress(1)
+    finally:
+        for h in hooks:
+            h.remove()
+        for name, m in layers:
+            momentum, mean, var, nbt = saved[name]
+            m.momentum = momentum
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(nbt)
+        for m, was_training in saved_training.items():
+            m.train(was_training)
+    return sums
+
+
+def _count_hook(name: str, counts: dict):
+    def hook(module, inputs, output):
+        x = inputs[0]
+        counts[name] = x.numel() // x.shape[1]
+
+    return hook
+
+
+def finalize_bn_state(model: nn.Module, sums: dict[str, BNSums], batches: int) -> dict[str, torch.Tensor]:
+    """The model's full state_dict with these BN statistics in place (float32 buffers)."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for name, s in sums.items():
+        mean, var = s.mean_var()
+        ref = state[f"{name}.running_mean"]
+        state[f"{name}.running_mean"] = mean.to(ref.dtype)
+        state[f"{name}.running_var"] = var.to(ref.dtype)
+        state[f"{name}.num_batches_tracked"] = torch.tensor(batches, dtype=torch.long)
+    return state

@@ -1,0 +1,222 @@
+"""``mmdeploy calibrate``: checkpoint + image folder -> bundle with per-size calibrated weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mmdeploy import distributed as dist
+from mmdeploy.bundle import Bundle, check_writable_dir, publish_staged, save_safetensors, staged_bundle_dir
+from mmdeploy.calib.bn import BNSums, bn_layers, calibrate_bn, finalize_bn_state, plan_batches
+from mmdeploy.data import Preprocess, decode_images, scan_image_folder, store_resolution
+from mmdeploy.errors import MMDeployError
+from mmdeploy.models import LoadedCheckpoint, arch_info, load_checkpoint
+from mmdeploy.progress import Progress
+
+DEFAULT_TRAINING_SIZE = {"cifar": 32, "imagenet": 224}
+
+
+@dataclass
+class CalibrationSummary:
+    bundle: Path
+    sizes: list[int]
+    reused: list[int]
+    images: int
+    skipped: int
+    bn_layers: int
+    records: dict[int, dict] = field(default_factory=dict)
+
+
+def validate_sizes(sizes: list, arch: str, model: torch.nn.Module | None = None) -> list[int]:
+    """Sizes must be positive integers the network can take; the error names the smallest that works."""
+    if not sizes:
+        raise MMDeployError("no --size given", "pass one or more, e.g. --size 16 --size 24")
+    out = []
+    for s in sizes:
+        try:
+            value = int(str(s))
+        except ValueError:
+            raise MMDeployError(f"size {s!r} is not an integer", "sizes are input sides in pixels, e.g. --size 24") from None
+        if value <= 0:
+            raise MMDeployError(f"size {value} is not a positive integer", "sizes are input sides in pixels, e.g. --size 24")
+        out.append(value)
+    smallest = arch_info(arch).min_size if ":" not in arch else smallest_working_size(model)
+    too_small = [s for s in out if s < smallest]
+    if too_small:
+        raise MMDeployError(f"size {too_small[0]} is too small for {arch}: the smallest size that works is {smallest}", f"use --size {smallest} or larger")
+    return sorted(set(out))
+
+
+def smallest_working_size(model: torch.nn.Module | None, limit: int = 1024) -> int:
+    """Probe a user architecture for the smallest input side its forward pass accepts."""
+    if model is None:
+        return 1
+
+    def ok(s: int) -> bool:
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, 3, s, s))
+            return True
+        except Exception:  # any failure means "this size does not work"
+            return False
+
+    if ok(1):
+        return 1
+    hi = 2
+    while hi <= limit and not ok(hi):
+        hi *= 2
+    lo = hi // 2
+    while lo + 1 < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
+def resolve_preprocess(ckpt: LoadedCheckpoint, kind: str | None = None, mean=None, std=None) -> Preprocess:
+    card = ckpt.meta.get("mmdeploy", {}).get("preprocess", {}) if isinstance(ckpt.meta.get("mmdeploy"), dict) else {}
+    base = Preprocess(card.get("kind", ckpt.dataset), *(tuple(card[k]) for k in ("mean", "std") if k in card))
+    return Preprocess(kind or base.kind, tuple(mean) if mean else base.mean, tuple(std) if std else base.std)
+
+
+def _calibration_key(ckpt_sha: str, data_key: str, size: int, settings: dict) -> str:
+    blob = json.dumps({"ckpt": ckpt_sha, "data": data_key, "size": size, **settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def calibrate_to_bundle(
+    checkpoint: str | Path,
+    sizes: list,
+    data: str | Path,
+    out: str | Path,
+    batches: int = 200,
+    batch_size: int = 64,
+    augment: bool = True,
+    seed: int = 0,
+    arch: str | None = None,
+    dataset: str | None = None,
+    preprocess: str | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    training_size: int | None = None,
+    allow_pickle: bool = False,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> CalibrationSummary:
+    progress = progress or Progress()
+    out = Path(out)
+    if batches <= 0 or batch_size <= 1:
+        raise MMDeployError("--batches must be >= 1 and --batch-size >= 2", "BN statistics need at least two images per batch")
+    ckpt = load_checkpoint(checkpoint, arch=arch, dataset=dataset, allow_pickle=allow_pickle)
+    model = ckpt.build()
+    sizes = validate_sizes(sizes, ckpt.arch, model)
+    pre = resolve_preprocess(ckpt, preprocess, mean, std)
+    check_writable_dir(out)
+    folder = scan_image_folder(data)
+    settings = {"batches": batches, "batch_size": batch_size, "augment": augment, "seed": seed, "preprocess": pre.to_dict(), "method": "exact-sums-v1"}
+    data_key = folder.fingerprint()
+    keys = {s: _calibration_key(ckpt.sha256, data_key, s, settings) for s in sizes}
+
+    existing = Bundle.open(out) if Bundle.is_bundle(out) else None
+    if existing is not None and existing.manifest["source"].get("sha256") != ckpt.sha256:
+        existing = None  # another checkpoint: start over (the new bundle replaces the old files)
+    reused = [s for s in sizes if existing is not None and existing.manifest["sizes"].get(str(s), {}).get("calibration", {}).get("key") == keys[s]
+              and existing.path(existing.manifest["sizes"][str(s)]["weights"]).exists()]
+    todo = [s for s in sizes if s not in reused]
+
+    plan = plan_batches(len(folder), batch_size, batches, seed)
+    mine = [(i, b) for i, b in enumerate(plan) if i % dist.world_size() == dist.rank()]
+    n_layers = len(bn_layers(model))
+    if n_layers == 0:
+        warnings.warn(f"{ckpt.arch} has no BatchNorm layers: calibration is a no-op, weights are copied as they are", stacklevel=2)
+    skipped: list[str] = []
+    sums: dict[int, dict[str, BNSums]] = {s: {} for s in todo}
+    images_used = 0
+    if todo and n_layers:
+        wanted = sorted({i for _, b in mine for i in b})
+        store = store_resolution(folder, pre.kind, todo)
+        with progress.task(f"decoding {len(wanted)} images", len(wanted)) as advance:
+            decoded = decode_images(folder, wanted, pre.kind, store, progress=advance) if wanted else None
+        skipped = decoded.skipped if decoded else []
+        # Map file indices to rows of the decoded tensor (skipped files drop out of their batch).
+        ok_files = [i for i in wanted if not any(s.startswith(f"{folder.files[i]}:") for s in skipped)] if skipped else wanted
+        row = {f: r for r, f in enumerate(ok_files)}
+        batches_rows = [(bi, torch.tensor([row[i] for i in b if i in row], dtype=torch.long)) for bi, b in mine]
+        batches_rows = [(bi, r) for bi, r in batches_rows if len(r) >= 2]
+        images_used = sum(len(r) for _, r in batches_rows)
+        model.to(device)
+        with progress.task(f"calibrating BN at sizes {', '.join(map(str, todo))}", len(batches_rows) * len(todo)) as advance:
+            sums = calibrate_bn(model, decoded.images if decoded else torch.empty(0), batches_rows, todo, pre, augment, seed, device, advance)
+        model.cpu()
+        sums = _all_reduce_sums(sums, model)
+        images_used = int(dist.all_reduce_sum(torch.tensor([images_used], dtype=torch.float64)).item())
+        if images_used < 2:
+            raise MMDeployError(f"only {images_used} readable calibration images in {folder.root}", "give --data a folder with more images")
+
+    summary = CalibrationSummary(out, sizes, reused, images_used, len(skipped), n_layers)
+    if not dist.is_main():
+        dist.barrier()
+        return summary
+    try:
+        _write_bundle(out, existing, ckpt, model, pre, training_size, todo, sums, keys, settings, data_key, folder, plan, images_used, len(skipped), summary)
+    finally:
+        dist.barrier()
+    return summary
+
+
+def _all_reduce_sums(sums: dict[int, dict[str, BNSums]], model) -> dict[int, dict[str, BNSums]]:
+    """Add every rank's sums (one flat float64 tensor); exact because batches are whole per rank."""
+    if not dist.active():
+        return sums
+    names = [n for n, _ in bn_layers(model)]
+    flat = torch.cat([torch.cat([torch.tensor([sums[s][n].count], dtype=torch.float64), sums[s][n].sum, sums[s][n].sumsq]) for s in sorted(sums) for n in names])
+    flat = dist.all_reduce_sum(flat)
+    out, pos = {}, 0
+    for s in sorted(sums):
+        out[s] = {}
+        for n in names:
+            c = sums[s][n].sum.numel()
+            out[s][n] = BNSums(flat[pos].item(), flat[pos + 1 : pos + 1 + c].clone(), flat[pos + 1 + c : pos + 1 + 2 * c].clone())
+            pos += 1 + 2 * c
+    return out
+
+
+def _write_bundle(out, existing, ckpt, model, pre, training_size, todo, sums, keys, settings, data_key, folder, plan, images_used, n_skipped, summary):
+    stage = staged_bundle_dir(out)
+    try:
+        if existing is None:
+            source = {
+                "path": str(Path(ckpt.path).resolve()), "sha256": ckpt.sha256, "format": ckpt.format, "arch": ckpt.arch,
+                "arch_kwargs": ckpt.arch_kwargs, "config": {k: v for k, v in ckpt.config.items() if isinstance(v, (str, int, float, bool, list))},
+                "weights": "source/weights.safetensors",
+            }
+            bundle = Bundle.create(stage, source, pre.to_dict(), training_size or _training_size(ckpt))
+            save_safetensors(stage / "source/weights.safetensors", dict(ckpt.state_dict), {"arch": ckpt.arch})
+        else:
+            bundle = Bundle(stage, json.loads(json.dumps(existing.manifest)))
+        for s in todo:
+            state = finalize_bn_state(model, sums[s], len(plan)) if sums.get(s) else {k: v.clone() for k, v in model.state_dict().items()}
+            rel = f"sizes/{s}/weights.safetensors"
+            save_safetensors(stage / rel, state, {"arch": ckpt.arch, "size": str(s)})
+            record = {"key": keys[s], **settings, "images": images_used, "batches_used": len(plan), "skipped_files": n_skipped,
+                      "data": str(folder.root), "data_fingerprint": data_key}
+            entry = {"weights": rel, "calibration": record, "artifacts": {}, "metrics": {}}
+            bundle.manifest["sizes"][str(s)] = entry  # new stats invalidate this size's old artifacts and metrics
+            summary.records[s] = record
+        bundle.save()
+        publish_staged(stage, out)
+    except OSError as exc:
+        raise MMDeployError(f"cannot write bundle {out}: {exc.strerror or exc}", "choose a writable --out with free space") from None
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _training_size(ckpt: LoadedCheckpoint) -> int:
+    mm = ckpt.meta.get("mmdeploy", {}) if isinstance(ckpt.meta.get("mmdeploy"), dict) else {}
+    return int(mm.get("training_size") or DEFAULT_TRAINING_SIZE.get(ckpt.dataset, 224))

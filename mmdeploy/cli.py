@@ -1,0 +1,205 @@
+"""The ``mmdeploy`` command line. Thin: each command parses options and calls one library function."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import warnings
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mmdeploy.errors import MMDeployError
+
+app = typer.Typer(
+    name="mmdeploy",
+    help="Per-size BatchNorm calibration, ONNX/TensorRT export and accuracy/latency reports for mixed-size-trained CNNs.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+# Shared options, defined once.
+SizesOpt = Annotated[Optional[list[str]], typer.Option("--size", "-s", help="Input size in pixels (repeatable).")]
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder directory: DIR/<class>/<image>.jpg.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture name (see `mmdeploy archs`) or package.module:factory.")]
+PickleOpt = Annotated[bool, typer.Option("--unsafe-allow-pickle", help="Allow arbitrary unpickling of the checkpoint. Only for files you trust.")]
+EngineOpt = Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine: torch, ort or trt (repeatable).")]
+PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32 or fp16 (repeatable).")]
+
+
+def _warn_one_line(message, category, filename, lineno, file=None, line=None):
+    err_console.print(f"[yellow]warning:[/] {message}")
+
+
+def command(fn=None, *, name: str | None = None):
+    """Register a command whose user errors print one line with a hint and exit 1."""
+    if fn is None:
+        return functools.partial(command, name=name)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        warnings.showwarning = _warn_one_line
+        try:
+            return fn(*args, **kwargs)
+        except MMDeployError as exc:
+            if os.environ.get("MMDEPLOY_DEBUG") == "1":
+                raise
+            err_console.print(f"[bold red]error:[/] {exc.one_line()}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted:[/] the bundle is left as it was before this step")
+            raise typer.Exit(130) from None
+
+    return app.command(name=name)(wrapper)
+
+
+def _progress(json_out: bool):
+    from mmdeploy.progress import RichProgress
+
+    return RichProgress(err_console, enabled=not json_out and err_console.is_terminal)
+
+
+def _emit_json(obj) -> None:
+    def default(o):
+        if is_dataclass(o):
+            return asdict(o)
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(type(o).__name__)
+
+    sys.stdout.write(json.dumps(obj, default=default, indent=2) + "\n")
+
+
+@command
+def calibrate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: reference-code dict, state_dict or safetensors.")],
+    size: SizesOpt = None,
+    data: DataOpt = Path("calib/train"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to create or update.")] = Path("bundle"),
+    batches: Annotated[int, typer.Option(help="Calibration batches (the reference code uses 200).")] = 200,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per calibration batch.")] = 64,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentation (random crop + flip) during calibration.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for image order and augmentation.")] = 0,
+    arch: ArchOpt = None,
+    preprocess: Annotated[Optional[str], typer.Option(help="cifar (resize whole image) or imagenet (resize S/0.875, center-crop).")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    train_size: Annotated[Optional[int], typer.Option("--train-size", help="The size the checkpoint was trained at (reference point of reports).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    unsafe_allow_pickle: PickleOpt = False,
+    json_out: JsonOpt = False,
+):
+    """Recalibrate BatchNorm statistics for each --size and write a bundle.
+
+    Example: [bold]mmdeploy calibrate models/cifar_resnet20_mixsize_dplus.safetensors --size 16 --size 24 --size 48 --data calib/train --out bundle/[/]
+    """
+    from mmdeploy import distributed
+    from mmdeploy.calib.workflow import calibrate_to_bundle
+
+    distributed.init_from_env()
+    summary = calibrate_to_bundle(
+        checkpoint, size or [], data, out, batches=batches, batch_size=batch_size, augment=augment, seed=seed, arch=arch,
+        preprocess=preprocess, mean=_floats(mean), std=_floats(std), training_size=train_size, allow_pickle=unsafe_allow_pickle,
+        device=device, progress=_progress(json_out),
+    )
+    if not distributed.is_main():
+        return
+    if json_out:
+        return _emit_json(summary)
+    console.print(f"bundle [bold]{summary.bundle}[/]: sizes {', '.join(map(str, summary.sizes))}; {summary.images} calibration images, "
+                  f"{summary.bn_layers} BN layers" + (f"; reused {summary.reused}" if summary.reused else "")
+                  + (f"; skipped {summary.skipped} unreadable files" if summary.skipped else ""))
+
+
+def _floats(text: str | None):
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise MMDeployError(f"{text!r} is not a comma-separated list of numbers", "e.g. --mean 0.485,0.456,0.406") from None
+
+
+
+
+@command(name="eval")
+def eval_(
+    target: Annotated[Path, typer.Argument(help="A bundle folder, or a checkpoint (then --size is required).")],
+    data: DataOpt = Path("calib/val"),
+    size: SizesOpt = None,
+    engine: EngineOpt = None,
+    precision: PrecisionOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 256,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate a fixed random subset of this many images.")] = None,
+    arch: ArchOpt = None,
+    device: Annotated[Optional[str], typer.Option(help="Device for the torch engine (default: cuda if available).")] = None,
+    unsafe_allow_pickle: PickleOpt = False,
+    json_out: JsonOpt = False,
+):
+    """Top-1/top-5 per size, before and after calibration, and of each deployed engine.
+
+    Example: [bold]mmdeploy eval bundle/ --data calib/val --engine torch --engine ort[/]
+    """
+    from mmdeploy import distributed
+    from mmdeploy.evaluate import evaluate_target
+
+    distributed.init_from_env()
+    results = evaluate_target(target, data, size, engine, precision, batch_size=batch_size, limit=limit, arch=arch,
+                              allow_pickle=unsafe_allow_pickle, device=device, progress=_progress(json_out))
+    if not distributed.is_main():
+        return
+    if json_out:
+        return _emit_json(results)
+    console.print(accuracy_table(results))
+
+
+def accuracy_table(results) -> Table:
+    before = {r.size: r for r in results if not r.calibrated}
+    table = Table(title="accuracy (top-1 / top-5, %)")
+    for col in ("size", "engine", "precision", "top-1", "top-5", "top-1 before calib", "gain", "images"):
+        table.add_column(col, justify="right" if col not in ("engine", "precision") else "left")
+    for r in sorted((r for r in results if r.calibrated), key=lambda r: (r.size, r.engine, r.precision)):
+        b = before.get(r.size)
+        table.add_row(str(r.size), r.engine, r.precision, f"{r.top1:.2f}", f"{r.top5:.2f}", f"{b.top1:.2f}" if b else "-",
+                      f"{r.top1 - b.top1:+.2f}" if b else "-", str(r.images))
+    if not any(r.calibrated for r in results):
+        for r in sorted(results, key=lambda r: r.size):
+            table.add_row(str(r.size), r.engine, r.precision, f"{r.top1:.2f}", f"{r.top5:.2f}", "-", "-", str(r.images))
+    return table
+
+
+@command
+def archs(json_out: JsonOpt = False):
+    """List the registered architectures.
+
+    Example: [bold]mmdeploy archs[/]
+    """
+    from mmdeploy.models import arch_info, list_archs
+
+    rows = [{"name": n, "dataset": arch_info(n).dataset, "min_size": arch_info(n).min_size} for n in list_archs()]
+    if json_out:
+        return _emit_json(rows)
+    table = Table(title="architectures")
+    for col in ("name", "preprocessing", "smallest size"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["dataset"], str(r["min_size"]))
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Image folders, decoding once, and the deterministic per-size preprocessing.
+
+An image folder is torchvision's ImageFolder layout: one subfolder per class, classes in
+sorted order. Each file is decoded once into a uint8 tensor at a *store* resolution; every
+target size is then made from it by a batched, antialiased resize, so many sizes cost one
+decode. Preprocessing kinds:
+
+- ``cifar``: the whole image is resized to S x S.
+- ``imagenet``: resize the short side to S/0.875 and center-crop S. Equivalently: crop the
+  central square of side 0.875 x short side, then resize it to S. The crop is done at decode
+  time, the resize per batch.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmdeploy.errors import MMDeployError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_FRACTION = 0.875
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes a network input at a given size; recorded in every bundle."""
+
+    kind: str = "cifar"  # "cifar" or "imagenet"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self):
+        if self.kind not in ("cifar", "imagenet"):
+            raise MMDeployError(f"unknown preprocessing {self.kind!r}", "use --preprocess cifar or --preprocess imagenet")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(d["kind"], tuple(d["mean"]), tuple(d["std"]))
+
+
+@dataclass
+class ImageFolder:
+    root: Path
+    classes: list[str]
+    files: list[Path]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def fingerprint(self) -> str:
+        """A cheap content key: names, sizes and labels of every file (for artifact reuse)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for f, y in zip(self.files, self.labels):
+            h.update(f"{f.relative_to(self.root)}|{f.stat().st_size}|{y}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def scan_image_folder(root: str | Path) -> ImageFolder:
+    """List an ImageFolder directory. Errors name the problem; nothing is decoded yet."""
+    root = Path(root)
+    if not root.exists():
+        raise MMDeployError(f"image folder {root} does not exist", "pass --data DIR with one subfolder per class")
+    if not root.is_dir():
+        raise MMDeployError(f"{root} is not a folder", "pass --data DIR with one subfolder per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise MMDeployError(f"image folder {root} has no class subfolders", "put images in DIR/<class>/<image>.jpg")
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        for dirpath, _, names in os.walk(root / cls):
+            for name in sorted(names):
+                if not name.startswith("."):
+                    files.append(Path(dirpath) / name)
+                    labels.append(label)
+    if not files:
+        raise MMDeployError(f"image folder {root} has no files in its class subfolders", "put images in DIR/<class>/<image>.jpg")
+    return ImageFolder(root, classes, files, labels)
+
+
+@dataclass
+class DecodedImages:
+    """uint8 images [N, 3, R, R] at the store resolution R, with labels and what was skipped."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def _decode_one(path: Path, kind: str, store: int | None):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if store is not None and im.format == "JPEG":
+                im.draft("RGB", (store, store))  # let the JPEG decoder downscale big images for free
+            im = im.convert("RGB")
+            w, h = im.size
+            if kind == "imagenet":
+                side = max(1, round(min(w, h) * CROP_FRACTION))
+                left, top = (w - side) // 2, (h - side) // 2
+                im = im.crop((left, top, left + side, top + side))
+            target = store or max(im.size)
+            if im.size != (target, target):
+                im = im.resize((target, target), Image.BILINEAR, reducing_gap=None)
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return f"{path}: {type(exc).__name__}"
+
+
+def store_resolution(folder: ImageFolder, kind: str, sizes: list[int]) -> int:
+    """The resolution images are kept at after decoding.
+
+    For ``cifar`` with square images of one size (CIFAR itself), the native size: no resize
+    at decode, so each target size is one resize away from the original whatever other
+    sizes are asked for. Otherwise the largest target size.
+    """
+    from PIL import Image
+
+    if kind == "cifar":
+        for f in folder.files[:8]:
+            try:
+                with Image.open(f) as im:
+                    if im.size[0] == im.size[1]:
+                        return im.size[0]
+            except OSError:
+                continue
+    return max(sizes)
+
+
+def decode_images(
+    folder: ImageFolder,
+    indices: list[int] | None,
+    kind: str,
+    store: int,
+    workers: int | None = None,
+    progress=None,
+) -> DecodedImages:
+    """Decode the chosen files once, in parallel threads (PIL releases the GIL while decoding).
+
+    Corrupt and non-image files are skipped and listed; if none is left, it is an error.
+    """
+    indices = list(range(len(folder))) if indices is None else list(indices)
+    workers = workers or min(8, (os.cpu_count() or 2))
+    arrays, labels, skipped = [], [], []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda i: _decode_one(folder.files[i], kind, store), indices, chunksize=64)
+        for i, res in zip(indices, results):
+            if isinstance(res, str):
+                skipped.append(res)
+            else:
+                arrays.append(res)
+                labels.append(folder.labels[i])
+            if progress is not None:
+                progress(1)
+    if not arrays:
+        raise MMDeployError(
+            f"no readable images in {folder.root} ({len(skipped)} files skipped as corrupt or not images)",
+            "check the folder holds JPEG/PNG files in DIR/<class>/",
+        )
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable files in {folder.root}, e.g. {skipped[0]}", stacklevel=2)
+    return DecodedImages(torch.from_numpy(np.stack(arrays)), torch.tensor(labels, dtype=torch.long), skipped)
+
+
+def to_input(batch_u8: torch.Tensor, size: int, pre: Preprocess, augment_gen: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 [B,3,R,R] -> normalized float [B,3,S,S]; with a generator, training augmentation.
+
+    Augmentation is the reference code's CIFAR recipe scaled to S: random crop with S/8
+    zero padding and a horizontal flip, per image, vectorized.
+    """
+    x = batch_u8.float().div_(255.0)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    if augment_gen is not None:
+        x = _augment(x, augment_gen)
+    mean = torch.tensor(pre.mean, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, dtype=x.dtype).view(1, -1, 1, 1)
+    return x.sub_(mean).div_(std).contiguous()
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    b, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    flip = torch.rand(b, generator=gen) < 0.5
+    rows = oy[:, None] + torch.arange(h)[None]
+    cols = ox[:, None] + torch.arange(w)[None]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    out = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [B,H,W,C]
+    return out.permute(0, 3, 1, 2)

@@ -1,0 +1,39 @@
+"""Eager PyTorch: the reference every speed-up is measured against (CPU or CUDA)."""
+
+from __future__ import annotations
+
+import torch
+
+from mmdeploy.engines.base import Engine
+
+
+class TorchEngine(Engine):
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, size: int, precision: str = "fp32", device: str | None = None):
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        super().__init__(size, precision, device)
+        self._model_cpu = model
+
+    def activate(self) -> None:
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        if dtype == torch.float16 and self.device == "cpu":
+            from mmdeploy.errors import MMDeployError
+
+            raise MMDeployError("the torch engine runs fp16 only on CUDA", "use --precision fp32 on the CPU")
+        self.model = self._model_cpu.to(self.device, dtype).eval()
+        self.dtype = dtype
+        super().activate()
+
+    def deactivate(self) -> None:
+        self.model = None
+        super().deactivate()
+
+    @torch.inference_mode()
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x.to(self.device, self.dtype, non_blocking=True))
+        return out.float().cpu()
+
+    def synchronize(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()

@@ -1,0 +1,142 @@
+"""Top-1/top-5 accuracy of many (size, engine, precision) points in one pass over decoded images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mmdeploy import distributed as dist
+from mmdeploy.data import Preprocess, decode_images, scan_image_folder, store_resolution, to_input
+from mmdeploy.errors import MMDeployError
+from mmdeploy.progress import Progress
+from mmdeploy.results import AccuracyResult
+
+
+@dataclass
+class EvalTarget:
+    """One thing to measure: a size and a factory for the engine that runs it."""
+
+    size: int
+    engine: str
+    precision: str
+    calibrated: bool
+    make_engine: Callable  # () -> Engine (context manager)
+
+
+def measure_accuracy(
+    targets: list[EvalTarget],
+    data: str | Path,
+    preprocess: Preprocess,
+    batch_size: int = 256,
+    chunk: int = 4096,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> list[AccuracyResult]:
+    """Decode each image once per chunk, then run every target on it. Counts all-reduce across ranks."""
+    progress = progress or Progress()
+    folder = scan_image_folder(data)
+    indices = list(range(len(folder)))
+    if limit:
+        gen = torch.Generator().manual_seed(0)  # a fixed, class-balanced-in-expectation subset
+        indices = sorted(torch.randperm(len(folder), generator=gen)[:limit].tolist())
+    indices = indices[dist.rank() :: dist.world_size()]
+    store = store_resolution(folder, preprocess.kind, [t.size for t in targets])
+    counts = torch.zeros(len(targets), 3, dtype=torch.float64)  # top1, top5, n
+    engines = [t.make_engine() for t in targets]
+    skipped = 0
+    try:
+        for e in engines:
+            e.__enter__()
+        with progress.task(f"evaluating {len(targets)} points on {len(indices)} images", len(indices) * len(targets)) as advance:
+            for start in range(0, len(indices), chunk):
+                part = indices[start : start + chunk]
+                try:
+                    decoded = decode_images(folder, part, preprocess.kind, store)
+                except MMDeployError:
+                    skipped += len(part)
+                    continue
+                skipped += len(decoded.skipped)
+                for ti, (t, engine) in enumerate(zip(targets, engines)):
+                    for b in range(0, len(decoded), batch_size):
+                        x = to_input(decoded.images[b : b + batch_size], t.size, preprocess)
+                        logits = engine(x)
+                        y = decoded.labels[b : b + batch_size]
+                        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+                        counts[ti, 0] += (top5[:, 0] == y).sum().item()
+                        counts[ti, 1] += (top5 == y[:, None]).any(1).sum().item()
+                        counts[ti, 2] += len(y)
+                        advance(len(y))
+    finally:
+        for e in engines:
+            e.__exit__(None, None, None)
+    counts = dist.all_reduce_sum(counts)
+    if counts[:, 2].min().item() == 0:
+        raise MMDeployError(f"no readable images in {folder.root} ({skipped} skipped)", "check the folder holds JPEG/PNG files in DIR/<class>/")
+    return [
+        AccuracyResult(t.size, t.engine, t.precision, 100.0 * c[0].item() / c[2].item(), 100.0 * c[1].item() / c[2].item(), int(c[2].item()), t.calibrated)
+        for t, c in zip(targets, counts)
+    ]
+
+
+
+def evaluate_target(
+    target: str | Path,
+    data: str | Path,
+    sizes: list | None = None,
+    engines: list[str] | None = None,
+    precisions: list[str] | None = None,
+    batch_size: int = 256,
+    limit: int | None = None,
+    arch: str | None = None,
+    allow_pickle: bool = False,
+    device: str | None = None,
+    progress: Progress | None = None,
+) -> list[AccuracyResult]:
+    """Accuracy of a checkpoint (its own BN statistics) or of a bundle: before and after
+    calibration, and of each deployed artifact requested. Bundle results go into its manifest."""
+    from mmdeploy.bundle import Bundle
+    from mmdeploy.engines.torch_engine import TorchEngine
+
+    targets: list[EvalTarget] = []
+    if Bundle.is_bundle(target):
+        bundle = Bundle.open(target)
+        chosen = [int(s) for s in sizes] if sizes else bundle.sizes
+        for s in chosen:
+            bundle.size_entry(s)
+        pre = bundle.preprocess()
+        source = bundle.build_model(None)
+        for s in chosen:
+            targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(source, s, device=device)))
+            for name in engines or ["torch"]:
+                for prec in precisions or ["fp32"]:
+                    if name == "torch" and prec == "fp16" and not _cuda():
+                        continue
+                    targets.append(EvalTarget(s, name, prec, True, lambda s=s, n=name, p=prec: bundle.engine(n, s, p, **({"device": device} if n == "torch" else {}))))
+    else:
+        from mmdeploy.calib.workflow import resolve_preprocess, validate_sizes
+        from mmdeploy.models import load_checkpoint
+
+        ckpt = load_checkpoint(target, arch=arch, allow_pickle=allow_pickle)
+        model = ckpt.build()
+        if not sizes:
+            raise MMDeployError("evaluating a checkpoint needs --size", "pass e.g. --size 32, or evaluate a bundle")
+        pre = resolve_preprocess(ckpt)
+        for s in validate_sizes(sizes, ckpt.arch, model):
+            targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(model, s, device=device)))
+        bundle = None
+    results = measure_accuracy(targets, data, pre, batch_size=batch_size, limit=limit, progress=progress)
+    if bundle is not None and dist.is_main():
+        folder_key = scan_image_folder(data).fingerprint()
+        for r in results:
+            kind = "accuracy" if r.calibrated else "accuracy_uncalibrated"
+            metrics = bundle.manifest["sizes"][str(r.size)].setdefault("metrics", {}).setdefault(kind, {})
+            metrics[f"{r.engine}/{r.precision}"] = {"top1": r.top1, "top5": r.top5, "images": r.images, "data": str(data), "data_fingerprint": folder_key}
+        bundle.save()
+    return results
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available()

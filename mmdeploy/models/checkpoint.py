@@ -1,0 +1,223 @@
+"""Checkpoint I/O: every accepted format in, one ``LoadedCheckpoint`` out. Never unpickles by default.
+
+Accepted (DESIGN.md, "Checkpoint formats"):
+- the reference code's dict: ``model`` (e.g. "resnet"), ``config`` (a *string* parsed with
+  ``ast.literal_eval``), ``state_dict``, ``epoch``, ``best_prec1``, ...;
+- a plain state_dict, or ``{"state_dict": ...}``, with ``--arch``; ``module.`` prefixes stripped;
+- safetensors, with arch/config in its metadata or a ``.json`` sidecar;
+- ``--arch package.module:factory`` for the user's own architecture code.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import pickle
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from mmdeploy.errors import MMDeployError
+from mmdeploy.models.registry import arch_info, create_model
+
+_UNSAFE_HINT = "re-save it as a plain state_dict or safetensors, or pass --unsafe-allow-pickle if you trust its author"
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    sha256: str
+    format: str  # "reference-dict", "state-dict", "safetensors"
+    arch: str
+    arch_kwargs: dict
+    state_dict: dict[str, torch.Tensor]
+    config: dict = field(default_factory=dict)  # the checkpoint's own config (regime, ...), as recorded
+    meta: dict = field(default_factory=dict)  # epoch, best_prec1, preprocess, training_size, ...
+
+    @property
+    def dataset(self) -> str:
+        return arch_info(self.arch).dataset
+
+    def build(self) -> nn.Module:
+        """The model with these weights, loaded strictly, in eval mode."""
+        model = create_model(self.arch, **self.arch_kwargs)
+        load_state_strict(model, self.state_dict, f"{self.path.name} into {self.arch}")
+        return model.eval()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_state_strict(model: nn.Module, state: dict, what: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that names the missing and unexpected keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if keys:
+                more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+                parts.append(f"{name} {len(keys)}: {', '.join(keys[:5])}{more}")
+        raise MMDeployError(f"keys do not match loading {what}: " + "; ".join(parts), "pass the right --arch (see `mmdeploy archs`)")
+    model.load_state_dict(state, strict=True)
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 0 < n < (1 << 30)
+
+
+def _read_torch(path: Path, allow_pickle: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+            raise MMDeployError(f"{path} needs arbitrary unpickling to load, which is refused for safety", _UNSAFE_HINT) from None
+        raise MMDeployError(f"{path} is not a readable checkpoint ({_first_line(exc)})", "check the file is a PyTorch or safetensors checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, struct.error, UnicodeDecodeError) as exc:
+        msg = str(exc)
+        if "failed finding central directory" in msg or "EOF" in type(exc).__name__ or "truncated" in msg.lower():
+            raise MMDeployError(f"{path} is truncated or corrupt ({_first_line(exc)})", "copy the checkpoint again; its sha256 should match the source") from None
+        raise MMDeployError(f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)})", "check the file is a PyTorch or safetensors checkpoint") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:160]
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise MMDeployError(f"{path} is a truncated or corrupt safetensors file ({_first_line(exc)})", "copy the file again") from None
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists():
+        try:
+            meta.update(json.loads(sidecar.read_text()))
+        except json.JSONDecodeError as exc:
+            raise MMDeployError(f"sidecar {sidecar} is not valid JSON ({exc})", "fix or delete the sidecar") from None
+    for key in ("config", "mmdeploy"):
+        if isinstance(meta.get(key), str):
+            meta[key] = _parse_config(meta[key], path)
+    return state, meta
+
+
+def _parse_config(text, path: Path) -> dict:
+    if isinstance(text, dict):
+        return text
+    if not text:
+        return {}
+    try:
+        value = ast.literal_eval(text)  # the reference code stores the --model-config string; never eval()
+    except (ValueError, SyntaxError):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise MMDeployError(f"{path}: config {text[:80]!r} is not a literal dict", "the config must be like \"{'depth': 44}\"") from None
+    if not isinstance(value, dict):
+        raise MMDeployError(f"{path}: config {text[:80]!r} is not a dict", "the config must be like \"{'depth': 44}\"")
+    return value
+
+
+def _strip_prefix(state: dict) -> dict:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _infer_dataset(state: dict) -> str:
+    w = state.get("conv1.weight")
+    if w is not None and w.dim() == 4 and w.shape[-1] == 3:
+        return "cifar"
+    return "imagenet"
+
+
+def _infer_num_classes(state: dict) -> int | None:
+    for key in ("fc.weight", "classifier.1.weight", "classifier.weight", "head.weight"):
+        if key in state and state[key].dim() == 2:
+            return int(state[key].shape[0])
+    return None
+
+
+def _resolve_arch(name: str | None, config: dict, state: dict, dataset: str | None) -> str:
+    """Map the reference code's ``model`` + ``config`` (or ``--arch``) to a registry name."""
+    if name is None:
+        raise MMDeployError("the checkpoint does not say its architecture", "pass --arch NAME (see `mmdeploy archs`)")
+    if name.lower() in ("resnet", "resnet_cifar", "resnet_imagenet"):
+        depth = config.get("depth", 18 if _infer_dataset(state) == "imagenet" else 44)
+        ds = dataset or config.get("dataset") or _infer_dataset(state)
+        if "cifar" in str(ds) or name.lower() == "resnet_cifar":
+            return f"cifar_resnet{depth}"
+        return f"resnet{depth}"
+    if name.lower() in ("mobilenet_v2", "mobilenetv2", "mobilenet2"):
+        return "mobilenet_v2"
+    return name
+
+
+def load_checkpoint(
+    path: str | Path,
+    arch: str | None = None,
+    dataset: str | None = None,
+    allow_pickle: bool = False,
+) -> LoadedCheckpoint:
+    """Read any accepted checkpoint format and check it loads strictly into its architecture."""
+    path = Path(path)
+    if not path.exists():
+        raise MMDeployError(f"checkpoint {path} does not exist", "check the path")
+    if not path.is_file():
+        raise MMDeployError(f"checkpoint {path} is not a file", "pass the checkpoint file, not a folder")
+    if path.stat().st_size == 0:
+        raise MMDeployError(f"checkpoint {path} is empty", "copy the checkpoint again")
+    meta: dict = {}
+    if _is_safetensors(path):
+        state, meta = _read_safetensors(path)
+        fmt, model_name, config = "safetensors", meta.get("arch") or meta.get("model"), meta.get("config", {})
+    else:
+        obj = _read_torch(path, allow_pickle)
+        if isinstance(obj, nn.Module):  # only reachable with --unsafe-allow-pickle
+            obj = obj.state_dict()
+        if not isinstance(obj, dict):
+            raise MMDeployError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict", "save model.state_dict() or the reference dict")
+        if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            state = obj["state_dict"]
+            fmt = "reference-dict" if "model" in obj else "state-dict"
+            model_name = obj.get("model") if isinstance(obj.get("model"), str) else None
+            config = _parse_config(obj.get("config") or {}, path)
+            meta = {k: obj[k] for k in ("epoch", "best_prec1") if k in obj}
+            if isinstance(obj.get("mmdeploy"), (dict, str)):
+                meta["mmdeploy"] = _parse_config(obj["mmdeploy"], path)
+        elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            state, fmt, model_name, config = obj, "state-dict", None, {}
+        else:
+            raise MMDeployError(f"{path} has no state_dict (keys: {', '.join(map(str, list(obj)[:6]))})", "save model.state_dict() or the reference dict")
+    state = _strip_prefix({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
+    mm = meta.get("mmdeploy", {}) if isinstance(meta.get("mmdeploy"), dict) else {}
+    resolved = _resolve_arch(arch or mm.get("arch") or model_name, config, state, dataset)
+    info = arch_info(resolved)
+    kwargs = dict(mm.get("arch_kwargs", {}))
+    n_classes = _infer_num_classes(state)
+    if n_classes is not None and ":" not in resolved:
+        kwargs.setdefault("num_classes", n_classes)
+    ckpt = LoadedCheckpoint(path, sha256_file(path), fmt, info.name, kwargs, state, config, meta)
+    ckpt.build()  # strict load now, so a wrong arch fails here with the key names
+    return ckpt

@@ -1,0 +1,80 @@
+"""Architecture registry: ``@register`` a factory and its function name becomes the arch name."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch.nn as nn
+
+from mmdeploy.errors import MMDeployError
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    name: str
+    factory: Callable[..., nn.Module]
+    dataset: str  # "cifar" or "imagenet": default preprocessing and number of classes
+    min_size: int  # smallest input side the network accepts
+    defaults: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ArchInfo] = {}
+
+
+def register(dataset: str, min_size: int, **defaults):
+    """Decorator: register ``fn`` under ``fn.__name__``. A name registered twice is an error."""
+
+    def wrap(fn):
+        name = fn.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"architecture {name!r} is registered twice")
+        _REGISTRY[name] = ArchInfo(name, fn, dataset, min_size, dict(defaults))
+        return fn
+
+    return wrap
+
+
+def list_archs() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def arch_info(name: str) -> ArchInfo:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        return _user_arch(name)
+    raise MMDeployError(
+        f"unknown architecture {name!r}",
+        f"use one of {', '.join(list_archs())}, or --arch package.module:factory for your own code",
+    )
+
+
+def _user_arch(spec: str) -> ArchInfo:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MMDeployError(
+            f"cannot import {module_name!r} for --arch {spec}: {exc}",
+            "make the module importable (pip install -e it, or add its folder to PYTHONPATH)",
+        ) from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise MMDeployError(
+            f"{module_name!r} has no callable {attr!r}", "--arch package.module:factory names a function returning an nn.Module"
+        )
+    return ArchInfo(spec, factory, getattr(factory, "mmdeploy_dataset", "imagenet"), getattr(factory, "mmdeploy_min_size", 1))
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    info = arch_info(name)
+    params = {**info.defaults, **kwargs}
+    try:
+        model = info.factory(**params)
+    except TypeError as exc:
+        raise MMDeployError(f"architecture {name!r} does not take {params}: {exc}", "check the checkpoint's config") from None
+    if not isinstance(model, nn.Module):
+        raise MMDeployError(f"--arch {name} returned {type(model).__name__}, not an nn.Module", "the factory must return a torch.nn.Module")
+    return model
