@@ -23,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
 )
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -56,9 +57,17 @@ def command(fn=None, *, name: str | None = None):
                 raise
             err_console.print(f"[bold red]error:[/] {exc.one_line()}", soft_wrap=True)
             raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted:[/] the bundle is left as it was before this step")
             raise typer.Exit(130) from None
+        except Exception as exc:  # an unexpected failure: one line unless debugging
+            if os.environ.get("MMDEPLOY_DEBUG") == "1":
+                raise
+            text = " ".join(str(exc).split())[:300]
+            err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {text} (hint: rerun with MMDEPLOY_DEBUG=1 for the traceback and report it)", soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return app.command(name=name)(wrapper)
 
@@ -175,6 +184,54 @@ def accuracy_table(results) -> Table:
     if not any(r.calibrated for r in results):
         for r in sorted(results, key=lambda r: r.size):
             table.add_row(str(r.size), r.engine, r.precision, f"{r.top1:.2f}", f"{r.top5:.2f}", "-", "-", str(r.images))
+    return table
+
+
+@command
+def export(
+    bundle: Annotated[Path, typer.Argument(help="A bundle made by `mmdeploy calibrate`.")],
+    engine: Annotated[str, typer.Option("--engine", "-e", help="onnx (files + gate), ort (same, for ONNX Runtime) or trt (also TensorRT plans).")] = "ort",
+    precision: PrecisionOpt = None,
+    size: SizesOpt = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Real images for the parity gate (default: the calibration folder).")] = None,
+    atol: Annotated[Optional[float], typer.Option(help="Parity gate: absolute logit tolerance (default 1e-4 fp32, 1e-2 fp16).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Parity gate: tolerance relative to the largest logit (default 1e-3 fp32, 3e-2 fp16).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="Parity gate: minimum top-1 agreement (default 0.99 fp32, 0.95 fp16).")] = None,
+    dynamic: Annotated[bool, typer.Option("--dynamic/--no-dynamic", help="Also export the dynamic (N, H, W) ONNX.")] = True,
+    static_batch: Annotated[Optional[int], typer.Option(help="Fix the batch dimension of per-size ONNX (default: dynamic batch).")] = None,
+    trt_batch: Annotated[Optional[list[int]], typer.Option("--trt-batch", help="TensorRT static profile batch sizes (repeatable; default 1 and 32).")] = None,
+    workspace_gb: Annotated[float, typer.Option(help="TensorRT builder workspace limit in GiB.")] = 4.0,
+    json_out: JsonOpt = False,
+):
+    """Export ONNX (dynamic + one per size, BN folded), gate it against PyTorch, and build engines.
+
+    Example: [bold]mmdeploy export bundle/ --engine ort --precision fp32 --precision fp16[/]
+    """
+    from mmdeploy.export.parity import DEFAULT_TOLERANCES, Tolerance
+    from mmdeploy.export.workflow import export_bundle
+
+    tolerances = {}
+    for p in precision or ["fp32"]:
+        base = DEFAULT_TOLERANCES.get(p, DEFAULT_TOLERANCES["fp32"])
+        tolerances[p] = Tolerance(atol if atol is not None else base.atol, rtol if rtol is not None else base.rtol,
+                                  min_agreement if min_agreement is not None else base.min_top1_agreement)
+    summary = export_bundle(bundle, engine, precision, [int(s) for s in size] if size else None, data, tolerances, dynamic=dynamic,
+                            static_batch=static_batch, trt_batches=tuple(trt_batch or (1, 32)), trt_workspace_gb=workspace_gb,
+                            progress=_progress(json_out))
+    if json_out:
+        return _emit_json(summary)
+    console.print(parity_table(summary.checks))
+    console.print(f"wrote {len(summary.written)} artifacts" + (f", reused {len(summary.reused)}" if summary.reused else "")
+                  + (f", TensorRT plans: {', '.join(summary.trt)}" if summary.trt else "") + f" in {summary.bundle}")
+
+
+def parity_table(checks) -> Table:
+    table = Table(title="parity gate: ONNX Runtime vs PyTorch on real images")
+    for col in ("artifact", "precision", "size", "batch", "max abs err", "max rel err", "top-1 agree", "result"):
+        table.add_column(col, justify="left" if col in ("artifact", "precision", "result") else "right")
+    for c in checks:
+        table.add_row(c.artifact, c.precision, str(c.size), str(c.batch), f"{c.max_abs:.2e}", f"{c.max_rel:.2e}", f"{100 * c.top1_agreement:.1f}%",
+                      "[green]pass[/]" if c.passed else "[red]FAIL[/]")
     return table
 
 

@@ -59,7 +59,8 @@ def plan_batches(n_available: int, batch_size: int, batches: int, seed: int) -> 
     order = torch.randperm(n_available, generator=gen)[:n].tolist()
     plan = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if len(plan) > 1 and len(plan[-1]) == 1:
-        plan[-2] += plan.pop()
+        last = plan.pop()  # pop first: `plan[-2] += plan.pop()` would index the shortened list
+        plan[-1] = plan[-1] + last
     return plan
 
 

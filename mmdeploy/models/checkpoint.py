@@ -14,7 +14,9 @@ import ast
 import hashlib
 import json
 import pickle
+import re
 import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,17 +85,22 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _read_torch(path: Path, allow_pickle: bool):
+    with open(path, "rb") as f:
+        head = f.read(2)
+    is_zip, is_pickle = head == b"PK", head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"
+    if not (is_zip or is_pickle):  # torch.save writes a zip archive (or, before 1.6, a pickle)
+        raise MMDeployError(f"{path} is not a checkpoint (neither a PyTorch file nor safetensors)", "pass a .pth/.pt file written by torch.save, or a .safetensors file")
+    if is_zip and not zipfile.is_zipfile(path):
+        raise MMDeployError(f"{path} is truncated or corrupt (its zip archive has no central directory)", "copy the checkpoint again; its sha256 should match the source")
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
-            raise MMDeployError(f"{path} needs arbitrary unpickling to load, which is refused for safety", _UNSAFE_HINT) from None
-        raise MMDeployError(f"{path} is not a readable checkpoint ({_first_line(exc)})", "check the file is a PyTorch or safetensors checkpoint") from None
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if unsafe:
+            raise MMDeployError(f"{path} needs arbitrary unpickling to load ({unsafe.group(1)}), which is refused for safety", _UNSAFE_HINT) from None
+        raise MMDeployError(f"{path} is truncated or corrupt (its pickle cannot be read)", "copy the checkpoint again; its sha256 should match the source") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, struct.error, UnicodeDecodeError) as exc:
-        msg = str(exc)
-        if "failed finding central directory" in msg or "EOF" in type(exc).__name__ or "truncated" in msg.lower():
-            raise MMDeployError(f"{path} is truncated or corrupt ({_first_line(exc)})", "copy the checkpoint again; its sha256 should match the source") from None
-        raise MMDeployError(f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)})", "check the file is a PyTorch or safetensors checkpoint") from None
+        raise MMDeployError(f"{path} is truncated or corrupt ({_first_line(exc)})", "copy the checkpoint again; its sha256 should match the source") from None
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,0 +1,128 @@
+"""ONNX Runtime: one tuned session per size; providers by availability (TensorRT EP, CUDA EP, CPU).
+
+Sessions use full graph optimization, sequential execution with intra-op threads equal to
+the cores, and, for the dynamic ONNX, free-dimension overrides that pin H and W to the
+engine's size so ORT plans for fixed shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmdeploy.engines.base import Engine
+from mmdeploy.errors import MMDeployError
+
+_PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def ort_unavailable_reason() -> str:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu on a CUDA machine)"
+    return ""
+
+
+def choose_providers(requested: list[str] | None = None) -> list[str]:
+    """The providers to try, best first, among those this onnxruntime build has.
+
+    The TensorRT EP is only tried when asked for (``MMDEPLOY_ORT_TRT=1`` or ``providers``):
+    its first session builds an engine, which takes minutes, and the native ``trt`` engine
+    is the way to TensorRT here.
+    """
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    wanted = requested or [p for p in _PREFERRED if p != "TensorrtExecutionProvider" or os.environ.get("MMDEPLOY_ORT_TRT") == "1"]
+    chosen = [p for p in wanted if p in have]
+    return chosen or ["CPUExecutionProvider"]
+
+
+def session_options(threads: int | None = None, fixed_dims: dict[str, int] | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    for name, value in (fixed_dims or {}).items():
+        so.add_free_dimension_override_by_name(name, value)
+    return so
+
+
+class OrtEngine(Engine):
+    name = "ort"
+
+    def __init__(self, onnx_path: Path, size: int, precision: str = "fp32", providers: list[str] | None = None,
+                 threads: int | None = None, fixed_dims: dict[str, int] | None = None, variant: str = "per-size"):
+        self.onnx_path = Path(onnx_path)
+        self.providers = choose_providers(providers)
+        device = "cuda" if self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+        super().__init__(size, precision, device)
+        self.threads = threads
+        self.fixed_dims = fixed_dims or {}
+        self.variant = variant
+
+    @classmethod
+    def from_bundle(cls, bundle, size: int, precision: str = "fp32", variant: str = "per-size", batch: int | None = None, **options) -> "OrtEngine":
+        key = f"onnx/{precision}"
+        if variant == "dynamic":
+            art = bundle.manifest.get("dynamic", {}).get(key)
+            fixed = {"height": size, "width": size, **({"batch": batch} if batch else {})}
+        else:
+            art = bundle.size_entry(size).get("artifacts", {}).get(key)
+            fixed = {"batch": batch} if batch else {}
+        if not art or not bundle.path(art["path"]).exists():
+            raise MMDeployError(f"no {variant} {precision} ONNX for size {size} in {bundle.root}",
+                                f"run `mmdeploy export {bundle.root} --engine ort --precision {precision}`")
+        return cls(bundle.path(art["path"]), size, precision, fixed_dims=fixed, variant=variant, **options)
+
+    def activate(self) -> None:
+        import onnxruntime as ort
+
+        so = session_options(self.threads, self.fixed_dims)
+        last_error = None
+        for i in range(len(self.providers)):
+            try:
+                self.session = ort.InferenceSession(str(self.onnx_path), sess_options=so, providers=self.providers[i:])
+                break
+            except Exception as exc:  # a provider whose libraries are missing fails here: fall back to the next
+                last_error = exc
+                warnings.warn(f"ONNX Runtime provider {self.providers[i]} failed ({str(exc).splitlines()[0][:120]}); trying the next", stacklevel=2)
+        else:
+            raise MMDeployError(f"ONNX Runtime cannot load {self.onnx_path}: {last_error}", "re-export the bundle")
+        self.active_provider = self.session.get_providers()[0]
+        self.device = "cuda" if self.active_provider != "CPUExecutionProvider" else "cpu"
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        super().activate()
+
+    def deactivate(self) -> None:
+        self.session = None
+        super().deactivate()
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device == "cuda":
+            return self._infer_cuda(x)
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run([self.output_name], {self.input_name: arr})[0])
+
+    def _infer_cuda(self, x: torch.Tensor) -> torch.Tensor:
+        """Bind torch CUDA memory directly: no host round trip for the input."""
+        x = x.to("cuda", torch.float32).contiguous()
+        binding = self.session.io_binding()
+        binding.bind_input(self.input_name, "cuda", 0, np.float32, tuple(x.shape), x.data_ptr())
+        binding.bind_output(self.output_name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return torch.from_numpy(binding.copy_outputs_to_cpu()[0])
+
+    def describe(self) -> dict:
+        return {**super().describe(), "provider": getattr(self, "active_provider", self.providers[0]), "variant": self.variant,
+                "threads": self.threads or os.cpu_count()}

@@ -1,0 +1,73 @@
+"""The parity gate: an exported artifact must compute what the PyTorch model computes.
+
+Checked at every deployment size, at a size that was not the export's example input, and at
+batch 1 and a larger batch, on real images. A mismatch is an error, never a warning: the
+typical cause is an operation that turned a tensor size into a constant at export time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from mmdeploy.data import DecodedImages, Preprocess, to_input
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass if max|a-b| <= atol + rtol * max|ref| and top-1 agreement >= min_top1_agreement."""
+
+    atol: float
+    rtol: float
+    min_top1_agreement: float
+
+
+DEFAULT_TOLERANCES = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_top1_agreement=0.99),
+    "fp16": Tolerance(atol=1e-2, rtol=3e-2, min_top1_agreement=0.95),
+}
+
+
+@dataclass
+class ParityCheck:
+    artifact: str  # "dynamic" or "per-size" (or "trt")
+    precision: str
+    size: int
+    batch: int
+    images: int
+    max_abs: float
+    max_rel: float  # max_abs / max|reference logit|
+    top1_agreement: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_parity(
+    reference: torch.nn.Module,
+    engine,
+    images: DecodedImages,
+    size: int,
+    batches: tuple[int, ...],
+    preprocess: Preprocess,
+    tolerance: Tolerance,
+    artifact: str,
+) -> list[ParityCheck]:
+    """Compare ``engine`` (an activated Engine) with ``reference`` at one size, per batch size."""
+    x_all = to_input(images.images, size, preprocess)
+    with torch.inference_mode():
+        ref_all = reference.eval()(x_all).float()
+    checks = []
+    for batch in batches:
+        outs = [engine(x_all[i : i + batch]) for i in range(0, len(x_all) - batch + 1, batch)]
+        n = sum(o.shape[0] for o in outs)
+        got = torch.cat(outs).float().cpu()
+        ref = ref_all[:n]
+        diff = (got - ref).abs().max().item()
+        scale = ref.abs().max().item()
+        agree = (got.argmax(1) == ref.argmax(1)).float().mean().item()
+        ok = diff <= tolerance.atol + tolerance.rtol * scale and agree >= tolerance.min_top1_agreement and bool(torch.isfinite(got).all())
+        checks.append(ParityCheck(artifact, engine.precision, size, batch, n, diff, diff / max(scale, 1e-12), agree, ok))
+    return checks

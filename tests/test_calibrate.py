@@ -1,0 +1,208 @@
+"""BN calibration is exact (every activation weighs the same), touches only BN, and is deterministic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file
+
+from mmdeploy.bundle import Bundle
+from mmdeploy.calib import bn_layers, calibrate_bn, finalize_bn_state, plan_batches
+from mmdeploy.calib.workflow import calibrate_to_bundle
+from mmdeploy.data import Preprocess
+from mmdeploy.models import create_model
+from tests.conftest import randomize_bn
+
+CIFAR = Preprocess("cifar", (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+
+
+def _images(n: int, side: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, side, side), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def _batches(n: int, batch_size: int, seed: int = 0) -> list[tuple[int, torch.Tensor]]:
+    return [(i, torch.tensor(b)) for i, b in enumerate(plan_batches(n, batch_size, batches=1000, seed=seed))]
+
+
+def _capture_bn_inputs(model: nn.Module) -> tuple[dict, list]:
+    """Record each BN layer's input per input size, from pre-hooks on the model being calibrated."""
+    seen: dict[int, dict[str, list[torch.Tensor]]] = {}
+    current = {}
+
+    def on_model(module, inputs):
+        current["size"] = inputs[0].shape[-1]
+
+    def on_bn(name):
+        def hook(module, inputs):
+            seen.setdefault(current["size"], {}).setdefault(name, []).append(inputs[0].detach().double().clone())
+
+        return hook
+
+    handles = [model.register_forward_pre_hook(on_model)]
+    handles += [m.register_forward_pre_hook(on_bn(name)) for name, m in bn_layers(model)]
+    return seen, handles
+
+
+def _direct_stats(inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance per channel over every activation of every batch."""
+    x = torch.cat([t.transpose(0, 1).reshape(t.shape[1], -1) for t in inputs], dim=1)
+    return x.mean(1), x.var(1, unbiased=True)
+
+
+@pytest.mark.parametrize("n_images, batch_size", [(10, 4), (12, 4), (9, 5)])
+def test_statistics_equal_direct_computation_over_all_activations(n_images, batch_size):
+    model = randomize_bn(create_model("cifar_resnet8")).eval()
+    images = _images(n_images)
+    batches = _batches(n_images, batch_size)
+    sizes = [16, 24]
+    if (n_images, batch_size) == (10, 4):
+        assert [len(b) for _, b in batches] == [4, 4, 2]  # an uneven last batch
+    seen, handles = _capture_bn_inputs(model)
+    try:
+        sums = calibrate_bn(model, images, batches, sizes, CIFAR, augment=True, seed=3)
+    finally:
+        for h in handles:
+            h.remove()
+    for size in sizes:
+        state = finalize_bn_state(model, sums[size], len(batches))
+        for name, _ in bn_layers(model):
+            assert len(seen[size][name]) == len(batches)
+            mean, var = _direct_stats(seen[size][name])
+            torch.testing.assert_close(state[f"{name}.running_mean"].double(), mean, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(state[f"{name}.running_var"].double(), var, rtol=1e-5, atol=1e-5)
+            assert state[f"{name}.num_batches_tracked"].item() == len(batches)
+
+
+def test_uneven_last_batch_is_not_overweighted():
+    """momentum=None (a mean of batch means) gets this wrong; the exact sums do not."""
+    model = randomize_bn(create_model("cifar_resnet8")).eval()
+    images = _images(10)
+    batches = _batches(10, 4)
+    seen, handles = _capture_bn_inputs(model)
+    sums = calibrate_bn(model, images, batches, [16], CIFAR, augment=False)
+    for h in handles:
+        h.remove()
+    inputs = seen[16]["bn1"]
+    per_batch_mean = torch.stack([t.mean((0, 2, 3)) for t in inputs]).mean(0)
+    exact, _ = _direct_stats(inputs)
+    assert not torch.allclose(per_batch_mean, exact, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sums[16]["bn1"].mean_var()[0], exact, rtol=1e-6, atol=1e-6)
+
+
+def test_plan_batches_uses_every_image_once():
+    plan = plan_batches(10, 4, batches=200, seed=0)
+    assert sorted(i for b in plan for i in b) == list(range(10))
+    assert [len(b) for b in plan] == [4, 4, 2]
+    lone = plan_batches(9, 4, batches=200, seed=0)
+    assert [len(b) for b in lone] == [4, 5]  # a lone image joins the batch before
+    assert sorted(i for b in lone for i in b) == list(range(9))
+    assert sum(len(b) for b in plan_batches(100, 8, batches=3, seed=0)) == 24
+    assert plan_batches(10, 4, 200, seed=1) != plan
+
+
+def test_only_bn_statistics_change_and_model_is_restored():
+    model = randomize_bn(create_model("cifar_resnet8")).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = _batches(8, 4)
+    sums = calibrate_bn(model, _images(8), batches, [16], CIFAR, augment=True)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "calibrate_bn must leave the model as it was"
+    assert not model.training and not any(m.training for m in model.modules())
+    assert all(m.momentum == 0.1 for _, m in bn_layers(model))
+
+    state = finalize_bn_state(model, sums[16], len(batches))
+    stat_keys = {f"{name}.{b}" for name, _ in bn_layers(model) for b in ("running_mean", "running_var", "num_batches_tracked")}
+    assert state.keys() == before.keys()
+    for key in before:
+        if key in stat_keys:
+            if not key.endswith("num_batches_tracked"):
+                assert not torch.equal(state[key], before[key]), key
+        else:
+            assert torch.equal(state[key], before[key]), key
+
+
+class _TinyWithDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.drop = nn.Dropout(0.5)
+        self.conv2 = nn.Conv2d(6, 4, 1)
+        self.bn2 = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(self.drop(torch.relu(self.bn(self.conv(x))))))
+
+
+def test_dropout_and_other_layers_stay_in_eval_mode():
+    torch.manual_seed(0)
+    model = _TinyWithDropout().eval()
+    modes: dict[str, set] = {}
+    for name, m in model.named_modules():
+        m.register_forward_hook(lambda mod, i, o, name=name: modes.setdefault(name, set()).add(mod.training))
+    images, batches = _images(8, side=8), _batches(8, 4)
+    first = calibrate_bn(model, images, batches, [8], CIFAR, augment=False)
+    second = calibrate_bn(model, images, batches, [8], CIFAR, augment=False)
+    assert modes["drop"] == {False} and modes["conv"] == {False} and modes["conv2"] == {False} and modes[""] == {False}
+    assert modes["bn"] == {True} and modes["bn2"] == {True}
+    # dropout active would make bn2's input, hence its statistics, random
+    for name in ("bn", "bn2"):
+        assert torch.equal(first[8][name].sum, second[8][name].sum) and torch.equal(first[8][name].sumsq, second[8][name].sumsq)
+
+
+def test_one_size_does_not_depend_on_the_other_sizes():
+    model = randomize_bn(create_model("cifar_resnet8")).eval()
+    images, batches = _images(12), _batches(12, 4)
+    alone = calibrate_bn(model, images, batches, [24], CIFAR, augment=True, seed=5)
+    together = calibrate_bn(model, images, batches, [16, 24, 48], CIFAR, augment=True, seed=5)
+    for name in alone[24]:
+        assert torch.equal(alone[24][name].sum, together[24][name].sum)
+        assert torch.equal(alone[24][name].sumsq, together[24][name].sumsq)
+
+
+def test_model_without_batchnorm_warns_and_changes_nothing():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    with pytest.warns(UserWarning, match="no BatchNorm"):
+        sums = calibrate_bn(model, _images(4), _batches(4, 2), [16], CIFAR)
+    assert sums == {16: {}}
+
+
+# -- through the bundle workflow -------------------------------------------------------------
+
+
+def _calibrate(image_dir, checkpoint, out, seed=0, sizes=(16,)):
+    return calibrate_to_bundle(checkpoint, list(sizes), image_dir, out, batches=3, batch_size=4, seed=seed)
+
+
+def test_same_seed_same_weights_different_seed_different(image_dir, resnet8_checkpoint, tmp_path):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        _calibrate(image_dir, resnet8_checkpoint, tmp_path / name, seed=seed)
+    a, b, c = (load_file(str(tmp_path / n / "sizes/16/weights.safetensors")) for n in "abc")
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["bn1.running_mean"], c["bn1.running_mean"])
+    assert all(torch.equal(a[k], c[k]) for k in a if "running" not in k and "num_batches" not in k)
+
+
+def test_bundle_size_result_does_not_depend_on_the_other_sizes(image_dir, resnet8_checkpoint, tmp_path):
+    _calibrate(image_dir, resnet8_checkpoint, tmp_path / "one", sizes=(24,))
+    _calibrate(image_dir, resnet8_checkpoint, tmp_path / "three", sizes=(16, 24, 48))
+    one = load_file(str(tmp_path / "one/sizes/24/weights.safetensors"))
+    three = load_file(str(tmp_path / "three/sizes/24/weights.safetensors"))
+    assert all(torch.equal(one[k], three[k]) for k in one)
+
+
+def test_bundle_records_sizes_and_reuses_unchanged_work(image_dir, resnet8_checkpoint, tmp_path):
+    out = tmp_path / "bundle"
+    first = _calibrate(image_dir, resnet8_checkpoint, out, sizes=(16, 24))
+    assert first.sizes == [16, 24] and first.reused == [] and first.images == 12
+    bundle = Bundle.open(out)
+    assert bundle.sizes == [16, 24] and bundle.arch == "cifar_resnet8"
+    record = bundle.manifest["sizes"]["16"]["calibration"]
+    assert record["batches"] == 3 and record["batch_size"] == 4 and record["images"] == 12
+    model16 = bundle.build_model(16)
+    assert not torch.equal(model16.bn1.running_mean, bundle.build_model(None).bn1.running_mean)
+    again = _calibrate(image_dir, resnet8_checkpoint, out, sizes=(16, 32))
+    assert again.reused == [16]
+    assert Bundle.open(out).sizes == [16, 24, 32]
