@@ -84,12 +84,27 @@ def _trt_import_problem() -> str:
     return ""
 
 
+def _missing() -> tuple[str, str]:
+    """(what is missing, how to fix it); ("", "") when the ``trt`` engine can run here."""
+    trt_problem = _trt_import_problem()
+    gpu_problem = "" if _cuda_available() else "no CUDA GPU is visible to PyTorch"
+    if trt_problem:
+        return " and ".join(p for p in (trt_problem, gpu_problem) if p), _INSTALL_HINT
+    if gpu_problem:
+        return gpu_problem, f"run on a machine with an NVIDIA GPU and a CUDA build of PyTorch (this one is {torch.__version__}, CUDA {torch.version.cuda or 'none'})"
+    return "", ""
+
+
 def trt_unavailable_reason() -> str:
     """"" if the ``trt`` engine can run here, else one line saying what is missing and how to fix it."""
-    problems = [p for p in (_trt_import_problem(), "" if _cuda_available() else "no CUDA GPU is visible to PyTorch") if p]
-    if not problems:
-        return ""
-    return f"{' and '.join(problems)} ({_INSTALL_HINT})"
+    problem, fix = _missing()
+    return f"{problem} ({fix})" if problem else ""
+
+
+def _require_trt_engine() -> None:
+    problem, fix = _missing()
+    if problem:
+        raise MMDeployError(f"the trt engine is unavailable: {problem}", fix)
 
 
 def _import_trt():
@@ -123,7 +138,7 @@ class ProfileSpec:
         return self.min == self.opt == self.max
 
     def accepts(self, shape: Sequence[int]) -> bool:
-        return len(shape) == 4 and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max))
+        return len(shape) == 4 and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max, strict=True))
 
     def to_dict(self) -> dict:
         return {"input": self.input_name, "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
@@ -162,7 +177,9 @@ def derive_profiles(
                 )
             lo_hw, hi_hw = min_dynamic_size, max_dynamic_size
         top = batches[-1]
-        profiles.append(ProfileSpec(input_name, (1, channels, lo_hw, lo_hw), (top, channels, size, size), (top, channels, hi_hw, hi_hw)))
+        spec = ProfileSpec(input_name, (1, channels, lo_hw, lo_hw), (top, channels, size, size), (top, channels, hi_hw, hi_hw))
+        if spec not in profiles:  # batch sizes (1,) at a fixed size: the "dynamic" range is the static profile
+            profiles.append(spec)
     return profiles
 
 
@@ -315,7 +332,10 @@ def _load_timing_cache(config, path: Path | None) -> tuple[object, bool]:
     blob = b""
     if path is not None and path.is_file():
         blob = path.read_bytes()
-    cache = config.create_timing_cache(blob)
+    try:
+        cache = config.create_timing_cache(blob)
+    except Exception:  # a truncated or foreign file
+        cache = None
     reused = bool(blob)
     if cache is None or not config.set_timing_cache(cache, False):
         # a cache from another TensorRT version or GPU is refused: start empty, overwrite it after the build
@@ -463,16 +483,12 @@ class TrtEngine(Engine):
         if batch is not None and profiles and batch not in profiles and not art.get("dynamic"):
             raise MMDeployError(f"the size-{size} {precision} plan has profiles for batches {profiles}, not {batch}",
                                 f"rebuild with that batch: `mmdeploy export {bundle.root} --engine trt --batch {batch}`")
-        reason = trt_unavailable_reason()
-        if reason:
-            raise MMDeployError(f"the trt engine is unavailable: {reason.split(' (')[0]}", _INSTALL_HINT)
+        _require_trt_engine()
         return cls(bundle.path(art["plan"]), size, precision, device=device, batch=batch, build_versions=art.get("versions"))
 
     # lifecycle
     def activate(self) -> None:
-        reason = trt_unavailable_reason()
-        if reason:
-            raise MMDeployError(f"the trt engine is unavailable: {reason.split(' (')[0]}", _INSTALL_HINT)
+        _require_trt_engine()
         import tensorrt as trt
 
         self._trt = trt
@@ -540,7 +556,7 @@ class TrtEngine(Engine):
         shape = tuple(int(d) for d in x.shape)
         profile = self._profile_for(shape)
         # the input may come from the caller's stream: ours must not read it before it is written
-        stream.wait_stream(torch.cuda.current_stream(self.device) if self.device != "cpu" else stream)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             if profile != self._active_profile:
                 if not ctx.set_optimization_profile_async(profile, stream.cuda_stream):

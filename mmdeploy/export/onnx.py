@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -57,8 +58,11 @@ def export_onnx(
                 output_names=[OUTPUT_NAME], opset_version=OPSET, optimize=True, verbose=False,
             )
         except Exception as exc:  # the exporter raises many types; all mean "this model does not export"
-            text = " ".join(str(exc).split())[:300]
-            raise MMDeployError(f"torch.onnx.export failed at size {size}: {type(exc).__name__}: {text}", _BAKE_HINT) from None
+            root = exc
+            while root.__cause__ is not None:
+                root = root.__cause__
+            text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(root).split()))[:240]
+            raise MMDeployError(f"torch.onnx.export failed at size {size} (dynamic H/W: {dynamic_hw}): {type(root).__name__}: {text}", _BAKE_HINT) from None
     proto = program.model_proto
     set_metadata(proto, metadata or {})
     return save_onnx(proto, path)
@@ -144,10 +148,12 @@ class _quiet_exporter:
     """The exporter logs warnings (e.g. about torchvision ops) at import and export; keep the CLI quiet."""
 
     def __enter__(self):
-        self.loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript")]
+        names = ("torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript", "torch._guards", "torch._dynamo",
+                 "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes", "torch._subclasses")
+        self.loggers = [logging.getLogger(n) for n in names]
         self.levels = [lg.level for lg in self.loggers]
         for lg in self.loggers:
-            lg.setLevel(logging.ERROR)
+            lg.setLevel(logging.CRITICAL)
         return self
 
     def __exit__(self, *exc):
