@@ -104,7 +104,7 @@ class Bundle:
 
     # -- reading ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: str | Path) -> "Bundle":
+    def open(cls, root: str | Path) -> Bundle:
         root = Path(root)
         path = root / MANIFEST
         if not path.exists():
@@ -131,7 +131,7 @@ class Bundle:
         return (Path(path) / MANIFEST).is_file()
 
     @classmethod
-    def create(cls, root: Path, source: dict, preprocess: dict, training_size: int) -> "Bundle":
+    def create(cls, root: Path, source: dict, preprocess: dict, training_size: int) -> Bundle:
         from mmdeploy import __version__
 
         manifest = {

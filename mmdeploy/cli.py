@@ -236,6 +236,78 @@ def parity_table(checks) -> Table:
 
 
 @command
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="A bundle (exported for ort/trt points).")],
+    engine: EngineOpt = None,
+    precision: PrecisionOpt = None,
+    size: SizesOpt = None,
+    batch: Annotated[Optional[list[int]], typer.Option("--batch", help="Batch size (repeatable; default 1 and 32).")] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed calls per point first.")] = 10,
+    iters: Annotated[int, typer.Option(help="Timed calls per point (round-robin over points).")] = 50,
+    json_out: JsonOpt = False,
+):
+    """Latency of every (size, engine, precision, batch): p50/p90/p99, mean, throughput.
+
+    Example: [bold]mmdeploy bench bundle/ --engine torch --engine ort --batch 1 --batch 32[/]
+    """
+    from mmdeploy.bench import bench_bundle
+
+    results, env, skipped = bench_bundle(bundle, engine, precision, [int(s) for s in size] if size else None, batch, warmup, iters,
+                                         progress=_progress(json_out))
+    if json_out:
+        return _emit_json({"results": results, "environment": env, "skipped": skipped})
+    for line in skipped:
+        err_console.print(f"[yellow]skipped:[/] {line}")
+    table = Table(title=f"latency ({env.get('gpu') or env['cpu']}, {env['torch_threads']} threads)")
+    for col in ("size", "engine", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "images/s"):
+        table.add_column(col, justify="left" if col in ("engine", "precision") else "right")
+    for r in sorted(results, key=lambda r: (r.batch, r.size, r.engine, r.precision)):
+        table.add_row(str(r.size), r.engine, r.precision, str(r.batch), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
+                      f"{r.mean_ms:.3f}", f"{r.throughput:,.0f}")
+    console.print(table)
+
+
+@command
+def report(
+    bundle: Annotated[Path, typer.Argument(help="A bundle with eval and bench results.")],
+    batch: Annotated[int, typer.Option("--batch", help="Which batch size's latency the front uses.")] = 1,
+    reference: Annotated[Optional[str], typer.Option(help="Reference point SIZE/ENGINE/PRECISION (default: torch fp32 at the training size).")] = None,
+    tolerance: Annotated[float, typer.Option(help="Iso-accuracy tolerance in top-1 points.")] = 0.5,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.json/csv/md and pareto.png (default: the bundle).")] = None,
+    pick: Annotated[bool, typer.Option("--pick", help="Answer which point to deploy under the constraints below.")] = False,
+    latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="With --pick: p50 latency budget in ms.")] = None,
+    min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", help="With --pick: minimum top-1 in %.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="CI gate: compare with this report.json; exit 1 if a point got worse.")] = None,
+    max_acc_drop: Annotated[float, typer.Option(help="CI gate: allowed top-1 drop in points.")] = 0.3,
+    max_latency_regress: Annotated[str, typer.Option(help="CI gate: allowed growth of latency relative to the reference, e.g. 15%.")] = "15%",
+    json_out: JsonOpt = False,
+):
+    """The accuracy/latency Pareto front, the speed-up at iso-accuracy, a pick, and a CI gate.
+
+    Example: [bold]mmdeploy report bundle/ --baseline ci/baseline/report.json --max-acc-drop 0.3 --max-latency-regress 15%[/]
+    """
+    from mmdeploy.pareto import pick as pick_point
+    from mmdeploy.report import compare_reports, format_gate, load_report, parse_fraction, render_table, report_bundle
+
+    rep, written = report_bundle(bundle, batch, reference, tolerance, out)
+    chosen = pick_point(rep.points, latency_budget, min_accuracy) if pick or latency_budget is not None or min_accuracy is not None else None
+    gate = compare_reports(rep, load_report(baseline), max_acc_drop, parse_fraction(max_latency_regress)) if baseline else None
+    if json_out:
+        _emit_json({"report": str(written["json"]), "files": {k: str(v) for k, v in written.items()}, "pick": chosen,
+                    "gate": None if gate is None else {"passed": gate.passed, "findings": gate.findings}})
+    else:
+        console.print(render_table(rep))
+        console.print("files: " + ", ".join(str(p) for p in written.values()))
+        if chosen is not None:
+            console.print(f"[bold]deploy:[/] size {chosen.size}, engine {chosen.engine}, {chosen.precision}: top-1 {chosen.top1:.2f}%, "
+                          f"p50 {chosen.latency_ms:.3f} ms at batch {chosen.batch}")
+        if gate is not None:
+            console.print(format_gate(gate), markup=False)
+    if gate is not None and not gate.passed:
+        raise typer.Exit(1)
+
+
+@command
 def archs(json_out: JsonOpt = False):
     """List the registered architectures.
 

@@ -47,7 +47,7 @@ class Preprocess:
         return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         return cls(d["kind"], tuple(d["mean"]), tuple(d["std"]))
 
 

@@ -9,13 +9,11 @@ absolute top-1 and *relative* latency, so a baseline from another machine still 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,15 +22,17 @@ from typing import Literal
 from rich.table import Table
 
 import mmdeploy
+from mmdeploy.bundle import atomic_write_bytes
 from mmdeploy.errors import MMDeployError
 from mmdeploy.pareto import (
     IsoAccuracySpeedup,
+    build_points,
     pareto_front,
     point_order,
     set_relative_latency,
     speedup_at_iso_accuracy,
 )
-from mmdeploy.results import Point, PointKey
+from mmdeploy.results import AccuracyResult, LatencyResult, Point, PointKey
 
 SCHEMA_VERSION = 1
 FRONT_MARKER = "★"
@@ -407,22 +407,6 @@ def _render_png(report: Report) -> bytes:
 # ---------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` so that readers see the old file or the new one, never half of one."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
 def write_report(report: Report, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write report.json, report.csv, report.md and pareto.png into ``out_dir``.
 
@@ -439,7 +423,7 @@ def write_report(report: Report, out_dir: str | os.PathLike) -> dict[str, Path]:
     }
     written = {}
     for kind, (name, data) in contents.items():
-        _write_atomic(out_dir / name, data)
+        atomic_write_bytes(out_dir / name, data)
         written[kind] = out_dir / name
     return written
 
@@ -583,3 +567,56 @@ def parse_fraction(text: str | float) -> float:
     if not math.isfinite(value) or value < 0:
         raise MMDeployError(f"not a non-negative fraction: {text!r}", "write e.g. 15% or 0.15")
     return value
+
+
+# ---------------------------------------------------------------------------- bundles
+
+
+def results_from_manifest(manifest: dict) -> tuple[list[AccuracyResult], list[LatencyResult]]:
+    """The accuracy and latency results ``mmdeploy eval`` and ``mmdeploy bench`` stored in a bundle."""
+    accuracies, latencies = [], []
+    for size_text, entry in manifest["sizes"].items():
+        size = int(size_text)
+        metrics = entry.get("metrics", {})
+        for kind, calibrated in (("accuracy", True), ("accuracy_uncalibrated", False)):
+            for label, m in metrics.get(kind, {}).items():
+                engine, precision = label.split("/")
+                accuracies.append(AccuracyResult(size, engine, precision, m["top1"], m["top5"], m["images"], calibrated))
+        for label, m in metrics.get("latency", {}).items():
+            engine, precision, batch = label.split("/")
+            fields = {k: m[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "iters", "device", "threads")}
+            latencies.append(LatencyResult(size, engine, precision, int(batch[1:]), **fields))
+    return accuracies, latencies
+
+
+def report_bundle(
+    bundle_dir: str | os.PathLike,
+    batch: int = 1,
+    reference: str | None = None,
+    tolerance: float = 0.5,
+    out_dir: str | os.PathLike | None = None,
+) -> tuple[Report, dict[str, Path]]:
+    """Build the Pareto report of a bundle from its stored eval and bench results and write it."""
+    from mmdeploy.bundle import Bundle
+
+    bundle = Bundle.open(bundle_dir)
+    accuracies, latencies = results_from_manifest(bundle.manifest)
+    if not any(a.calibrated for a in accuracies):
+        raise MMDeployError(f"{bundle.root} has no accuracy results", f"run `mmdeploy eval {bundle.root} --data DIR` first")
+    if not any(lat.batch == batch for lat in latencies):
+        have = sorted({lat.batch for lat in latencies})
+        raise MMDeployError(f"{bundle.root} has no latency results at batch {batch} (has {have or 'none'})",
+                            f"run `mmdeploy bench {bundle.root} --batch {batch}` first")
+    points = build_points(accuracies, latencies, batch, training_size=bundle.training_size)
+    ref_key = _parse_key(reference) if reference else None
+    env = dict(bundle.manifest.get("bench_environment", {}))
+    report = build_report(points, batch=batch, environment=env, bundle=bundle.root, reference=ref_key,
+                          training_size=bundle.training_size, tolerance=tolerance)
+    return report, write_report(report, out_dir or bundle.root)
+
+
+def _parse_key(text: str) -> PointKey:
+    parts = text.split("/")
+    if len(parts) != 3 or not parts[0].isdigit():
+        raise MMDeployError(f"reference {text!r} is not SIZE/ENGINE/PRECISION", "e.g. --reference 32/torch/fp32")
+    return PointKey(int(parts[0]), parts[1], parts[2])

@@ -93,23 +93,28 @@ def calibrate_bn(
         return {s: {} for s in sizes}
     saved_training = {m: m.training for m in model.modules()}
     saved = {name: (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for name, m in layers}
-    counts: dict[str, int] = {}
-    hooks = [m.register_forward_hook(_count_hook(name, counts)) for name, m in layers]
-    sums = {s: {name: BNSums(0.0, torch.zeros(m.num_features, dtype=torch.float64), torch.zeros(m.num_features, dtype=torch.float64)) for name, m in layers} for s in sizes}
+    counts: list[int] = []  # values per channel of each layer's input, in forward order, this batch
+    hooks = [m.register_forward_pre_hook(_count_hook(counts)) for _, m in layers]
+    # Per (size, batch): every layer's values per channel, batch mean and unbiased variance, kept
+    # on the device and merged in float64 at the end, so the loop never waits for the device.
+    per_batch: dict[int, list[tuple[list[int], torch.Tensor, torch.Tensor]]] = {s: [] for s in sizes}
     try:
         model.eval()
         for _, m in layers:
             m.train()
             m.momentum = 1.0  # running stats := this batch's mean and unbiased variance
         for batch_index, positions in batches:
-            batch = images[positions]
+            batch = images[positions].to(device, non_blocking=True)  # uint8: a quarter of the float bytes
             for size in sizes:
                 gen = augment_generator(seed, size, batch_index) if augment else None
-                model(to_input(batch, size, preprocess, gen).to(device, non_blocking=True))
-                for name, m in layers:
-                    sums[size][name].add_batch(counts[name], m.running_mean.cpu(), m.running_var.cpu())
+                counts.clear()
+                model(to_input(batch, size, preprocess, gen))
+                if len(counts) != len(layers):
+                    raise RuntimeError(f"{len(counts)} of {len(layers)} BatchNorm layers ran in the forward pass; each must run once")
+                per_batch[size].append((list(counts), torch.cat([m.running_mean for _, m in layers]), torch.cat([m.running_var for _, m in layers])))
                 if progress is not None:
                     progress(1)
+        return {size: _merge(layers, per_batch[size]) for size in sizes}
     finally:
         for h in hooks:
             h.remove()
@@ -121,15 +126,29 @@ def calibrate_bn(
             m.num_batches_tracked.copy_(nbt)
         for m, was_training in saved_training.items():
             m.train(was_training)
-    return sums
 
 
-def _count_hook(name: str, counts: dict):
-    def hook(module, inputs, output):
+def _count_hook(counts: list):
+    def hook(module, inputs):
         x = inputs[0]
-        counts[name] = x.numel() // x.shape[1]
+        counts.append(x.numel() // x.shape[1])
 
     return hook
+
+
+def _merge(layers: list[tuple[str, _BatchNorm]], per_batch: list) -> dict[str, BNSums]:
+    """Exact per-layer sums from every batch's (counts, means, unbiased variances), in float64."""
+    channels = [m.num_features for _, m in layers]
+    if not per_batch:
+        return {name: BNSums(0.0, torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)) for (name, _), c in zip(layers, channels)}
+    n = torch.tensor([c for c, _, _ in per_batch], dtype=torch.float64)  # [batches, layers]
+    mean = torch.stack([m for _, m, _ in per_batch]).to("cpu", torch.float64)  # [batches, channels of all layers]
+    var = torch.stack([v for _, _, v in per_batch]).to("cpu", torch.float64)
+    n_ch = n.repeat_interleave(torch.tensor(channels), dim=1)
+    sums = (n_ch * mean).sum(0).split(channels)
+    sumsq = ((n_ch - 1) * var + n_ch * mean * mean).sum(0).split(channels)
+    totals = n.sum(0).tolist()
+    return {name: BNSums(total, s.clone(), q.clone()) for (name, _), total, s, q in zip(layers, totals, sums, sumsq)}
 
 
 def finalize_bn_state(model: nn.Module, sums: dict[str, BNSums], batches: int) -> dict[str, torch.Tensor]:

@@ -71,7 +71,7 @@ class OrtEngine(Engine):
         self.variant = variant
 
     @classmethod
-    def from_bundle(cls, bundle, size: int, precision: str = "fp32", variant: str = "per-size", batch: int | None = None, **options) -> "OrtEngine":
+    def from_bundle(cls, bundle, size: int, precision: str = "fp32", variant: str = "per-size", batch: int | None = None, **options) -> OrtEngine:
         key = f"onnx/{precision}"
         if variant == "dynamic":
             art = bundle.manifest.get("dynamic", {}).get(key)

@@ -361,8 +361,8 @@ def build_trt_plan(
     """Build a TensorRT plan from ``onnx_path`` and write it atomically to ``plan_path``.
 
     ``precision`` must match the graph: an fp16 plan is built from the fp16 ONNX (converted
-    upstream, fp32 I/O), since TensorRT >= 10 takes precision from the graph. ``tf32`` lets an
-    fp32 plan use TF32 tensor cores (off by default so that "fp32" means fp32). The timing
+    upstream, fp32 I/O), since TensorRT >= 10 takes precision from the graph. ``tf32`` lets
+    fp32 tensors use TF32 tensor cores (off by default, so that "fp32" means fp32). The timing
     cache at ``timing_cache`` is read when present and written back (atomically) after the
     build. Returns the build record for the manifest: settings, versions, seconds, sha256.
     """
@@ -392,7 +392,7 @@ def build_trt_plan(
 
     config = builder.create_builder_config()
     settings = build_settings(input_name, size, precision, batch_sizes, dynamic, max_dynamic_size, workspace_gb,
-                              timing_cache, strongly_typed, tf32 and precision == "fp32", channels)
+                              timing_cache, strongly_typed, tf32, channels)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_bytes"])
     if not settings["tf32"] and getattr(trt.BuilderFlag, "TF32", None) is not None:
         config.clear_flag(trt.BuilderFlag.TF32)

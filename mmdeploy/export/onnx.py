@@ -39,7 +39,6 @@ def export_onnx(
     min_size: int = 4,
 ) -> dict:
     """Export ``model`` (eval mode) to ``path`` atomically; returns a record of the graph."""
-    import onnx
     from torch.export import Dim
 
     model = model.eval()

@@ -233,29 +233,24 @@ class _Sized:
 
 
 def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, workspace_gb, progress) -> dict:
-    from mmdeploy.engines.tensorrt import TrtEngine, build_trt_plan
+    """Build one TensorRT plan per size from its gated ONNX, then gate the plan itself."""
+    from mmdeploy.engines.tensorrt import TrtEngine, build_bundle_plan
 
     built = {}
-    cache = bundle.path("trt_timing.cache")
     with progress.task("building TensorRT plans", len(sizes) * len(precisions)) as advance:
         for precision in precisions:
             for s in sizes:
-                onnx_art = bundle.size_entry(s)["artifacts"][f"onnx/{precision}"]
-                rel = f"sizes/{s}/model.{precision}.plan"
-                record = build_trt_plan(bundle.path(onnx_art["path"]), bundle.path(rel), s, precision, batch_sizes=batches,
-                                        workspace_gb=workspace_gb, timing_cache=cache)
-                record.update({"plan": rel, "profiles": list(batches), "onnx_sha256": onnx_art["sha256"]})
-                bundle.size_entry(s)["artifacts"][f"trt/{precision}"] = record
+                entry = build_bundle_plan(bundle, s, precision, batch_sizes=batches, workspace_gb=workspace_gb)
                 ref = bundle.build_model(s)
                 with TrtEngine.from_bundle(bundle, s, precision) as run:
                     checks = check_parity(ref, run, images, s, tuple(b for b in batches if b <= len(images)) or (1,), pre, tolerances[precision], "trt")
-                record["parity"] = [c.to_dict() for c in checks]
+                entry["parity"] = [c.to_dict() for c in checks]
                 if not all(c.passed for c in checks):
                     del bundle.size_entry(s)["artifacts"][f"trt/{precision}"]
-                    bundle.path(rel).unlink(missing_ok=True)
+                    bundle.path(entry["plan"]).unlink(missing_ok=True)
                     bundle.save()
                     raise MMDeployError(f"parity gate failed for the TensorRT {precision} plan at size {s}", "try --precision fp32, or report the model")
-                built[f"{s}/{precision}"] = rel
+                built[f"{s}/{precision}"] = entry["plan"]
                 bundle.save()
                 advance(1)
     return built

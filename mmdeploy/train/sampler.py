@@ -45,6 +45,11 @@ def part_sizes(n: int, probs: list[float]) -> list[int]:
     return counts
 
 
+def _parts(n: int, regime: Regime) -> list[tuple]:
+    """(size config, number of images) per size: the epoch's disjoint split."""
+    return list(zip(regime.sizes, part_sizes(n, [s.prob for s in regime.sizes]), strict=True))
+
+
 def _cut(indices: torch.Tensor, batch: int) -> list[torch.Tensor]:
     chunks = list(torch.split(indices, batch))
     if len(chunks) > 1 and len(chunks[-1]) == 1:
@@ -60,7 +65,7 @@ def epoch_steps(n: int, regime: Regime, seed: int, epoch: int) -> list[Step]:
     order = torch.randperm(n, generator=gen)
     steps: list[Step] = []
     start = 0
-    for cfg, count in zip(regime.sizes, part_sizes(n, [s.prob for s in regime.sizes])):
+    for cfg, count in _parts(n, regime):
         part = order[start : start + count]
         start += count
         steps += [Step(cfg.size, cfg.duplicates, chunk) for chunk in _cut(part, cfg.batch) if len(chunk)]
@@ -71,7 +76,7 @@ def epoch_steps(n: int, regime: Regime, seed: int, epoch: int) -> list[Step]:
 def steps_per_epoch(n: int, regime: Regime) -> int:
     """Steps in every epoch (the split's counts do not depend on the permutation)."""
     total = 0
-    for cfg, count in zip(regime.sizes, part_sizes(n, [s.prob for s in regime.sizes])):
+    for cfg, count in _parts(n, regime):
         full, rest = divmod(count, cfg.batch)
         total += full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
     return total

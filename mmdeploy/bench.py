@@ -1,0 +1,165 @@
+"""One latency protocol for every engine: warm-up, synchronized timing, round-robin, percentiles.
+
+Points are timed round-robin (one call of each, then again), so drift of a shared machine
+hits every point alike, and reports compare latencies as ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mmdeploy.errors import MMDeployError
+from mmdeploy.progress import Progress
+from mmdeploy.results import LatencyResult
+
+
+@dataclass
+class BenchTarget:
+    size: int
+    engine: str
+    precision: str
+    make_engine: Callable  # () -> Engine
+
+
+def _percentile(sorted_ms: list[float], q: float) -> float:
+    if len(sorted_ms) == 1:
+        return sorted_ms[0]
+    pos = q * (len(sorted_ms) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_ms) - 1)
+    return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
+
+
+def summarize(size: int, engine: str, precision: str, batch: int, times_ms: list[float], device: str, threads: int) -> LatencyResult:
+    s = sorted(times_ms)
+    p50 = _percentile(s, 0.5)
+    return LatencyResult(size, engine, precision, batch, p50, _percentile(s, 0.9), _percentile(s, 0.99), statistics.fmean(s),
+                         1000.0 * batch / p50, len(s), device, threads)
+
+
+def measure_latency(
+    targets: list[BenchTarget],
+    batches: list[int],
+    warmup: int = 10,
+    iters: int = 50,
+    progress: Progress | None = None,
+) -> list[LatencyResult]:
+    """Time every (target, batch) ``iters`` times, round-robin, after ``warmup`` calls each."""
+    progress = progress or Progress()
+    if iters < 1 or warmup < 0 or not batches or min(batches) < 1:
+        raise MMDeployError("--iters must be >= 1, --warmup >= 0 and batches >= 1", "e.g. --batch 1 --batch 32 --iters 50")
+    engines = []
+    try:
+        for t in targets:
+            engines.append(t.make_engine().__enter__())
+        gen = torch.Generator().manual_seed(0)
+        cells = [(t, e, b, torch.randn(b, 3, t.size, t.size, generator=gen)) for t, e in zip(targets, engines) for b in batches]
+        times: list[list[float]] = [[] for _ in cells]
+        with progress.task(f"timing {len(cells)} points", (warmup + iters) * len(cells)) as advance:
+            for _ in range(warmup):
+                for _, e, _, x in cells:
+                    e(x)
+                    advance(1)
+            for e in engines:
+                e.synchronize()
+            for _ in range(iters):
+                for i, (_, e, _, x) in enumerate(cells):
+                    start = time.perf_counter()
+                    e(x)
+                    e.synchronize()
+                    times[i].append(1000.0 * (time.perf_counter() - start))
+                    advance(1)
+    finally:
+        for e in engines:
+            e.__exit__(None, None, None)
+    threads = torch.get_num_threads()
+    return [summarize(t.size, t.engine, t.precision, b, ts, e.device, threads) for (t, e, b, _), ts in zip(cells, times)]
+
+
+def environment() -> dict:
+    """Where the numbers came from: device, threads, library versions."""
+    env = {"platform": platform.platform(), "python": platform.python_version(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    for mod in ("onnxruntime", "onnx", "tensorrt"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except Exception:  # not installed, or broken without a GPU
+            pass
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def bench_bundle(
+    bundle_dir: str | Path,
+    engines: list[str] | None = None,
+    precisions: list[str] | None = None,
+    sizes: list[int] | None = None,
+    batches: list[int] | None = None,
+    warmup: int = 10,
+    iters: int = 50,
+    progress: Progress | None = None,
+) -> tuple[list[LatencyResult], dict, list[str]]:
+    """Latency of every (size, engine, precision) the bundle can run; results go into the manifest.
+
+    Returns (results, environment, skipped-with-reason lines)."""
+    from mmdeploy.bundle import Bundle
+    from mmdeploy.engines import available_engines
+
+    bundle = Bundle.open(bundle_dir)
+    sizes = [int(s) for s in sizes] if sizes else bundle.sizes
+    batches = batches or [1, 32]
+    reasons = available_engines()
+    wanted = engines or ["torch", "ort", "trt"]
+    targets, skipped = [], []
+    for name in wanted:
+        if name not in reasons:
+            raise MMDeployError(f"unknown engine {name!r}", "use torch, ort or trt")
+        if reasons[name]:
+            if engines:
+                skipped.append(f"{name}: {reasons[name]}")
+            continue
+        for prec in precisions or ["fp32"]:
+            for s in sizes:
+                if not _has_artifact(bundle, name, s, prec):
+                    if engines:
+                        skipped.append(f"{name} {prec} at {s}: not exported (run `mmdeploy export {bundle.root} --engine {name} --precision {prec}`)")
+                    continue
+                targets.append(BenchTarget(s, name, prec, lambda s=s, n=name, p=prec: bundle.engine(n, s, p)))
+    if not targets:
+        raise MMDeployError(f"nothing to benchmark in {bundle.root}", "; ".join(skipped) or "export the bundle first")
+    results = measure_latency(targets, batches, warmup, iters, progress)
+    env = environment()
+    for r in results:
+        entry = bundle.size_entry(r.size).setdefault("metrics", {}).setdefault("latency", {})
+        entry[f"{r.engine}/{r.precision}/b{r.batch}"] = {k: v for k, v in r.__dict__.items() if k not in ("size", "engine", "precision")}
+    bundle.manifest["bench_environment"] = env
+    bundle.save()
+    return results, env, skipped
+
+
+def _has_artifact(bundle, engine: str, size: int, precision: str) -> bool:
+    if engine == "torch":
+        return precision == "fp32" or torch.cuda.is_available()
+    key = f"{'onnx' if engine == 'ort' else 'trt'}/{precision}"
+    art = bundle.size_entry(size).get("artifacts", {}).get(key)
+    return bool(art) and bundle.path(art.get("path") or art.get("plan")).exists()

@@ -1,0 +1,735 @@
+"""The TensorRT engine: pure planning on the CPU, the TensorRT call sequence against a fake
+``tensorrt`` module, and real builds where TensorRT and a GPU exist (marked ``trt``).
+
+The fake module has TensorRT 10/11's real names and nothing else: a call to a removed or
+misspelled API (``execute_v2``, ``EXPLICIT_BATCH``, ``BuilderFlag.FP16`` on 11) fails the test.
+Its "kernel" reads and writes the bound memory through the array interfaces, so the
+engine's pointer, shape, dtype and profile handling is checked for real, on the CPU and
+(``gpu`` mark) on a CUDA device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mmdeploy.engines.tensorrt as trt_mod
+from mmdeploy.bundle import Bundle
+from mmdeploy.engines import create_engine
+from mmdeploy.engines.tensorrt import (
+    TIMING_CACHE,
+    TrtEngine,
+    build_bundle_plan,
+    build_settings,
+    build_trt_plan,
+    derive_profiles,
+    plan_filename,
+    trt_unavailable_reason,
+)
+from mmdeploy.errors import MMDeployError
+
+SIZE = 16
+REAL_TRT_REASON = trt_unavailable_reason()  # evaluated before any test injects a fake module
+needs_trt = pytest.mark.skipif(bool(REAL_TRT_REASON), reason=f"needs TensorRT and a CUDA GPU: {REAL_TRT_REASON}")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+# -- pure planning ----------------------------------------------------------------------------
+def test_static_profiles_are_min_opt_max_per_batch():
+    profiles = derive_profiles("images", 24, (32, 1, 32), dynamic=False, max_dynamic_size=None)
+    assert [p.min for p in profiles] == [(1, 3, 24, 24), (32, 3, 24, 24)]
+    assert all(p.static and p.min == p.opt == p.max and p.input_name == "images" for p in profiles)
+
+
+def test_dynamic_profile_covers_batches_and_is_last():
+    *static, dyn = derive_profiles("images", 24, (1, 32), dynamic=True, max_dynamic_size=None)
+    assert [p.min[0] for p in static] == [1, 32]
+    assert (dyn.min, dyn.opt, dyn.max) == ((1, 3, 24, 24), (32, 3, 24, 24), (32, 3, 24, 24))
+    assert not dyn.static and dyn.accepts((7, 3, 24, 24)) and not dyn.accepts((33, 3, 24, 24)) and not dyn.accepts((7, 3, 32, 32))
+
+
+def test_dynamic_profile_with_a_size_range():
+    dyn = derive_profiles("x", 24, (1, 8), dynamic=True, max_dynamic_size=48, channels=1, min_dynamic_size=16)[-1]
+    assert (dyn.min, dyn.opt, dyn.max) == ((1, 1, 16, 16), (8, 1, 24, 24), (8, 1, 48, 48))
+    with pytest.raises(MMDeployError, match="must contain the deployment size"):
+        derive_profiles("x", 64, (1,), dynamic=True, max_dynamic_size=48)
+
+
+def test_dynamic_profile_that_equals_a_static_one_is_not_repeated():
+    assert len(derive_profiles("x", 24, (1,), dynamic=True, max_dynamic_size=None)) == 1
+
+
+@pytest.mark.parametrize("batches", [(), (0, 4), (-1,)])
+def test_bad_batch_sizes_are_user_errors(batches):
+    with pytest.raises(MMDeployError, match="batch sizes"):
+        derive_profiles("x", 24, batches)
+
+
+def test_plan_names():
+    assert plan_filename(160, "fp16") == "sizes/160/model.fp16.plan"
+    assert plan_filename(24, "fp32", batch=32) == "sizes/24/model.fp32.b32.plan"
+    with pytest.raises(MMDeployError, match="int8"):
+        plan_filename(24, "int8")
+
+
+def test_build_settings_record():
+    s = build_settings("images", 32, "fp16", (32, 1), dynamic=True, workspace_gb=0.5, timing_cache=Path("trt/timing.cache"))
+    assert s["workspace_bytes"] == 512 << 20
+    assert s["precision"] == "fp16" and s["strongly_typed"] is True and s["precision_source"] == "graph"
+    assert s["batch_sizes"] == [1, 32] and s["dynamic"] is True and s["tf32"] is False
+    assert s["profiles"][0] == {"input": "images", "min": [1, 3, 32, 32], "opt": [1, 3, 32, 32], "max": [1, 3, 32, 32]}
+    assert s["profiles"][-1]["max"] == [32, 3, 32, 32] and len(s["profiles"]) == 3
+    assert s["timing_cache"] == "trt/timing.cache"
+    json.dumps(s)  # goes into the manifest as is
+    with pytest.raises(MMDeployError, match="workspace"):
+        build_settings("images", 32, "fp32", workspace_gb=0)
+
+
+# -- availability ---------------------------------------------------------------------------
+@pytest.mark.skipif(not REAL_TRT_REASON, reason="TensorRT and a GPU are present here")
+def test_unavailable_reason_says_what_is_missing():
+    reason = trt_unavailable_reason()
+    assert reason and "\n" not in reason
+    if "tensorrt" not in sys.modules:
+        assert "TensorRT is not installed" in reason and "mmdeploy-mixsize[trt]" in reason
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in reason
+
+
+def test_unavailable_reason_names_only_the_gpu_when_tensorrt_imports(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTrt().module)
+    monkeypatch.setattr(trt_mod, "_cuda_available", lambda: False)
+    reason = trt_unavailable_reason()
+    assert reason.startswith("no CUDA GPU") and "TensorRT" not in reason.split(" (")[0]
+    monkeypatch.setattr(trt_mod, "_cuda_available", lambda: True)
+    assert trt_unavailable_reason() == ""
+
+
+def test_old_tensorrt_is_reported(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTrt(version="8.6.1").module)
+    monkeypatch.setattr(trt_mod, "_cuda_available", lambda: True)
+    assert "8.6.1 is too old" in trt_unavailable_reason()
+
+
+def _bundle(root: Path, artifacts: dict | None = None) -> Bundle:
+    manifest = {"schema": "mmdeploy.bundle", "schema_version": 1, "source": {}, "preprocess": {}, "sizes": {str(SIZE): {"artifacts": artifacts or {}}}}
+    return Bundle(root, manifest)
+
+
+def test_missing_plan_is_a_one_line_error_with_a_hint(tmp_path):
+    with pytest.raises(MMDeployError) as info:
+        create_engine("trt", _bundle(tmp_path), SIZE, "fp16")
+    err = info.value
+    assert "no TensorRT fp16 plan for size 16" in err.message and "--engine trt" in err.hint
+    assert "\n" not in err.one_line()
+
+
+def test_recorded_plan_whose_file_is_gone_is_missing(tmp_path):
+    bundle = _bundle(tmp_path, {"trt/fp32": {"plan": "sizes/16/model.fp32.plan", "profiles": [1]}})
+    with pytest.raises(MMDeployError, match="no TensorRT fp32 plan"):
+        TrtEngine.from_bundle(bundle, SIZE, "fp32")
+
+
+@pytest.mark.skipif(not REAL_TRT_REASON, reason="TensorRT and a GPU are present here")
+def test_plan_without_tensorrt_says_why(tmp_path):
+    (tmp_path / "sizes/16").mkdir(parents=True)
+    (tmp_path / "sizes/16/model.fp32.plan").write_bytes(b"plan")
+    bundle = _bundle(tmp_path, {"trt/fp32": {"plan": "sizes/16/model.fp32.plan", "profiles": [1]}})
+    with pytest.raises(MMDeployError, match="trt engine is unavailable") as info:
+        TrtEngine.from_bundle(bundle, SIZE, "fp32")
+    assert "\n" not in info.value.one_line()
+
+
+# -- a fake tensorrt: TensorRT 10/11 names only, calls recorded ------------------------------
+class _Enum:
+    """Enum-like: reading a member is recorded, a member the version lacks is an AttributeError."""
+
+    def __init__(self, owner: FakeTrt, name: str, **members):
+        self._owner, self._name, self._members = owner, name, members
+
+    def __getattr__(self, item):
+        if item.startswith("_") or item not in self._members:
+            raise AttributeError(f"tensorrt.{self._name} has no {item}")
+        self._owner.touched.add(f"{self._name}.{item}")
+        return self._members[item]
+
+
+def _wrap(ptr: int, shape, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """A tensor over memory TensorRT was handed by address (what a kernel would see)."""
+    typestr = {torch.float32: "<f4", torch.float16: "<f2"}[dtype]
+    if device == "cpu":
+        holder = types.SimpleNamespace(__array_interface__={"shape": tuple(shape), "typestr": typestr, "data": (ptr, False), "version": 3})
+        return torch.from_numpy(np.asarray(holder))
+    iface = {"shape": tuple(shape), "typestr": typestr, "data": (ptr, False), "version": 2, "strides": None}
+    return torch.as_tensor(type("CudaBuf", (), {"__cuda_array_interface__": iface})(), device=device)
+
+
+def fake_kernel(x: torch.Tensor) -> torch.Tensor:
+    return x.mean((2, 3)) * 2.0 + 1.0
+
+
+class FakeTrt:
+    """Builds a ``tensorrt`` module stand-in. ``calls`` lists (api, args) in call order."""
+
+    def __init__(self, version="10.13.0", strongly_typed=True, fp16_flag=True, input_shape=(-1, 3, SIZE, SIZE),
+                 parse_errors=(), build_fails=False, out_dtype="FLOAT", foreign_cache=False, device="cpu"):
+        self.calls: list[tuple[str, tuple]] = []
+        self.touched: set[str] = set()
+        fake = self
+        net_flags = {"EXPLICIT_BATCH": 0, **({"STRONGLY_TYPED": 1} if strongly_typed else {})}
+        builder_flags = {"TF32": 6, "DEBUG": 2, **({"FP16": 0} if fp16_flag else {})}
+        m = types.ModuleType("tensorrt")
+        m.__version__ = version
+        m.NetworkDefinitionCreationFlag = _Enum(self, "NetworkDefinitionCreationFlag", **net_flags)
+        m.BuilderFlag = _Enum(self, "BuilderFlag", **builder_flags)
+        m.MemoryPoolType = _Enum(self, "MemoryPoolType", WORKSPACE="WORKSPACE")
+        m.TensorIOMode = _Enum(self, "TensorIOMode", NONE="NONE", INPUT="INPUT", OUTPUT="OUTPUT")
+        m.DataType = _Enum(self, "DataType", FLOAT="FLOAT", HALF="HALF", INT32="INT32", INT64="INT64", BOOL="BOOL", INT8="INT8", UINT8="UINT8")
+
+        def rec(name, *args):
+            fake.calls.append((name, args))
+
+        class ILogger:
+            Severity = _Enum(self, "Severity", INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
+
+            def __init__(self):
+                pass
+
+        class Tensor:
+            def __init__(self, name, shape):
+                self.name, self.shape = name, shape
+
+        class Network:
+            num_inputs = 1
+
+            def get_input(self, i):
+                return Tensor("images", input_shape)
+
+        class ParserError:
+            def __init__(self, node, desc):
+                self._node, self._desc = node, desc
+
+            def node(self):
+                return self._node
+
+            def desc(self):
+                return self._desc
+
+            def code(self):
+                return 8
+
+        class OnnxParser:
+            def __init__(self, network, logger):
+                rec("OnnxParser", network, logger)
+                self.num_errors = 0
+
+            def parse_from_file(self, path):
+                rec("parse_from_file", path)
+                self.num_errors = len(parse_errors)
+                return not parse_errors
+
+            def get_error(self, i):
+                return ParserError(i + 3, parse_errors[i])
+
+        class TimingCache:
+            def __init__(self, blob):
+                self.blob = bytes(blob)
+
+            def serialize(self):
+                rec("serialize")
+                return memoryview(self.blob + b"|tuned")  # a buffer, as IHostMemory is
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                rec("set_shape", name, tuple(lo), tuple(opt), tuple(hi))
+                self.shape = (name, tuple(lo), tuple(opt), tuple(hi))
+
+        class Config:
+            def __init__(self):
+                self.profiles, self.cache = [], None
+
+            def set_memory_pool_limit(self, pool, size):
+                rec("set_memory_pool_limit", pool, size)
+
+            def set_flag(self, flag):
+                rec("set_flag", flag)
+
+            def clear_flag(self, flag):
+                rec("clear_flag", flag)
+
+            def add_optimization_profile(self, profile):
+                rec("add_optimization_profile")
+                self.profiles.append(profile.shape)
+                return len(self.profiles) - 1
+
+            def create_timing_cache(self, blob):
+                rec("create_timing_cache", bytes(blob))
+                return TimingCache(blob)
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                rec("set_timing_cache", cache.blob, ignore_mismatch)
+                if foreign_cache and cache.blob:
+                    return False
+                self.cache = cache
+                return True
+
+            def get_timing_cache(self):
+                rec("get_timing_cache")
+                return self.cache
+
+        class Builder:
+            def __init__(self, logger):
+                rec("Builder")
+                self.logger = logger
+
+            def create_network(self, flags=0):
+                rec("create_network", flags)
+                return Network()
+
+            def create_builder_config(self):
+                rec("create_builder_config")
+                return Config()
+
+            def create_optimization_profile(self):
+                rec("create_optimization_profile")
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                rec("build_serialized_network", network, config)
+                if build_fails:
+                    self.logger.log(ILogger.Severity.ERROR, "out of memory in tactic selection")
+                    return None
+                return b"FAKEPLAN" + json.dumps({"profiles": config.profiles, "out": out_dtype}).encode()
+
+        class Context:
+            def __init__(self, engine):
+                self.engine, self.profile, self.shape, self.addr = engine, 0, None, {}
+
+            def set_optimization_profile_async(self, index, stream_handle):
+                rec("set_optimization_profile_async", index, stream_handle)
+                assert isinstance(stream_handle, int)
+                self.profile, self.shape = index, None
+                return True
+
+            def set_input_shape(self, name, shape):
+                rec("set_input_shape", name, tuple(shape))
+                _, lo, _, hi = self.engine.profiles[self.profile]
+                ok = name == "images" and all(a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True))
+                self.shape = tuple(shape) if ok else None
+                return ok
+
+            def get_tensor_shape(self, name):
+                assert name == "logits" and self.shape is not None
+                return (self.shape[0], self.shape[1])
+
+            def set_tensor_address(self, name, ptr):
+                rec("set_tensor_address", name)
+                self.addr[name] = ptr
+                return True
+
+            def execute_async_v3(self, stream_handle):
+                rec("execute_async_v3", stream_handle)
+                assert self.shape is not None and set(self.addr) == {"images", "logits"}
+                out_dtype_t = torch.float16 if self.engine.out == "HALF" else torch.float32
+                with contextlib.ExitStack() as stack:
+                    if device != "cpu":
+                        stack.enter_context(torch.cuda.stream(torch.cuda.ExternalStream(stream_handle)))
+                    x = _wrap(self.addr["images"], self.shape, torch.float32, device)
+                    out = _wrap(self.addr["logits"], self.shape[:2], out_dtype_t, device)
+                    out.copy_(fake_kernel(x))
+                return True
+
+            def execute_v2(self, *a, **k):  # TensorRT 8's binding API: must not be used
+                raise AssertionError("execute_v2 used; TensorRT 10 code uses execute_async_v3")
+
+            execute_async_v2 = execute_v2
+
+        class Engine:
+            def __init__(self, payload):
+                self.profiles = [tuple(p) for p in payload["profiles"]]
+                self.out = payload["out"]
+                self.num_io_tensors = 2
+                self.num_optimization_profiles = len(self.profiles)
+
+            def get_tensor_name(self, i):
+                return ("images", "logits")[i]
+
+            def get_tensor_mode(self, name):
+                return {"images": "INPUT", "logits": "OUTPUT"}[name]
+
+            def get_tensor_dtype(self, name):
+                return "FLOAT" if name == "images" else self.out
+
+            def get_tensor_profile_shape(self, name, index):
+                assert name == "images"
+                return [list(s) for s in self.profiles[index][1:]]
+
+            def create_execution_context(self):
+                rec("create_execution_context")
+                return Context(self)
+
+        class Runtime:
+            def __init__(self, logger):
+                rec("Runtime")
+
+            def deserialize_cuda_engine(self, data):
+                rec("deserialize_cuda_engine")
+                data = bytes(data)
+                return Engine(json.loads(data[len(b"FAKEPLAN"):])) if data.startswith(b"FAKEPLAN") else None
+
+        m.ILogger, m.Builder, m.OnnxParser, m.Runtime = ILogger, Builder, OnnxParser, Runtime
+        self.module = m
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+    def args(self, name: str) -> list[tuple]:
+        return [c[1] for c in self.calls if c[0] == name]
+
+
+@pytest.fixture
+def use_fake(monkeypatch):
+    """Install a FakeTrt as ``tensorrt`` with a 'GPU' present; returns a factory taking FakeTrt options."""
+
+    def install(**options) -> FakeTrt:
+        fake = FakeTrt(**options)
+        monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
+        monkeypatch.setattr(trt_mod, "_cuda_available", lambda: True)
+        return fake
+
+    return install
+
+
+# -- small ONNX graphs (onnx.helper: no exporter needed for the mocked builds) --------------
+def _conv_mean_onnx(path: Path, batch="N") -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((3, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["y"], pads=[1, 1, 1, 1]),
+         helper.make_node("ReduceMean", ["y"], ["logits"], axes=[2, 3], keepdims=0)],
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _to_fp16(src: Path, dst: Path) -> Path:
+    """fp16 inside, fp32 I/O, by ONNX Runtime's converter (as the export step does), without mmdeploy's metadata."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
+    return dst
+
+
+@pytest.fixture
+def onnx32(tmp_path) -> Path:
+    return _conv_mean_onnx(tmp_path / "model.onnx")
+
+
+@pytest.fixture
+def onnx16(tmp_path, onnx32) -> Path:
+    return _to_fp16(onnx32, tmp_path / "model.fp16.onnx")
+
+
+def test_graph_precision_is_read_from_the_graph(onnx32, onnx16):
+    assert trt_mod._graph_precision(onnx32) == "fp32"
+    assert trt_mod._graph_precision(onnx16) == "fp16"
+
+
+# -- the build sequence ----------------------------------------------------------------------
+def test_build_calls_tensorrt_10_in_order(use_fake, onnx32, tmp_path):
+    fake = use_fake()
+    plan, cache = tmp_path / "out/sizes/16/model.fp32.plan", tmp_path / "out/trt/timing.cache"
+    record = build_trt_plan(onnx32, plan, SIZE, "fp32", batch_sizes=(1, 32), dynamic=True, workspace_gb=2, timing_cache=cache)
+
+    assert _in_order(fake.names(), ["Builder", "create_network", "OnnxParser", "parse_from_file", "create_builder_config",
+                                    "set_memory_pool_limit", "create_optimization_profile", "set_shape", "add_optimization_profile",
+                                    "create_timing_cache", "set_timing_cache", "build_serialized_network", "get_timing_cache", "serialize"])
+    assert fake.args("create_network") == [(1 << 1,)]  # STRONGLY_TYPED, and nothing else
+    assert not any(t.endswith("EXPLICIT_BATCH") for t in fake.touched)
+    assert fake.args("parse_from_file") == [(str(onnx32),)]
+    assert fake.args("set_memory_pool_limit") == [("WORKSPACE", 2 << 30)]
+    assert fake.args("clear_flag") == [(6,)]  # TF32 off: an fp32 plan computes in fp32
+    assert fake.args("set_flag") == []
+    expected = [(p.input_name, p.min, p.opt, p.max) for p in derive_profiles("images", SIZE, (1, 32), True, None)]
+    assert fake.args("set_shape") == expected
+    assert fake.args("set_timing_cache") == [(b"", False)]
+
+    data = plan.read_bytes()
+    assert data.startswith(b"FAKEPLAN")
+    assert record["plan_sha256"] == hashlib.sha256(data).hexdigest() and record["plan_bytes"] == len(data)
+    assert cache.read_bytes() == b"|tuned"
+    assert record["profiles"] == [1, 32] and record["dynamic"] is True
+    assert record["settings"]["strongly_typed"] is True and record["settings"]["timing_cache_reused"] is False
+    assert record["versions"]["tensorrt"] == "10.13.0"
+    assert record["build_seconds"] >= 0
+    assert not [p for p in plan.parent.iterdir() if p.name.endswith(".tmp")]  # written atomically, no debris
+
+
+def _in_order(names: list[str], order: list[str]) -> bool:
+    firsts = [names.index(n) for n in order]
+    return firsts == sorted(firsts)
+
+
+def test_fp16_on_tensorrt_11_uses_the_graph_not_a_builder_flag(use_fake, onnx16, tmp_path):
+    fake = use_fake(version="11.4.0", fp16_flag=False)
+    record = build_trt_plan(onnx16, tmp_path / "p.plan", SIZE, "fp16", batch_sizes=(8,))
+    assert fake.args("create_network") == [(1 << 1,)]
+    assert fake.args("set_flag") == [] and fake.args("clear_flag") == [(6,)]  # only TF32 off
+    assert "BuilderFlag.FP16" not in fake.touched
+    assert record["settings"]["precision_source"] == "graph" and "timing_cache_reused" not in record["settings"]
+
+
+def test_fp16_without_strong_typing_falls_back_to_the_fp16_flag(use_fake, onnx16, tmp_path):
+    fake = use_fake(strongly_typed=False)
+    record = build_trt_plan(onnx16, tmp_path / "p.plan", SIZE, "fp16", batch_sizes=(1,))
+    assert fake.args("create_network") == [(0,)]
+    assert fake.args("set_flag") == [(0,)]  # BuilderFlag.FP16
+    assert record["settings"]["strongly_typed"] is False and record["settings"]["precision_source"] == "builder_flag"
+
+
+def test_fp16_with_neither_strong_typing_nor_fp16_flag_is_refused(use_fake, onnx16, tmp_path):
+    use_fake(strongly_typed=False, fp16_flag=False)
+    with pytest.raises(MMDeployError, match="neither strongly typed networks nor the FP16 builder flag"):
+        build_trt_plan(onnx16, tmp_path / "p.plan", SIZE, "fp16")
+    assert not (tmp_path / "p.plan").exists()
+
+
+def test_precision_must_match_the_graph(use_fake, onnx32, onnx16, tmp_path):
+    fake = use_fake()
+    with pytest.raises(MMDeployError, match="fp32 graph but a fp16 plan") as info:
+        build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp16")
+    assert "--precision fp16" in info.value.hint
+    with pytest.raises(MMDeployError, match="fp16 graph but a fp32 plan"):
+        build_trt_plan(onnx16, tmp_path / "p.plan", SIZE, "fp32")
+    assert fake.calls == []  # refused before TensorRT is touched
+
+
+def test_parser_errors_are_listed_in_one_error(use_fake, onnx32, tmp_path):
+    use_fake(parse_errors=("Unsupported op Foo", "bad attribute"))
+    with pytest.raises(MMDeployError) as info:
+        build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32")
+    assert "node 3: Unsupported op Foo; node 4: bad attribute" in info.value.message
+    assert "\n" not in info.value.one_line()
+
+
+def test_failed_build_writes_nothing_and_says_why(use_fake, onnx32, tmp_path):
+    use_fake(build_fails=True)
+    cache = tmp_path / "c"
+    with pytest.raises(MMDeployError, match="out of memory in tactic selection"):
+        build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", timing_cache=cache)
+    assert not (tmp_path / "p.plan").exists() and not cache.exists()
+
+
+def test_timing_cache_is_reused_and_written_back(use_fake, onnx32, tmp_path):
+    fake = use_fake()
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"OLD")
+    record = build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", timing_cache=cache)
+    assert fake.args("create_timing_cache") == [(b"OLD",)] and fake.args("set_timing_cache") == [(b"OLD", False)]
+    assert cache.read_bytes() == b"OLD|tuned" and record["settings"]["timing_cache_reused"] is True
+
+
+def test_foreign_timing_cache_is_replaced(use_fake, onnx32, tmp_path):
+    fake = use_fake(foreign_cache=True)
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"FROM-ANOTHER-GPU")
+    record = build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", timing_cache=cache)
+    assert fake.args("set_timing_cache") == [(b"FROM-ANOTHER-GPU", False), (b"", False)]
+    assert cache.read_bytes() == b"|tuned" and record["settings"]["timing_cache_reused"] is False
+
+
+def test_fixed_batch_graph_cannot_serve_other_batches(use_fake, tmp_path):
+    use_fake(input_shape=(2, 3, SIZE, SIZE))
+    onnx = _conv_mean_onnx(tmp_path / "b2.onnx", batch=2)
+    with pytest.raises(MMDeployError, match="fixed batch of 2"):
+        build_trt_plan(onnx, tmp_path / "p.plan", SIZE, "fp32", batch_sizes=(1, 32))
+
+
+def test_graph_size_must_be_the_plan_size(use_fake, onnx32, tmp_path):
+    use_fake()
+    with pytest.raises(MMDeployError, match="fixed H/W 16x16"):
+        build_trt_plan(onnx32, tmp_path / "p.plan", 24, "fp32")
+
+
+# -- bundle round trip and inference through the fake ---------------------------------------
+class _FakeStream:
+    """torch.cuda.Stream's surface for CPU runs of the engine."""
+
+    cuda_stream = 0
+
+    def __init__(self, *a, **k):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+
+@pytest.fixture
+def cpu_streams(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+
+
+def _bundle_with_plan(tmp_path, onnx32, dynamic=True) -> Bundle:
+    bundle = _bundle(tmp_path / "bundle", {"onnx/fp32": {"path": "sizes/16/model.onnx"}})
+    bundle.path("sizes/16").mkdir(parents=True)
+    bundle.path("sizes/16/model.onnx").write_bytes(onnx32.read_bytes())
+    entry = build_bundle_plan(bundle, SIZE, "fp32", batch_sizes=(1, 4), dynamic=dynamic, workspace_gb=1)
+    assert entry["plan"] == "sizes/16/model.fp32.plan" and entry["settings"]["timing_cache"] == TIMING_CACHE
+    assert bundle.manifest["sizes"]["16"]["artifacts"]["trt/fp32"] is entry
+    assert bundle.path(TIMING_CACHE).is_file()
+    json.dumps(bundle.manifest)
+    return bundle
+
+
+def _run_engine_checks(fake: FakeTrt, engine: TrtEngine, device: str) -> None:
+    torch.manual_seed(0)
+    with engine as run:
+        for n in (1, 4, 4, 3, 1):
+            x = torch.randn(n, 3, SIZE, SIZE)
+            y = run(x)
+            assert y.dtype == torch.float32 and y.device.type == "cpu" and y.shape == (n, 3)
+            torch.testing.assert_close(y, fake_kernel(x), atol=2e-3, rtol=2e-3)
+        run.synchronize()
+        assert [p["min"][0] for p in run.describe()["profiles"]] == [1, 4, 1]
+        with pytest.raises(MMDeployError, match="no profile for input shape"):
+            run(torch.randn(5, 3, SIZE, SIZE))
+        with pytest.raises(MMDeployError, match="no profile"):
+            run(torch.randn(1, 3, 24, 24))
+    names = fake.names()
+    assert "execute_v2" not in names and names.count("execute_async_v3") == 5
+    # profile 0 is active at first: switches to 1 (batch 4), 2 (dynamic, batch 3), back to 0 (batch 1)
+    assert [a[0] for a in fake.args("set_optimization_profile_async")] == [1, 2, 0]
+    assert fake.args("set_input_shape")[:3] == [("images", (1, 3, SIZE, SIZE)), ("images", (4, 3, SIZE, SIZE)), ("images", (3, 3, SIZE, SIZE))]
+    assert set(fake.args("set_tensor_address")) == {("images",), ("logits",)}
+    assert engine._context is None and not engine.active
+
+
+def test_engine_round_trip_through_the_fake(use_fake, cpu_streams, onnx32, tmp_path):
+    fake = use_fake()
+    bundle = _bundle_with_plan(tmp_path, onnx32)
+    engine = create_engine("trt", bundle, SIZE, "fp32", device="cpu")
+    assert isinstance(engine, TrtEngine) and engine.describe()["engine"] == "trt"
+    _run_engine_checks(fake, engine, "cpu")
+
+
+def test_half_output_is_returned_as_float32(use_fake, cpu_streams, onnx32, tmp_path):
+    use_fake(out_dtype="HALF")
+    bundle = _bundle_with_plan(tmp_path, onnx32, dynamic=False)
+    with TrtEngine.from_bundle(bundle, SIZE, "fp32", device="cpu") as run:
+        x = torch.randn(4, 3, SIZE, SIZE)
+        y = run(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, fake_kernel(x), atol=1e-2, rtol=1e-2)
+
+
+def test_unknown_batch_is_refused_before_loading(use_fake, onnx32, tmp_path):
+    use_fake()
+    bundle = _bundle_with_plan(tmp_path, onnx32, dynamic=False)
+    with pytest.raises(MMDeployError, match=r"profiles for batches \[1, 4\], not 8"):
+        TrtEngine.from_bundle(bundle, SIZE, "fp32", batch=8)
+
+
+def test_plan_from_another_tensorrt_is_a_clear_error(use_fake, cpu_streams, tmp_path):
+    use_fake()
+    (tmp_path / "sizes/16").mkdir(parents=True)
+    (tmp_path / "sizes/16/model.fp32.plan").write_bytes(b"NOT A PLAN")
+    art = {"plan": "sizes/16/model.fp32.plan", "profiles": [1], "versions": {"tensorrt": "10.3.0", "gpu": "NVIDIA A100"}}
+    engine = TrtEngine.from_bundle(_bundle(tmp_path, {"trt/fp32": art}), SIZE, "fp32", device="cpu")
+    with pytest.raises(MMDeployError, match="built with TensorRT 10.3.0 on NVIDIA A100") as info:
+        engine.activate()
+    assert "rebuild" in info.value.hint
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_engine_round_trip_through_the_fake_on_cuda(use_fake, onnx32, tmp_path):
+    """Real CUDA memory, stream handles and copies; only the TensorRT kernels are faked."""
+    fake = use_fake(device="cuda")
+    bundle = _bundle_with_plan(tmp_path, onnx32)
+    _run_engine_checks(fake, TrtEngine.from_bundle(bundle, SIZE, "fp32"), "cuda")
+
+
+# -- real TensorRT ------------------------------------------------------------------------------
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def _tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = _Tiny()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.2, 0.2)
+        model.bn.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _export_tiny(model: torch.nn.Module, path: Path) -> Path:
+    from torch.export import Dim
+
+    program = torch.onnx.export(model, (torch.randn(2, 3, SIZE, SIZE),), dynamo=True,
+                                dynamic_shapes=({0: Dim("batch", min=1, max=64)},), verbose=False)
+    program.save(str(path), external_data=False)
+    return path
+
+
+def test_tiny_export_is_an_fp32_graph_and_converts_to_fp16(tmp_path):
+    """The fixture the TensorRT tests build from, checked where they cannot run."""
+    path = _export_tiny(_tiny_model(), tmp_path / "tiny.onnx")
+    assert not (tmp_path / "tiny.onnx.data").exists()
+    assert trt_mod._graph_precision(path) == "fp32"
+    assert trt_mod._graph_precision(_to_fp16(path, tmp_path / "tiny.fp16.onnx")) == "fp16"
+
+
+@needs_trt
+@pytest.mark.trt
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-3), ("fp16", 2e-2)])
+def test_real_plan_matches_torch(tmp_path, precision, tol):
+    model = _tiny_model()
+    onnx = _export_tiny(model, tmp_path / "tiny.onnx")
+    if precision == "fp16":
+        onnx = _to_fp16(onnx, tmp_path / "tiny.fp16.onnx")
+    cache = tmp_path / "timing.cache"
+    plan = tmp_path / plan_filename(SIZE, precision)
+    record = build_trt_plan(onnx, plan, SIZE, precision, batch_sizes=(1, 4), dynamic=True, workspace_gb=1, timing_cache=cache)
+    assert plan.is_file() and cache.is_file() and record["versions"]["gpu"]
+    again = build_trt_plan(onnx, plan, SIZE, precision, batch_sizes=(1, 4), dynamic=True, workspace_gb=1, timing_cache=cache)
+    assert again["settings"]["timing_cache_reused"] is True
+    with TrtEngine(plan, SIZE, precision) as run:
+        for n in (1, 4, 3):
+            x = torch.randn(n, 3, SIZE, SIZE)
+            with torch.no_grad():
+                want = model(x)
+            got = run(x)
+            assert got.dtype == torch.float32 and got.shape == want.shape
+            torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+        assert len(run.describe()["profiles"]) == 3
