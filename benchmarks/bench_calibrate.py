@@ -35,23 +35,33 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar10/train"
 CIFAR = Preprocess("cifar", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
-def toolkit_run(model, images, batches, size, seed) -> float:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def toolkit_run(model, images, batches, sizes, seed, device) -> float:
+    _sync(device)
     start = time.perf_counter()
-    sums = calibrate_bn(model, images, batches, [size], CIFAR, augment=True, seed=seed)
-    finalize_bn_state(model, sums[size], len(batches))
+    sums = calibrate_bn(model, images, batches, sizes, CIFAR, augment=True, seed=seed, device=device)
+    for size in sizes:
+        finalize_bn_state(model, sums[size], len(batches))
     return time.perf_counter() - start
 
 
 @torch.no_grad()
-def bare_run(model, images, batches, size, seed) -> float:
+def bare_run(model, images, batches, sizes, seed, device) -> float:
+    _sync(device)
     start = time.perf_counter()
     model.eval()
     for _, m in bn_layers(model):
         m.train()
     for batch_index, positions in batches:
-        x = to_input(images[positions], size, CIFAR, augment_generator(seed, size, batch_index))
-        model(x)
+        batch = images[positions].to(device, non_blocking=True)
+        for size in sizes:
+            model(to_input(batch, size, CIFAR, augment_generator(seed, size, batch_index)))
     model.eval()
+    _sync(device)
     return time.perf_counter() - start
 
 
@@ -63,6 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 48])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per side; medians are reported")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     if args.threads:
@@ -77,37 +88,46 @@ def main(argv=None) -> int:
     images = decoded.images
     batches = [(i, torch.tensor(b)) for i, b in enumerate(plan_batches(len(images), args.batch_size, 10**9, seed=0))]
     torch.manual_seed(0)
-    model = create_model("cifar_resnet20").eval()
+    model = create_model("cifar_resnet20").eval().to(args.device)
 
     rows = []
-    for size in args.sizes:
-        toolkit_run(model, images, batches[:2], size, 0)  # warm-up both paths (allocator, oneDNN kernels)
-        bare_run(model, images, batches[:2], size, 0)
+    for sizes in [[s] for s in args.sizes] + ([args.sizes] if len(args.sizes) > 1 else []):
+        toolkit_run(model, images, batches[:2], sizes, 0, args.device)  # warm-up both paths (allocator, kernels)
+        bare_run(model, images, batches[:2], sizes, 0, args.device)
         toolkit, bare = [], []
         for _ in range(args.repeats):
-            toolkit.append(toolkit_run(model, images, batches, size, 0))
-            bare.append(bare_run(model, images, batches, size, 0))
+            toolkit.append(toolkit_run(model, images, batches, sizes, 0, args.device))
+            bare.append(bare_run(model, images, batches, sizes, 0, args.device))
         t, b = statistics.median(toolkit), statistics.median(bare)
         ratios = sorted(tk / br for tk, br in zip(toolkit, bare))
-        rows.append({"size": size, "toolkit_img_s": len(images) / t, "bare_img_s": len(images) / b, "ratio": t / b,
+        n = len(images) * len(sizes)  # image forward passes
+        rows.append({"sizes": sizes, "toolkit_img_s": n / t, "bare_img_s": n / b, "ratio": t / b,
                      "pair_ratio_min": ratios[0], "pair_ratio_max": ratios[-1], "toolkit_s": toolkit, "bare_s": bare})
 
     info = {"images": len(images), "batch_size": args.batch_size, "batches": len(batches), "repeats": args.repeats,
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "decode_img_s": len(images) / decode_s,
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "device": _device_name(args.device), "decode_img_s": len(images) / decode_s,
             "preprocessing": "included in both (to_input with augmentation); decoding excluded from both"}
     if args.json:
         print(json.dumps({**info, "results": rows}, indent=2))
         return 0
-    print(f"CIFAR ResNet-20, {info['images']} images, batch {info['batch_size']} ({info['batches']} batches), "
+    print(f"CIFAR ResNet-20 on {info['device']}, {info['images']} images, batch {info['batch_size']} ({info['batches']} batches), "
           f"{info['threads']} threads, torch {info['torch']}, medians of {args.repeats} interleaved runs")
     print(f"preprocessing: {info['preprocessing']}; decoding alone: {info['decode_img_s']:.0f} img/s")
-    print(f"{'size':>4}  {'toolkit img/s':>13}  {'bare img/s':>10}  {'toolkit/bare':>12}  {'pairwise range':>15}")
+    print(f"{'sizes':>9}  {'toolkit img/s':>13}  {'bare img/s':>10}  {'toolkit/bare':>12}  {'pairwise range':>15}")
     for r in rows:
-        print(f"{r['size']:>4}  {r['toolkit_img_s']:>13.0f}  {r['bare_img_s']:>10.0f}  {r['ratio']:>12.3f}  "
+        print(f"{','.join(map(str, r['sizes'])):>9}  {r['toolkit_img_s']:>13.0f}  {r['bare_img_s']:>10.0f}  {r['ratio']:>12.3f}  "
               f"{r['pair_ratio_min']:>6.3f}..{r['pair_ratio_max']:.3f}")
     worst = max(r["ratio"] for r in rows)
     print(f"worst overhead: {100 * (worst - 1):+.1f}% (target: at most +10%)")
     return 0
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
 
 
 if __name__ == "__main__":

@@ -308,6 +308,57 @@ def report(
 
 
 @command
+def run(
+    config: Annotated[Optional[Path], typer.Argument(help="TOML config (checkpoint(s), data, sizes, engines, thresholds, output). None: the embedded demo.")] = None,
+    gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help="Gate each model's report against its baseline (exit 1 on regression).")] = None,
+    json_out: JsonOpt = False,
+):
+    """Calibrate, export, eval, bench and report in one go; reuses unchanged steps.
+
+    Example: [bold]mmdeploy run[/] (the demo: shipped models on shipped images), or [bold]mmdeploy run my.toml[/]
+    """
+    from mmdeploy.pipeline import run_pipeline
+    from mmdeploy.report import format_gate, render_table
+
+    log = (lambda msg: None) if json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
+    summary = run_pipeline(config, gate=gate, progress=_progress(json_out), log=log)
+    if json_out:
+        _emit_json({"models": [{"name": m.name, "bundle": m.bundle, "steps": m.steps, "files": m.files,
+                                "gate": None if m.gate is None else m.gate.passed} for m in summary.models],
+                    "engines": summary.engines, "skipped_engines": summary.skipped_engines})
+    else:
+        for engine, reason in summary.skipped_engines.items():
+            err_console.print(f"[yellow]engine {engine} skipped:[/] {reason}")
+        for m in summary.models:
+            console.print(render_table(m.report))
+            console.print(f"{m.name}: steps: " + ", ".join(f"{k} {v}" for k, v in m.steps.items()))
+            console.print(f"{m.name}: report: {m.files['md']}  plot: {m.files['png']}")
+            if m.gate is not None:
+                console.print(format_gate(m.gate), markup=False)
+        if len(summary.models) > 1:
+            console.print(compare_models_table(summary.models))
+    if not summary.passed:
+        raise typer.Exit(1)
+
+
+def compare_models_table(models) -> Table:
+    """Calibrated torch top-1 per size, side by side for each model (the paper's claim at a glance)."""
+    table = Table(title="top-1 % per size (torch fp32): calibrated [before calibration]")
+    table.add_column("size", justify="right")
+    for m in models:
+        table.add_column(m.name, justify="right")
+    sizes = sorted({a.size for m in models for a in m.accuracies})
+    for s in sizes:
+        cells = []
+        for m in models:
+            after = next((a.top1 for a in m.accuracies if a.size == s and a.engine == "torch" and a.precision == "fp32" and a.calibrated), None)
+            before = next((a.top1 for a in m.accuracies if a.size == s and not a.calibrated), None)
+            cells.append("-" if after is None else f"{after:.2f} [{before:.2f}]" if before is not None else f"{after:.2f}")
+        table.add_row(str(s), *cells)
+    return table
+
+
+@command
 def archs(json_out: JsonOpt = False):
     """List the registered architectures.
 
@@ -324,6 +375,9 @@ def archs(json_out: JsonOpt = False):
     for r in rows:
         table.add_row(r["name"], r["dataset"], str(r["min_size"]))
     console.print(table)
+
+
+from mmdeploy.train import command as _train_command  # noqa: E402,F401  (registers `mmdeploy train`)
 
 
 def main() -> None:

@@ -192,8 +192,8 @@ def to_input(batch_u8: torch.Tensor, size: int, pre: Preprocess, augment_gen: to
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     if augment_gen is not None:
         x = _augment(x, augment_gen)
-    mean = torch.tensor(pre.mean, dtype=x.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(pre.std, dtype=x.dtype).view(1, -1, 1, 1)
+    mean = torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return x.sub_(mean).div_(std).contiguous()
 
 
@@ -207,5 +207,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     rows = oy[:, None] + torch.arange(h)[None]
     cols = ox[:, None] + torch.arange(w)[None]
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    out = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [B,H,W,C]
+    # The random draws come from the CPU generator whatever the device, so results match across devices.
+    rows, cols, idx = rows.to(x.device), cols.to(x.device), torch.arange(b, device=x.device)
+    out = padded[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [B,H,W,C]
     return out.permute(0, 3, 1, 2)

@@ -6,7 +6,7 @@ with batch statistics) under ``no_grad``, with every other layer in eval mode. U
 per layer and channel we keep the count, sum and sum of squares in float64, built from each
 batch's own mean and unbiased variance. Those we read for free: with ``momentum=1.0`` a
 train-mode BN leaves exactly its batch mean and unbiased batch variance in its running
-buffers. Sums merge by addition, so shards from several processes all-reduce to the same
+buffers; they stay on the device until the pass ends, then merge in float64. Sums merge by addition, so shards from several processes all-reduce to the same
 result as one process, as long as each batch is whole on one rank.
 """
 
@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmdeploy.data import Preprocess, to_input
+from mmdeploy.errors import MMDeployError
 
 
 @dataclass
@@ -29,12 +30,6 @@ class BNSums:
     count: float
     sum: torch.Tensor
     sumsq: torch.Tensor
-
-    def add_batch(self, n: int, mean: torch.Tensor, var_unbiased: torch.Tensor) -> None:
-        mean = mean.double()
-        self.count += n
-        self.sum += n * mean
-        self.sumsq += (n - 1) * var_unbiased.double() + n * mean * mean
 
     def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.count
@@ -93,8 +88,8 @@ def calibrate_bn(
         return {s: {} for s in sizes}
     saved_training = {m: m.training for m in model.modules()}
     saved = {name: (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for name, m in layers}
-    counts: list[int] = []  # values per channel of each layer's input, in forward order, this batch
-    hooks = [m.register_forward_pre_hook(_count_hook(counts)) for _, m in layers]
+    counts: list = [None] * len(layers)  # values per channel of each layer's input in this forward pass
+    hooks = [m.register_forward_pre_hook(_count_hook(i, name, counts)) for i, (name, m) in enumerate(layers)]
     # Per (size, batch): every layer's values per channel, batch mean and unbiased variance, kept
     # on the device and merged in float64 at the end, so the loop never waits for the device.
     per_batch: dict[int, list[tuple[list[int], torch.Tensor, torch.Tensor]]] = {s: [] for s in sizes}
@@ -107,10 +102,12 @@ def calibrate_bn(
             batch = images[positions].to(device, non_blocking=True)  # uint8: a quarter of the float bytes
             for size in sizes:
                 gen = augment_generator(seed, size, batch_index) if augment else None
-                counts.clear()
+                counts[:] = [None] * len(layers)
                 model(to_input(batch, size, preprocess, gen))
-                if len(counts) != len(layers):
-                    raise RuntimeError(f"{len(counts)} of {len(layers)} BatchNorm layers ran in the forward pass; each must run once")
+                if None in counts:
+                    unused = layers[counts.index(None)][0]
+                    raise MMDeployError(f"BatchNorm layer {unused!r} does not run in the forward pass, so it cannot be calibrated",
+                                        "remove unused BatchNorm layers from the architecture")
                 per_batch[size].append((list(counts), torch.cat([m.running_mean for _, m in layers]), torch.cat([m.running_var for _, m in layers])))
                 if progress is not None:
                     progress(1)
@@ -128,10 +125,12 @@ def calibrate_bn(
             m.train(was_training)
 
 
-def _count_hook(counts: list):
+def _count_hook(index: int, name: str, counts: list):
     def hook(module, inputs):
+        if counts[index] is not None:  # its running stats would hold only the last call's
+            raise MMDeployError(f"BatchNorm layer {name!r} runs more than once per forward pass", "calibration needs each BatchNorm layer used once")
         x = inputs[0]
-        counts.append(x.numel() // x.shape[1])
+        counts[index] = x.numel() // x.shape[1]
 
     return hook
 

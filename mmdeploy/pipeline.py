@@ -1,0 +1,179 @@
+"""``mmdeploy run``: calibrate, export, eval, bench and report in one go, from a TOML config.
+
+With no config, the embedded demo: the shipped models in models/ (mixed-size and fixed
+baseline) on the images in calib/. Each step records a key of its inputs in the bundle's
+manifest; a step whose key did not change is skipped, so a second run reuses everything.
+Every write is atomic, so Ctrl-C leaves each bundle as its last finished step left it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmdeploy.bundle import Bundle
+from mmdeploy.errors import MMDeployError
+from mmdeploy.progress import Progress
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+DEMO_CONFIG: dict = {
+    "out": "runs/demo",
+    "data": {"calibration": "calib/train", "validation": "calib/val"},
+    "model": [
+        {"name": "mixsize", "checkpoint": "models/cifar_resnet20_mixsize_dplus.pth", "baseline": "ci/baseline/mixsize/report.json"},
+        {"name": "fixed32", "checkpoint": "models/cifar_resnet20_fixed32.pth", "baseline": "ci/baseline/fixed32/report.json"},
+    ],
+    "calibrate": {"sizes": [16, 20, 24, 28, 32, 40, 48], "batches": 200, "batch_size": 64, "augment": True, "seed": 0},
+    "export": {"engines": ["auto"], "precisions": ["fp32"]},
+    "bench": {"batches": [1, 32], "warmup": 5, "iters": 30},
+    "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "15%", "gate": False},
+}
+
+
+@dataclass
+class ModelRun:
+    name: str
+    bundle: Path
+    report: object = None  # mmdeploy.report.Report
+    files: dict = field(default_factory=dict)
+    gate: object = None  # mmdeploy.report.GateResult or None
+    steps: dict = field(default_factory=dict)  # step -> "ran" | "reused"
+    accuracies: list = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    config: dict
+    models: list[ModelRun]
+    engines: list[str]
+    skipped_engines: dict
+
+    @property
+    def passed(self) -> bool:
+        return all(m.gate is None or m.gate.passed for m in self.models)
+
+
+def load_config(path: str | Path | None) -> tuple[dict, Path]:
+    """The config merged over the demo's defaults, and the folder its relative paths start from."""
+    if path is None:
+        return copy.deepcopy(DEMO_CONFIG), PROJECT_ROOT
+    path = Path(path)
+    if not path.is_file():
+        raise MMDeployError(f"config {path} does not exist", "pass a TOML file, or no argument for the demo")
+    try:
+        user = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise MMDeployError(f"config {path} is not valid TOML ({exc})", "fix the file; see the README for an example") from None
+    config = copy.deepcopy(DEMO_CONFIG)
+    for key, value in user.items():
+        if key not in config:
+            raise MMDeployError(f"config {path}: unknown key {key!r}", f"use {', '.join(config)}")
+        if isinstance(value, dict) and isinstance(config[key], dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    if not config.get("model"):
+        raise MMDeployError(f"config {path} names no [[model]]", 'add [[model]] with name = "..." and checkpoint = "..."')
+    return config, path.parent.resolve()
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _step_done(bundle: Bundle, step: str, key: str) -> bool:
+    return bundle.manifest.get("run_steps", {}).get(step) == key
+
+
+def _mark(bundle_dir: Path, step: str, key: str) -> None:
+    bundle = Bundle.open(bundle_dir)
+    bundle.manifest.setdefault("run_steps", {})[step] = key
+    bundle.save()
+
+
+def _artifact_keys(bundle: Bundle) -> dict:
+    return {s: {k: a.get("key") or a.get("sha256") for k, a in e.get("artifacts", {}).items()} | {"calib": e["calibration"]["key"]}
+            for s, e in bundle.manifest["sizes"].items()}
+
+
+def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None, progress: Progress | None = None, log=print) -> RunSummary:
+    """Run every step for every model of the config; ``gate`` overrides ``report.gate``."""
+    from mmdeploy.bench import bench_bundle, environment
+    from mmdeploy.calib.workflow import calibrate_to_bundle
+    from mmdeploy.data import scan_image_folder
+    from mmdeploy.engines import available_engines
+    from mmdeploy.evaluate import evaluate_target
+    from mmdeploy.export.workflow import export_bundle
+    from mmdeploy.report import compare_reports, load_report, parse_fraction, report_bundle
+
+    progress = progress or Progress()
+    config, base = load_config(config_path)
+    if gate is not None:
+        config["report"]["gate"] = gate
+    resolve = lambda p: (base / p) if p and not Path(p).is_absolute() else Path(p) if p else None  # noqa: E731
+    out = resolve(config["out"])
+    calib_data, val_data = resolve(config["data"]["calibration"]), resolve(config["data"]["validation"])
+    reasons = available_engines()
+    wanted = config["export"]["engines"]
+    if "auto" in wanted:
+        wanted = [e for e in ("ort", "trt") if not reasons[e]]
+    skipped = {e: reasons[e] for e in wanted if reasons.get(e)}
+    if any(e not in reasons for e in wanted):
+        raise MMDeployError(f"unknown engine in config: {wanted}", "use ort and/or trt (torch is always measured)")
+    engines = [e for e in wanted if not reasons[e]]
+    precisions = config["export"]["precisions"]
+    val_key = scan_image_folder(val_data).fingerprint()
+    env = environment()
+    c, b, r = config["calibrate"], config["bench"], config["report"]
+    runs = []
+    for spec in config["model"]:
+        name = spec["name"]
+        ckpt = resolve(spec["checkpoint"])
+        if not ckpt.exists():
+            raise MMDeployError(f"model {name}: checkpoint {ckpt} does not exist", "fix [[model]] checkpoint in the config")
+        bundle_dir = out / name
+        run = ModelRun(name, bundle_dir)
+        log(f"{name}: calibrate {ckpt.name} at sizes {c['sizes']}")
+        summary = calibrate_to_bundle(ckpt, c["sizes"], calib_data, bundle_dir, batches=c["batches"], batch_size=c["batch_size"],
+                                      augment=c["augment"], seed=c["seed"], arch=spec.get("arch"), progress=progress)
+        run.steps["calibrate"] = "reused" if summary.reused == summary.sizes else "ran"
+        bundle = Bundle.open(bundle_dir)
+        export_engines = [e for e in engines if e in ("ort", "trt")]
+        if export_engines:
+            log(f"{name}: export {', '.join(export_engines)} {', '.join(precisions)}")
+            ex = export_bundle(bundle_dir, "trt" if "trt" in export_engines else "ort", precisions, data=calib_data, progress=progress)
+            run.steps["export"] = "ran" if ex.written or ex.trt else "reused"
+        bundle = Bundle.open(bundle_dir)
+        eval_key = _key(_artifact_keys(bundle), val_key, engines, precisions)
+        if _step_done(bundle, "eval", eval_key):
+            run.steps["eval"] = "reused"
+        else:
+            log(f"{name}: eval on {val_data}")
+            evaluate_target(bundle_dir, val_data, engines=["torch", *engines], precisions=precisions, progress=progress)
+            _mark(bundle_dir, "eval", eval_key)
+            run.steps["eval"] = "ran"
+        bundle = Bundle.open(bundle_dir)
+        bench_key = _key(_artifact_keys(bundle), {k: env.get(k) for k in ("cpu", "cpu_count", "torch_threads", "torch", "onnxruntime", "gpu")}, b)
+        if _step_done(bundle, "bench", bench_key):
+            run.steps["bench"] = "reused"
+        else:
+            log(f"{name}: bench batches {b['batches']}")
+            bench_bundle(bundle_dir, ["torch", *engines], precisions, batches=b["batches"], warmup=b["warmup"], iters=b["iters"], progress=progress)
+            _mark(bundle_dir, "bench", bench_key)
+            run.steps["bench"] = "ran"
+        run.report, run.files = report_bundle(bundle_dir, batch=r["batch"], tolerance=r["tolerance"])
+        from mmdeploy.report import results_from_manifest
+
+        run.accuracies = results_from_manifest(Bundle.open(bundle_dir).manifest)[0]
+        baseline = resolve(spec.get("baseline"))
+        if r.get("gate") and baseline is not None:
+            if not baseline.exists():
+                raise MMDeployError(f"model {name}: baseline {baseline} does not exist", "commit one, or set report.gate = false")
+            run.gate = compare_reports(run.report, load_report(baseline), float(r["max_acc_drop"]), parse_fraction(r["max_latency_regress"]))
+        runs.append(run)
+    return RunSummary(config, runs, ["torch", *engines], skipped)
