@@ -50,9 +50,30 @@ def _direct_stats(inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
     return x.mean(1), x.var(1, unbiased=True)
 
 
+class _RunsOutOfOrder(nn.Module):
+    """BN layers whose forward order differs from their registration order, at different spatial sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn_late = nn.BatchNorm2d(4)
+        self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn_early = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        full = self.bn_early(self.conv(x))
+        half = self.bn_late(self.down(x))
+        return full.mean((2, 3)) + half.mean((2, 3))
+
+
+MODELS = {"cifar_resnet8": lambda: randomize_bn(create_model("cifar_resnet8")), "out_of_order": _RunsOutOfOrder}
+
+
+@pytest.mark.parametrize("arch", MODELS)
 @pytest.mark.parametrize("n_images, batch_size", [(10, 4), (12, 4), (9, 5)])
-def test_statistics_equal_direct_computation_over_all_activations(n_images, batch_size):
-    model = randomize_bn(create_model("cifar_resnet8")).eval()
+def test_statistics_equal_direct_computation_over_all_activations(arch, n_images, batch_size, device="cpu"):
+    torch.manual_seed(0)
+    model = MODELS[arch]().eval().to(device)
     images = _images(n_images)
     batches = _batches(n_images, batch_size)
     sizes = [16, 24]
@@ -60,10 +81,11 @@ def test_statistics_equal_direct_computation_over_all_activations(n_images, batc
         assert [len(b) for _, b in batches] == [4, 4, 2]  # an uneven last batch
     seen, handles = _capture_bn_inputs(model)
     try:
-        sums = calibrate_bn(model, images, batches, sizes, CIFAR, augment=True, seed=3)
+        sums = calibrate_bn(model, images, batches, sizes, CIFAR, augment=True, seed=3, device=device)
     finally:
         for h in handles:
             h.remove()
+    model.cpu()
     for size in sizes:
         state = finalize_bn_state(model, sums[size], len(batches))
         for name, _ in bn_layers(model):
@@ -72,6 +94,38 @@ def test_statistics_equal_direct_computation_over_all_activations(n_images, batc
             torch.testing.assert_close(state[f"{name}.running_mean"].double(), mean, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(state[f"{name}.running_var"].double(), var, rtol=1e-5, atol=1e-5)
             assert state[f"{name}.num_batches_tracked"].item() == len(batches)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_statistics_are_exact_on_cuda_and_match_the_cpu():
+    test_statistics_equal_direct_computation_over_all_activations("cifar_resnet8", 10, 4, device="cuda")
+    model = randomize_bn(create_model("cifar_resnet8")).eval()
+    images, batches = _images(12), _batches(12, 4)
+    on_cpu = calibrate_bn(model, images, batches, [16, 24], CIFAR, augment=True, seed=1)
+    on_gpu = calibrate_bn(model.cuda(), images, batches, [16, 24], CIFAR, augment=True, seed=1, device="cuda")
+    for size in (16, 24):
+        for name, s in on_cpu[size].items():
+            assert on_gpu[size][name].count == s.count and on_gpu[size][name].sum.device.type == "cpu"
+            for a, b in zip(s.mean_var(), on_gpu[size][name].mean_var()):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+class _SharedBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn(self.conv(self.bn(x)))
+
+
+def test_a_batchnorm_used_twice_is_refused():
+    from mmdeploy.errors import MMDeployError
+
+    with pytest.raises(MMDeployError, match="'bn' runs more than once"):
+        calibrate_bn(_SharedBN(), _images(4, side=8), _batches(4, 2), [8], CIFAR)
 
 
 def test_uneven_last_batch_is_not_overweighted():
