@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from mmdeploy.calib.bn import augment_generator, bn_layers, calibrate_bn, finalize_bn_state, plan_batches
-from mmdeploy.data import Preprocess, decode_images, scan_image_folder, store_resolution, to_input
+from mmdeploy.data import Preprocess, decode_images, scan_image_folder, store_resolution, to_device, to_input
 from mmdeploy.models import create_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar10/train"
@@ -57,7 +57,7 @@ def bare_run(model, images, batches, sizes, seed, device) -> float:
     for _, m in bn_layers(model):
         m.train()
     for batch_index, positions in batches:
-        batch = images[positions].to(device, non_blocking=True)
+        batch = to_device(images[positions], device)
         for size in sizes:
             model(to_input(batch, size, CIFAR, augment_generator(seed, size, batch_index)))
     model.eval()

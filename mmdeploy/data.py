@@ -13,6 +13,7 @@ decode. Preprocessing kinds:
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -191,23 +192,44 @@ def to_input(batch_u8: torch.Tensor, size: int, pre: Preprocess, augment_gen: to
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     if augment_gen is not None:
-        x = _augment(x, augment_gen)
-    mean = torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        x = augment_crop_flip(x, augment_gen)
+    return normalize(x, pre)
+
+
+def normalize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """(x - mean) / std per channel on x's device, in place; x is float in [0, 1]."""
+    mean, std = _normalization(pre.mean, pre.std, x.device, x.dtype)
     return x.sub_(mean).div_(std).contiguous()
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def to_device(t: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """Copy a host tensor to ``device`` without stalling the host: a copy from pageable memory
+    to a GPU waits for all queued GPU work first, one from pinned memory does not."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+@functools.lru_cache(maxsize=32)
+def _normalization(mean: tuple, std: tuple, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as [1,C,1,1] tensors on ``device``, made once (each creation is a host-to-device copy)."""
+    return (torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1), torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1))
+
+
+def augment_crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with S/8 zero padding and a horizontal flip per image (calibration and training)."""
     b, _, h, w = x.shape
     pad = max(1, h // 8)
     padded = F.pad(x, (pad, pad, pad, pad))
     oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
     ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-    flip = torch.rand(b, generator=gen) < 0.5
-    rows = oy[:, None] + torch.arange(h)[None]
-    cols = ox[:, None] + torch.arange(w)[None]
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    # The random draws come from the CPU generator whatever the device, so results match across devices.
-    rows, cols, idx = rows.to(x.device), cols.to(x.device), torch.arange(b, device=x.device)
+    flip = (torch.rand(b, generator=gen) < 0.5).long()
+    # The draws come from the CPU generator whatever the device, so results match across devices.
+    oy, ox, flip = to_device(torch.stack([oy, ox, flip]), x.device)
+    rows = oy[:, None] + torch.arange(h, device=x.device)[None]
+    cols = ox[:, None] + torch.arange(w, device=x.device)[None]
+    cols = torch.where(flip[:, None].bool(), cols.flip(1), cols)
+    idx = torch.arange(b, device=x.device)
     out = padded[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [B,H,W,C]
     return out.permute(0, 3, 1, 2)

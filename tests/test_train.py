@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import mmdeploy.train.command  # noqa: F401  (registers `mmdeploy train` on the app)
-from mmdeploy.data import Preprocess, _augment
+from mmdeploy.data import Preprocess, augment_crop_flip
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import create_model, load_checkpoint
 from mmdeploy.train.regime import CIFAR_SIZES, make_regime, mixsize_config, parse_sizes
 from mmdeploy.train.sampler import epoch_steps, part_sizes, steps_per_epoch
-from mmdeploy.train.trainer import GradSmoother, TrainMonitor, augment_crop_flip, lr_at, make_batch, param_groups, train_model
+from mmdeploy.train.trainer import GradSmoother, TrainMonitor, lr_at, make_batch, param_groups, train_model
 
 # -- regimes ---------------------------------------------------------------------------------
 
@@ -130,9 +130,7 @@ def test_learning_rate_schedules():
 
 def test_augmentation_matches_the_calibration_recipe_and_duplicates_differ():
     x = torch.rand(6, 3, 16, 16)
-    ours = augment_crop_flip(x, torch.Generator().manual_seed(5))
-    theirs = _augment(x, torch.Generator().manual_seed(5))
-    assert torch.equal(ours, theirs)
+    assert torch.equal(augment_crop_flip(x, torch.Generator().manual_seed(5)), augment_crop_flip(x, torch.Generator().manual_seed(5)))
     images = (torch.rand(4, 3, 32, 32) * 255).to(torch.uint8)
     batch, labels = make_batch(images, torch.arange(4), torch.tensor([2, 0]), 16, 4, Preprocess("cifar"), torch.Generator().manual_seed(0))
     assert batch.shape == (8, 3, 16, 16)
@@ -250,3 +248,21 @@ def test_plain_output_prints_a_line_per_epoch(cli, image_dir, tmp_path):
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "epoch 0:" in result.stdout and "images/s" in result.stdout and "m.pth" in result.stdout
     assert not math.isnan(float(result.stdout.split("loss ")[1].split(",")[0]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_is_device_safe(image_dir, tmp_path):
+    """Batches made on the GPU match the CPU's (same CPU-drawn augmentation); a CUDA run saves a CPU checkpoint."""
+    images = (torch.rand(8, 3, 32, 32) * 255).to(torch.uint8)
+    labels, rows, pre = torch.arange(8), torch.tensor([5, 1, 2]), Preprocess("cifar")
+    cpu = make_batch(images, labels, rows, 24, 2, pre, torch.Generator().manual_seed(1))
+    gpu = make_batch(images.cuda(), labels.cuda(), rows, 24, 2, pre, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-4, atol=1e-4)
+    assert torch.equal(gpu[1].cpu(), cpu[1])
+    summary = train_model(image_dir, tmp_path / "m.pth", arch="cifar_resnet8", batch_size=4, steps=6, device="cuda")
+    assert summary.precision == "bf16" and math.isfinite(summary.loss)
+    loaded = load_checkpoint(tmp_path / "m.pth")
+    assert all(v.device.type == "cpu" for v in loaded.state_dict.values())
+    resumed = train_model(image_dir, tmp_path / "m.pth", arch="cifar_resnet8", batch_size=4, steps=8, device="cpu", resume=tmp_path / "m.pth")
+    assert resumed.steps == 8  # a CUDA checkpoint resumes on the CPU

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmdeploy.data import Preprocess, to_input
+from mmdeploy.data import Preprocess, to_device, to_input
 from mmdeploy.errors import MMDeployError
 
 
@@ -99,7 +99,7 @@ def calibrate_bn(
             m.train()
             m.momentum = 1.0  # running stats := this batch's mean and unbiased variance
         for batch_index, positions in batches:
-            batch = images[positions].to(device, non_blocking=True)  # uint8: a quarter of the float bytes
+            batch = to_device(images[positions], device)  # uint8: a quarter of the bytes of the float input
             for size in sizes:
                 gen = augment_generator(seed, size, batch_index) if augment else None
                 counts[:] = [None] * len(layers)
@@ -156,7 +156,7 @@ def finalize_bn_state(model: nn.Module, sums: dict[str, BNSums], batches: int) -
     for name, s in sums.items():
         mean, var = s.mean_var()
         ref = state[f"{name}.running_mean"]
-        state[f"{name}.running_mean"] = mean.to(ref.dtype)
-        state[f"{name}.running_var"] = var.to(ref.dtype)
-        state[f"{name}.num_batches_tracked"] = torch.tensor(batches, dtype=torch.long)
+        state[f"{name}.running_mean"] = mean.to(ref.device, ref.dtype)
+        state[f"{name}.running_var"] = var.to(ref.device, ref.dtype)
+        state[f"{name}.num_batches_tracked"] = torch.tensor(batches, dtype=torch.long, device=ref.device)
     return state

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmdeploy.bundle import atomic_write_bytes, save_safetensors
-from mmdeploy.data import DecodedImages, Preprocess, decode_images, scan_image_folder, store_resolution
+from mmdeploy.data import DecodedImages, Preprocess, augment_crop_flip, decode_images, normalize, scan_image_folder, store_resolution
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import arch_info, create_model
 from mmdeploy.progress import Progress
@@ -149,25 +149,6 @@ def lr_at(step: int, total: int, base: float, schedule: str = "cosine", warmup: 
     return base * (0.1 ** ((step >= total // 2) + (step >= (3 * total) // 4)))
 
 
-def augment_crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crop with S/8 zero padding and a horizontal flip per image, on x's device.
-
-    The same draws, in the same order, as ``mmdeploy.data._augment`` (which calibration uses),
-    taken from a CPU generator so a seed gives the same augmentation on every device.
-    """
-    b, _, h, w = x.shape
-    pad = max(1, h // 8)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
-    rows = oy[:, None] + torch.arange(h, device=x.device)[None]
-    cols = ox[:, None] + torch.arange(w, device=x.device)[None]
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    out = padded[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [B,H,W,C]
-    return out.permute(0, 3, 1, 2)
-
-
 def make_batch(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -191,9 +172,7 @@ def make_batch(
         x, y = x.repeat_interleave(duplicates, 0), y.repeat_interleave(duplicates, 0)
     if gen is not None:
         x = augment_crop_flip(x, gen)
-    mean = torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - mean).div_(std), y
+    return normalize(x, pre), y
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -234,7 +213,7 @@ def reference_model_config(arch: str, num_classes: int, regime: Regime) -> tuple
     """The reference code's ``model`` name and ``--model-config`` dict for ``arch``."""
     m = re.fullmatch(r"cifar_resnet(\d+)", arch)
     if m:
-        dataset = "cifar10" if num_classes == 10 else f"cifar{num_classes}" if num_classes == 100 else "cifar10"
+        dataset = "cifar100" if num_classes == 100 else "cifar10"  # the reference code's dataset names for CIFAR ResNets
         return "resnet", {"depth": int(m.group(1)), "dataset": dataset, "regime": regime.reference_name}
     m = re.fullmatch(r"resnet(\d+)", arch)
     if m:
@@ -354,12 +333,14 @@ def train_model(
     out = Path(out) if out else Path("models") / f"{arch}_{plan_regime.slug}.pth"
     resume = Path(resume) if resume else None
     _check_out(out, resume, overwrite)
+    state = _read_resume(resume, arch) if resume is not None else None  # before decoding: a bad path fails fast
     smoothing = plan_regime.kind != "fixed" if grad_smoothing is None else grad_smoothing
     prec = resolve_precision(precision, dev)
 
     folder = scan_image_folder(data)
     pre = Preprocess(info.dataset)
     store = store_resolution(folder, pre.kind, [s.size for s in plan_regime.sizes])
+    _check_fits(len(folder), store, dev)
     with progress.task(f"decoding {len(folder)} training images", len(folder)) as advance:
         train_set = decode_images(folder, None, pre.kind, store, workers, progress=advance)
     val_set = _decode_val(val, folder.classes, pre, plan_regime, workers, progress)
@@ -372,8 +353,7 @@ def train_model(
     optimizer = torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=False)
     smoother = GradSmoother() if smoothing else None
     run = _Run()
-    if resume is not None:
-        state = _read_resume(resume, arch)
+    if state is not None:
         model.load_state_dict(state["state_dict"])
         ts = state["train_state"]
         run = _Run(int(ts["step"]), int(ts["epoch"]), int(ts["epoch_step"]), float(state.get("best_prec1", 0.0)),
@@ -386,7 +366,7 @@ def train_model(
 
     memory_format = torch.channels_last  # faster for these convnets on CUDA and on the CPUs measured (resolve_precision)
     model.to(dev, memory_format=memory_format).train()
-    if resume is not None:
+    if state is not None:
         optimizer.load_state_dict(state["optim_state_dict"])  # after .to(): state follows the params' device
         if smoother is not None and ts.get("grad_smoothing"):
             smoother.load_state_dict(ts["grad_smoothing"], dev)
@@ -591,6 +571,22 @@ def _check_options(regime: Regime, info, epochs, steps, lr, schedule, warmup_ste
         raise MMDeployError(f"size {too_small[0]} is too small for {info.name}: the smallest size that works is {info.min_size}",
                             f"use sizes of {info.min_size} px or more")
     return 0 if steps else int(epochs)
+
+
+def _check_fits(n: int, store: int, device: torch.device) -> None:
+    """The whole training set is held decoded (uint8) in memory and on the device: fail before decoding if it cannot be."""
+    need = n * 3 * store * store
+    hint = "train on a smaller folder (this trainer keeps the decoded set in memory; it is made for CIFAR-scale data)"
+    try:
+        ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        ram = None
+    if ram is not None and 2 * need > ram:  # decoding stacks a copy
+        raise MMDeployError(f"{n} images at {store}x{store} need {2 * need / 2**30:.1f} GiB to decode; {ram / 2**30:.1f} GiB of memory is free", hint)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > 0.5 * free:
+            raise MMDeployError(f"{n} images at {store}x{store} need {need / 2**30:.1f} GiB on {device}; {free / 2**30:.1f} GiB is free", hint)
 
 
 def _check_out(out: Path, resume: Path | None, overwrite: bool) -> None:
