@@ -1,0 +1,131 @@
+"""bench protocol, the report from a bundle, `mmdeploy run` (reuse, gate), and the CLI gate's exit code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmdeploy.bench import BenchTarget, measure_latency, summarize
+from mmdeploy.engines.base import Engine
+from mmdeploy.pipeline import run_pipeline
+from mmdeploy.report import load_report, results_from_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Recorder(Engine):
+    name = "fake"
+
+    def __init__(self, size, log):
+        super().__init__(size)
+        self.log = log
+        self.syncs = 0
+
+    def infer(self, x):
+        self.log.append((self.size, x.shape[0]))
+        return torch.zeros(x.shape[0], 10)
+
+    def synchronize(self):
+        self.syncs += 1
+
+
+def test_bench_is_round_robin_with_warmup_and_sync():
+    log: list = []
+    engines = {}
+
+    def make(s):
+        engines[s] = _Recorder(s, log)
+        return engines[s]
+
+    targets = [BenchTarget(s, "fake", "fp32", lambda s=s: make(s)) for s in (16, 24)]
+    results = measure_latency(targets, batches=[1, 4], warmup=2, iters=3)
+    cells = [(16, 1), (16, 4), (24, 1), (24, 4)]
+    assert log == cells * 5, "every point once per round, warm-up rounds first"
+    assert {(r.size, r.batch) for r in results} == set(cells) and all(r.iters == 3 for r in results)
+    assert all(e.syncs == 3 * 2 + 1 for e in engines.values()), "synchronized after each timed call (+ once after warm-up)"
+    assert not any(e.active for e in engines.values()), "engines deactivated"
+
+
+def test_percentiles():
+    r = summarize(16, "x", "fp32", 8, [float(v) for v in range(1, 101)], "cpu", 2)
+    assert r.p50_ms == pytest.approx(50.5) and r.p90_ms == pytest.approx(90.1) and r.p99_ms == pytest.approx(99.01)
+    assert r.throughput == pytest.approx(8 * 1000 / 50.5)
+
+
+@pytest.fixture(scope="module")
+def demo_config(tmp_path_factory):
+    from conftest import randomize_bn
+    from mmdeploy.models import create_model
+
+    tmp = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    torch.save({"model": "resnet", "config": "{'depth': 8}", "state_dict": randomize_bn(create_model("cifar_resnet8")).state_dict()}, tmp / "r8.pth")
+    cfg = tmp / "run.toml"
+    cfg.write_text(f"""
+out = "out"
+[data]
+calibration = "{ROOT / 'calib/train'}"
+validation = "{ROOT / 'calib/val'}"
+[[model]]
+name = "tiny"
+checkpoint = "r8.pth"
+baseline = "baseline/report.json"
+[calibrate]
+sizes = [16, 24]
+batches = 2
+batch_size = 16
+[export]
+engines = ["ort"]
+[bench]
+batches = [1, 4]
+warmup = 1
+iters = 3
+[report]
+max_latency_regress = "1000%"
+""")
+    return cfg
+
+
+def test_run_pipeline_then_reuse_then_gate(demo_config):
+    first = run_pipeline(demo_config, log=lambda m: None)
+    run = first.models[0]
+    assert run.steps == {"calibrate": "ran", "export": "ran", "eval": "ran", "bench": "ran"}
+    for kind in ("json", "csv", "md", "png"):
+        assert run.files[kind].exists()
+    report = load_report(run.files["json"])
+    assert {(p.size, p.engine) for p in report.points} == {(16, "torch"), (24, "torch"), (16, "ort"), (24, "ort")}
+    accuracies, latencies = results_from_manifest(json.loads((run.bundle / "manifest.json").read_text()))
+    assert {a.calibrated for a in accuracies} == {True, False} and {lat.batch for lat in latencies} == {1, 4}
+
+    second = run_pipeline(demo_config, log=lambda m: None)
+    assert set(second.models[0].steps.values()) == {"reused"}
+
+    baseline = demo_config.parent / "baseline"
+    baseline.mkdir()
+    (baseline / "report.json").write_text(run.files["json"].read_text())
+    assert run_pipeline(demo_config, gate=True, log=lambda m: None).passed
+    data = json.loads(run.files["json"].read_text())
+    data["points"][0]["top1"] += 5.0  # the baseline was better: the new report must fail the gate
+    (baseline / "report.json").write_text(json.dumps(data))
+    gated = run_pipeline(demo_config, gate=True, log=lambda m: None)
+    assert not gated.passed
+    assert any(f.kind == "accuracy-drop" for f in gated.models[0].gate.findings)
+
+
+def test_report_cli_gate_exit_code(demo_config, cli):
+    bundle = demo_config.parent / "out" / "tiny"
+    run_pipeline(demo_config, log=lambda m: None)
+    ok = cli("report", bundle, "--baseline", bundle / "report.json", "--max-latency-regress", "1000%")
+    assert ok.exit_code == 0, ok.stdout + ok.stderr
+    assert "PASS" in ok.stdout
+    old = demo_config.parent / "old.json"
+    data = json.loads((bundle / "report.json").read_text())
+    data["points"].append({**data["points"][0], "size": 99})  # a point the new report lacks fails the gate
+    old.write_text(json.dumps(data))
+    bad = cli("report", bundle, "--baseline", old, "--max-latency-regress", "1000%")
+    assert bad.exit_code == 1 and "missing" in bad.stdout
+    picked = cli("report", bundle, "--pick", "--min-accuracy", "0")
+    assert picked.exit_code == 0 and "deploy:" in picked.stdout
