@@ -46,6 +46,6 @@ for s in (16, 24, 32, 48):
     print(f'size {s}: CUDA vs CPU calibration, max relative difference of BN stats {d:.2e}')"
 python3 -m mmdeploy export /tmp/b_cuda --engine ort --precision fp32 --precision fp16 2>&1 | tail -2
 python3 -m mmdeploy eval /tmp/b_cuda --data calib/val --engine torch --engine ort 2>&1
-python3 -m mmdeploy bench /tmp/b_cuda --engine torch --engine ort --precision fp32 --precision fp16 --batch 1 --batch 32 --iters 100 2>&1
+python3 -m mmdeploy bench /tmp/b_cuda --engine torch --engine ort --precision fp32 --precision fp16 --batch 1 --batch 32 --iters 50 2>&1
 log done
 cp /tmp/mix.log $OUT/mix.log; cp /tmp/fixed.log $OUT/fixed.log

@@ -1,29 +1,80 @@
-"""torch.distributed glue: ranks, sharding and reductions. Without a process group, one rank.
+"""torch.distributed glue: ranks, sharding, reductions and failure agreement. Without a process group, one rank.
 
-Launched with ``torchrun``, ``init_from_env`` starts the process group (gloo on CPU, NCCL on
-GPU). Rank 0 alone writes to disk; a failing rank raises in every rank at the next collective,
-so all end and no partial bundle is published.
+Launched with ``torchrun``, ``init_from_env`` starts the process group: NCCL when every local
+rank has its own GPU, else gloo (``MMDEPLOY_DIST_BACKEND=gloo|nccl`` overrides), with a
+timeout of ``MMDEPLOY_DIST_TIMEOUT_S`` seconds (default 1800) on every collective. Rank 0
+alone writes to disk.
+
+A failing rank must not leave the others waiting in a collective. Per-rank work runs inside
+``agreed()``: at its end every rank learns whether every rank succeeded, and if one did not,
+all raise the same ``RankFailed`` naming the failing rank's error, before any rank 0 write.
+A rank that dies outright (killed, segfault) makes the others' next collective fail, which
+is reported as a lost rank rather than a hang.
 """
 
 from __future__ import annotations
 
+import atexit
+import datetime
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+
+from mmdeploy.errors import MMDeployError
+
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+class RankFailed(MMDeployError):
+    """Raised on every rank when one rank failed: the same message everywhere, so only rank 0 prints it."""
 
 
 def init_from_env() -> bool:
     """Start the process group if launched by torchrun (WORLD_SIZE > 1). Returns whether it did."""
     if dist.is_available() and dist.is_initialized():
         return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    backend = "nccl" if torch.cuda.is_available() and os.environ.get("MMDEPLOY_DIST_BACKEND", "") != "gloo" else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+    if not dist.is_available():
+        raise MMDeployError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed", "run one process, or install a PyTorch with distributed support")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus:
+        torch.cuda.set_device(local_rank % gpus)  # --device cuda means this rank's GPU
+    backend = os.environ.get("MMDEPLOY_DIST_BACKEND", "").strip().lower() or _default_backend(gpus)
+    if backend not in ("gloo", "nccl"):
+        raise MMDeployError(f"MMDEPLOY_DIST_BACKEND={backend!r} is not a backend mmdeploy uses", "set it to gloo or nccl, or unset it")
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=_timeout_s()))
+    atexit.register(_shutdown)
     return True
+
+
+def _default_backend(gpus: int) -> str:
+    # NCCL needs one GPU per rank; every rank on a node must choose the same backend.
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return "nccl" if gpus and local_world <= gpus else "gloo"
+
+
+def _timeout_s() -> float:
+    text = os.environ.get("MMDEPLOY_DIST_TIMEOUT_S", "")
+    try:
+        value = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise MMDeployError(f"MMDEPLOY_DIST_TIMEOUT_S={text!r} is not a positive number of seconds", "e.g. MMDEPLOY_DIST_TIMEOUT_S=1800")
+    return value
+
+
+def _shutdown() -> None:
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # at exit after a failure: nothing left to report to
+            pass
 
 
 def active() -> bool:
@@ -42,10 +93,27 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def shard(items: list) -> list:
+    """This rank's share of ``items``: every world_size-th, starting at its rank."""
+    return items[rank() :: world_size()]
+
+
 def _device() -> torch.device:
     if active() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+@contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """Turn a collective that failed because a peer vanished or timed out into one clear error."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.distributed.DistError and backend errors are RuntimeErrors
+        text = " ".join(str(exc).split())[:200]
+        raise MMDeployError(f"rank {rank()} lost contact with another rank while {what}: {text}",
+                            f"another rank crashed, was killed or took longer than MMDEPLOY_DIST_TIMEOUT_S={_timeout_s():g} s; "
+                            "see its log") from exc
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -53,23 +121,83 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if not active():
         return t
     buf = t.to(_device())
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    with _collective("adding up results"):
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     return buf.to(t.device)
 
 
-def all_ok(ok: bool, message: str = "") -> tuple[bool, str]:
-    """Agree across ranks whether every rank succeeded; returns (all ok, first failing rank's message)."""
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in one process."""
     if not active():
-        return ok, message
-    flags = all_reduce_sum(torch.tensor([0.0 if ok else 1.0], dtype=torch.float64))
+        return [obj]
+    out: list = [None] * world_size()
+    with _collective("gathering results"):
+        dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (so decisions that read local files are the same everywhere)."""
+    if not active():
+        return obj
+    box = [obj]
+    with _collective("receiving rank 0's decisions"):
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_ok(ok: bool, message: str = "") -> tuple[bool, str]:
+    """Agree across ranks whether every rank succeeded; returns (all ok, the failing ranks' messages)."""
+    failures = _agree(None if ok else (message, ""))
+    return not failures, "; ".join(f"rank {r}: {m}" for r, m, _ in failures)
+
+
+def _agree(failure: tuple[str, str] | None) -> list[tuple[int, str, str]]:
+    """Every rank's (rank, message, hint) of failure; one cheap all-reduce when all succeeded."""
+    if not active():
+        return [] if failure is None else [(0, *failure)]
+    flags = all_reduce_sum(torch.tensor([0.0 if failure is None else 1.0], dtype=torch.float64))
     if flags.item() == 0:
-        return True, ""
-    msgs: list = [None] * world_size()
-    dist.all_gather_object(msgs, (rank(), ok, message))
-    failed = [f"rank {r}: {m}" for r, o, m in msgs if not o]
-    return False, "; ".join(failed)
+        return []
+    return [(r, *f) for r, f in enumerate(all_gather_object(failure)) if f is not None]
+
+
+@contextmanager
+def agreed() -> Iterator[None]:
+    """Run a block of per-rank work (no collectives inside), then agree that every rank succeeded.
+
+    If any rank's block raised, every rank raises the same ``RankFailed`` naming the failed
+    rank(s) and the first one's error; the failed rank chains its own exception. In one
+    process this does nothing: exceptions pass through unchanged.
+    """
+    if not active():
+        yield
+        return
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001  (any failure must reach the other ranks)
+        failures = _agree(_describe(exc))
+        raise _rank_failed(failures) from exc
+    failures = _agree(None)
+    if failures:
+        raise _rank_failed(failures)
 
 
 def barrier() -> None:
+    """Wait for every rank (a one-value all-reduce: works on every backend without device hints)."""
     if active():
-        dist.barrier()
+        all_reduce_sum(torch.zeros(1))
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, MMDeployError):
+        return exc.message.replace("\n", " "), exc.hint
+    text = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {text}", "rerun with MMDEPLOY_DEBUG=1 for the failing rank's traceback"
+
+
+def _rank_failed(failures: list[tuple[int, str, str]]) -> RankFailed:
+    first, message, hint = failures[0]
+    others = [r for r, _, _ in failures[1:]]
+    also = f" (ranks {', '.join(map(str, others))} failed too)" if others else ""
+    return RankFailed(f"rank {first} of {world_size()} failed, so every rank stopped: {message}{also}", hint)

@@ -45,35 +45,37 @@ def measure_accuracy(
     indices = indices[dist.rank() :: dist.world_size()]
     store = store_resolution(folder, preprocess.kind, [t.size for t in targets])
     counts = torch.zeros(len(targets), 3, dtype=torch.float64)  # top1, top5, n
-    engines = [t.make_engine() for t in targets]
-    skipped = 0
-    try:
-        for e in engines:
-            e.__enter__()
-        with progress.task(f"evaluating {len(targets)} points on {len(indices)} images", len(indices) * len(targets)) as advance:
-            for start in range(0, len(indices), chunk):
-                part = indices[start : start + chunk]
-                try:
-                    decoded = decode_images(folder, part, preprocess.kind, store)
-                except MMDeployError:
-                    skipped += len(part)
-                    continue
-                skipped += len(decoded.skipped)
-                for ti, (t, engine) in enumerate(zip(targets, engines)):
-                    for b in range(0, len(decoded), batch_size):
-                        x = to_input(decoded.images[b : b + batch_size], t.size, preprocess)
-                        logits = engine(x)
-                        y = decoded.labels[b : b + batch_size]
-                        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-                        counts[ti, 0] += (top5[:, 0] == y).sum().item()
-                        counts[ti, 1] += (top5 == y[:, None]).any(1).sum().item()
-                        counts[ti, 2] += len(y)
-                        advance(len(y))
-    finally:
-        for e in engines:
-            e.__exit__(None, None, None)
-    counts = dist.all_reduce_sum(counts)
-    if counts[:, 2].min().item() == 0:
+    with dist.agreed():  # a rank that fails (an engine, out of memory) stops every rank before the all-reduce
+        engines = [t.make_engine() for t in targets]
+        skipped = 0
+        try:
+            for e in engines:
+                e.__enter__()
+            with progress.task(f"evaluating {len(targets)} points on {len(indices)} images", len(indices) * len(targets)) as advance:
+                for start in range(0, len(indices), chunk):
+                    part = indices[start : start + chunk]
+                    try:
+                        decoded = decode_images(folder, part, preprocess.kind, store)
+                    except MMDeployError:
+                        skipped += len(part)
+                        continue
+                    skipped += len(decoded.skipped)
+                    for ti, (t, engine) in enumerate(zip(targets, engines)):
+                        for b in range(0, len(decoded), batch_size):
+                            x = to_input(decoded.images[b : b + batch_size], t.size, preprocess)
+                            logits = engine(x)
+                            y = decoded.labels[b : b + batch_size]
+                            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+                            counts[ti, 0] += (top5[:, 0] == y).sum().item()
+                            counts[ti, 1] += (top5 == y[:, None]).any(1).sum().item()
+                            counts[ti, 2] += len(y)
+                            advance(len(y))
+        finally:
+            for e in engines:
+                e.__exit__(None, None, None)
+    counts = dist.all_reduce_sum(counts)  # every rank takes part, also one with no images
+    if counts[:, 2].min().item() == 0:  # the same on every rank, so all of them take part in this sum
+        skipped = int(dist.all_reduce_sum(torch.tensor([skipped], dtype=torch.float64)).item())
         raise MMDeployError(f"no readable images in {folder.root} ({skipped} skipped)", "check the folder holds JPEG/PNG files in DIR/<class>/")
     return [
         AccuracyResult(t.size, t.engine, t.precision, 100.0 * c[0].item() / c[2].item(), 100.0 * c[1].item() / c[2].item(), int(c[2].item()), t.calibrated)
@@ -128,13 +130,14 @@ def evaluate_target(
             targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(model, s, device=device)))
         bundle = None
     results = measure_accuracy(targets, data, pre, batch_size=batch_size, limit=limit, progress=progress)
-    if bundle is not None and dist.is_main():
-        folder_key = scan_image_folder(data).fingerprint()
-        for r in results:
-            kind = "accuracy" if r.calibrated else "accuracy_uncalibrated"
-            metrics = bundle.manifest["sizes"][str(r.size)].setdefault("metrics", {}).setdefault(kind, {})
-            metrics[f"{r.engine}/{r.precision}"] = {"top1": r.top1, "top5": r.top5, "images": r.images, "data": str(data), "data_fingerprint": folder_key}
-        bundle.save()
+    with dist.agreed():  # every rank learns whether rank 0 saved the results
+        if bundle is not None and dist.is_main():
+            folder_key = scan_image_folder(data).fingerprint()
+            for r in results:
+                kind = "accuracy" if r.calibrated else "accuracy_uncalibrated"
+                metrics = bundle.manifest["sizes"][str(r.size)].setdefault("metrics", {}).setdefault(kind, {})
+                metrics[f"{r.engine}/{r.precision}"] = {"top1": r.top1, "top5": r.top5, "images": r.images, "data": str(data), "data_fingerprint": folder_key}
+            bundle.save()
     return results
 
 

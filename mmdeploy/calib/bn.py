@@ -88,33 +88,31 @@ def calibrate_bn(
         return {s: {} for s in sizes}
     saved_training = {m: m.training for m in model.modules()}
     saved = {name: (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for name, m in layers}
-    counts: list = [None] * len(layers)  # values per channel of each layer's input in this forward pass
-    hooks = [m.register_forward_pre_hook(_count_hook(i, name, counts)) for i, (name, m) in enumerate(layers)]
-    # Per (size, batch): every layer's values per channel, batch mean and unbiased variance, kept
-    # on the device and merged in float64 at the end, so the loop never waits for the device.
-    per_batch: dict[int, list[tuple[list[int], torch.Tensor, torch.Tensor]]] = {s: [] for s in sizes}
+    # Per size: how many values per channel one image gives each layer (its H x W), measured on
+    # the first batch of that size; later batches run without hooks, which cost host time per layer.
+    per_image: dict[int, list[int]] = {}
+    # Per (size, batch): batch size, and every layer's batch mean and unbiased variance, kept on
+    # the device and merged in float64 at the end, so the loop never waits for the device.
+    per_batch: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {s: [] for s in sizes}
     try:
         model.eval()
         for _, m in layers:
             m.train()
             m.momentum = 1.0  # running stats := this batch's mean and unbiased variance
-        for batch_index, positions in batches:
+        for batch_index, positions in _full_fp32(batches):
             batch = to_device(images[positions], device)  # uint8: a quarter of the bytes of the float input
             for size in sizes:
                 gen = augment_generator(seed, size, batch_index) if augment else None
-                counts[:] = [None] * len(layers)
-                model(to_input(batch, size, preprocess, gen))
-                if None in counts:
-                    unused = layers[counts.index(None)][0]
-                    raise MMDeployError(f"BatchNorm layer {unused!r} does not run in the forward pass, so it cannot be calibrated",
-                                        "remove unused BatchNorm layers from the architecture")
-                per_batch[size].append((list(counts), torch.cat([m.running_mean for _, m in layers]), torch.cat([m.running_var for _, m in layers])))
+                x = to_input(batch, size, preprocess, gen)
+                if size in per_image:
+                    model(x)
+                else:
+                    per_image[size] = _values_per_image(model, layers, x)
+                per_batch[size].append((x.shape[0], torch.cat([m.running_mean for _, m in layers]), torch.cat([m.running_var for _, m in layers])))
                 if progress is not None:
                     progress(1)
-        return {size: _merge(layers, per_batch[size]) for size in sizes}
+        return {size: _merge(layers, per_image.get(size, []), per_batch[size]) for size in sizes}
     finally:
-        for h in hooks:
-            h.remove()
         for name, m in layers:
             momentum, mean, var, nbt = saved[name]
             m.momentum = momentum
@@ -125,22 +123,52 @@ def calibrate_bn(
             m.train(was_training)
 
 
-def _count_hook(index: int, name: str, counts: list):
-    def hook(module, inputs):
-        if counts[index] is not None:  # its running stats would hold only the last call's
-            raise MMDeployError(f"BatchNorm layer {name!r} runs more than once per forward pass", "calibration needs each BatchNorm layer used once")
-        x = inputs[0]
-        counts[index] = x.numel() // x.shape[1]
+def _full_fp32(items):
+    """Iterate ``items`` with TF32 off: CUDA's TF32 convolutions round inputs to 10-bit mantissas,
+    which moves BN statistics by ~1e-4 relative; exact calibration needs true fp32 math."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield from items
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
-    return hook
+
+def _values_per_image(model: nn.Module, layers: list[tuple[str, _BatchNorm]], x: torch.Tensor) -> list[int]:
+    """Run ``model(x)`` and return each BN layer's values per channel per image, checking that
+    every layer runs exactly once (a second call would overwrite the first's statistics)."""
+    counts: list = [None] * len(layers)
+
+    def counter(index: int, name: str):
+        def hook(module, inputs):
+            if counts[index] is not None:
+                raise MMDeployError(f"BatchNorm layer {name!r} runs more than once per forward pass", "calibration needs each BatchNorm layer used once")
+            counts[index] = inputs[0].numel() // inputs[0].shape[1]
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(counter(i, name)) for i, (name, m) in enumerate(layers)]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    for (name, _), count in zip(layers, counts):
+        if count is None:
+            raise MMDeployError(f"BatchNorm layer {name!r} does not run in the forward pass, so it cannot be calibrated",
+                                "remove unused BatchNorm layers from the architecture")
+        if count % x.shape[0]:
+            raise MMDeployError(f"BatchNorm layer {name!r} sees {count} values per channel for a batch of {x.shape[0]}",
+                                "calibration needs BatchNorm inputs with the batch as their first dimension")
+    return [count // x.shape[0] for count in counts]
 
 
-def _merge(layers: list[tuple[str, _BatchNorm]], per_batch: list) -> dict[str, BNSums]:
-    """Exact per-layer sums from every batch's (counts, means, unbiased variances), in float64."""
+def _merge(layers: list[tuple[str, _BatchNorm]], per_image: list[int], per_batch: list) -> dict[str, BNSums]:
+    """Exact per-layer sums from every batch's (batch size, means, unbiased variances), in float64."""
     channels = [m.num_features for _, m in layers]
     if not per_batch:
         return {name: BNSums(0.0, torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)) for (name, _), c in zip(layers, channels)}
-    n = torch.tensor([c for c, _, _ in per_batch], dtype=torch.float64)  # [batches, layers]
+    n = torch.tensor([[b * v for v in per_image] for b, _, _ in per_batch], dtype=torch.float64)  # values per channel [batches, layers]
     mean = torch.stack([m for _, m, _ in per_batch]).to("cpu", torch.float64)  # [batches, channels of all layers]
     var = torch.stack([v for _, _, v in per_batch]).to("cpu", torch.float64)
     n_ch = n.repeat_interleave(torch.tensor(channels), dim=1)

@@ -112,78 +112,100 @@ def calibrate_to_bundle(
     out = Path(out)
     if batches <= 0 or batch_size <= 1:
         raise MMDeployError("--batches must be >= 1 and --batch-size >= 2", "BN statistics need at least two images per batch")
-    ckpt = load_checkpoint(checkpoint, arch=arch, dataset=dataset, allow_pickle=allow_pickle)
-    model = ckpt.build()
-    sizes = validate_sizes(sizes, ckpt.arch, model)
-    pre = resolve_preprocess(ckpt, preprocess, mean, std)
-    check_writable_dir(out)
-    folder = scan_image_folder(data)
-    settings = {"batches": batches, "batch_size": batch_size, "augment": augment, "seed": seed, "preprocess": pre.to_dict(), "method": "exact-sums-v1"}
-    data_key = folder.fingerprint()
-    keys = {s: _calibration_key(ckpt.sha256, data_key, s, settings) for s in sizes}
+    with dist.agreed():  # a rank that cannot read the checkpoint or the data stops every rank
+        ckpt = load_checkpoint(checkpoint, arch=arch, dataset=dataset, allow_pickle=allow_pickle)
+        model = ckpt.build()
+        sizes = validate_sizes(sizes, ckpt.arch, model)
+        pre = resolve_preprocess(ckpt, preprocess, mean, std)
+        if dist.is_main():  # rank 0 alone reads and writes --out
+            check_writable_dir(out)
+        folder = scan_image_folder(data)
+        settings = {"batches": batches, "batch_size": batch_size, "augment": augment, "seed": seed, "preprocess": pre.to_dict(), "method": "exact-sums-v1"}
+        data_key = folder.fingerprint()
+        keys = {s: _calibration_key(ckpt.sha256, data_key, s, settings) for s in sizes}
 
-    existing = Bundle.open(out) if Bundle.is_bundle(out) else None
-    if existing is not None and existing.manifest["source"].get("sha256") != ckpt.sha256:
-        existing = None  # another checkpoint: start over (the new bundle replaces the old files)
-    reused = [s for s in sizes if existing is not None and existing.manifest["sizes"].get(str(s), {}).get("calibration", {}).get("key") == keys[s]
-              and existing.path(existing.manifest["sizes"][str(s)]["weights"]).exists()]
+        existing = Bundle.open(out) if dist.is_main() and Bundle.is_bundle(out) else None
+        if existing is not None and existing.manifest["source"].get("sha256") != ckpt.sha256:
+            existing = None  # another checkpoint: start over (the new bundle replaces the old files)
+        reused = [s for s in sizes if existing is not None and existing.manifest["sizes"].get(str(s), {}).get("calibration", {}).get("key") == keys[s]
+                  and existing.path(existing.manifest["sizes"][str(s)]["weights"]).exists()]
+    # Rank 0's view of --out decides what to reuse; every rank must see the same images.
+    main_data_key, reused = dist.broadcast_object((data_key, reused))
     todo = [s for s in sizes if s not in reused]
 
     plan = plan_batches(len(folder), batch_size, batches, seed)
-    mine = [(i, b) for i, b in enumerate(plan) if i % dist.world_size() == dist.rank()]
+    mine = [(i, b) for i, b in enumerate(plan) if i % dist.world_size() == dist.rank()]  # whole batches per rank: sums stay exact
     n_layers = len(bn_layers(model))
     if n_layers == 0:
         warnings.warn(f"{ckpt.arch} has no BatchNorm layers: calibration is a no-op, weights are copied as they are", stacklevel=2)
-    skipped: list[str] = []
     sums: dict[int, dict[str, BNSums]] = {s: {} for s in todo}
-    images_used = 0
+    images_used = n_skipped = 0
     if todo and n_layers:
-        wanted = sorted({i for _, b in mine for i in b})
-        store = store_resolution(folder, pre.kind, todo)
-        with progress.task(f"decoding {len(wanted)} images", len(wanted)) as advance:
-            decoded = decode_images(folder, wanted, pre.kind, store, progress=advance) if wanted else None
-        skipped = decoded.skipped if decoded else []
-        # Map file indices to rows of the decoded tensor (skipped files drop out of their batch).
-        ok_files = [i for i in wanted if not any(s.startswith(f"{folder.files[i]}:") for s in skipped)] if skipped else wanted
-        row = {f: r for r, f in enumerate(ok_files)}
-        batches_rows = [(bi, torch.tensor([row[i] for i in b if i in row], dtype=torch.long)) for bi, b in mine]
-        batches_rows = [(bi, r) for bi, r in batches_rows if len(r) >= 2]
-        images_used = sum(len(r) for _, r in batches_rows)
-        model.to(device)
-        with progress.task(f"calibrating BN at sizes {', '.join(map(str, todo))}", len(batches_rows) * len(todo)) as advance:
-            sums = calibrate_bn(model, decoded.images if decoded else torch.empty(0), batches_rows, todo, pre, augment, seed, device, advance)
-        model.cpu()
-        sums = _all_reduce_sums(sums, model)
-        images_used = int(dist.all_reduce_sum(torch.tensor([images_used], dtype=torch.float64)).item())
+        with dist.agreed():  # the per-rank work; a rank that fails here (decode, out of memory) stops every rank
+            if data_key != main_data_key:
+                raise MMDeployError(f"{folder.root} holds other images on rank {dist.rank()} than on rank 0",
+                                    "give every rank the same --data (a shared folder, or identical copies)")
+            wanted = sorted({i for _, b in mine for i in b})
+            decoded, skipped = _decode_own_images(folder, wanted, pre.kind, store_resolution(folder, pre.kind, todo), progress)
+            # Map file indices to rows of the decoded tensor (skipped files drop out of their batch).
+            ok_files = [i for i in wanted if not any(s.startswith(f"{folder.files[i]}:") for s in skipped)] if skipped else wanted
+            row = {f: r for r, f in enumerate(ok_files)}
+            batches_rows = [(bi, torch.tensor([row[i] for i in b if i in row], dtype=torch.long)) for bi, b in mine]
+            batches_rows = [(bi, r) for bi, r in batches_rows if len(r) >= 2]
+            images_used = sum(len(r) for _, r in batches_rows)
+            model.to(device)
+            with progress.task(f"calibrating BN at sizes {', '.join(map(str, todo))}", len(batches_rows) * len(todo)) as advance:
+                sums = calibrate_bn(model, decoded.images if decoded else torch.empty(0, dtype=torch.uint8), batches_rows, todo, pre, augment, seed, device, advance)
+            model.cpu()
+        # A rank with no batches (more ranks than batches) adds zeros: every rank takes part.
+        sums, images_used, n_skipped = _all_reduce_sums(sums, model, images_used, len(skipped))
         if images_used < 2:
-            raise MMDeployError(f"only {images_used} readable calibration images in {folder.root}", "give --data a folder with more images")
+            raise MMDeployError(f"only {images_used} readable calibration images in {folder.root} ({n_skipped} files skipped as unreadable)",
+                                "give --data a folder with more images")
 
-    summary = CalibrationSummary(out, sizes, reused, images_used, len(skipped), n_layers)
-    if not dist.is_main():
-        dist.barrier()
-        return summary
-    try:
-        _write_bundle(out, existing, ckpt, model, pre, training_size, todo, sums, keys, settings, data_key, folder, plan, images_used, len(skipped), summary)
-    finally:
-        dist.barrier()
+    summary = CalibrationSummary(out, sizes, reused, images_used, n_skipped, n_layers)
+    with dist.agreed():  # every rank learns whether rank 0 published the bundle
+        if dist.is_main():
+            _write_bundle(out, existing, ckpt, model, pre, training_size, todo, sums, keys, settings, data_key, folder, plan, images_used, n_skipped, summary)
     return summary
 
 
-def _all_reduce_sums(sums: dict[int, dict[str, BNSums]], model) -> dict[int, dict[str, BNSums]]:
-    """Add every rank's sums (one flat float64 tensor); exact because batches are whole per rank."""
+def _decode_own_images(folder, indices: list[int], kind: str, store: int, progress: Progress):
+    """Decode this rank's images: (decoded or None, skipped file descriptions).
+
+    Under torch.distributed a rank whose every file is unreadable skips them all, as one
+    process would; whether enough images are left is decided over all ranks.
+    """
+    if not indices:
+        return None, []
+    with progress.task(f"decoding {len(indices)} images", len(indices)) as advance:
+        try:
+            decoded = decode_images(folder, indices, kind, store, progress=advance)
+        except MMDeployError:
+            if not dist.active():
+                raise
+            return None, [f"{folder.files[i]}: unreadable" for i in indices]
+    return decoded, decoded.skipped
+
+
+def _all_reduce_sums(sums: dict[int, dict[str, BNSums]], model, images: int, skipped: int) -> tuple[dict[int, dict[str, BNSums]], int, int]:
+    """Add every rank's sums, images used and files skipped (one flat float64 tensor, one
+    all-reduce); exact because batches are whole per rank and counts are small integers."""
     if not dist.active():
-        return sums
+        return sums, images, skipped
     names = [n for n, _ in bn_layers(model)]
-    flat = torch.cat([torch.cat([torch.tensor([sums[s][n].count], dtype=torch.float64), sums[s][n].sum, sums[s][n].sumsq]) for s in sorted(sums) for n in names])
+    flat = torch.cat([torch.tensor([images, skipped], dtype=torch.float64)]
+                     + [torch.cat([torch.tensor([sums[s][n].count], dtype=torch.float64), sums[s][n].sum, sums[s][n].sumsq]) for s in sorted(sums) for n in names])
     flat = dist.all_reduce_sum(flat)
-    out, pos = {}, 0
+    images, skipped = int(flat[0].item()), int(flat[1].item())
+    out, pos = {}, 2
     for s in sorted(sums):
         out[s] = {}
         for n in names:
             c = sums[s][n].sum.numel()
             out[s][n] = BNSums(flat[pos].item(), flat[pos + 1 : pos + 1 + c].clone(), flat[pos + 1 + c : pos + 1 + 2 * c].clone())
             pos += 1 + 2 * c
-    return out
+    return out, images, skipped
 
 
 def _write_bundle(out, existing, ckpt, model, pre, training_size, todo, sums, keys, settings, data_key, folder, plan, images_used, n_skipped, summary):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from mmdeploy import __version__
+from mmdeploy import distributed as dist
 from mmdeploy.bundle import Bundle, temp_path_for
 from mmdeploy.data import decode_images, scan_image_folder, store_resolution
 from mmdeploy.errors import MMDeployError
@@ -110,45 +111,49 @@ def export_bundle(
     pending: list[_Pending] = []
     fp32_cache: dict = {}
     dyn_bn = bundle.training_size if str(bundle.training_size) in bundle.manifest["sizes"] else None
-    try:
-        with progress.task("exporting and checking", (len(sizes) + int(dynamic)) * len(precisions)) as advance:
-            for precision in precisions:
-                tol = tolerances[precision]
-                if dynamic:
-                    pending_dyn = _export_one(bundle, summary, dyn_bn, example, True, precision, static_batch, "dynamic", fp32_cache)
-                    if pending_dyn:
-                        ref = bundle.build_model(dyn_bn)
-                        with _ort(pending_dyn.tmp, example, precision) as run:
-                            for s in sizes + [extra]:
-                                pending_dyn.checks += check_parity(ref, _Sized(run, s), images, s, PARITY_BATCHES, pre, tol, "dynamic")
-                        pending.append(pending_dyn)
-                    advance(1)
-                for s in sizes:
-                    p = _export_one(bundle, summary, s, s, False, precision, static_batch, "per-size", fp32_cache)
-                    if p:
-                        ref = bundle.build_model(s)
-                        with _ort(p.tmp, s, precision) as run:
-                            p.checks += check_parity(ref, run, images, s, PARITY_BATCHES if static_batch is None else (static_batch,), pre, tol, "per-size")
-                        pending.append(p)
-                    advance(1)
-        for p in pending:
-            summary.checks += p.checks
-        failed = sorted({(c.artifact, c.size, c.precision) for c in summary.checks if not c.passed})
-        if failed:
-            names = ", ".join(f"{a} {p} at size {s}" for a, s, p in failed)
-            raise MMDeployError(f"parity gate failed: {names} differ from PyTorch beyond tolerance; nothing was written", _BAKE_HINT)
-        for p in pending:
-            os.replace(p.tmp, bundle.path(p.rel))
-            p.record["parity"] = [c.to_dict() for c in p.checks]
-            _record(bundle, p)
-            summary.written.append(p.rel)
-        bundle.save()
-    finally:
-        for p in pending:
-            p.tmp.unlink(missing_ok=True)
-        for f in fp32_cache.values():
-            f.unlink(missing_ok=True)
+    with dist.agreed():  # rank 0 exports and gates the ONNX; the other ranks wait here for its outcome
+        if dist.is_main():
+            try:
+                with progress.task("exporting and checking", (len(sizes) + int(dynamic)) * len(precisions)) as advance:
+                    for precision in precisions:
+                        tol = tolerances[precision]
+                        if dynamic:
+                            pending_dyn = _export_one(bundle, summary, dyn_bn, example, True, precision, static_batch, "dynamic", fp32_cache)
+                            if pending_dyn:
+                                ref = bundle.build_model(dyn_bn)
+                                with _ort(pending_dyn.tmp, example, precision) as run:
+                                    for s in sizes + [extra]:
+                                        pending_dyn.checks += check_parity(ref, _Sized(run, s), images, s, PARITY_BATCHES, pre, tol, "dynamic")
+                                pending.append(pending_dyn)
+                            advance(1)
+                        for s in sizes:
+                            p = _export_one(bundle, summary, s, s, False, precision, static_batch, "per-size", fp32_cache)
+                            if p:
+                                ref = bundle.build_model(s)
+                                with _ort(p.tmp, s, precision) as run:
+                                    p.checks += check_parity(ref, run, images, s, PARITY_BATCHES if static_batch is None else (static_batch,), pre, tol, "per-size")
+                                pending.append(p)
+                            advance(1)
+                for p in pending:
+                    summary.checks += p.checks
+                failed = sorted({(c.artifact, c.size, c.precision) for c in summary.checks if not c.passed})
+                if failed:
+                    names = ", ".join(f"{a} {p} at size {s}" for a, s, p in failed)
+                    raise MMDeployError(f"parity gate failed: {names} differ from PyTorch beyond tolerance; nothing was written", _BAKE_HINT)
+                for p in pending:
+                    os.replace(p.tmp, bundle.path(p.rel))
+                    p.record["parity"] = [c.to_dict() for c in p.checks]
+                    _record(bundle, p)
+                    summary.written.append(p.rel)
+                bundle.save()
+            finally:
+                for p in pending:
+                    p.tmp.unlink(missing_ok=True)
+                for f in fp32_cache.values():
+                    f.unlink(missing_ok=True)
     if engine == "trt":
+        if not dist.is_main():
+            bundle = Bundle.open(bundle_dir)  # now with rank 0's gated ONNX
         summary.trt = _build_trt(bundle, sizes, precisions, images, pre, tolerances, trt_batches, trt_workspace_gb, progress)
     return summary
 
@@ -233,24 +238,43 @@ class _Sized:
 
 
 def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, workspace_gb, progress) -> dict:
-    """Build one TensorRT plan per size from its gated ONNX, then gate the plan itself."""
-    from mmdeploy.engines.tensorrt import TrtEngine, build_bundle_plan
+    """Build one TensorRT plan per (size, precision) from its gated ONNX, then gate the plan itself.
 
-    built = {}
-    with progress.task("building TensorRT plans", len(sizes) * len(precisions)) as advance:
-        for precision in precisions:
-            for s in sizes:
+    Under torchrun the builds are spread over the ranks, each on its own GPU; every rank
+    writes its own plan files and rank 0 merges all ranks' manifest entries and saves the
+    manifest once. A build that fails leaves no plan for its (size, precision), and every rank
+    raises; the plans that passed are kept.
+    """
+    from mmdeploy.engines.tensorrt import TrtEngine, build_bundle_plan, plan_filename
+
+    mine = dist.shard([(s, p) for s in sizes for p in precisions])
+    entries, failed, failure = {}, [], None
+    with progress.task("building TensorRT plans", len(mine)) as advance:
+        for s, precision in mine:
+            try:
                 entry = build_bundle_plan(bundle, s, precision, batch_sizes=batches, workspace_gb=workspace_gb)
                 ref = bundle.build_model(s)
                 with TrtEngine.from_bundle(bundle, s, precision) as run:
                     checks = check_parity(ref, run, images, s, tuple(b for b in batches if b <= len(images)) or (1,), pre, tolerances[precision], "trt")
                 entry["parity"] = [c.to_dict() for c in checks]
                 if not all(c.passed for c in checks):
-                    del bundle.size_entry(s)["artifacts"][f"trt/{precision}"]
-                    bundle.path(entry["plan"]).unlink(missing_ok=True)
-                    bundle.save()
                     raise MMDeployError(f"parity gate failed for the TensorRT {precision} plan at size {s}", "try --precision fp32, or report the model")
-                built[f"{s}/{precision}"] = entry["plan"]
-                bundle.save()
-                advance(1)
-    return built
+            except Exception as exc:  # noqa: BLE001  (reported to every rank below)
+                failed.append((s, precision))
+                bundle.path(plan_filename(s, precision)).unlink(missing_ok=True)
+                failure = exc
+                break
+            entries[(s, precision)] = entry
+            advance(1)
+    gathered = dist.all_gather_object((entries, failed))
+    merged = {k: v for part, _ in gathered for k, v in part.items()}
+    with dist.agreed():  # rank 0 records every rank's plans; then all raise if any build failed
+        if dist.is_main():
+            for s, precision in (k for _, bad in gathered for k in bad):
+                bundle.size_entry(s).get("artifacts", {}).pop(f"trt/{precision}", None)
+            for (s, precision), entry in merged.items():
+                bundle.set(["sizes", str(s), "artifacts", f"trt/{precision}"], entry)
+            bundle.save()
+        if failure is not None:
+            raise failure
+    return {f"{s}/{p}": merged[(s, p)]["plan"] for s in sizes for p in precisions if (s, p) in merged}
