@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mmdeploy.errors import MMDeployError
@@ -55,7 +56,8 @@ def command(fn=None, *, name: str | None = None):
         except MMDeployError as exc:
             if os.environ.get("MMDEPLOY_DEBUG") == "1":
                 raise
-            err_console.print(f"[bold red]error:[/] {exc.one_line()}", soft_wrap=True)
+            if _report_here(exc):
+                err_console.print(f"[bold red]error:[/] {escape(exc.one_line())}", soft_wrap=True)  # may quote another rank's "[...]"
             raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
@@ -70,6 +72,13 @@ def command(fn=None, *, name: str | None = None):
             raise typer.Exit(1) from None
 
     return app.command(name=name)(wrapper)
+
+
+def _report_here(exc: MMDeployError) -> bool:
+    """Under torchrun every rank raises the same error when one rank fails: rank 0 alone prints it."""
+    from mmdeploy.distributed import RankFailed, is_main
+
+    return not isinstance(exc, RankFailed) or is_main()
 
 
 def _progress(json_out: bool):
@@ -207,9 +216,11 @@ def export(
 
     Example: [bold]mmdeploy export bundle/ --engine ort --precision fp32 --precision fp16[/]
     """
+    from mmdeploy import distributed
     from mmdeploy.export.parity import DEFAULT_TOLERANCES, Tolerance
     from mmdeploy.export.workflow import export_bundle
 
+    distributed.init_from_env()  # under torchrun the TensorRT builds spread over the ranks
     tolerances = {}
     for p in precision or ["fp32"]:
         base = DEFAULT_TOLERANCES.get(p, DEFAULT_TOLERANCES["fp32"])
@@ -218,6 +229,8 @@ def export(
     summary = export_bundle(bundle, engine, precision, [int(s) for s in size] if size else None, data, tolerances, dynamic=dynamic,
                             static_batch=static_batch, trt_batches=tuple(trt_batch or (1, 32)), trt_workspace_gb=workspace_gb,
                             progress=_progress(json_out))
+    if not distributed.is_main():
+        return
     if json_out:
         return _emit_json(summary)
     console.print(parity_table(summary.checks))

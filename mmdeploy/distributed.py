@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,6 +27,7 @@ import torch.distributed as dist
 from mmdeploy.errors import MMDeployError
 
 DEFAULT_TIMEOUT_S = 1800.0
+_SOURCE_LOCATION = re.compile(r"\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*")  # gloo's "[.../pair.cc:537] " prefix
 
 
 class RankFailed(MMDeployError):
@@ -110,7 +112,7 @@ def _collective(what: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as exc:  # torch.distributed.DistError and backend errors are RuntimeErrors
-        text = " ".join(str(exc).split())[:200]
+        text = " ".join(_SOURCE_LOCATION.sub("", str(exc)).split())[:200]
         raise MMDeployError(f"rank {rank()} lost contact with another rank while {what}: {text}",
                             f"another rank crashed, was killed or took longer than MMDEPLOY_DIST_TIMEOUT_S={_timeout_s():g} s; "
                             "see its log") from exc
@@ -199,5 +201,5 @@ def _describe(exc: BaseException) -> tuple[str, str]:
 def _rank_failed(failures: list[tuple[int, str, str]]) -> RankFailed:
     first, message, hint = failures[0]
     others = [r for r, _, _ in failures[1:]]
-    also = f" (ranks {', '.join(map(str, others))} failed too)" if others else ""
+    also = f" (rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} failed too)" if others else ""
     return RankFailed(f"rank {first} of {world_size()} failed, so every rank stopped: {message}{also}", hint)

@@ -1,0 +1,250 @@
+"""torch.distributed on CPU (gloo, loopback): ranks shard the work and get one process's answers.
+
+Calibration under ``torchrun`` gives the statistics of one process over the same images,
+evaluation the same counts; a failing rank stops every rank with one clear line and no
+bundle; TensorRT builds spread over the ranks and rank 0 merges the manifest (with a fake
+builder: TensorRT is not needed). Every launch is 2 processes on tiny data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmdeploy.bundle import Bundle
+from mmdeploy.calib.workflow import calibrate_to_bundle
+from mmdeploy.evaluate import evaluate_target
+from tests.conftest import write_images
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = (16, 24)
+FAST = ("--batches", "4", "--batch-size", "4")
+LAUNCH_TIMEOUT_S = 120  # a hang fails the test instead of stalling the suite
+
+# Run as a rank: optionally break decoding on one rank (a stand-in for a bad decode or an
+# out-of-memory error), then run the CLI as `python -m mmdeploy` would.
+CLI_DRIVER = """
+import os, sys
+if os.environ.get("FAIL_RANK") == os.environ["RANK"]:
+    import mmdeploy.calib.workflow as workflow
+    def decode_images(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+    workflow.decode_images = decode_images
+from mmdeploy.cli import main
+sys.argv[0] = "mmdeploy"
+main()
+"""
+
+# Run as a rank: _build_trt with a fake TensorRT builder and engine; writes what it saw to OUT/rank<R>.json.
+TRT_DRIVER = """
+import json, os, sys
+from pathlib import Path
+import mmdeploy.engines.tensorrt as tensorrt
+import mmdeploy.export.workflow as workflow
+from mmdeploy import distributed
+from mmdeploy.bundle import Bundle
+from mmdeploy.errors import MMDeployError
+from mmdeploy.progress import Progress
+
+rank = int(os.environ["RANK"])
+
+def build_bundle_plan(bundle, size, precision, **options):
+    if f"{size}/{precision}" == os.environ.get("FAIL_JOB"):
+        raise RuntimeError("builder ran out of GPU memory (simulated)")
+    rel = tensorrt.plan_filename(size, precision)
+    bundle.path(rel).write_text(f"built by rank {rank} on cuda:{os.environ['LOCAL_RANK']}")
+    entry = {"plan": rel, "built_by_rank": rank}
+    bundle.set(["sizes", str(size), "artifacts", f"trt/{precision}"], entry)
+    return entry
+
+class FakeEngine:
+    @classmethod
+    def from_bundle(cls, *args, **kwargs):
+        return cls()
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return False
+
+class Passed:
+    passed = True
+    def to_dict(self):
+        return {"passed": True}
+
+tensorrt.build_bundle_plan, tensorrt.TrtEngine = build_bundle_plan, FakeEngine
+workflow.check_parity = lambda *args, **kwargs: [Passed()]
+saves = []
+real_save = Bundle.save
+Bundle.save = lambda self: (saves.append(rank), real_save(self))[1]
+
+distributed.init_from_env()
+bundle = Bundle.open(sys.argv[1])
+try:
+    result = {"built": workflow._build_trt(bundle, bundle.sizes, ["fp32", "fp16"], [None], None, {"fp32": None, "fp16": None}, (1,), 1.0, Progress())}
+except MMDeployError as exc:
+    result = {"error": type(exc).__name__ + ": " + exc.one_line()}
+Path(sys.argv[2], f"rank{rank}.json").write_text(json.dumps({**result, "saves": len(saves)}))
+sys.exit(1 if "error" in result else 0)
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MMDEPLOY_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MMDEPLOY_DIST_BACKEND="gloo",
+               MMDEPLOY_DIST_TIMEOUT_S="60", COLUMNS="200", **extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(*args, world: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node WORLD -m mmdeploy ARGS`` (the launcher picks a free port)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", "-m", "mmdeploy", *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+
+
+def _launch(script: str, *args, world: int = 2, **env: str) -> list[tuple[int, str, str]]:
+    """Start WORLD ranks of ``python -c SCRIPT ARGS`` as torchrun would (env:// rendezvous);
+    returns each rank's (exit code, stdout, stderr)."""
+    common = _env(WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), **env)
+    procs = [subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=REPO, env={**common, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+    try:
+        outs = [p.communicate(timeout=LAUNCH_TIMEOUT_S) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
+def _bn_stats(bundle: Path, size: int) -> dict[str, torch.Tensor]:
+    return load_file(bundle / f"sizes/{size}/weights.safetensors")
+
+
+def _assert_same_calibration(one: Path, many: Path) -> None:
+    a, b = Bundle.open(one).manifest, Bundle.open(many).manifest
+    for s in SIZES:
+        ra, rb = a["sizes"][str(s)]["calibration"], b["sizes"][str(s)]["calibration"]
+        assert (ra["key"], ra["images"], ra["skipped_files"]) == (rb["key"], rb["images"], rb["skipped_files"])
+        sa, sb = _bn_stats(one, s), _bn_stats(many, s)
+        assert sa.keys() == sb.keys()
+        stats = [k for k in sa if k.endswith(("running_mean", "running_var"))]
+        assert stats
+        for k in sa:
+            if k in stats:
+                torch.testing.assert_close(sb[k], sa[k], rtol=1e-6, atol=1e-6, msg=f"{k} at size {s}")
+            else:
+                assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_images(tmp_path_factory.mktemp("dist") / "train")
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, resnet8_checkpoint, data) -> Path:
+    out = tmp_path_factory.mktemp("one") / "bundle"
+    calibrate_to_bundle(resnet8_checkpoint, list(SIZES), data, out, batches=4, batch_size=4)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, resnet8_checkpoint, data) -> Path:
+    out = tmp_path_factory.mktemp("two") / "bundle"
+    res = _torchrun("calibrate", resnet8_checkpoint, *(a for s in SIZES for a in ("--size", s)), "--data", data, "--out", out, *FAST, "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout[res.stdout.index("{"):])  # rank 0 alone prints
+    assert summary["images"] == 16 and summary["sizes"] == list(SIZES)
+    return out
+
+
+def test_torchrun_calibration_equals_one_process(one_process, two_ranks):
+    _assert_same_calibration(one_process, two_ranks)
+    assert not list(two_ranks.parent.glob(".*staging*"))
+
+
+def test_rank_without_batches_takes_part(tmp_path, resnet8_checkpoint, data):
+    """One batch, two ranks: rank 1 calibrates nothing but joins every collective."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    calibrate_to_bundle(resnet8_checkpoint, list(SIZES), data, one, batches=1, batch_size=4, augment=False)
+    args = ["calibrate", resnet8_checkpoint, *(a for s in SIZES for a in ("--size", s)), "--data", data, "--out", two,
+            "--batches", "1", "--batch-size", "4", "--no-augment"]
+    ranks = _launch(CLI_DRIVER, *args)
+    assert [rc for rc, _, _ in ranks] == [0, 0], ranks[0][2][-2000:] + ranks[1][2][-2000:]
+    assert Bundle.open(two).manifest["sizes"]["16"]["calibration"]["images"] == 4
+    _assert_same_calibration(one, two)
+
+
+def test_torchrun_eval_counts_equal_one_process(tmp_path, two_ranks, data):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(two_ranks, bundle)
+    res = _torchrun("eval", bundle, "--data", data, "--batch-size", "5", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    many = json.loads(res.stdout[res.stdout.index("["):])
+    one = evaluate_target(two_ranks, data, batch_size=5)
+
+    def key(r):
+        return (r["size"], r["engine"], r["precision"], r["calibrated"])
+
+    assert sorted((key(r), r["top1"], r["top5"], r["images"]) for r in many) == sorted(
+        (key(r.__dict__), r.top1, r.top5, r.images) for r in one)
+    assert {r["images"] for r in many} == {16}
+    saved = Bundle.open(bundle).manifest["sizes"]["16"]["metrics"]["accuracy"]["torch/fp32"]  # rank 0 wrote the results
+    assert saved["images"] == 16
+
+
+def test_failing_rank_stops_every_rank_and_leaves_no_bundle(tmp_path, resnet8_checkpoint, data):
+    out = tmp_path / "bundle"
+    args = ["calibrate", resnet8_checkpoint, "--size", "16", "--data", data, "--out", out, *FAST]
+    ranks = _launch(CLI_DRIVER, *args, FAIL_RANK="1")
+    assert [rc for rc, _, _ in ranks] == [1, 1]
+    errors = [[line for line in err.splitlines() if line.strip()] for _, _, err in ranks]
+    assert len(errors[0]) == 1, errors[0]  # rank 0 prints one line for all ranks
+    line = errors[0][0]
+    assert line.startswith("error: rank 1 of 2 failed") and "RuntimeError: CUDA out of memory (simulated)" in line and "hint:" in line
+    assert not any(e.startswith("error:") or "Traceback" in e for e in errors[1]), errors[1]
+    assert not out.exists() and not list(tmp_path.glob(".*staging*"))
+
+
+def test_trt_builds_spread_over_ranks_and_rank0_merges(tmp_path, one_process):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(one_process, bundle)
+    ranks = _launch(TRT_DRIVER, bundle, tmp_path)
+    assert [rc for rc, _, _ in ranks] == [0, 0], ranks[0][2][-2000:] + ranks[1][2][-2000:]
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    jobs = [(s, p) for s in SIZES for p in ("fp32", "fp16")]
+    expected = {f"{s}/{p}": f"sizes/{s}/model.{p}.plan" for s, p in jobs}
+    assert seen[0]["built"] == seen[1]["built"] == expected
+    assert [v["saves"] for v in seen] == [1, 0]  # rank 0 saves the merged manifest once
+    manifest = Bundle.open(bundle).manifest
+    for i, (s, p) in enumerate(jobs):
+        builder = i % 2  # jobs[rank::world]
+        assert manifest["sizes"][str(s)]["artifacts"][f"trt/{p}"] == {"plan": expected[f"{s}/{p}"], "built_by_rank": builder, "parity": [{"passed": True}]}
+        assert (bundle / expected[f"{s}/{p}"]).read_text() == f"built by rank {builder} on cuda:{builder}"
+
+
+def test_trt_build_failing_on_one_rank_stops_all_and_keeps_the_rest(tmp_path, one_process):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(one_process, bundle)
+    ranks = _launch(TRT_DRIVER, bundle, tmp_path, FAIL_JOB="24/fp16")  # the last job: rank 1's
+    assert [rc for rc, _, _ in ranks] == [1, 1]
+    for r in range(2):
+        error = json.loads((tmp_path / f"rank{r}.json").read_text())["error"]
+        assert error.startswith("RankFailed: rank 1 of 2 failed") and "builder ran out of GPU memory (simulated)" in error
+    artifacts = {s: Bundle.open(bundle).manifest["sizes"][str(s)]["artifacts"] for s in SIZES}
+    assert sorted(k for a in artifacts.values() for k in a) == ["trt/fp16", "trt/fp32", "trt/fp32"]
+    assert "trt/fp16" not in artifacts[24] and not (bundle / "sizes/24/model.fp16.plan").exists()
