@@ -49,7 +49,11 @@ def init_from_env() -> bool:
     backend = os.environ.get("MMDEPLOY_DIST_BACKEND", "").strip().lower() or _default_backend(gpus)
     if backend not in ("gloo", "nccl"):
         raise MMDeployError(f"MMDEPLOY_DIST_BACKEND={backend!r} is not a backend mmdeploy uses", "set it to gloo or nccl, or unset it")
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=_timeout_s()))
+    try:
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=_timeout_s()))
+    except (RuntimeError, ValueError) as exc:  # rendezvous timed out, bad MASTER_ADDR/PORT, ...
+        raise MMDeployError(f"cannot start torch.distributed ({backend}, rank {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']}): {_short(exc)}",
+                            "launch every rank with torchrun and check --master-addr/--master-port (or --rdzv-endpoint)") from exc
     atexit.register(_shutdown)
     return True
 
@@ -112,8 +116,7 @@ def _collective(what: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as exc:  # torch.distributed.DistError and backend errors are RuntimeErrors
-        text = " ".join(_SOURCE_LOCATION.sub("", str(exc)).split())[:200]
-        raise MMDeployError(f"rank {rank()} lost contact with another rank while {what}: {text}",
+        raise MMDeployError(f"rank {rank()} lost contact with another rank while {what}: {_short(exc)}",
                             f"another rank crashed, was killed or took longer than MMDEPLOY_DIST_TIMEOUT_S={_timeout_s():g} s; "
                             "see its log") from exc
 
@@ -194,8 +197,12 @@ def barrier() -> None:
 def _describe(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, MMDeployError):
         return exc.message.replace("\n", " "), exc.hint
-    text = " ".join(str(exc).split())[:300]
-    return f"{type(exc).__name__}: {text}", "rerun with MMDEPLOY_DEBUG=1 for the failing rank's traceback"
+    return f"{type(exc).__name__}: {_short(exc, 300)}", "rerun with MMDEPLOY_DEBUG=1 for the failing rank's traceback"
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """An exception's text on one line, without the C++ source locations backends put in it."""
+    return " ".join(_SOURCE_LOCATION.sub("", str(exc)).split())[:limit]
 
 
 def _rank_failed(failures: list[tuple[int, str, str]]) -> RankFailed:

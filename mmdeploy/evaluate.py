@@ -42,7 +42,7 @@ def measure_accuracy(
     if limit:
         gen = torch.Generator().manual_seed(0)  # a fixed, class-balanced-in-expectation subset
         indices = sorted(torch.randperm(len(folder), generator=gen)[:limit].tolist())
-    indices = indices[dist.rank() :: dist.world_size()]
+    indices = dist.shard(indices)
     store = store_resolution(folder, preprocess.kind, [t.size for t in targets])
     counts = torch.zeros(len(targets), 3, dtype=torch.float64)  # top1, top5, n
     with dist.agreed():  # a rank that fails (an engine, out of memory) stops every rank before the all-reduce

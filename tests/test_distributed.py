@@ -25,18 +25,25 @@ from mmdeploy.calib.workflow import calibrate_to_bundle
 from mmdeploy.evaluate import evaluate_target
 from tests.conftest import write_images
 
+pytestmark = pytest.mark.filterwarnings("ignore:skipped .* unreadable files")  # the data holds 2 on purpose
+
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (16, 24)
 FAST = ("--batches", "4", "--batch-size", "4")
 LAUNCH_TIMEOUT_S = 120  # a hang fails the test instead of stalling the suite
 
-# Run as a rank: optionally break decoding on one rank (a stand-in for a bad decode or an
-# out-of-memory error), then run the CLI as `python -m mmdeploy` would.
+# Run as a rank: optionally break decoding on rank FAIL_RANK (FAIL_MODE raise: an error such as
+# out of memory; crash: the process dies; hang: it stops responding), then run the CLI as
+# `python -m mmdeploy` would.
 CLI_DRIVER = """
-import os, sys
+import os, sys, time
 if os.environ.get("FAIL_RANK") == os.environ["RANK"]:
     import mmdeploy.calib.workflow as workflow
     def decode_images(*args, **kwargs):
+        if os.environ["FAIL_MODE"] == "crash":
+            os._exit(3)
+        if os.environ["FAIL_MODE"] == "hang":
+            time.sleep(600)
         raise RuntimeError("CUDA out of memory (simulated)")
     workflow.decode_images = decode_images
 from mmdeploy.cli import main
@@ -99,8 +106,8 @@ sys.exit(1 if "error" in result else 0)
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MMDEPLOY_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MMDEPLOY_DIST_BACKEND="gloo",
-               MMDEPLOY_DIST_TIMEOUT_S="60", COLUMNS="200", **extra)
+    env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "MMDEPLOY_DIST_BACKEND": "gloo",
+                "MMDEPLOY_DIST_TIMEOUT_S": "60", "COLUMNS": "200", **extra})
     return env
 
 
@@ -116,21 +123,28 @@ def _torchrun(*args, world: int = 2) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
 
 
-def _launch(script: str, *args, world: int = 2, **env: str) -> list[tuple[int, str, str]]:
+def _launch(script: str, *args, world: int = 2, stop_after_rank0: bool = False, **env: str) -> list[tuple[int | None, str, str]]:
     """Start WORLD ranks of ``python -c SCRIPT ARGS`` as torchrun would (env:// rendezvous);
-    returns each rank's (exit code, stdout, stderr)."""
+    returns each rank's (exit code, stdout, stderr). ``stop_after_rank0`` kills the other
+    ranks once rank 0 has ended (their exit code is then None)."""
     common = _env(WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), **env)
     procs = [subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=REPO, env={**common, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+    results = []
     try:
-        outs = [p.communicate(timeout=LAUNCH_TIMEOUT_S) for p in procs]
+        for r, p in enumerate(procs):  # rank 0 first
+            killed = r > 0 and stop_after_rank0 and p.poll() is None
+            if killed:
+                p.kill()
+            out, err = p.communicate(timeout=LAUNCH_TIMEOUT_S)
+            results.append((None if killed else p.returncode, out, err))
     finally:
         for p in procs:
             p.kill()
-    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+    return results
 
 
-def _bn_stats(bundle: Path, size: int) -> dict[str, torch.Tensor]:
+def _weights(bundle: Path, size: int) -> dict[str, torch.Tensor]:
     return load_file(bundle / f"sizes/{size}/weights.safetensors")
 
 
@@ -139,7 +153,7 @@ def _assert_same_calibration(one: Path, many: Path) -> None:
     for s in SIZES:
         ra, rb = a["sizes"][str(s)]["calibration"], b["sizes"][str(s)]["calibration"]
         assert (ra["key"], ra["images"], ra["skipped_files"]) == (rb["key"], rb["images"], rb["skipped_files"])
-        sa, sb = _bn_stats(one, s), _bn_stats(many, s)
+        sa, sb = _weights(one, s), _weights(many, s)
         assert sa.keys() == sb.keys()
         stats = [k for k in sa if k.endswith(("running_mean", "running_var"))]
         assert stats
@@ -152,7 +166,11 @@ def _assert_same_calibration(one: Path, many: Path) -> None:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_images(tmp_path_factory.mktemp("dist") / "train")
+    """16 images and 2 unreadable files; with --batches 4 --batch-size 4 each rank's batches hold one of them."""
+    root = write_images(tmp_path_factory.mktemp("dist") / "train")
+    for bad in ("cat/bad.jpg", "dog/bad.png"):
+        (root / bad).write_bytes(b"not an image")
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +186,7 @@ def two_ranks(tmp_path_factory, resnet8_checkpoint, data) -> Path:
     res = _torchrun("calibrate", resnet8_checkpoint, *(a for s in SIZES for a in ("--size", s)), "--data", data, "--out", out, *FAST, "--json")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout[res.stdout.index("{"):])  # rank 0 alone prints
-    assert summary["images"] == 16 and summary["sizes"] == list(SIZES)
+    assert (summary["images"], summary["skipped"], summary["sizes"]) == (14, 2, list(SIZES))  # counts from both ranks
     return out
 
 
@@ -185,7 +203,7 @@ def test_rank_without_batches_takes_part(tmp_path, resnet8_checkpoint, data):
             "--batches", "1", "--batch-size", "4", "--no-augment"]
     ranks = _launch(CLI_DRIVER, *args)
     assert [rc for rc, _, _ in ranks] == [0, 0], ranks[0][2][-2000:] + ranks[1][2][-2000:]
-    assert Bundle.open(two).manifest["sizes"]["16"]["calibration"]["images"] == 4
+    assert Bundle.open(two).manifest["sizes"]["16"]["calibration"]["images"] == 3  # one batch of 4, one file unreadable
     _assert_same_calibration(one, two)
 
 
@@ -210,13 +228,27 @@ def test_torchrun_eval_counts_equal_one_process(tmp_path, two_ranks, data):
 def test_failing_rank_stops_every_rank_and_leaves_no_bundle(tmp_path, resnet8_checkpoint, data):
     out = tmp_path / "bundle"
     args = ["calibrate", resnet8_checkpoint, "--size", "16", "--data", data, "--out", out, *FAST]
-    ranks = _launch(CLI_DRIVER, *args, FAIL_RANK="1")
+    ranks = _launch(CLI_DRIVER, *args, FAIL_RANK="1", FAIL_MODE="raise")
     assert [rc for rc, _, _ in ranks] == [1, 1]
-    errors = [[line for line in err.splitlines() if line.strip()] for _, _, err in ranks]
-    assert len(errors[0]) == 1, errors[0]  # rank 0 prints one line for all ranks
+    errors = [[line for line in err.splitlines() if line.startswith("error:")] for _, _, err in ranks]
+    assert len(errors[0]) == 1 and errors[1] == [], errors  # rank 0 prints one line for all ranks
     line = errors[0][0]
     assert line.startswith("error: rank 1 of 2 failed") and "RuntimeError: CUDA out of memory (simulated)" in line and "hint:" in line
-    assert not any(e.startswith("error:") or "Traceback" in e for e in errors[1]), errors[1]
+    assert not any("Traceback" in err for _, _, err in ranks)
+    assert not out.exists() and not list(tmp_path.glob(".*staging*"))
+
+
+@pytest.mark.parametrize("mode", ["crash", "hang"])
+def test_rank_that_dies_or_hangs_does_not_hang_the_others(tmp_path, resnet8_checkpoint, data, mode):
+    """No agreement is possible with a dead or stuck rank: the others' collective fails (at once,
+    or after MMDEPLOY_DIST_TIMEOUT_S) and they end with one line naming the cause."""
+    out = tmp_path / "bundle"
+    args = ["calibrate", resnet8_checkpoint, "--size", "16", "--data", data, "--out", out, *FAST]
+    ranks = _launch(CLI_DRIVER, *args, stop_after_rank0=True, FAIL_RANK="1", FAIL_MODE=mode, MMDEPLOY_DIST_TIMEOUT_S="5")
+    rc, _, err = ranks[0]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: rank 0 lost contact with another rank") and "MMDEPLOY_DIST_TIMEOUT_S=5" in lines[0]
     assert not out.exists() and not list(tmp_path.glob(".*staging*"))
 
 
@@ -248,3 +280,68 @@ def test_trt_build_failing_on_one_rank_stops_all_and_keeps_the_rest(tmp_path, on
     artifacts = {s: Bundle.open(bundle).manifest["sizes"][str(s)]["artifacts"] for s in SIZES}
     assert sorted(k for a in artifacts.values() for k in a) == ["trt/fp16", "trt/fp32", "trt/fp32"]
     assert "trt/fp16" not in artifacts[24] and not (bundle / "sizes/24/model.fp16.plan").exists()
+
+
+def test_trt_builds_in_one_process_record_passes_and_drop_failures(tmp_path, one_process, monkeypatch):
+    """Without a process group one rank builds every plan; a failed gate raises its own error."""
+    import mmdeploy.engines.tensorrt as tensorrt
+    import mmdeploy.export.workflow as workflow
+    from mmdeploy.errors import MMDeployError
+    from mmdeploy.progress import Progress
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(one_process, bundle_dir)
+    bundle = Bundle.open(bundle_dir)
+
+    def build_bundle_plan(bundle, size, precision, **options):
+        rel = tensorrt.plan_filename(size, precision)
+        bundle.path(rel).write_text("plan")
+        bundle.set(["sizes", str(size), "artifacts", f"trt/{precision}"], {"plan": rel})
+        return {"plan": rel}
+
+    class Check:
+        def __init__(self, passed):
+            self.passed = passed
+
+        def to_dict(self):
+            return {"passed": self.passed}
+
+    class FakeEngine:
+        @classmethod
+        def from_bundle(cls, bundle, size, precision, **kwargs):
+            cls.current = (size, precision)
+            return cls()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(tensorrt, "build_bundle_plan", build_bundle_plan)
+    monkeypatch.setattr(tensorrt, "TrtEngine", FakeEngine)
+    monkeypatch.setattr(workflow, "check_parity", lambda *a, **k: [Check(FakeEngine.current != (24, "fp16"))])
+    tolerances = {"fp32": None, "fp16": None}
+    assert workflow._build_trt(bundle, [16], ["fp32", "fp16"], [None], None, tolerances, (1,), 1.0, Progress()) == {
+        "16/fp32": "sizes/16/model.fp32.plan", "16/fp16": "sizes/16/model.fp16.plan"}
+    with pytest.raises(MMDeployError, match="parity gate failed for the TensorRT fp16 plan at size 24"):
+        workflow._build_trt(bundle, [24], ["fp32", "fp16"], [None], None, tolerances, (1,), 1.0, Progress())
+    saved = Bundle.open(bundle_dir).manifest["sizes"]
+    assert set(saved["16"]["artifacts"]) == {"trt/fp32", "trt/fp16"} and set(saved["24"]["artifacts"]) == {"trt/fp32"}
+    assert not (bundle_dir / "sizes/24/model.fp16.plan").exists()
+
+
+def test_one_process_is_rank_zero_of_one(monkeypatch):
+    from mmdeploy import distributed
+    from mmdeploy.errors import MMDeployError
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not distributed.init_from_env() and not distributed.active()
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
+    assert distributed.shard([1, 2, 3]) == [1, 2, 3] and distributed.all_gather_object("x") == ["x"]
+    assert distributed.all_ok(False, "broken") == (False, "rank 0: broken")
+    with pytest.raises(ValueError, match="as it was"), distributed.agreed():  # one process: errors pass through unchanged
+        raise ValueError("as it was")
+    monkeypatch.setenv("MMDEPLOY_DIST_TIMEOUT_S", "soon")
+    with pytest.raises(MMDeployError, match="MMDEPLOY_DIST_TIMEOUT_S='soon'"):
+        distributed._timeout_s()

@@ -134,7 +134,7 @@ def calibrate_to_bundle(
     todo = [s for s in sizes if s not in reused]
 
     plan = plan_batches(len(folder), batch_size, batches, seed)
-    mine = [(i, b) for i, b in enumerate(plan) if i % dist.world_size() == dist.rank()]  # whole batches per rank: sums stay exact
+    mine = dist.shard(list(enumerate(plan)))  # whole batches per rank: the sums stay exact
     n_layers = len(bn_layers(model))
     if n_layers == 0:
         warnings.warn(f"{ckpt.arch} has no BatchNorm layers: calibration is a no-op, weights are copied as they are", stacklevel=2)
