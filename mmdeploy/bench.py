@@ -27,6 +27,7 @@ class BenchTarget:
     engine: str
     precision: str
     make_engine: Callable  # () -> Engine
+    only_batches: tuple[int, ...] | None = None  # e.g. an ONNX with a fixed batch: time only that batch
 
 
 def _percentile(sorted_ms: list[float], q: float) -> float:
@@ -61,7 +62,8 @@ def measure_latency(
         for t in targets:
             engines.append(t.make_engine().__enter__())
         gen = torch.Generator().manual_seed(0)
-        cells = [(t, e, b, torch.randn(b, 3, t.size, t.size, generator=gen)) for t, e in zip(targets, engines) for b in batches]
+        cells = [(t, e, b, torch.randn(b, 3, t.size, t.size, generator=gen)) for t, e in zip(targets, engines) for b in batches
+                 if t.only_batches is None or b in t.only_batches]
         times: list[list[float]] = [[] for _ in cells]
         with progress.task(f"timing {len(cells)} points", (warmup + iters) * len(cells)) as advance:
             for _ in range(warmup):
@@ -123,17 +125,18 @@ def bench_bundle(
 
     Returns (results, environment, skipped-with-reason lines)."""
     from mmdeploy.bundle import Bundle
-    from mmdeploy.engines import available_engines
+    from mmdeploy.engines import available_engines, check_choices
 
+    check_choices(engines, precisions)
     bundle = Bundle.open(bundle_dir)
     sizes = [int(s) for s in sizes] if sizes else bundle.sizes
+    for s in sizes:
+        bundle.size_entry(s)
     batches = batches or [1, 32]
     reasons = available_engines()
     wanted = engines or ["torch", "ort", "trt"]
     targets, skipped = [], []
     for name in wanted:
-        if name not in reasons:
-            raise MMDeployError(f"unknown engine {name!r}", "use torch, ort or trt")
         if reasons[name]:
             if engines:
                 skipped.append(f"{name}: {reasons[name]}")
@@ -141,10 +144,15 @@ def bench_bundle(
         for prec in precisions or ["fp32"]:
             for s in sizes:
                 if not _has_artifact(bundle, name, s, prec):
-                    if engines:
-                        skipped.append(f"{name} {prec} at {s}: not exported (run `mmdeploy export {bundle.root} --engine {name} --precision {prec}`)")
+                    if engines or name != "torch":  # an engine that works here but was not exported: say so
+                        skipped.append(f"{name} {prec} at {s}: " + ("fp16 needs CUDA" if name == "torch" else
+                                       f"not exported (run `mmdeploy export {bundle.root} --engine {name} --precision {prec}`)"))
                     continue
-                targets.append(BenchTarget(s, name, prec, lambda s=s, n=name, p=prec: bundle.engine(n, s, p)))
+                fixed = _static_batch(bundle, name, s, prec)
+                if fixed is not None and fixed not in batches:
+                    skipped.append(f"{name} {prec} at {s}: its ONNX has a fixed batch of {fixed} (pass --batch {fixed})")
+                    continue
+                targets.append(BenchTarget(s, name, prec, lambda s=s, n=name, p=prec: bundle.engine(n, s, p), None if fixed is None else (fixed,)))
     if not targets:
         raise MMDeployError(f"nothing to benchmark in {bundle.root}", "; ".join(skipped) or "export the bundle first")
     results = measure_latency(targets, batches, warmup, iters, progress)
@@ -155,6 +163,14 @@ def bench_bundle(
     bundle.manifest["bench_environment"] = env
     bundle.save()
     return results, env, skipped
+
+
+def _static_batch(bundle, engine: str, size: int, precision: str) -> int | None:
+    """The fixed batch of an ONNX exported with --static-batch (other batches would be padded), else None."""
+    if engine != "ort":
+        return None
+    art = bundle.size_entry(size).get("artifacts", {}).get(f"onnx/{precision}", {})
+    return art.get("static_batch")
 
 
 def _has_artifact(bundle, engine: str, size: int, precision: str) -> bool:

@@ -75,6 +75,7 @@ def save_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[
     tmp = temp_path_for(path)
     try:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+        os.chmod(tmp, _FILE_MODE)  # save_file recreates the file with mode 0600
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -124,6 +125,9 @@ class Bundle:
         for key in ("source", "preprocess", "sizes"):
             if key not in manifest:
                 raise MMDeployError(f"{path} lacks {key!r}", "re-run `mmdeploy calibrate` into a new folder")
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise MMDeployError(f"{path} is not a valid bundle manifest: {problem}", "re-run `mmdeploy calibrate` into a new folder")
         return cls(root, manifest)
 
     @staticmethod
@@ -177,6 +181,8 @@ class Bundle:
         from safetensors.torch import load_file
 
         rel = self.manifest["source"]["weights"] if size is None else self.size_entry(size)["weights"]
+        if not self.path(rel).is_file():
+            raise MMDeployError(f"bundle {self.root} lacks {rel}", f"re-run `mmdeploy calibrate` for {'the bundle' if size is None else f'--size {size}'}")
         return load_file(str(self.path(rel)))
 
     def build_model(self, size: int | None) -> torch.nn.Module:
@@ -205,6 +211,31 @@ class Bundle:
     def save(self) -> None:
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=False) + "\n")
+
+
+def _manifest_problem(manifest: dict) -> str:
+    """"" if the fields every command reads have the right shape, else what is wrong (one phrase)."""
+    from mmdeploy.data import Preprocess
+
+    source = manifest["source"]
+    if not isinstance(source, dict) or not all(isinstance(source.get(k), str) for k in ("arch", "sha256", "weights")):
+        return "source needs arch, sha256 and weights"
+    if not isinstance(source.get("arch_kwargs", {}), dict):
+        return "source.arch_kwargs is not an object"
+    try:
+        Preprocess.from_dict(manifest["preprocess"])
+    except (KeyError, TypeError, ValueError, MMDeployError):
+        return "preprocess needs kind (cifar or imagenet), mean and std"
+    if not isinstance(manifest["sizes"], dict) or not isinstance(manifest.get("dynamic", {}), dict):
+        return "sizes and dynamic must be objects"
+    for size, entry in manifest["sizes"].items():
+        if not (isinstance(size, str) and size.isdigit() and int(size) > 0):
+            return f"size {size!r} is not a positive integer"
+        if not isinstance(entry, dict) or not isinstance(entry.get("weights"), str) or not isinstance(entry.get("calibration"), dict):
+            return f"size {size} needs weights and calibration"
+        if not all(isinstance(entry.get(k, {}), dict) for k in ("artifacts", "metrics")):
+            return f"size {size}: artifacts and metrics must be objects"
+    return ""
 
 
 def staged_bundle_dir(out: Path) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 import warnings
@@ -88,14 +89,35 @@ def _progress(json_out: bool):
 
 
 def _emit_json(obj) -> None:
-    def default(o):
-        if is_dataclass(o):
-            return asdict(o)
+    """Strict JSON on stdout: dataclasses as objects, paths as strings, NaN/inf as null (JSON has none)."""
+
+    def plain(o):
+        if is_dataclass(o) and not isinstance(o, type):
+            return plain(asdict(o))
+        if isinstance(o, dict):
+            return {str(k): plain(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [plain(v) for v in o]
         if isinstance(o, Path):
             return str(o)
-        raise TypeError(type(o).__name__)
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        return o
 
-    sys.stdout.write(json.dumps(obj, default=default, indent=2) + "\n")
+    sys.stdout.write(json.dumps(plain(obj), indent=2, allow_nan=False) + "\n")
+
+
+def _sizes(values: list[str] | None) -> list[int] | None:
+    """--size values as integers; a non-integer is a user error, not a crash."""
+    if not values:
+        return None
+    out = []
+    for v in values:
+        try:
+            out.append(int(v))
+        except ValueError:
+            raise MMDeployError(f"size {v!r} is not an integer", "sizes are input sides in pixels, e.g. --size 24") from None
+    return out
 
 
 @command
@@ -160,6 +182,9 @@ def eval_(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 256,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate a fixed random subset of this many images.")] = None,
     arch: ArchOpt = None,
+    preprocess: Annotated[Optional[str], typer.Option(help="Checkpoint only: cifar or imagenet (a bundle uses its own).")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Checkpoint only: per-channel mean, e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Checkpoint only: per-channel std, e.g. 0.229,0.224,0.225.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Device for the torch engine (default: cuda if available).")] = None,
     unsafe_allow_pickle: PickleOpt = False,
     json_out: JsonOpt = False,
@@ -172,8 +197,9 @@ def eval_(
     from mmdeploy.evaluate import evaluate_target
 
     distributed.init_from_env()
-    results = evaluate_target(target, data, size, engine, precision, batch_size=batch_size, limit=limit, arch=arch,
-                              allow_pickle=unsafe_allow_pickle, device=device, progress=_progress(json_out))
+    results = evaluate_target(target, data, _sizes(size), engine, precision, batch_size=batch_size, limit=limit, arch=arch,
+                              allow_pickle=unsafe_allow_pickle, device=device, progress=_progress(json_out),
+                              preprocess=preprocess, mean=_floats(mean), std=_floats(std))
     if not distributed.is_main():
         return
     if json_out:
@@ -226,7 +252,7 @@ def export(
         base = DEFAULT_TOLERANCES.get(p, DEFAULT_TOLERANCES["fp32"])
         tolerances[p] = Tolerance(atol if atol is not None else base.atol, rtol if rtol is not None else base.rtol,
                                   min_agreement if min_agreement is not None else base.min_top1_agreement)
-    summary = export_bundle(bundle, engine, precision, [int(s) for s in size] if size else None, data, tolerances, dynamic=dynamic,
+    summary = export_bundle(bundle, engine, precision, _sizes(size), data, tolerances, dynamic=dynamic,
                             static_batch=static_batch, trt_batches=tuple(trt_batch or (1, 32)), trt_workspace_gb=workspace_gb,
                             progress=_progress(json_out))
     if not distributed.is_main():
@@ -265,7 +291,7 @@ def bench(
     """
     from mmdeploy.bench import bench_bundle
 
-    results, env, skipped = bench_bundle(bundle, engine, precision, [int(s) for s in size] if size else None, batch, warmup, iters,
+    results, env, skipped = bench_bundle(bundle, engine, precision, _sizes(size), batch, warmup, iters,
                                          progress=_progress(json_out))
     if json_out:
         return _emit_json({"results": results, "environment": env, "skipped": skipped})
@@ -302,9 +328,12 @@ def report(
     from mmdeploy.pareto import pick as pick_point
     from mmdeploy.report import compare_reports, format_gate, load_report, parse_fraction, render_table, report_bundle
 
+    # Read the baseline (and check the options) before writing: the baseline may be this bundle's own report.json.
+    old = load_report(baseline) if baseline else None
+    regress = parse_fraction(max_latency_regress)
     rep, written = report_bundle(bundle, batch, reference, tolerance, out)
     chosen = pick_point(rep.points, latency_budget, min_accuracy) if pick or latency_budget is not None or min_accuracy is not None else None
-    gate = compare_reports(rep, load_report(baseline), max_acc_drop, parse_fraction(max_latency_regress)) if baseline else None
+    gate = compare_reports(rep, old, max_acc_drop, regress) if old is not None else None
     if json_out:
         _emit_json({"report": str(written["json"]), "files": {k: str(v) for k, v in written.items()}, "pick": chosen,
                     "gate": None if gate is None else {"passed": gate.passed, "findings": gate.findings}})

@@ -96,14 +96,28 @@ def evaluate_target(
     allow_pickle: bool = False,
     device: str | None = None,
     progress: Progress | None = None,
+    preprocess: str | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
 ) -> list[AccuracyResult]:
     """Accuracy of a checkpoint (its own BN statistics) or of a bundle: before and after
-    calibration, and of each deployed artifact requested. Bundle results go into its manifest."""
+    calibration, and of each deployed artifact requested. Bundle results go into its manifest.
+
+    ``preprocess``/``mean``/``std`` apply to a checkpoint; a bundle uses the preprocessing it was calibrated with."""
     from mmdeploy.bundle import Bundle
+    from mmdeploy.engines import check_choices
     from mmdeploy.engines.torch_engine import TorchEngine
 
+    check_choices(engines, precisions)
+    if batch_size < 1 or (limit is not None and limit < 1):
+        raise MMDeployError("--batch-size and --limit must be >= 1", "e.g. --batch-size 256 --limit 1000")
     targets: list[EvalTarget] = []
+    if Path(target).is_dir() and not Bundle.is_bundle(target):
+        Bundle.open(target)  # a folder is only ever a bundle: say it is not one (a checkpoint is a file)
     if Bundle.is_bundle(target):
+        if preprocess or mean or std:
+            raise MMDeployError("a bundle is evaluated with the preprocessing it was calibrated with",
+                                "leave out --preprocess/--mean/--std (they are for evaluating a checkpoint)")
         bundle = Bundle.open(target)
         chosen = [int(s) for s in sizes] if sizes else bundle.sizes
         for s in chosen:
@@ -125,7 +139,10 @@ def evaluate_target(
         model = ckpt.build()
         if not sizes:
             raise MMDeployError("evaluating a checkpoint needs --size", "pass e.g. --size 32, or evaluate a bundle")
-        pre = resolve_preprocess(ckpt)
+        if set(engines or ["torch"]) != {"torch"} or set(precisions or ["fp32"]) != {"fp32"}:
+            raise MMDeployError("a checkpoint is evaluated with the torch engine in fp32 only (its own BN statistics)",
+                                "calibrate and export it to a bundle (`mmdeploy calibrate`, `mmdeploy export`) to evaluate other engines")
+        pre = resolve_preprocess(ckpt, preprocess, mean, std)
         for s in validate_sizes(sizes, ckpt.arch, model):
             targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(model, s, device=device)))
         bundle = None

@@ -166,14 +166,17 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
             bench_bundle(bundle_dir, ["torch", *engines], precisions, batches=b["batches"], warmup=b["warmup"], iters=b["iters"], progress=progress)
             _mark(bundle_dir, "bench", bench_key)
             run.steps["bench"] = "ran"
+        baseline = resolve(spec.get("baseline"))
+        old = None
+        if r.get("gate") and baseline is not None:
+            if not baseline.exists():
+                raise MMDeployError(f"model {name}: baseline {baseline} does not exist", "commit one, or set report.gate = false")
+            old = load_report(baseline)  # before the report is written: the baseline may be the bundle's own report.json
         run.report, run.files = report_bundle(bundle_dir, batch=r["batch"], tolerance=r["tolerance"])
         from mmdeploy.report import results_from_manifest
 
         run.accuracies = results_from_manifest(Bundle.open(bundle_dir).manifest)[0]
-        baseline = resolve(spec.get("baseline"))
-        if r.get("gate") and baseline is not None:
-            if not baseline.exists():
-                raise MMDeployError(f"model {name}: baseline {baseline} does not exist", "commit one, or set report.gate = false")
-            run.gate = compare_reports(run.report, load_report(baseline), float(r["max_acc_drop"]), parse_fraction(r["max_latency_regress"]))
+        if old is not None:
+            run.gate = compare_reports(run.report, old, float(r["max_acc_drop"]), parse_fraction(r["max_latency_regress"]))
         runs.append(run)
     return RunSummary(config, runs, ["torch", *engines], skipped)

@@ -308,7 +308,7 @@ def _render_markdown(report: Report) -> str:
         f"## mmdeploy report: {report.bundle_name or 'bundle'}",
         "",
         (
-            f"Batch {report.batch}, device {report.environment.get('device', '?')}, "
+            f"Batch {report.batch}, device {_device(report.environment)}, "
             f"created {report.created}, mmdeploy {report.mmdeploy_version}. "
             f"{FRONT_MARKER} marks the accuracy/latency Pareto front."
         ),
@@ -319,6 +319,13 @@ def _render_markdown(report: Report) -> str:
     lines += ["| " + " | ".join(_row_cells(p, report.reference)) + " |" for p in _sorted_points(report)]
     lines += ["", f"**{_speedup_line(report)}**", ""]
     return "\n".join(lines)
+
+
+def _device(environment: dict) -> str:
+    """What ran the points: ``mmdeploy bench`` records the GPU (if any) and the CPU, not a "device" key."""
+    device = environment.get("device") or environment.get("gpu") or environment.get("cpu") or "?"
+    threads = environment.get("torch_threads") or environment.get("threads")
+    return f"{device} ({threads} threads)" if threads and not environment.get("gpu") else str(device)
 
 
 _CSV_COLUMNS = ("size", "engine", "precision", "batch", "top1", "latency_ms", "relative_latency", "on_front")
@@ -607,12 +614,30 @@ def report_bundle(
         have = sorted({lat.batch for lat in latencies})
         raise MMDeployError(f"{bundle.root} has no latency results at batch {batch} (has {have or 'none'})",
                             f"run `mmdeploy bench {bundle.root} --batch {batch}` first")
+    _warn_if_mixed_data(bundle.manifest)
     points = build_points(accuracies, latencies, batch, training_size=bundle.training_size)
+    if not points:
+        acc = sorted({a.key.label for a in accuracies if a.calibrated})
+        lat = sorted({t.key.label for t in latencies if t.batch == batch})
+        raise MMDeployError(f"{bundle.root}: no point has both accuracy and batch-{batch} latency (accuracy: {', '.join(acc)}; latency: {', '.join(lat)})",
+                            f"eval and bench the same engines and precisions, e.g. `mmdeploy eval {bundle.root} --engine torch --engine ort` "
+                            f"and `mmdeploy bench {bundle.root} --engine torch --engine ort`")
     ref_key = _parse_key(reference) if reference else None
     env = dict(bundle.manifest.get("bench_environment", {}))
     report = build_report(points, batch=batch, environment=env, bundle=bundle.root, reference=ref_key,
                           training_size=bundle.training_size, tolerance=tolerance)
     return report, write_report(report, out_dir or bundle.root)
+
+
+def _warn_if_mixed_data(manifest: dict) -> None:
+    """Accuracies measured on different image folders (or subsets) do not belong on one front."""
+    import warnings
+
+    seen = {(m.get("data_fingerprint"), m.get("images")) for e in manifest["sizes"].values()
+            for m in e.get("metrics", {}).get("accuracy", {}).values()}
+    if len(seen) > 1:
+        warnings.warn(f"the accuracies in this bundle come from {len(seen)} different image sets or subsets; "
+                      "re-run `mmdeploy eval BUNDLE --data DIR` for every engine on one folder", stacklevel=2)
 
 
 def _parse_key(text: str) -> PointKey:

@@ -11,6 +11,7 @@ from mmdeploy.bundle import Bundle
 from mmdeploy.calib import bn_layers, calibrate_bn, finalize_bn_state, plan_batches
 from mmdeploy.calib.workflow import calibrate_to_bundle
 from mmdeploy.data import Preprocess
+from mmdeploy.errors import MMDeployError
 from mmdeploy.models import create_model
 from tests.conftest import randomize_bn
 
@@ -280,3 +281,71 @@ def test_imagenet_preprocessing_size_result_does_not_depend_on_the_other_sizes(i
     one = load_file(str(tmp_path / "one/sizes/24/weights.safetensors"))
     two = load_file(str(tmp_path / "two/sizes/24/weights.safetensors"))
     assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+# -- bundle consistency on re-calibration --------------------------------------------------------
+
+
+def _fake_artifact(out, size: int) -> None:
+    """Record an exported ONNX, a dynamic ONNX carrying this size's statistics, and metrics, as export/eval would."""
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / f"sizes/{size}/model.onnx").write_bytes(b"onnx")
+    (out / "model.dynamic.onnx").write_bytes(b"onnx")
+    manifest["sizes"][str(size)]["artifacts"]["onnx/fp32"] = {"path": f"sizes/{size}/model.onnx", "key": "k"}
+    manifest["sizes"][str(size)]["metrics"]["accuracy"] = {"ort/fp32": {"top1": 1.0, "top5": 2.0, "images": 8}}
+    manifest["dynamic"]["onnx/fp32"] = {"path": "model.dynamic.onnx", "bn_statistics": f"calibrated for {size}"}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "report.json").write_text("{}")
+
+
+def test_recalibrating_a_size_removes_its_stale_artifacts_and_metrics(image_dir, resnet8_checkpoint, tmp_path):
+    out = tmp_path / "bundle"
+    _calibrate(image_dir, resnet8_checkpoint, out, sizes=(16, 24))
+    _fake_artifact(out, 16)
+    _calibrate(image_dir, resnet8_checkpoint, out, seed=1, sizes=(16,))  # new statistics for 16
+    entry = Bundle.open(out).manifest["sizes"]["16"]
+    assert entry["artifacts"] == {} and entry["metrics"] == {}
+    assert Bundle.open(out).manifest["dynamic"] == {}, "the dynamic ONNX carried 16's old statistics"
+    assert not (out / "sizes/16/model.onnx").exists() and not (out / "model.dynamic.onnx").exists()
+    assert (out / "sizes/24/weights.safetensors").exists() and (out / "report.json").exists()
+
+
+def test_another_checkpoint_starts_over_without_leftovers(image_dir, resnet8_checkpoint, tmp_path):
+    out = tmp_path / "bundle"
+    _calibrate(image_dir, resnet8_checkpoint, out, sizes=(16, 24))
+    _fake_artifact(out, 24)
+    torch.manual_seed(1)
+    other = tmp_path / "other.pth"
+    torch.save(randomize_bn(create_model("cifar_resnet8"), seed=1).state_dict(), other)
+    calibrate_to_bundle(other, [16], image_dir, out, batches=3, batch_size=4, arch="cifar_resnet8")
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == ["manifest.json", "sizes/16/weights.safetensors", "source/weights.safetensors"]
+    assert not (out / "sizes/24").exists()
+
+
+def test_recalibration_keeps_the_bundles_preprocessing(image_dir, resnet8_checkpoint, tmp_path):
+    out = tmp_path / "bundle"
+    mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    calibrate_to_bundle(resnet8_checkpoint, [16], image_dir, out, batches=3, batch_size=4, mean=mean, std=std)
+    again = calibrate_to_bundle(resnet8_checkpoint, [16, 24], image_dir, out, batches=3, batch_size=4, training_size=24)
+    assert again.reused == [16], "no options: the bundle's preprocessing, so 16 is reused"
+    bundle = Bundle.open(out)
+    assert bundle.manifest["sizes"]["24"]["calibration"]["preprocess"]["mean"] == mean
+    assert bundle.training_size == 24
+    with pytest.raises(MMDeployError, match="uses preprocessing"):
+        calibrate_to_bundle(resnet8_checkpoint, [32], image_dir, out, batches=3, batch_size=4, preprocess="imagenet")
+
+
+def test_bundle_files_are_readable_by_others_and_record_an_absolute_data_path(image_dir, resnet8_checkpoint, tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.chdir(image_dir.parent)
+    out = tmp_path / "bundle"
+    calibrate_to_bundle(resnet8_checkpoint, [16], image_dir.name, out, batches=3, batch_size=4)
+    mask = os.umask(0)
+    os.umask(mask)
+    for rel in ("sizes/16/weights.safetensors", "source/weights.safetensors"):
+        assert (out / rel).stat().st_mode & 0o777 == 0o666 & ~mask, rel
+    assert Bundle.open(out).manifest["sizes"]["16"]["calibration"]["data"] == str(image_dir.resolve())

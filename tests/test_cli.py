@@ -103,6 +103,15 @@ def test_eval_of_a_checkpoint(cli, image_dir, resnet8_checkpoint):
     assert [(r["size"], r["calibrated"]) for r in json.loads(result.stdout)] == [(32, False)]
 
 
+def test_eval_of_a_checkpoint_takes_its_preprocessing_options(bundle, cli, image_dir, resnet8_checkpoint):
+    args = ("--data", image_dir, "--size", "32", "--json")
+    plain = json.loads(cli("eval", resnet8_checkpoint, *args).stdout)
+    other = cli("eval", resnet8_checkpoint, *args, "--mean", "0.9,0.9,0.9", "--std", "0.01,0.01,0.01")
+    assert other.exit_code == 0, other.output
+    assert json.loads(other.stdout)[0]["top5"] != plain[0]["top5"] or json.loads(other.stdout)[0]["top1"] != plain[0]["top1"]
+    assert_one_line_error(cli("eval", bundle, "--data", image_dir, "--preprocess", "imagenet"), "preprocessing it was calibrated with")
+
+
 def test_archs(cli):
     result = cli("archs", "--json")
     assert result.exit_code == 0
@@ -312,3 +321,50 @@ def test_tiny_images_are_fine(cli, resnet8_checkpoint, tmp_path):
     data = write_images(tmp_path / "small", per_class=3, side=16)
     result = cli("calibrate", resnet8_checkpoint, "--size", "8", "--data", data, "--out", tmp_path / "out", *FAST)
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("command", ["eval", "bench", "export"])
+def test_a_size_that_is_not_an_integer_is_a_user_error(bundle, cli, image_dir, command):
+    extra = ("--data", image_dir) if command != "bench" else ()
+    assert_one_line_error(cli(command, bundle, "--size", "abc", *extra), "size 'abc' is not an integer")
+
+
+def test_eval_refuses_what_it_would_silently_ignore_or_mislabel(bundle, cli, image_dir, resnet8_checkpoint):
+    assert_one_line_error(cli("eval", resnet8_checkpoint, "--data", image_dir, "--size", "16", "--engine", "ort"), "torch engine in fp32 only")
+    assert_one_line_error(cli("eval", bundle, "--data", image_dir, "--precision", "int8"), "unknown precision 'int8'")
+    assert_one_line_error(cli("eval", image_dir, "--data", image_dir, "--size", "16"), "is not a bundle")
+    metrics = json.loads((bundle / MANIFEST).read_text())["sizes"]["16"].get("metrics", {})
+    assert not any("int8" in k for kind in metrics.values() for k in kind)
+
+
+def test_json_output_is_strict_json(capsys):
+    from mmdeploy.cli import _emit_json
+    from mmdeploy.results import Point
+
+    _emit_json({"point": Point(16, "ort", "fp32", 1, 70.0, 1.0), "path": Path("a/b"), "inf": float("inf")})
+    data = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert data["point"]["relative_latency"] is None and data["inf"] is None and data["path"] == "a/b"
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda m: m["sizes"]["16"].pop("weights"), "size 16 needs weights and calibration"),
+    (lambda m: m["sizes"].update({"x": {}}), "size 'x' is not a positive integer"),
+    (lambda m: m["preprocess"].update({"kind": "coco"}), "preprocess needs kind"),
+    (lambda m: m["source"].pop("arch"), "source needs arch"),
+], ids=["size-entry", "size-key", "preprocess", "source"])
+def test_a_damaged_manifest_is_one_line(bundle, cli, image_dir, tmp_path, damage, fragment):
+    other = tmp_path / "damaged"
+    shutil.copytree(bundle, other)
+    manifest = json.loads((other / MANIFEST).read_text())
+    damage(manifest)
+    (other / MANIFEST).write_text(json.dumps(manifest))
+    assert_one_line_error(cli("eval", other, "--data", image_dir), "not a valid bundle manifest", fragment)
+
+
+def test_a_missing_weights_file_is_one_line_and_calibrate_restores_it(cli, image_dir, resnet8_checkpoint, tmp_path):
+    out = tmp_path / "b"
+    assert _calibrate(cli, resnet8_checkpoint, image_dir, out).exit_code == 0
+    (out / "source/weights.safetensors").unlink()
+    assert_one_line_error(cli("eval", out, "--data", image_dir), "lacks source/weights.safetensors")
+    assert _calibrate(cli, resnet8_checkpoint, image_dir, out).exit_code == 0
+    assert cli("eval", out, "--data", image_dir).exit_code == 0

@@ -145,3 +145,48 @@ def test_model_that_bakes_its_size_never_exports_silently(tmp_path, monkeypatch)
     with OrtEngine(baked, 24) as run:
         checks = check_parity(model.eval(), run, images, 24, (1, 2), bundle.preprocess(), DEFAULT_TOLERANCES["fp32"], "dynamic")
     assert not any(c.passed for c in checks)
+
+
+def test_dynamic_dim_names_are_the_ones_ort_overrides_pin(exported, tmp_path):
+    from mmdeploy.engines.onnxruntime import OrtEngine
+    from mmdeploy.export.onnx import BATCH_DIM, HEIGHT_DIM, WIDTH_DIM
+
+    out, _ = exported
+    dims, model = _dims(out / "model.dynamic.onnx")
+    assert dims == [BATCH_DIM, 3, HEIGHT_DIM, WIDTH_DIM]
+    assert _dims(out / "model.dynamic.fp16.onnx")[0] == dims
+    bundle = mmdeploy.load(out)
+    with OrtEngine.from_bundle(bundle, 24, variant="dynamic") as pinned:
+        assert pinned(torch.randn(2, 3, 24, 24)).shape == (2, 10)
+        with pytest.raises(Exception, match="invalid dimensions"):
+            pinned(torch.randn(2, 3, 16, 16))  # pinned to 24: the override took effect
+    # A graph whose dims have other names: the override would silently do nothing, so the engine refuses it.
+    for d in model.graph.input[0].type.tensor_type.shape.dim:
+        if d.dim_param:
+            d.dim_param = "s" + d.dim_param
+    onnx.save(model, str(tmp_path / "renamed.onnx"))
+    with pytest.raises(MMDeployError, match="did not pin"):
+        OrtEngine(tmp_path / "renamed.onnx", 24, fixed_dims={HEIGHT_DIM: 24, WIDTH_DIM: 24}).__enter__()
+
+
+def test_static_batch_export_eval_and_bench(exported, tmp_path):
+    import shutil
+
+    from mmdeploy.bench import bench_bundle
+
+    out = tmp_path / "static"
+    shutil.copytree(exported[0], out)
+    bundle = mmdeploy.load(out)
+    bundle.manifest["sizes"]["16"]["metrics"]["accuracy"] = {"ort/fp32": {"top1": 1.0, "top5": 2.0, "images": 8}}
+    bundle.save()
+    # a fixed batch above the number of parity images still gets a full batch to check
+    summary = export_bundle(out, "ort", ["fp32"], sizes=[16], dynamic=False, static_batch=12, parity_count=8)
+    assert summary.written == ["sizes/16/model.onnx"] and {c.batch for c in summary.checks} == {12}
+    bundle = mmdeploy.load(out)
+    assert "ort/fp32" not in bundle.manifest["sizes"]["16"]["metrics"]["accuracy"], "metrics of the replaced file are stale"
+    x = torch.randn(5, 3, 16, 16)
+    with bundle.engine("torch", size=16, device="cpu") as ref, bundle.engine("ort", size=16) as run:
+        assert torch.allclose(run(x), ref(x), atol=1e-4), "other batches run padded to the fixed batch"
+    results, _, skipped = bench_bundle(out, ["ort"], sizes=[16, 24], batches=[1], warmup=0, iters=1)
+    assert [(r.size, r.batch) for r in results] == [(24, 1)]
+    assert any("fixed batch of 12" in line for line in skipped)

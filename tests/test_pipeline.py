@@ -58,6 +58,7 @@ def test_percentiles():
 @pytest.fixture(scope="module")
 def demo_config(tmp_path_factory):
     from conftest import randomize_bn
+
     from mmdeploy.models import create_model
 
     tmp = tmp_path_factory.mktemp("run")
@@ -129,3 +130,44 @@ def test_report_cli_gate_exit_code(demo_config, cli):
     assert bad.exit_code == 1 and "missing" in bad.stdout
     picked = cli("report", bundle, "--pick", "--min-accuracy", "0")
     assert picked.exit_code == 0 and "deploy:" in picked.stdout
+
+
+def test_report_gate_reads_a_baseline_that_is_the_bundles_own_report_before_rewriting_it(demo_config, cli):
+    bundle = demo_config.parent / "out" / "tiny"
+    run_pipeline(demo_config, log=lambda m: None)
+    data = json.loads((bundle / "report.json").read_text())
+    for point in data["points"]:
+        point["top1"] += 5.0  # the committed report was better than what the bundle now measures
+    (bundle / "report.json").write_text(json.dumps(data))
+    gated = cli("report", bundle, "--baseline", bundle / "report.json", "--max-latency-regress", "1000%")
+    assert gated.exit_code == 1 and "accuracy-drop" in gated.stdout
+
+
+def test_report_names_what_is_missing_when_no_point_has_both_measurements(demo_config, cli, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "b"
+    run_pipeline(demo_config, log=lambda m: None)
+    shutil.copytree(demo_config.parent / "out" / "tiny", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for entry in manifest["sizes"].values():
+        entry["metrics"]["latency"] = {k: v for k, v in entry["metrics"]["latency"].items() if k.startswith("ort/")}
+        entry["metrics"]["accuracy"] = {k: v for k, v in entry["metrics"]["accuracy"].items() if k.startswith("torch/")}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    result = cli("report", bundle)
+    assert result.exit_code == 1 and "no point has both accuracy and batch-1 latency" in result.stderr
+
+
+def test_report_warns_when_accuracies_come_from_different_image_sets(demo_config, tmp_path):
+    import shutil
+
+    from mmdeploy.report import report_bundle
+
+    bundle = tmp_path / "b"
+    run_pipeline(demo_config, log=lambda m: None)
+    shutil.copytree(demo_config.parent / "out" / "tiny", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["sizes"]["16"]["metrics"]["accuracy"]["ort/fp32"]["data_fingerprint"] = "another-folder"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="different image sets"):
+        report_bundle(bundle)

@@ -120,17 +120,25 @@ def calibrate_to_bundle(
         if dist.is_main():  # rank 0 alone reads and writes --out
             check_writable_dir(out)
         folder = scan_image_folder(data)
-        settings = {"batches": batches, "batch_size": batch_size, "augment": augment, "seed": seed, "preprocess": pre.to_dict(), "method": "exact-sums-v1"}
+        previous = Bundle.open(out) if dist.is_main() and Bundle.is_bundle(out) else None
+        existing = previous
+        if existing is not None and (existing.manifest["source"].get("sha256"), existing.arch) != (ckpt.sha256, ckpt.arch):
+            existing = None  # another checkpoint (or arch): start over; the old bundle's files are removed
+        if existing is not None:
+            pre = _bundle_preprocess(existing, pre, explicit=bool(preprocess or mean or std))
+        # Images are decoded once at a store resolution; for some preprocessing it depends on the
+        # sizes asked for, and it changes the result, so it is part of every size's key.
+        store = store_resolution(folder, pre.kind, sizes)
+        settings = {"batches": batches, "batch_size": batch_size, "augment": augment, "seed": seed, "preprocess": pre.to_dict(),
+                    "store_resolution": store, "method": "exact-sums-v1"}
         data_key = folder.fingerprint()
         keys = {s: _calibration_key(ckpt.sha256, data_key, s, settings) for s in sizes}
-
-        existing = Bundle.open(out) if dist.is_main() and Bundle.is_bundle(out) else None
-        if existing is not None and existing.manifest["source"].get("sha256") != ckpt.sha256:
-            existing = None  # another checkpoint: start over (the new bundle replaces the old files)
         reused = [s for s in sizes if existing is not None and existing.manifest["sizes"].get(str(s), {}).get("calibration", {}).get("key") == keys[s]
                   and existing.path(existing.manifest["sizes"][str(s)]["weights"]).exists()]
-    # Rank 0's view of --out decides what to reuse; every rank must see the same images.
-    main_data_key, reused = dist.broadcast_object((data_key, reused))
+    # Rank 0's view of --out decides what to reuse and the preprocessing; every rank must see the same images.
+    main_data_key, reused, pre_dict = dist.broadcast_object((data_key, reused, pre.to_dict()))
+    pre = Preprocess.from_dict(pre_dict)
+    store = store_resolution(folder, pre.kind, sizes)
     todo = [s for s in sizes if s not in reused]
 
     plan = plan_batches(len(folder), batch_size, batches, seed)
@@ -146,7 +154,7 @@ def calibrate_to_bundle(
                 raise MMDeployError(f"{folder.root} holds other images on rank {dist.rank()} than on rank 0",
                                     "give every rank the same --data (a shared folder, or identical copies)")
             wanted = sorted({i for _, b in mine for i in b})
-            decoded, skipped = _decode_own_images(folder, wanted, pre.kind, store_resolution(folder, pre.kind, todo), progress)
+            decoded, skipped = _decode_own_images(folder, wanted, pre.kind, store, progress)
             # Map file indices to rows of the decoded tensor (skipped files drop out of their batch).
             ok_files = [i for i in wanted if not any(s.startswith(f"{folder.files[i]}:") for s in skipped)] if skipped else wanted
             row = {f: r for r, f in enumerate(ok_files)}
@@ -166,8 +174,19 @@ def calibrate_to_bundle(
     summary = CalibrationSummary(out, sizes, reused, images_used, n_skipped, n_layers)
     with dist.agreed():  # every rank learns whether rank 0 published the bundle
         if dist.is_main():
-            _write_bundle(out, existing, ckpt, model, pre, training_size, todo, sums, keys, settings, data_key, folder, plan, images_used, n_skipped, summary)
+            _write_bundle(out, previous, existing, ckpt, model, pre, training_size, todo, sums, keys, settings, data_key, folder, plan, images_used,
+                          n_skipped, summary)
     return summary
+
+
+def _bundle_preprocess(bundle: Bundle, asked: Preprocess, explicit: bool) -> Preprocess:
+    """One preprocessing per bundle: export, eval and bench read the bundle's, so every size
+    must be calibrated with it. Without options a call keeps the bundle's; other options fail."""
+    have = bundle.preprocess()
+    if not explicit or asked == have:
+        return have
+    raise MMDeployError(f"bundle {bundle.root} uses preprocessing {have.to_dict()}, this call asks for {asked.to_dict()}",
+                        "calibrate into a new --out, or leave out --preprocess/--mean/--std to keep the bundle's")
 
 
 def _decode_own_images(folder, indices: list[int], kind: str, store: int, progress: Progress):
@@ -208,7 +227,8 @@ def _all_reduce_sums(sums: dict[int, dict[str, BNSums]], model, images: int, ski
     return out, images, skipped
 
 
-def _write_bundle(out, existing, ckpt, model, pre, training_size, todo, sums, keys, settings, data_key, folder, plan, images_used, n_skipped, summary):
+def _write_bundle(out, previous, existing, ckpt, model, pre, training_size, todo, sums, keys, settings, data_key, folder, plan, images_used,
+                  n_skipped, summary):
     stage = staged_bundle_dir(out)
     try:
         if existing is None:
@@ -221,22 +241,56 @@ def _write_bundle(out, existing, ckpt, model, pre, training_size, todo, sums, ke
             save_safetensors(stage / "source/weights.safetensors", dict(ckpt.state_dict), {"arch": ckpt.arch})
         else:
             bundle = Bundle(stage, json.loads(json.dumps(existing.manifest)))
+            if not existing.path(existing.manifest["source"]["weights"]).is_file():  # deleted by hand: write it again
+                save_safetensors(stage / existing.manifest["source"]["weights"], dict(ckpt.state_dict), {"arch": ckpt.arch})
+            if training_size:
+                bundle.manifest["training_size"] = int(training_size)
         for s in todo:
             state = finalize_bn_state(model, sums[s], len(plan)) if sums.get(s) else {k: v.clone() for k, v in model.state_dict().items()}
             rel = f"sizes/{s}/weights.safetensors"
             save_safetensors(stage / rel, state, {"arch": ckpt.arch, "size": str(s)})
             record = {"key": keys[s], **settings, "images": images_used, "batches_used": len(plan), "skipped_files": n_skipped,
-                      "data": str(folder.root), "data_fingerprint": data_key}
+                      "data": str(folder.root.resolve()), "data_fingerprint": data_key}
             entry = {"weights": rel, "calibration": record, "artifacts": {}, "metrics": {}}
             bundle.manifest["sizes"][str(s)] = entry  # new stats invalidate this size's old artifacts and metrics
+            dynamic = bundle.manifest.get("dynamic", {})
+            for k in [k for k, a in dynamic.items() if a.get("bn_statistics") == f"calibrated for {s}"]:
+                del dynamic[k]  # the dynamic ONNX carried the old statistics of this size
             summary.records[s] = record
         bundle.save()
         publish_staged(stage, out)
+        _remove_unreferenced(out, previous, bundle.manifest, started_over=existing is None)
     except OSError as exc:
         raise MMDeployError(f"cannot write bundle {out}: {exc.strerror or exc}", "choose a writable --out with free space") from None
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def _referenced_files(manifest: dict) -> set[str]:
+    """Every bundle-relative file a manifest points to: weights, ONNX files, TensorRT plans."""
+    records = [manifest.get("source", {}), *manifest.get("dynamic", {}).values()]
+    for entry in manifest.get("sizes", {}).values():
+        records += [entry, *entry.get("artifacts", {}).values()]
+    return {r[k] for r in records if isinstance(r, dict) for k in ("weights", "path", "plan") if isinstance(r.get(k), str)}
+
+
+def _remove_unreferenced(out: Path, previous: Bundle | None, manifest: dict, started_over: bool) -> None:
+    """Delete what the old manifest pointed to and the new one does not (stale ONNX files and
+    plans of a recalibrated size), and, when the bundle started over for another checkpoint,
+    the old report files. Runs after the new manifest is in place; only files the bundle made."""
+    if previous is None:
+        return
+    stale = _referenced_files(previous.manifest) - _referenced_files(manifest)
+    if started_over:
+        stale |= {"report.json", "report.csv", "report.md", "pareto.png"}
+    root = Path(out).resolve()
+    for rel in stale:
+        path = (root / rel).resolve()
+        if path.is_relative_to(root) and path.is_file():
+            path.unlink(missing_ok=True)
+            if path.parent != root and not any(path.parent.iterdir()):
+                path.parent.rmdir()  # e.g. sizes/48/ of the old checkpoint
 
 
 def _training_size(ckpt: LoadedCheckpoint) -> int:

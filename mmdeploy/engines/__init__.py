@@ -6,6 +6,17 @@ from mmdeploy.engines.base import Engine
 from mmdeploy.errors import MMDeployError
 
 ENGINES = ("torch", "ort", "trt")
+PRECISIONS = ("fp32", "fp16")
+
+
+def check_choices(engines: list[str] | None, precisions: list[str] | None) -> None:
+    """Refuse unknown engine or precision names before any work (a typo must not be measured as fp32)."""
+    for name in engines or []:
+        if name not in ENGINES:
+            raise MMDeployError(f"unknown engine {name!r}", f"use one of {', '.join(ENGINES)}")
+    for p in precisions or []:
+        if p not in PRECISIONS:
+            raise MMDeployError(f"unknown precision {p!r}", f"use one of {', '.join(PRECISIONS)}")
 
 
 def create_engine(name: str, bundle, size: int, precision: str = "fp32", **options) -> Engine:
@@ -32,4 +43,4 @@ def available_engines() -> dict[str, str]:
     return {"torch": "", "ort": ort_unavailable_reason(), "trt": trt_unavailable_reason()}
 
 
-__all__ = ["ENGINES", "Engine", "available_engines", "create_engine"]
+__all__ = ["ENGINES", "PRECISIONS", "Engine", "available_engines", "check_choices", "create_engine"]

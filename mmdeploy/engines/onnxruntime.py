@@ -1,7 +1,7 @@
 """ONNX Runtime: one tuned session per size; providers by availability (TensorRT EP, CUDA EP, CPU).
 
 Sessions use full graph optimization, sequential execution with intra-op threads equal to
-the cores, and, for the dynamic ONNX, free-dimension overrides that pin H and W to the
+the cores this process may use, and, for the dynamic ONNX, free-dimension overrides that pin H and W to the
 engine's size so ORT plans for fixed shapes.
 """
 
@@ -16,6 +16,7 @@ import torch
 
 from mmdeploy.engines.base import Engine
 from mmdeploy.errors import MMDeployError
+from mmdeploy.export.onnx import BATCH_DIM, HEIGHT_DIM, WIDTH_DIM
 
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -43,13 +44,36 @@ def choose_providers(requested: list[str] | None = None) -> list[str]:
     return chosen or ["CPUExecutionProvider"]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's cpuset, taskset), not the host's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _gpu_index() -> int:
+    """The GPU torch uses in this process (under torchrun: this rank's), for ORT and the io binding alike."""
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
+
+
+def _provider_entries(providers: list[str]) -> list:
+    """Providers with options: GPU providers run on torch's current GPU, not always GPU 0."""
+    gpu = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    return [(p, {"device_id": _gpu_index()}) if p in gpu else p for p in providers]
+
+
+# Where each free-dimension override name sits in the NCHW input.
+_DIM_POSITION = {BATCH_DIM: 0, HEIGHT_DIM: 2, WIDTH_DIM: 3}
+
+
 def session_options(threads: int | None = None, fixed_dims: dict[str, int] | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    so.intra_op_num_threads = threads or usable_cores()
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     for name, value in (fixed_dims or {}).items():
@@ -75,10 +99,10 @@ class OrtEngine(Engine):
         key = f"onnx/{precision}"
         if variant == "dynamic":
             art = bundle.manifest.get("dynamic", {}).get(key)
-            fixed = {"height": size, "width": size, **({"batch": batch} if batch else {})}
+            fixed = {HEIGHT_DIM: size, WIDTH_DIM: size, **({BATCH_DIM: batch} if batch else {})}
         else:
             art = bundle.size_entry(size).get("artifacts", {}).get(key)
-            fixed = {"batch": batch} if batch else {}
+            fixed = {BATCH_DIM: batch} if batch else {}
         if not art or not bundle.path(art["path"]).exists():
             raise MMDeployError(f"no {variant} {precision} ONNX for size {size} in {bundle.root}",
                                 f"run `mmdeploy export {bundle.root} --engine ort --precision {precision}`")
@@ -91,7 +115,7 @@ class OrtEngine(Engine):
         last_error = None
         for i in range(len(self.providers)):
             try:
-                self.session = ort.InferenceSession(str(self.onnx_path), sess_options=so, providers=self.providers[i:])
+                self.session = ort.InferenceSession(str(self.onnx_path), sess_options=so, providers=_provider_entries(self.providers[i:]))
                 break
             except Exception as exc:  # a provider whose libraries are missing fails here: fall back to the next
                 last_error = exc
@@ -102,6 +126,14 @@ class OrtEngine(Engine):
         self.device = "cuda" if self.active_provider != "CPUExecutionProvider" else "cpu"
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        shape = self.session.get_inputs()[0].shape
+        for name, value in self.fixed_dims.items():  # an override whose name the graph lacks does nothing, silently
+            pos = _DIM_POSITION.get(name)
+            if pos is not None and len(shape) == 4 and not isinstance(shape[pos], int):
+                self.session = None
+                raise MMDeployError(f"{self.onnx_path.name}: ONNX Runtime did not pin input dim {name!r} to {value} (the input is {shape})",
+                                    "re-export the bundle with this mmdeploy (`mmdeploy export BUNDLE`)")
+        self.fixed_batch = shape[0] if shape and isinstance(shape[0], int) else None
         super().activate()
 
     def deactivate(self) -> None:
@@ -109,20 +141,37 @@ class OrtEngine(Engine):
         super().deactivate()
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
-        if self.device == "cuda":
+        b = self.fixed_batch
+        if b is None or x.shape[0] == b:
+            return self._run(x)
+        # A graph with a fixed batch (--static-batch): run it batch by batch, the last one zero-padded.
+        outs = []
+        for i in range(0, x.shape[0], b):
+            part = x[i : i + b]
+            n = part.shape[0]
+            if n < b:
+                part = torch.cat([part, part.new_zeros((b - n, *part.shape[1:]))])
+            outs.append(self._run(part)[:n])
+        return torch.cat(outs)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device == "cuda" and torch.cuda.is_available():  # onnxruntime-gpu beside a CPU-only torch: no binding
             return self._infer_cuda(x)
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run([self.output_name], {self.input_name: arr})[0])
 
     def _infer_cuda(self, x: torch.Tensor) -> torch.Tensor:
         """Bind torch CUDA memory directly: no host round trip for the input."""
-        x = x.to("cuda", torch.float32).contiguous()
+        gpu = _gpu_index()
+        x = x.to(torch.device("cuda", gpu), torch.float32).contiguous()
+        # ORT runs on its own CUDA stream: it must not read x before torch's stream has written it.
+        torch.cuda.current_stream(x.device).synchronize()
         binding = self.session.io_binding()
-        binding.bind_input(self.input_name, "cuda", 0, np.float32, tuple(x.shape), x.data_ptr())
-        binding.bind_output(self.output_name, "cuda")
+        binding.bind_input(self.input_name, "cuda", gpu, np.float32, tuple(x.shape), x.data_ptr())
+        binding.bind_output(self.output_name, "cuda", gpu)
         self.session.run_with_iobinding(binding)
         return torch.from_numpy(binding.copy_outputs_to_cpu()[0])
 
     def describe(self) -> dict:
         return {**super().describe(), "provider": getattr(self, "active_provider", self.providers[0]), "variant": self.variant,
-                "threads": self.threads or os.cpu_count()}
+                "threads": self.threads or usable_cores()}

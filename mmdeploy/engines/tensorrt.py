@@ -482,7 +482,7 @@ class TrtEngine(Engine):
         profiles = [int(b) for b in art.get("profiles", [])]
         if batch is not None and profiles and batch not in profiles and not art.get("dynamic"):
             raise MMDeployError(f"the size-{size} {precision} plan has profiles for batches {profiles}, not {batch}",
-                                f"rebuild with that batch: `mmdeploy export {bundle.root} --engine trt --batch {batch}`")
+                                f"rebuild with that batch: `mmdeploy export {bundle.root} --engine trt --trt-batch {batch}`")
         _require_trt_engine()
         return cls(bundle.path(art["plan"]), size, precision, device=device, batch=batch, build_versions=art.get("versions"))
 
@@ -549,7 +549,7 @@ class TrtEngine(Engine):
                 return i
         batches = sorted(p.min[0] for p in self._profiles if p.static)
         raise MMDeployError(f"the size-{self.size} plan has no profile for input shape {list(shape)} (static batches {batches})",
-                            "use one of those batch sizes, or rebuild with --batch N or a dynamic profile")
+                            "use one of those batch sizes, or rebuild with `mmdeploy export BUNDLE --engine trt --trt-batch N`")
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         ctx, stream = self._context, self._stream

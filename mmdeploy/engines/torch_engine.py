@@ -16,10 +16,12 @@ class TorchEngine(Engine):
         self._model_cpu = model
 
     def activate(self) -> None:
+        from mmdeploy.errors import MMDeployError
+
+        if self.precision not in ("fp32", "fp16"):
+            raise MMDeployError(f"the torch engine has no precision {self.precision!r}", "use --precision fp32 or fp16")
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
         if dtype == torch.float16 and self.device == "cpu":
-            from mmdeploy.errors import MMDeployError
-
             raise MMDeployError("the torch engine runs fp16 only on CUDA", "use --precision fp32 on the CPU")
         self.model = self._model_cpu.to(self.device, dtype).eval()
         self.dtype = dtype

@@ -24,6 +24,9 @@ from mmdeploy.errors import MMDeployError
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 OPSET = 20
+# The names of the dynamic input dims in the exported graph (the dynamo exporter writes the
+# ``Dim`` names as dim_param); ONNX Runtime's free-dimension overrides pin them by these names.
+BATCH_DIM, HEIGHT_DIM, WIDTH_DIM = "batch", "height", "width"
 _BAKE_HINT = ("operations that turn a tensor's size into a constant at export time (pooling whose kernel comes from x.size(), "
               "fixed-size adaptive pooling) bake the example's size into the graph; use x.mean((2, 3)) or AdaptiveAvgPool2d(1)")
 
@@ -45,10 +48,10 @@ def export_onnx(
     example = torch.randn(example_batch, 3, size, size)
     dims = {}
     if dynamic_batch:
-        dims[0] = Dim("batch", min=1, max=65536)
+        dims[0] = Dim(BATCH_DIM, min=1, max=65536)
     if dynamic_hw:
-        dims[2] = Dim("height", min=min_size, max=8192)
-        dims[3] = Dim("width", min=min_size, max=8192)
+        dims[2] = Dim(HEIGHT_DIM, min=min_size, max=8192)
+        dims[3] = Dim(WIDTH_DIM, min=min_size, max=8192)
     with warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         try:

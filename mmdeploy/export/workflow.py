@@ -200,7 +200,7 @@ def _export_one(bundle: Bundle, summary: ExportSummary, bn_size: int | None, siz
         tmp.unlink(missing_ok=True)
         raise
     record = {"path": rel, "key": key, "precision": precision, "variant": variant, "bn_statistics": bn_set, "example_size": size,
-              "dynamic_batch": static_batch is None, "graph": graph}
+              "dynamic_batch": static_batch is None, "static_batch": static_batch, "graph": graph}
     return _Pending(rel, tmp, record)
 
 
@@ -209,7 +209,18 @@ def _record(bundle: Bundle, p: _Pending) -> None:
     if p.record["variant"] == "dynamic":
         bundle.manifest.setdefault("dynamic", {})[f"onnx/{p.record['precision']}"] = p.record
     else:
-        bundle.size_entry(p.record["example_size"]).setdefault("artifacts", {})[f"onnx/{p.record['precision']}"] = p.record
+        entry = bundle.size_entry(p.record["example_size"])
+        entry.setdefault("artifacts", {})[f"onnx/{p.record['precision']}"] = p.record
+        _forget_metrics(entry, "ort", p.record["precision"])
+
+
+def _forget_metrics(entry: dict, engine: str, precision: str) -> None:
+    """A rewritten artifact makes its engine's stored accuracy and latency at that size stale."""
+    metrics = entry.get("metrics", {})
+    metrics.get("accuracy", {}).pop(f"{engine}/{precision}", None)
+    latency = metrics.get("latency", {})
+    for key in [k for k in latency if k.startswith(f"{engine}/{precision}/")]:
+        del latency[key]
 
 
 class _ort:
@@ -272,8 +283,10 @@ def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, work
         if dist.is_main():
             for s, precision in (k for _, bad in gathered for k in bad):
                 bundle.size_entry(s).get("artifacts", {}).pop(f"trt/{precision}", None)
+                _forget_metrics(bundle.size_entry(s), "trt", precision)
             for (s, precision), entry in merged.items():
                 bundle.set(["sizes", str(s), "artifacts", f"trt/{precision}"], entry)
+                _forget_metrics(bundle.size_entry(s), "trt", precision)
             bundle.save()
         if failure is not None:
             raise failure
