@@ -224,8 +224,10 @@ def accuracy_table(results) -> Table:
 
 @command
 def export(
-    bundle: Annotated[Path, typer.Argument(help="A bundle made by `mmdeploy calibrate`.")],
+    bundle: Annotated[Path, typer.Argument(help="A bundle made by `mmdeploy calibrate`, or a checkpoint (then --size, --data and --out are needed; its own BN statistics are used at every size).")],
     engine: Annotated[str, typer.Option("--engine", "-e", help="onnx (files + gate), ort (same, for ONNX Runtime) or trt (also TensorRT plans).")] = "ort",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="With a checkpoint: the bundle folder to create.")] = None,
+    arch: ArchOpt = None,
     precision: PrecisionOpt = None,
     size: SizesOpt = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Real images for the parity gate (default: the calibration folder).")] = None,
@@ -241,8 +243,10 @@ def export(
     """Export ONNX (dynamic + one per size, BN folded), gate it against PyTorch, and build engines.
 
     Example: [bold]mmdeploy export bundle/ --engine ort --precision fp32 --precision fp16[/]
+    (or straight from a checkpoint: [bold]mmdeploy export ckpt.pth --size 32 --data calib/val --out bundle/[/])
     """
     from mmdeploy import distributed
+    from mmdeploy.bundle import Bundle
     from mmdeploy.export.parity import DEFAULT_TOLERANCES, Tolerance
     from mmdeploy.export.workflow import export_bundle
 
@@ -252,6 +256,14 @@ def export(
         base = DEFAULT_TOLERANCES.get(p, DEFAULT_TOLERANCES["fp32"])
         tolerances[p] = Tolerance(atol if atol is not None else base.atol, rtol if rtol is not None else base.rtol,
                                   min_agreement if min_agreement is not None else base.min_top1_agreement)
+    if not Bundle.is_bundle(bundle) and bundle.is_file():
+        from mmdeploy.calib.workflow import calibrate_to_bundle
+
+        if out is None or not size or data is None:
+            raise MMDeployError("exporting a checkpoint needs --size, --data (images for the parity gate) and --out (the bundle to create)",
+                                f"e.g. mmdeploy export {bundle} --size 32 --data calib/val --out bundle/; or calibrate first")
+        calibrate_to_bundle(bundle, _sizes(size), data, out, arch=arch, recalibrate=False, progress=_progress(json_out))
+        bundle = out
     summary = export_bundle(bundle, engine, precision, _sizes(size), data, tolerances, dynamic=dynamic,
                             static_batch=static_batch, trt_batches=tuple(trt_batch or (1, 32)), trt_workspace_gb=workspace_gb,
                             progress=_progress(json_out))

@@ -190,3 +190,17 @@ def test_static_batch_export_eval_and_bench(exported, tmp_path):
     results, _, skipped = bench_bundle(out, ["ort"], sizes=[16, 24], batches=[1], warmup=0, iters=1)
     assert [(r.size, r.batch) for r in results] == [(24, 1)]
     assert any("fixed batch of 12" in line for line in skipped)
+
+
+def test_export_straight_from_a_checkpoint_keeps_its_statistics(tmp_path, cli):
+    ckpt = _ckpt(tmp_path)
+    out = tmp_path / "from_ckpt"
+    result = cli("export", ckpt, "--size", "16", "--data", CALIB, "--out", out, "--no-dynamic")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    bundle = mmdeploy.load(out)
+    assert bundle.size_entry(16)["calibration"]["method"].startswith("none")
+    own = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert torch.equal(bundle.load_weights(16)["bn1.running_mean"], own["bn1.running_mean"])
+    assert (out / "sizes/16/model.onnx").is_file()
+    missing = cli("export", ckpt, "--size", "16")
+    assert missing.exit_code == 1 and "--out" in missing.stderr

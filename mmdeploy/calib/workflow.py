@@ -107,7 +107,10 @@ def calibrate_to_bundle(
     allow_pickle: bool = False,
     device: str = "cpu",
     progress: Progress | None = None,
+    recalibrate: bool = True,
 ) -> CalibrationSummary:
+    """Calibrate BN for each size and write the bundle. ``recalibrate=False`` keeps the
+    checkpoint's own statistics for every size (``mmdeploy export CKPT``)."""
     progress = progress or Progress()
     out = Path(out)
     if batches <= 0 or batch_size <= 1:
@@ -130,7 +133,7 @@ def calibrate_to_bundle(
         # sizes asked for, and it changes the result, so it is part of every size's key.
         store = store_resolution(folder, pre.kind, sizes)
         settings = {"batches": batches, "batch_size": batch_size, "augment": augment, "seed": seed, "preprocess": pre.to_dict(),
-                    "store_resolution": store, "method": "exact-sums-v1"}
+                    "store_resolution": store, "method": "exact-sums-v1" if recalibrate else "none: checkpoint statistics"}
         data_key = folder.fingerprint()
         keys = {s: _calibration_key(ckpt.sha256, data_key, s, settings) for s in sizes}
         reused = [s for s in sizes if existing is not None and existing.manifest["sizes"].get(str(s), {}).get("calibration", {}).get("key") == keys[s]
@@ -148,7 +151,7 @@ def calibrate_to_bundle(
         warnings.warn(f"{ckpt.arch} has no BatchNorm layers: calibration is a no-op, weights are copied as they are", stacklevel=2)
     sums: dict[int, dict[str, BNSums]] = {s: {} for s in todo}
     images_used = n_skipped = 0
-    if todo and n_layers:
+    if todo and n_layers and recalibrate:
         with dist.agreed():  # the per-rank work; a rank that fails here (decode, out of memory) stops every rank
             if data_key != main_data_key:
                 raise MMDeployError(f"{folder.root} holds other images on rank {dist.rank()} than on rank 0",
