@@ -53,7 +53,7 @@ def measure_latency(
     iters: int = 50,
     progress: Progress | None = None,
 ) -> list[LatencyResult]:
-    """Time every (target, batch) ``iters`` times, round-robin, after ``warmup`` calls each."""
+    """Time every (target, batch) ``iters`` times, in rounds of one call each (shuffled per round), after ``warmup`` rounds."""
     progress = progress or Progress()
     if iters < 1 or warmup < 0 or not batches or min(batches) < 1:
         raise MMDeployError("--iters must be >= 1, --warmup >= 0 and batches >= 1", "e.g. --batch 1 --batch 32 --iters 50")
@@ -72,8 +72,12 @@ def measure_latency(
                     advance(1)
             for e in engines:
                 e.synchronize()
+            order_gen = torch.Generator().manual_seed(1)
             for _ in range(iters):
-                for i, (_, e, _, x) in enumerate(cells):
+                # Each round times every point once, in a fresh seeded order: neither drift nor the
+                # after-effects of the previous point (cold caches after a big batch) favour a point.
+                for i in torch.randperm(len(cells), generator=order_gen).tolist():
+                    _, e, _, x = cells[i]
                     start = time.perf_counter()
                     e(x)
                     e.synchronize()

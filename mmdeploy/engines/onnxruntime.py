@@ -75,6 +75,9 @@ def session_options(threads: int | None = None, fixed_dims: dict[str, int] | Non
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = threads or usable_cores()
     so.inter_op_num_threads = 1
+    # ORT's worker threads spin-wait after each run by default; on a few cores that steals the CPU
+    # from whatever runs next (another engine in a round-robin benchmark, the rest of the app).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     for name, value in (fixed_dims or {}).items():
         so.add_free_dimension_override_by_name(name, value)
