@@ -248,6 +248,18 @@ class _Sized:
         return self.engine(x)
 
 
+def _trt_identity() -> str:
+    """What a plan is only valid for: the TensorRT version and the GPU model."""
+    try:
+        import tensorrt
+
+        version = tensorrt.__version__
+    except ImportError:  # only reached with a stand-in builder (tests)
+        version = "none"
+    gpu = torch.cuda.get_device_name(torch.cuda.current_device()) if torch.cuda.is_available() else "no-gpu"
+    return f"{version}/{gpu}"
+
+
 def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, workspace_gb, progress) -> dict:
     """Build one TensorRT plan per (size, precision) from its gated ONNX, then gate the plan itself.
 
@@ -262,8 +274,15 @@ def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, work
     entries, failed, failure = {}, [], None
     with progress.task("building TensorRT plans", len(mine)) as advance:
         for s, precision in mine:
+            onnx_art = bundle.size_entry(s).get("artifacts", {}).get(f"onnx/{precision}", {})
+            key = _artifact_key(onnx_art.get("sha256", ""), precision, "trt", json.dumps([list(batches), workspace_gb, _trt_identity()]))
+            old = bundle.size_entry(s).get("artifacts", {}).get(f"trt/{precision}")
+            if old and old.get("key") == key and bundle.path(old["plan"]).exists():
+                advance(1)  # same ONNX, settings, TensorRT and GPU: the plan is reused
+                continue
             try:
                 entry = build_bundle_plan(bundle, s, precision, batch_sizes=batches, workspace_gb=workspace_gb)
+                entry["key"] = key
                 ref = bundle.build_model(s)
                 with TrtEngine.from_bundle(bundle, s, precision) as run:
                     checks = check_parity(ref, run, images, s, tuple(b for b in batches if b <= len(images)) or (1,), pre, tolerances[precision], "trt")
@@ -290,4 +309,5 @@ def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, work
             bundle.save()
         if failure is not None:
             raise failure
-    return {f"{s}/{p}": merged[(s, p)]["plan"] for s in sizes for p in precisions if (s, p) in merged}
+    built = {f"{s}/{p}": merged[(s, p)]["plan"] for s in sizes for p in precisions if (s, p) in merged}
+    return built
