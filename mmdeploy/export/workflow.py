@@ -19,6 +19,7 @@ from mmdeploy import __version__
 from mmdeploy import distributed as dist
 from mmdeploy.bundle import Bundle, temp_path_for
 from mmdeploy.data import decode_images, scan_image_folder, store_resolution
+from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.onnx import _BAKE_HINT, convert_fp16, export_onnx, graph_record
 from mmdeploy.export.parity import DEFAULT_TOLERANCES, ParityCheck, Tolerance, check_parity
@@ -121,7 +122,7 @@ def export_bundle(
                             pending_dyn = _export_one(bundle, summary, dyn_bn, example, True, precision, static_batch, "dynamic", fp32_cache)
                             if pending_dyn:
                                 ref = bundle.build_model(dyn_bn)
-                                with _ort(pending_dyn.tmp, example, precision) as run:
+                                with OrtEngine(pending_dyn.tmp, example, precision) as run:
                                     for s in sizes + [extra]:
                                         pending_dyn.checks += check_parity(ref, _Sized(run, s), images, s, PARITY_BATCHES, pre, tol, "dynamic")
                                 pending.append(pending_dyn)
@@ -130,7 +131,7 @@ def export_bundle(
                             p = _export_one(bundle, summary, s, s, False, precision, static_batch, "per-size", fp32_cache)
                             if p:
                                 ref = bundle.build_model(s)
-                                with _ort(p.tmp, s, precision) as run:
+                                with OrtEngine(p.tmp, s, precision) as run:
                                     p.checks += check_parity(ref, run, images, s, PARITY_BATCHES if static_batch is None else (static_batch,), pre, tol, "per-size")
                                 pending.append(p)
                             advance(1)
@@ -221,21 +222,6 @@ def _forget_metrics(entry: dict, engine: str, precision: str) -> None:
     latency = metrics.get("latency", {})
     for key in [k for k in latency if k.startswith(f"{engine}/{precision}/")]:
         del latency[key]
-
-
-class _ort:
-    """A CPU/GPU ONNX Runtime engine over a temp file, for the gate."""
-
-    def __init__(self, path: Path, size: int, precision: str):
-        from mmdeploy.engines.onnxruntime import OrtEngine
-
-        self.engine = OrtEngine(path, size, precision)
-
-    def __enter__(self):
-        return self.engine.__enter__()
-
-    def __exit__(self, *exc):
-        return self.engine.__exit__(*exc)
 
 
 class _Sized:
