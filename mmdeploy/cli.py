@@ -397,7 +397,7 @@ def run(
 
 def compare_models_table(models) -> Table:
     """Calibrated torch top-1 per size, side by side for each model (the paper's claim at a glance)."""
-    table = Table(title="top-1 % per size (torch fp32): calibrated [before calibration]")
+    table = Table(title="torch top-1 %: calibrated [before]")
     table.add_column("size", justify="right")
     for m in models:
         table.add_column(m.name, justify="right")

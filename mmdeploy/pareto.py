@@ -168,6 +168,8 @@ def build_points(
     ``on_front`` is set. Points come sorted by size, engine and precision.
     """
     accuracy = _index_unique([a for a in accuracies if a.calibrated], "calibrated accuracy")
+    # The model's accuracy with the checkpoint's own BN statistics, per size: what calibration gained.
+    before = {a.size: a.top1 for a in accuracies if not a.calibrated and a.engine == "torch" and a.precision == "fp32"}
     latency = _index_unique([t for t in latencies if t.batch == batch], f"batch-{batch} latency")
     points = []
     for key in sorted(accuracy.keys() & latency.keys(), key=point_order):
@@ -180,7 +182,8 @@ def build_points(
                 batch=batch,
                 top1=acc.top1,
                 latency_ms=lat.p50_ms,
-                extra={"top5": acc.top5, "p90_ms": lat.p90_ms, "p99_ms": lat.p99_ms},
+                extra={"top5": acc.top5, "p90_ms": lat.p90_ms, "p99_ms": lat.p99_ms}
+                | ({"top1_uncalibrated": before[key.size]} if key.size in before else {}),
             )
         )
     if points:

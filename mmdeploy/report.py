@@ -255,7 +255,7 @@ def load_report(path: str | os.PathLike) -> Report:
 
 # ---------------------------------------------------------------------------- human forms
 
-_COLUMNS = ("size", "engine", "precision", "top-1 %", "p50 ms", "rel. latency", "front")
+_COLUMNS = ("size", "engine", "precision", "top-1 %", "before calib.", "p50 ms", "rel. latency", "front")
 
 
 def _sorted_points(report: Report) -> list[Point]:
@@ -272,6 +272,7 @@ def _row_cells(point: Point, reference: PointKey | None) -> list[str]:
         point.engine,
         point.precision,
         f"{point.top1:.2f}",
+        f"{point.extra['top1_uncalibrated']:.2f}" if "top1_uncalibrated" in point.extra else "-",
         f"{point.latency_ms:.3f}",
         relative,
         FRONT_MARKER if point.on_front else "",
@@ -310,7 +311,7 @@ def _render_markdown(report: Report) -> str:
         (
             f"Batch {report.batch}, device {_device(report.environment)}, "
             f"created {report.created}, mmdeploy {report.mmdeploy_version}. "
-            f"{FRONT_MARKER} marks the accuracy/latency Pareto front."
+            f"{FRONT_MARKER} marks the accuracy/latency Pareto front; 'before calib.' is the torch top-1 with the checkpoint's own BN statistics."
         ),
         "",
         "| " + " | ".join(_COLUMNS) + " |",
@@ -328,14 +329,14 @@ def _device(environment: dict) -> str:
     return f"{device} ({threads} threads)" if threads and not environment.get("gpu") else str(device)
 
 
-_CSV_COLUMNS = ("size", "engine", "precision", "batch", "top1", "latency_ms", "relative_latency", "on_front")
+_CSV_COLUMNS = ("size", "engine", "precision", "batch", "top1", "top1_uncalibrated", "latency_ms", "relative_latency", "on_front")
 
 
 def _render_csv(report: Report) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=_CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(p.to_dict() for p in _sorted_points(report))
+    writer.writerows({**p.to_dict(), "top1_uncalibrated": p.extra.get("top1_uncalibrated", "")} for p in _sorted_points(report))
     return buffer.getvalue()
 
 

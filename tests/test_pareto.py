@@ -176,3 +176,15 @@ def test_build_points_empty_and_bad_input():
     with pytest.raises(MMDeployError, match="latency"):
         speedup_at_iso_accuracy([_point(160, "torch", "fp32", 1.0, 0.0)])
     assert math.isnan(_point(1, "ort", "fp32", 1.0, 1.0).relative_latency)  # unset until joined
+
+
+def test_build_points_carries_the_accuracy_before_calibration():
+    from mmdeploy.pareto import build_points
+    from mmdeploy.results import AccuracyResult, LatencyResult
+
+    accs = [AccuracyResult(24, "torch", "fp32", 80.0, 99.0, 100, True), AccuracyResult(24, "ort", "fp32", 80.0, 99.0, 100, True),
+            AccuracyResult(24, "torch", "fp32", 71.5, 97.0, 100, False)]
+    lats = [LatencyResult(24, e, "fp32", 1, ms, ms, ms, ms, 1000 / ms, 5) for e, ms in (("torch", 2.0), ("ort", 1.0))]
+    points = build_points(accs, lats, batch=1, training_size=24)
+    assert [p.extra["top1_uncalibrated"] for p in points] == [71.5, 71.5]
+    assert len(points) == 2, "the uncalibrated result is not a point of its own"
