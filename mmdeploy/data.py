@@ -96,17 +96,25 @@ def scan_image_folder(root: str | Path) -> ImageFolder:
 
 @dataclass
 class DecodedImages:
-    """uint8 images [N, 3, R, R] at the store resolution R, with labels and what was skipped."""
+    """uint8 images [N, 3, R, R] at the store resolution R, with labels and what was skipped.
+
+    ``per_size`` (when decoded for given sizes) holds [N, 3, S, S] per size S, each resized
+    straight from the decoded (cropped) image; ``at(S)`` returns what to make size S from.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     skipped: list[str] = field(default_factory=list)
+    per_size: dict[int, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def at(self, size: int) -> torch.Tensor:
+        return self.per_size[size] if self.per_size and size in self.per_size else self.images
 
-def _decode_one(path: Path, kind: str, store: int | None):
+
+def _decode_one(path: Path, kind: str, store: int | None, sizes: tuple[int, ...] | None = None):
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -119,6 +127,9 @@ def _decode_one(path: Path, kind: str, store: int | None):
                 side = max(1, round(min(w, h) * CROP_FRACTION))
                 left, top = (w - side) // 2, (h - side) // 2
                 im = im.crop((left, top, left + side, top + side))
+            if sizes:  # one antialiased resize per size, from the decoded crop: no size depends on another
+                return [np.asarray(im if im.size == (s, s) else im.resize((s, s), Image.BILINEAR, reducing_gap=None), dtype=np.uint8)
+                        .transpose(2, 0, 1).copy() for s in sizes]
             target = store or max(im.size)
             if im.size != (target, target):
                 im = im.resize((target, target), Image.BILINEAR, reducing_gap=None)
@@ -127,13 +138,9 @@ def _decode_one(path: Path, kind: str, store: int | None):
         return f"{path}: {type(exc).__name__}"
 
 
-def store_resolution(folder: ImageFolder, kind: str, sizes: list[int]) -> int:
-    """The resolution images are kept at after decoding.
-
-    For ``cifar`` with square images of one size (CIFAR itself), the native size: no resize
-    at decode, so each target size is one resize away from the original whatever other
-    sizes are asked for. Otherwise the largest target size.
-    """
+def native_resolution(folder: ImageFolder, kind: str) -> int | None:
+    """For ``cifar`` preprocessing of square images of one size (CIFAR itself), that size: images
+    are kept as they are and each target size is one batched resize away. Else None."""
     from PIL import Image
 
     if kind == "cifar":
@@ -144,7 +151,29 @@ def store_resolution(folder: ImageFolder, kind: str, sizes: list[int]) -> int:
                         return im.size[0]
             except OSError:
                 continue
-    return max(sizes)
+    return None
+
+
+def store_resolution(folder: ImageFolder, kind: str, sizes: list[int]) -> int:
+    """One resolution to keep every decoded image at: the native one, else the largest size."""
+    return native_resolution(folder, kind) or max(sizes)
+
+
+def decoding_key(folder: ImageFolder, kind: str) -> str:
+    """How ``decode_for_sizes`` makes inputs from files (part of artifact reuse keys)."""
+    native = native_resolution(folder, kind)
+    return f"native-{native}" if native else "per-size"
+
+
+def decode_for_sizes(folder: ImageFolder, indices: list[int] | None, kind: str, sizes: list[int], workers: int | None = None,
+                     progress=None) -> DecodedImages:
+    """Decode each file once and make every size from it independently of the other sizes:
+    native-resolution images (one batched resize per size later), or one resize per size at
+    decode time (images of other shapes, ``imagenet`` crops)."""
+    native = native_resolution(folder, kind)
+    if native:
+        return decode_images(folder, indices, kind, native, workers, progress)
+    return decode_images(folder, indices, kind, max(sizes), workers, progress, sizes=sorted(set(sizes)))
 
 
 def decode_images(
@@ -154,8 +183,10 @@ def decode_images(
     store: int,
     workers: int | None = None,
     progress=None,
+    sizes: list[int] | None = None,
 ) -> DecodedImages:
-    """Decode the chosen files once, in parallel threads (PIL releases the GIL while decoding).
+    """Decode the chosen files once, in parallel threads (PIL releases the GIL while decoding);
+    with ``sizes``, also resize each straight to every size (``DecodedImages.per_size``).
 
     Corrupt and non-image files are skipped and listed; if none is left, it is an error.
     """
@@ -163,7 +194,8 @@ def decode_images(
     workers = workers or min(8, (os.cpu_count() or 2))
     arrays, labels, skipped = [], [], []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda i: _decode_one(folder.files[i], kind, store), indices, chunksize=64)
+        per = tuple(sizes) if sizes else None
+        results = pool.map(lambda i: _decode_one(folder.files[i], kind, store, per), indices, chunksize=64)
         for i, res in zip(indices, results):
             if isinstance(res, str):
                 skipped.append(res)
@@ -179,7 +211,11 @@ def decode_images(
         )
     if skipped:
         warnings.warn(f"skipped {len(skipped)} unreadable files in {folder.root}, e.g. {skipped[0]}", stacklevel=2)
-    return DecodedImages(torch.from_numpy(np.stack(arrays)), torch.tensor(labels, dtype=torch.long), skipped)
+    labels_t = torch.tensor(labels, dtype=torch.long)
+    if sizes:
+        per_size = {s: torch.from_numpy(np.stack([a[j] for a in arrays])) for j, s in enumerate(sizes)}
+        return DecodedImages(per_size[max(sizes)], labels_t, skipped, per_size)
+    return DecodedImages(torch.from_numpy(np.stack(arrays)), labels_t, skipped)
 
 
 def to_input(batch_u8: torch.Tensor, size: int, pre: Preprocess, augment_gen: torch.Generator | None = None) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from mmdeploy import distributed as dist
-from mmdeploy.data import Preprocess, decode_images, scan_image_folder, store_resolution, to_input
+from mmdeploy.data import Preprocess, decode_for_sizes, scan_image_folder, to_input
 from mmdeploy.errors import MMDeployError
 from mmdeploy.progress import Progress
 from mmdeploy.results import AccuracyResult
@@ -43,7 +43,7 @@ def measure_accuracy(
         gen = torch.Generator().manual_seed(0)  # a fixed, class-balanced-in-expectation subset
         indices = sorted(torch.randperm(len(folder), generator=gen)[:limit].tolist())
     indices = dist.shard(indices)
-    store = store_resolution(folder, preprocess.kind, [t.size for t in targets])
+    sizes = sorted({t.size for t in targets})
     counts = torch.zeros(len(targets), 3, dtype=torch.float64)  # top1, top5, n
     with dist.agreed():  # a rank that fails (an engine, out of memory) stops every rank before the all-reduce
         engines = [t.make_engine() for t in targets]
@@ -55,14 +55,14 @@ def measure_accuracy(
                 for start in range(0, len(indices), chunk):
                     part = indices[start : start + chunk]
                     try:
-                        decoded = decode_images(folder, part, preprocess.kind, store)
+                        decoded = decode_for_sizes(folder, part, preprocess.kind, sizes)
                     except MMDeployError:
                         skipped += len(part)
                         continue
                     skipped += len(decoded.skipped)
                     for ti, (t, engine) in enumerate(zip(targets, engines)):
                         for b in range(0, len(decoded), batch_size):
-                            x = to_input(decoded.images[b : b + batch_size], t.size, preprocess)
+                            x = to_input(decoded.at(t.size)[b : b + batch_size], t.size, preprocess)
                             logits = engine(x)
                             y = decoded.labels[b : b + batch_size]
                             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices

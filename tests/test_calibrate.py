@@ -274,7 +274,6 @@ def test_bundle_records_sizes_and_reuses_unchanged_work(image_dir, resnet8_check
     assert Bundle.open(out).sizes == [16, 24, 32]
 
 
-@pytest.mark.xfail(strict=True, reason="imagenet preprocessing decodes at max(sizes), so one size's statistics depend on the others")
 def test_imagenet_preprocessing_size_result_does_not_depend_on_the_other_sizes(image_dir, resnet8_checkpoint, tmp_path):
     for name, sizes in (("one", [24]), ("two", [24, 48])):
         calibrate_to_bundle(resnet8_checkpoint, sizes, image_dir, tmp_path / name, batches=3, batch_size=4, preprocess="imagenet")

@@ -94,3 +94,22 @@ def test_augmentation_is_seeded():
     c = to_input(images, 16, PRE, torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (6, 3, 16, 16)
+
+
+def test_decode_for_sizes_makes_each_size_independently(tmp_path):
+    """Non-square images: every size is one resize from the decoded crop, whatever other sizes are asked for."""
+    from PIL import Image
+
+    from mmdeploy.data import decode_for_sizes, decoding_key
+
+    root = tmp_path / "imgs" / "a"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate(((64, 48), (50, 70))):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    folder = scan_image_folder(tmp_path / "imgs")
+    assert decoding_key(folder, "imagenet") == "per-size"
+    both = decode_for_sizes(folder, None, "imagenet", [16, 24])
+    alone = decode_for_sizes(folder, None, "imagenet", [16])
+    assert both.at(16).shape == (2, 3, 16, 16) and both.at(24).shape == (2, 3, 24, 24)
+    assert torch.equal(both.at(16), alone.at(16))

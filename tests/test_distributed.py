@@ -39,13 +39,13 @@ CLI_DRIVER = """
 import os, sys, time
 if os.environ.get("FAIL_RANK") == os.environ["RANK"]:
     import mmdeploy.calib.workflow as workflow
-    def decode_images(*args, **kwargs):
+    def decode_for_sizes(*args, **kwargs):
         if os.environ["FAIL_MODE"] == "crash":
             os._exit(3)
         if os.environ["FAIL_MODE"] == "hang":
             time.sleep(600)
         raise RuntimeError("CUDA out of memory (simulated)")
-    workflow.decode_images = decode_images
+    workflow.decode_for_sizes = decode_for_sizes
 from mmdeploy.cli import main
 sys.argv[0] = "mmdeploy"
 main()

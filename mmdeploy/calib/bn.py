@@ -67,7 +67,7 @@ def augment_generator(seed: int, size: int, batch_index: int) -> torch.Generator
 @torch.no_grad()
 def calibrate_bn(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | dict[int, torch.Tensor],
     batches: list[tuple[int, torch.Tensor]],
     sizes: list[int],
     preprocess: Preprocess,
@@ -78,7 +78,7 @@ def calibrate_bn(
 ) -> dict[int, dict[str, BNSums]]:
     """Accumulate exact BN input statistics for every size.
 
-    ``images`` is uint8 [N,3,R,R]; ``batches`` lists (global batch index, positions in
+    ``images`` is uint8 [N,3,R,R], or per size {S: [N,3,S,S]}; ``batches`` lists (global batch index, positions in
     ``images``); the global index seeds the augmentation. The model's state is left as it
     was. Returns, per size, per BN layer name, the sums (all-reducible).
     """
@@ -100,8 +100,12 @@ def calibrate_bn(
             m.train()
             m.momentum = 1.0  # running stats := this batch's mean and unbiased variance
         for batch_index, positions in _full_fp32(batches):
-            batch = to_device(images[positions], device)  # uint8: a quarter of the bytes of the float input
+            # uint8 to the device: a quarter of the bytes of the float input. Per-size images (decoded
+            # straight to each size) are indexed per size.
+            batch = None if isinstance(images, dict) else to_device(images[positions], device)
             for size in sizes:
+                if batch is None or isinstance(images, dict):
+                    batch = to_device(images[size][positions], device)
                 gen = augment_generator(seed, size, batch_index) if augment else None
                 x = to_input(batch, size, preprocess, gen)
                 if size in per_image:

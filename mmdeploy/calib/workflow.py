@@ -14,7 +14,7 @@ import torch
 from mmdeploy import distributed as dist
 from mmdeploy.bundle import Bundle, check_writable_dir, publish_staged, save_safetensors, staged_bundle_dir
 from mmdeploy.calib.bn import BNSums, bn_layers, calibrate_bn, finalize_bn_state, plan_batches
-from mmdeploy.data import Preprocess, decode_images, scan_image_folder, store_resolution
+from mmdeploy.data import Preprocess, decode_for_sizes, native_resolution, scan_image_folder
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import LoadedCheckpoint, arch_info, load_checkpoint
 from mmdeploy.progress import Progress
@@ -129,9 +129,9 @@ def calibrate_to_bundle(
             existing = None  # another checkpoint (or arch): start over; the old bundle's files are removed
         if existing is not None:
             pre = _bundle_preprocess(existing, pre, explicit=bool(preprocess or mean or std))
-        # Images are decoded once at a store resolution; for some preprocessing it depends on the
-        # sizes asked for, and it changes the result, so it is part of every size's key.
-        store = store_resolution(folder, pre.kind, sizes)
+        # How inputs are made from files (native resolution + batched resize, or one resize per
+        # size at decode time) changes the result, so it is part of every size's key.
+        store = native_resolution(folder, pre.kind) or "per-size"
         settings = {"batches": batches, "batch_size": batch_size, "augment": augment, "seed": seed, "preprocess": pre.to_dict(),
                     "store_resolution": store, "method": "exact-sums-v1" if recalibrate else "none: checkpoint statistics"}
         data_key = folder.fingerprint()
@@ -141,7 +141,6 @@ def calibrate_to_bundle(
     # Rank 0's view of --out decides what to reuse and the preprocessing; every rank must see the same images.
     main_data_key, reused, pre_dict = dist.broadcast_object((data_key, reused, pre.to_dict()))
     pre = Preprocess.from_dict(pre_dict)
-    store = store_resolution(folder, pre.kind, sizes)
     todo = [s for s in sizes if s not in reused]
 
     plan = plan_batches(len(folder), batch_size, batches, seed)
@@ -157,7 +156,7 @@ def calibrate_to_bundle(
                 raise MMDeployError(f"{folder.root} holds other images on rank {dist.rank()} than on rank 0",
                                     "give every rank the same --data (a shared folder, or identical copies)")
             wanted = sorted({i for _, b in mine for i in b})
-            decoded, skipped = _decode_own_images(folder, wanted, pre.kind, store, progress)
+            decoded, skipped = _decode_own_images(folder, wanted, pre.kind, todo, progress)
             # Map file indices to rows of the decoded tensor (skipped files drop out of their batch).
             ok_files = [i for i in wanted if not any(s.startswith(f"{folder.files[i]}:") for s in skipped)] if skipped else wanted
             row = {f: r for r, f in enumerate(ok_files)}
@@ -166,7 +165,7 @@ def calibrate_to_bundle(
             images_used = sum(len(r) for _, r in batches_rows)
             model.to(device)
             with progress.task(f"calibrating BN at sizes {', '.join(map(str, todo))}", len(batches_rows) * len(todo)) as advance:
-                sums = calibrate_bn(model, decoded.images if decoded else torch.empty(0, dtype=torch.uint8), batches_rows, todo, pre, augment, seed, device, advance)
+                sums = calibrate_bn(model, (decoded.per_size or decoded.images) if decoded else torch.empty(0, dtype=torch.uint8), batches_rows, todo, pre, augment, seed, device, advance)
             model.cpu()
         # A rank with no batches (more ranks than batches) adds zeros: every rank takes part.
         sums, images_used, n_skipped = _all_reduce_sums(sums, model, images_used, len(skipped))
@@ -192,7 +191,7 @@ def _bundle_preprocess(bundle: Bundle, asked: Preprocess, explicit: bool) -> Pre
                         "calibrate into a new --out, or leave out --preprocess/--mean/--std to keep the bundle's")
 
 
-def _decode_own_images(folder, indices: list[int], kind: str, store: int, progress: Progress):
+def _decode_own_images(folder, indices: list[int], kind: str, sizes: list[int], progress: Progress):
     """Decode this rank's images: (decoded or None, skipped file descriptions).
 
     Under torch.distributed a rank whose every file is unreadable skips them all, as one
@@ -202,7 +201,7 @@ def _decode_own_images(folder, indices: list[int], kind: str, store: int, progre
         return None, []
     with progress.task(f"decoding {len(indices)} images", len(indices)) as advance:
         try:
-            decoded = decode_images(folder, indices, kind, store, progress=advance)
+            decoded = decode_for_sizes(folder, indices, kind, sizes, progress=advance)
         except MMDeployError:
             if not dist.active():
                 raise

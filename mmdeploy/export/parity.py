@@ -56,7 +56,7 @@ def check_parity(
     artifact: str,
 ) -> list[ParityCheck]:
     """Compare ``engine`` (an activated Engine) with ``reference`` at one size, per batch size."""
-    x_all = to_input(images.images, size, preprocess)
+    x_all = to_input(images.at(size), size, preprocess)
     if len(x_all) < max(batches):  # e.g. a static batch above the image count: repeat images to fill one batch
         x_all = x_all[torch.arange(max(batches)) % len(x_all)]
     with torch.inference_mode():

@@ -18,7 +18,7 @@ import torch
 from mmdeploy import __version__
 from mmdeploy import distributed as dist
 from mmdeploy.bundle import Bundle, temp_path_for
-from mmdeploy.data import decode_images, scan_image_folder, store_resolution
+from mmdeploy.data import decode_for_sizes, scan_image_folder
 from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.onnx import _BAKE_HINT, convert_fp16, export_onnx, graph_record
@@ -61,7 +61,7 @@ def parity_images(bundle: Bundle, data: str | Path | None, count: int, sizes: li
     gen = torch.Generator().manual_seed(1234)
     picks = sorted(torch.randperm(len(folder), generator=gen)[:count].tolist())
     pre = bundle.preprocess()
-    return decode_images(folder, picks, pre.kind, store_resolution(folder, pre.kind, sizes))
+    return decode_for_sizes(folder, picks, pre.kind, sizes)
 
 
 def unseen_size(sizes: list[int], example: int) -> int:
