@@ -348,3 +348,18 @@ def test_bundle_files_are_readable_by_others_and_record_an_absolute_data_path(im
     for rel in ("sizes/16/weights.safetensors", "source/weights.safetensors"):
         assert (out / rel).stat().st_mode & 0o777 == 0o666 & ~mask, rel
     assert Bundle.open(out).manifest["sizes"]["16"]["calibration"]["data"] == str(image_dir.resolve())
+
+
+def test_calibration_in_memory_bounded_chunks_equals_one_pass(image_dir, resnet8_checkpoint, tmp_path, monkeypatch):
+    import mmdeploy.calib.workflow as workflow
+
+    calibrate_to_bundle(resnet8_checkpoint, [16, 24], image_dir, tmp_path / "one", batches=4, batch_size=4)
+    monkeypatch.setattr(workflow, "CHUNK_BYTES", 3 * 32 * 32 * 5)  # room for one batch of 4 images per chunk
+    assert len(workflow._chunks([(i, [0, 1, 2, 3]) for i in range(4)], 3 * 32 * 32)) == 4
+    summary = calibrate_to_bundle(resnet8_checkpoint, [16, 24], image_dir, tmp_path / "chunked", batches=4, batch_size=4)
+    assert summary.images == 16
+    for s in (16, 24):
+        one = load_file(str(tmp_path / f"one/sizes/{s}/weights.safetensors"))
+        chunked = load_file(str(tmp_path / f"chunked/sizes/{s}/weights.safetensors"))
+        for k in one:
+            torch.testing.assert_close(chunked[k], one[k], rtol=1e-6, atol=1e-7)

@@ -31,6 +31,9 @@ class BNSums:
     sum: torch.Tensor
     sumsq: torch.Tensor
 
+    def plus(self, other: BNSums) -> BNSums:
+        return BNSums(self.count + other.count, self.sum + other.sum, self.sumsq + other.sumsq)
+
     def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.count
         mean = self.sum / n

@@ -155,17 +155,25 @@ def calibrate_to_bundle(
             if data_key != main_data_key:
                 raise MMDeployError(f"{folder.root} holds other images on rank {dist.rank()} than on rank 0",
                                     "give every rank the same --data (a shared folder, or identical copies)")
-            wanted = sorted({i for _, b in mine for i in b})
-            decoded, skipped = _decode_own_images(folder, wanted, pre.kind, todo, progress)
-            # Map file indices to rows of the decoded tensor (skipped files drop out of their batch).
-            ok_files = [i for i in wanted if not any(s.startswith(f"{folder.files[i]}:") for s in skipped)] if skipped else wanted
-            row = {f: r for r, f in enumerate(ok_files)}
-            batches_rows = [(bi, torch.tensor([row[i] for i in b if i in row], dtype=torch.long)) for bi, b in mine]
-            batches_rows = [(bi, r) for bi, r in batches_rows if len(r) >= 2]
-            images_used = sum(len(r) for _, r in batches_rows)
+            # Decode and calibrate in chunks of whole batches that fit a memory budget (ImageNet-scale
+            # calibration at many sizes would not fit at once); sums add up exactly across chunks.
+            skipped: list[str] = []
             model.to(device)
-            with progress.task(f"calibrating BN at sizes {', '.join(map(str, todo))}", len(batches_rows) * len(todo)) as advance:
-                sums = calibrate_bn(model, (decoded.per_size or decoded.images) if decoded else torch.empty(0, dtype=torch.uint8), batches_rows, todo, pre, augment, seed, device, advance)
+            with progress.task(f"calibrating BN at sizes {', '.join(map(str, todo))}", len(mine) * len(todo)) as advance:
+                for chunk in _chunks(mine, _bytes_per_image(folder, pre.kind, todo)):
+                    wanted = sorted({i for _, b in chunk for i in b})
+                    decoded, chunk_skipped = _decode_own_images(folder, wanted, pre.kind, todo, Progress())
+                    skipped += chunk_skipped
+                    # Map file indices to rows of the decoded tensor (skipped files drop out of their batch).
+                    ok_files = [i for i in wanted if not any(s.startswith(f"{folder.files[i]}:") for s in chunk_skipped)] if chunk_skipped else wanted
+                    row = {f: r for r, f in enumerate(ok_files)}
+                    batches_rows = [(bi, torch.tensor([row[i] for i in b if i in row], dtype=torch.long)) for bi, b in chunk]
+                    batches_rows = [(bi, r) for bi, r in batches_rows if len(r) >= 2]
+                    images_used += sum(len(r) for _, r in batches_rows)
+                    images = (decoded.per_size or decoded.images) if decoded else torch.empty(0, dtype=torch.uint8)
+                    part = calibrate_bn(model, images, batches_rows, todo, pre, augment, seed, device, advance)
+                    sums = part if not any(sums.values()) else {sz: {n: sums[sz][n].plus(part[sz][n]) for n in part[sz]} for sz in part}
+                    advance((len(chunk) - len(batches_rows)) * len(todo))  # batches left with fewer than 2 readable images
             model.cpu()
         # A rank with no batches (more ranks than batches) adds zeros: every rank takes part.
         sums, images_used, n_skipped = _all_reduce_sums(sums, model, images_used, len(skipped))
@@ -179,6 +187,28 @@ def calibrate_to_bundle(
             _write_bundle(out, previous, existing, ckpt, model, pre, training_size, todo, sums, keys, settings, data_key, folder, plan, images_used,
                           n_skipped, summary)
     return summary
+
+
+CHUNK_BYTES = 1 << 30  # decoded uint8 images held at once during calibration
+
+
+def _bytes_per_image(folder, kind: str, sizes: list[int]) -> int:
+    native = native_resolution(folder, kind)
+    return 3 * (native * native if native else sum(s * s for s in sizes))
+
+
+def _chunks(batches: list, bytes_per_image: int, budget: int | None = None) -> list[list]:
+    """Consecutive whole batches, at most ``budget`` bytes of decoded images per chunk (at least one batch).
+    No batches gives one empty chunk, so a rank without work still returns (zero) sums."""
+    per_chunk = max(1, (CHUNK_BYTES if budget is None else budget) // max(1, bytes_per_image))
+    chunks, current, n = [], [], 0
+    for item in batches:
+        if current and n + len(item[1]) > per_chunk:
+            chunks.append(current)
+            current, n = [], 0
+        current.append(item)
+        n += len(item[1])
+    return chunks + [current] if current or not chunks else chunks
 
 
 def _bundle_preprocess(bundle: Bundle, asked: Preprocess, explicit: bool) -> Preprocess:
