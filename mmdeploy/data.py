@@ -159,10 +159,9 @@ def store_resolution(folder: ImageFolder, kind: str, sizes: list[int]) -> int:
     return native_resolution(folder, kind) or max(sizes)
 
 
-def decoding_key(folder: ImageFolder, kind: str) -> str:
-    """How ``decode_for_sizes`` makes inputs from files (part of artifact reuse keys)."""
-    native = native_resolution(folder, kind)
-    return f"native-{native}" if native else "per-size"
+def decoding_key(folder: ImageFolder, kind: str) -> int | str:
+    """How ``decode_for_sizes`` makes inputs from files, for reuse keys: the native size, or "per-size"."""
+    return native_resolution(folder, kind) or "per-size"
 
 
 def decode_for_sizes(folder: ImageFolder, indices: list[int] | None, kind: str, sizes: list[int], workers: int | None = None,

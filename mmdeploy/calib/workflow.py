@@ -14,7 +14,7 @@ import torch
 from mmdeploy import distributed as dist
 from mmdeploy.bundle import Bundle, check_writable_dir, publish_staged, save_safetensors, staged_bundle_dir
 from mmdeploy.calib.bn import BNSums, bn_layers, calibrate_bn, finalize_bn_state, plan_batches
-from mmdeploy.data import Preprocess, decode_for_sizes, native_resolution, scan_image_folder
+from mmdeploy.data import Preprocess, decode_for_sizes, decoding_key, native_resolution, scan_image_folder
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import LoadedCheckpoint, arch_info, load_checkpoint
 from mmdeploy.progress import Progress
@@ -131,7 +131,7 @@ def calibrate_to_bundle(
             pre = _bundle_preprocess(existing, pre, explicit=bool(preprocess or mean or std))
         # How inputs are made from files (native resolution + batched resize, or one resize per
         # size at decode time) changes the result, so it is part of every size's key.
-        store = native_resolution(folder, pre.kind) or "per-size"
+        store = decoding_key(folder, pre.kind)
         settings = {"batches": batches, "batch_size": batch_size, "augment": augment, "seed": seed, "preprocess": pre.to_dict(),
                     "store_resolution": store, "method": "exact-sums-v1" if recalibrate else "none: checkpoint statistics"}
         data_key = folder.fingerprint()

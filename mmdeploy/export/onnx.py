@@ -139,13 +139,6 @@ def set_metadata(proto, metadata: dict) -> None:
         entry.key, entry.value = key, value
 
 
-def read_metadata(path: Path) -> dict:
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
 class _quiet_exporter:
     """The exporter logs warnings (e.g. about torchvision ops) at import and export; keep the CLI quiet."""
 
