@@ -135,7 +135,7 @@ def bench_bundle(
     bundle = Bundle.open(bundle_dir)
     sizes = [int(s) for s in sizes] if sizes else bundle.sizes
     for s in sizes:
-        bundle.size_entry(s)
+        bundle.size(s)  # refuses a size the bundle lacks
     batches = batches or [1, 32]
     reasons = available_engines()
     wanted = engines or ["torch", "ort", "trt"]
@@ -161,25 +161,26 @@ def bench_bundle(
         raise MMDeployError(f"nothing to benchmark in {bundle.root}", "; ".join(skipped) or "export the bundle first")
     results = measure_latency(targets, batches, warmup, iters, progress)
     env = environment()
-    for r in results:
-        entry = bundle.size_entry(r.size).setdefault("metrics", {}).setdefault("latency", {})
-        entry[f"{r.engine}/{r.precision}/b{r.batch}"] = {k: v for k, v in r.__dict__.items() if k not in ("size", "engine", "precision")}
-    bundle.manifest["bench_environment"] = env
-    bundle.save()
+    with Bundle.update(bundle_dir) as current:  # read-modify-write under the lock: a concurrent eval keeps its results
+        for r in results:
+            if current.has_size(r.size) and current.point_fingerprint(r.key) == bundle.point_fingerprint(r.key):
+                current.record_latency(r)
+        current.set_bench_environment(env)
     return results, env, skipped
 
 
 def _static_batch(bundle, engine: str, size: int, precision: str) -> int | None:
     """The fixed batch of an ONNX exported with --static-batch (other batches would be padded), else None."""
-    if engine != "ort":
-        return None
-    art = bundle.size_entry(size).get("artifacts", {}).get(f"onnx/{precision}", {})
-    return art.get("static_batch")
+    from mmdeploy.bundle import ONNX
+
+    art = bundle.artifact(size, ONNX, precision) if engine == "ort" else None
+    return art.static_batch if art else None
 
 
 def _has_artifact(bundle, engine: str, size: int, precision: str) -> bool:
     if engine == "torch":
         return precision == "fp32" or torch.cuda.is_available()
-    key = f"{'onnx' if engine == 'ort' else 'trt'}/{precision}"
-    art = bundle.size_entry(size).get("artifacts", {}).get(key)
-    return bool(art) and bundle.path(art.get("path") or art.get("plan")).exists()
+    from mmdeploy.bundle.records import KIND_OF_ENGINE
+
+    art = bundle.artifact(size, KIND_OF_ENGINE[engine], precision)
+    return art is not None and bundle.path(art.file).exists()

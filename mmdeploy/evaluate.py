@@ -121,7 +121,7 @@ def evaluate_target(
         bundle = Bundle.open(target)
         chosen = [int(s) for s in sizes] if sizes else bundle.sizes
         for s in chosen:
-            bundle.size_entry(s)
+            bundle.size(s)  # refuses a size the bundle lacks
         pre = bundle.preprocess()
         source = bundle.build_model(None)
         for s in chosen:
@@ -150,11 +150,12 @@ def evaluate_target(
     with dist.agreed():  # every rank learns whether rank 0 saved the results
         if bundle is not None and dist.is_main():
             folder_key = scan_image_folder(data).fingerprint()
-            for r in results:
-                kind = "accuracy" if r.calibrated else "accuracy_uncalibrated"
-                metrics = bundle.manifest["sizes"][str(r.size)].setdefault("metrics", {}).setdefault(kind, {})
-                metrics[f"{r.engine}/{r.precision}"] = {"top1": r.top1, "top5": r.top5, "images": r.images, "data": str(data), "data_fingerprint": folder_key}
-            bundle.save()
+            # Read-modify-write under the lock: a concurrent bench keeps its results; a result whose
+            # weights or artifact changed meanwhile (a concurrent calibrate or export) is dropped.
+            with Bundle.update(target) as current:
+                for r in results:
+                    if current.has_size(r.size) and current.point_fingerprint(r.key) == bundle.point_fingerprint(r.key):
+                        current.record_accuracy(r, str(data), folder_key)
     return results
 
 

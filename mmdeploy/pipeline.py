@@ -9,13 +9,11 @@ Every write is atomic, so Ctrl-C leaves each bundle as its last finished step le
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmdeploy.bundle import Bundle
+from mmdeploy.bundle import Bundle, content_key
 from mmdeploy.errors import MMDeployError
 from mmdeploy.progress import Progress
 
@@ -83,22 +81,16 @@ def load_config(path: str | Path | None) -> tuple[dict, Path]:
 
 
 def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return content_key(list(parts))
 
 
 def _step_done(bundle: Bundle, step: str, key: str) -> bool:
-    return bundle.manifest.get("run_steps", {}).get(step) == key
+    return bundle.step_key(step) == key
 
 
 def _mark(bundle_dir: Path, step: str, key: str) -> None:
-    bundle = Bundle.open(bundle_dir)
-    bundle.manifest.setdefault("run_steps", {})[step] = key
-    bundle.save()
-
-
-def _artifact_keys(bundle: Bundle) -> dict:
-    return {s: {k: a.get("key") or a.get("sha256") for k, a in e.get("artifacts", {}).items()} | {"calib": e["calibration"]["key"]}
-            for s, e in bundle.manifest["sizes"].items()}
+    with Bundle.update(bundle_dir) as bundle:
+        bundle.set_step_key(step, key)
 
 
 def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None, progress: Progress | None = None, log=print) -> RunSummary:
@@ -149,7 +141,7 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
             ex = export_bundle(bundle_dir, "trt" if "trt" in export_engines else "ort", precisions, data=calib_data, progress=progress)
             run.steps["export"] = "ran" if ex.written or ex.trt else "reused"
         bundle = Bundle.open(bundle_dir)
-        eval_key = _key(_artifact_keys(bundle), val_key, engines, precisions)
+        eval_key = _key(bundle.artifact_keys(), val_key, engines, precisions)
         if _step_done(bundle, "eval", eval_key):
             run.steps["eval"] = "reused"
         else:
@@ -158,7 +150,7 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
             _mark(bundle_dir, "eval", eval_key)
             run.steps["eval"] = "ran"
         bundle = Bundle.open(bundle_dir)
-        bench_key = _key(_artifact_keys(bundle), {k: env.get(k) for k in ("cpu", "cpu_count", "torch_threads", "torch", "onnxruntime", "gpu")}, b)
+        bench_key = _key(bundle.artifact_keys(), {k: env.get(k) for k in ("cpu", "cpu_count", "torch_threads", "torch", "onnxruntime", "gpu")}, b)
         if _step_done(bundle, "bench", bench_key):
             run.steps["bench"] = "reused"
         else:
@@ -173,9 +165,7 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
                 raise MMDeployError(f"model {name}: baseline {baseline} does not exist", "commit one, or set report.gate = false")
             old = load_report(baseline)  # before the report is written: the baseline may be the bundle's own report.json
         run.report, run.files = report_bundle(bundle_dir, batch=r["batch"], tolerance=r["tolerance"])
-        from mmdeploy.report import results_from_manifest
-
-        run.accuracies = results_from_manifest(Bundle.open(bundle_dir).manifest)[0]
+        run.accuracies = Bundle.open(bundle_dir).accuracies()
         if old is not None:
             run.gate = compare_reports(run.report, old, float(r["max_acc_drop"]), parse_fraction(r["max_latency_regress"]))
         runs.append(run)

@@ -580,21 +580,9 @@ def parse_fraction(text: str | float) -> float:
 # ---------------------------------------------------------------------------- bundles
 
 
-def results_from_manifest(manifest: dict) -> tuple[list[AccuracyResult], list[LatencyResult]]:
+def results_from_bundle(bundle) -> tuple[list[AccuracyResult], list[LatencyResult]]:
     """The accuracy and latency results ``mmdeploy eval`` and ``mmdeploy bench`` stored in a bundle."""
-    accuracies, latencies = [], []
-    for size_text, entry in manifest["sizes"].items():
-        size = int(size_text)
-        metrics = entry.get("metrics", {})
-        for kind, calibrated in (("accuracy", True), ("accuracy_uncalibrated", False)):
-            for label, m in metrics.get(kind, {}).items():
-                engine, precision = label.split("/")
-                accuracies.append(AccuracyResult(size, engine, precision, m["top1"], m["top5"], m["images"], calibrated))
-        for label, m in metrics.get("latency", {}).items():
-            engine, precision, batch = label.split("/")
-            fields = {k: m[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "iters", "device", "threads")}
-            latencies.append(LatencyResult(size, engine, precision, int(batch[1:]), **fields))
-    return accuracies, latencies
+    return bundle.accuracies(), bundle.latencies()
 
 
 def report_bundle(
@@ -608,14 +596,14 @@ def report_bundle(
     from mmdeploy.bundle import Bundle
 
     bundle = Bundle.open(bundle_dir)
-    accuracies, latencies = results_from_manifest(bundle.manifest)
+    accuracies, latencies = results_from_bundle(bundle)
     if not any(a.calibrated for a in accuracies):
         raise MMDeployError(f"{bundle.root} has no accuracy results", f"run `mmdeploy eval {bundle.root} --data DIR` first")
     if not any(lat.batch == batch for lat in latencies):
         have = sorted({lat.batch for lat in latencies})
         raise MMDeployError(f"{bundle.root} has no latency results at batch {batch} (has {have or 'none'})",
                             f"run `mmdeploy bench {bundle.root} --batch {batch}` first")
-    _warn_if_mixed_data(bundle.manifest)
+    _warn_if_mixed_data(bundle)
     points = build_points(accuracies, latencies, batch, training_size=bundle.training_size)
     if not points:
         acc = sorted({a.key.label for a in accuracies if a.calibrated})
@@ -624,18 +612,17 @@ def report_bundle(
                             f"eval and bench the same engines and precisions, e.g. `mmdeploy eval {bundle.root} --engine torch --engine ort` "
                             f"and `mmdeploy bench {bundle.root} --engine torch --engine ort`")
     ref_key = _parse_key(reference) if reference else None
-    env = dict(bundle.manifest.get("bench_environment", {}))
+    env = bundle.bench_environment
     report = build_report(points, batch=batch, environment=env, bundle=bundle.root, reference=ref_key,
                           training_size=bundle.training_size, tolerance=tolerance)
     return report, write_report(report, out_dir or bundle.root)
 
 
-def _warn_if_mixed_data(manifest: dict) -> None:
+def _warn_if_mixed_data(bundle) -> None:
     """Accuracies measured on different image folders (or subsets) do not belong on one front."""
     import warnings
 
-    seen = {(m.get("data_fingerprint"), m.get("images")) for e in manifest["sizes"].values()
-            for m in e.get("metrics", {}).get("accuracy", {}).values()}
+    seen = bundle.accuracy_data_sets()
     if len(seen) > 1:
         warnings.warn(f"the accuracies in this bundle come from {len(seen)} different image sets or subsets; "
                       "re-run `mmdeploy eval BUNDLE --data DIR` for every engine on one folder", stacklevel=2)

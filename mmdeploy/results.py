@@ -7,15 +7,17 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(frozen=True)
 class PointKey:
-    """One deployable point: an input size, an engine and a numeric precision."""
+    """One deployable point: an input size, an engine and a numeric precision; ``batch`` is
+    set where a figure depends on it (latency), None where it does not (accuracy, the front)."""
 
     size: int
     engine: str  # "torch", "ort", "trt"
     precision: str  # "fp32", "fp16"
+    batch: int | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.size}/{self.engine}/{self.precision}"
+        return f"{self.size}/{self.engine}/{self.precision}" + ("" if self.batch is None else f"/b{self.batch}")
 
 
 @dataclass
@@ -50,7 +52,12 @@ class LatencyResult:
 
     @property
     def key(self) -> PointKey:
+        """The point this latency belongs to (batch-free, to pair it with an accuracy)."""
         return PointKey(self.size, self.engine, self.precision)
+
+    @property
+    def batch_key(self) -> PointKey:
+        return PointKey(self.size, self.engine, self.precision, self.batch)
 
 
 @dataclass

@@ -70,7 +70,7 @@ def build_bundle_plan(bundle, size, precision, **options):
     rel = tensorrt.plan_filename(size, precision)
     bundle.path(rel).write_text(f"built by rank {rank} on cuda:{os.environ['LOCAL_RANK']}")
     entry = {"plan": rel, "built_by_rank": rank}
-    bundle.set(["sizes", str(size), "artifacts", f"trt/{precision}"], entry)
+    bundle.set_artifact(size, "trt", precision, entry)
     return entry
 
 class FakeEngine:
@@ -298,7 +298,7 @@ def test_trt_builds_in_one_process_record_passes_and_drop_failures(tmp_path, one
     def build_bundle_plan(bundle, size, precision, **options):
         rel = tensorrt.plan_filename(size, precision)
         bundle.path(rel).write_text("plan")
-        bundle.set(["sizes", str(size), "artifacts", f"trt/{precision}"], {"plan": rel})
+        bundle.set_artifact(size, "trt", precision, {"plan": rel})
         return {"plan": rel}
 
     class Check:

@@ -198,7 +198,7 @@ def test_export_straight_from_a_checkpoint_keeps_its_statistics(tmp_path, cli):
     result = cli("export", ckpt, "--size", "16", "--data", CALIB, "--out", out, "--no-dynamic")
     assert result.exit_code == 0, result.stdout + result.stderr
     bundle = mmdeploy.load(out)
-    assert bundle.size_entry(16)["calibration"]["method"].startswith("none")
+    assert bundle.size(16).calibration.fields["method"].startswith("none")
     own = torch.load(ckpt, weights_only=True)["state_dict"]
     assert torch.equal(bundle.load_weights(16)["bn1.running_mean"], own["bn1.running_mean"])
     assert (out / "sizes/16/model.onnx").is_file()

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from mmdeploy.bench import BenchTarget, measure_latency, summarize
+from mmdeploy.bundle import Bundle
 from mmdeploy.engines.base import Engine
 from mmdeploy.pipeline import run_pipeline
-from mmdeploy.report import load_report, results_from_manifest
+from mmdeploy.report import load_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +102,8 @@ def test_run_pipeline_then_reuse_then_gate(demo_config):
         assert run.files[kind].exists()
     report = load_report(run.files["json"])
     assert {(p.size, p.engine) for p in report.points} == {(16, "torch"), (24, "torch"), (16, "ort"), (24, "ort")}
-    accuracies, latencies = results_from_manifest(json.loads((run.bundle / "manifest.json").read_text()))
+    stored = Bundle.open(run.bundle)
+    accuracies, latencies = stored.accuracies(), stored.latencies()
     assert {a.calibrated for a in accuracies} == {True, False} and {lat.batch for lat in latencies} == {1, 4}
 
     second = run_pipeline(demo_config, log=lambda m: None)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +9,7 @@ from pathlib import Path
 import torch
 
 from mmdeploy import distributed as dist
-from mmdeploy.bundle import Bundle, check_writable_dir, publish_staged, save_safetensors, staged_bundle_dir
+from mmdeploy.bundle import Bundle, bundle_lock, check_writable_dir, content_key, save_safetensors, sha256_file
 from mmdeploy.calib.bn import BNSums, bn_layers, calibrate_bn, finalize_bn_state, plan_batches
 from mmdeploy.data import Preprocess, decode_for_sizes, decoding_key, native_resolution, scan_image_folder
 from mmdeploy.errors import MMDeployError
@@ -84,11 +81,6 @@ def resolve_preprocess(ckpt: LoadedCheckpoint, kind: str | None = None, mean=Non
     return Preprocess(kind or base.kind, tuple(mean) if mean else base.mean, tuple(std) if std else base.std)
 
 
-def _calibration_key(ckpt_sha: str, data_key: str, size: int, settings: dict) -> str:
-    blob = json.dumps({"ckpt": ckpt_sha, "data": data_key, "size": size, **settings}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
 def calibrate_to_bundle(
     checkpoint: str | Path,
     sizes: list,
@@ -123,9 +115,8 @@ def calibrate_to_bundle(
         if dist.is_main():  # rank 0 alone reads and writes --out
             check_writable_dir(out)
         folder = scan_image_folder(data)
-        previous = Bundle.open(out) if dist.is_main() and Bundle.is_bundle(out) else None
-        existing = previous
-        if existing is not None and (existing.manifest["source"].get("sha256"), existing.arch) != (ckpt.sha256, ckpt.arch):
+        existing = Bundle.open(out) if dist.is_main() and Bundle.is_bundle(out) else None
+        if existing is not None and (existing.source.sha256, existing.arch) != (ckpt.sha256, ckpt.arch):
             existing = None  # another checkpoint (or arch): start over; the old bundle's files are removed
         if existing is not None:
             pre = _bundle_preprocess(existing, pre, explicit=bool(preprocess or mean or std))
@@ -135,9 +126,9 @@ def calibrate_to_bundle(
         settings = {"batches": batches, "batch_size": batch_size, "augment": augment, "seed": seed, "preprocess": pre.to_dict(),
                     "store_resolution": store, "method": "exact-sums-v1" if recalibrate else "none: checkpoint statistics"}
         data_key = folder.fingerprint()
-        keys = {s: _calibration_key(ckpt.sha256, data_key, s, settings) for s in sizes}
-        reused = [s for s in sizes if existing is not None and existing.manifest["sizes"].get(str(s), {}).get("calibration", {}).get("key") == keys[s]
-                  and existing.path(existing.manifest["sizes"][str(s)]["weights"]).exists()]
+        keys = {s: content_key({"ckpt": ckpt.sha256, "data": data_key, "size": s, **settings}) for s in sizes}
+        reused = [s for s in sizes if existing is not None and existing.has_size(s) and existing.size(s).calibration.key == keys[s]
+                  and existing.file_ok(existing.size(s).weights, existing.size(s).weights_sha256)]
     # Rank 0's view of --out decides what to reuse and the preprocessing; every rank must see the same images.
     main_data_key, reused, pre_dict = dist.broadcast_object((data_key, reused, pre.to_dict()))
     pre = Preprocess.from_dict(pre_dict)
@@ -184,8 +175,8 @@ def calibrate_to_bundle(
     summary = CalibrationSummary(out, sizes, reused, images_used, n_skipped, n_layers)
     with dist.agreed():  # every rank learns whether rank 0 published the bundle
         if dist.is_main():
-            _write_bundle(out, previous, existing, ckpt, model, pre, training_size, todo, sums, keys, settings, data_key, folder, plan, images_used,
-                          n_skipped, summary)
+            _write_bundle(out, ckpt, model, pre, bool(preprocess or mean or std), training_size, todo, sums, keys, settings, data_key, folder,
+                          plan, images_used, n_skipped, summary)
     return summary
 
 
@@ -259,70 +250,48 @@ def _all_reduce_sums(sums: dict[int, dict[str, BNSums]], model, images: int, ski
     return out, images, skipped
 
 
-def _write_bundle(out, previous, existing, ckpt, model, pre, training_size, todo, sums, keys, settings, data_key, folder, plan, images_used,
-                  n_skipped, summary):
-    stage = staged_bundle_dir(out)
+def _write_bundle(out, ckpt, model, pre, preprocess_explicit, training_size, todo, sums, keys, settings, data_key, folder, plan,
+                  images_used, n_skipped, summary):
+    """Read-modify-write of the bundle under its lock: new weights under names the committed
+    manifest does not list, then the manifest (the commit point), then the sweep of what it no
+    longer lists. A concurrent calibrate of other sizes keeps its sizes; a crash leaves the old bundle."""
     try:
-        if existing is None:
-            source = {
-                "path": str(Path(ckpt.path).resolve()), "sha256": ckpt.sha256, "format": ckpt.format, "arch": ckpt.arch,
-                "arch_kwargs": ckpt.arch_kwargs, "config": {k: v for k, v in ckpt.config.items() if isinstance(v, (str, int, float, bool, list))},
-                "weights": "source/weights.safetensors",
-            }
-            bundle = Bundle.create(stage, source, pre.to_dict(), training_size or _training_size(ckpt))
-            save_safetensors(stage / "source/weights.safetensors", dict(ckpt.state_dict), {"arch": ckpt.arch})
-        else:
-            bundle = Bundle(stage, json.loads(json.dumps(existing.manifest)))
-            if not existing.path(existing.manifest["source"]["weights"]).is_file():  # deleted by hand: write it again
-                save_safetensors(stage / existing.manifest["source"]["weights"], dict(ckpt.state_dict), {"arch": ckpt.arch})
-            if training_size:
-                bundle.manifest["training_size"] = int(training_size)
-        for s in todo:
-            state = finalize_bn_state(model, sums[s], len(plan)) if sums.get(s) else {k: v.clone() for k, v in model.state_dict().items()}
-            rel = f"sizes/{s}/weights.safetensors"
-            save_safetensors(stage / rel, state, {"arch": ckpt.arch, "size": str(s)})
-            record = {"key": keys[s], **settings, "images": images_used, "batches_used": len(plan), "skipped_files": n_skipped,
-                      "data": str(folder.root.resolve()), "data_fingerprint": data_key}
-            entry = {"weights": rel, "calibration": record, "artifacts": {}, "metrics": {}}
-            bundle.manifest["sizes"][str(s)] = entry  # new stats invalidate this size's old artifacts and metrics
-            dynamic = bundle.manifest.get("dynamic", {})
-            for k in [k for k, a in dynamic.items() if a.get("bn_statistics") == f"calibrated for {s}"]:
-                del dynamic[k]  # the dynamic ONNX carried the old statistics of this size
-            summary.records[s] = record
-        bundle.save()
-        publish_staged(stage, out)
-        _remove_unreferenced(out, previous, bundle.manifest, started_over=existing is None)
+        with bundle_lock(out):
+            current = Bundle.open(out) if Bundle.is_bundle(out) else None
+            if current is not None and (current.source.sha256, current.arch) != (ckpt.sha256, ckpt.arch):
+                current = None  # another checkpoint (or arch): start over; the old bundle's files are swept
+            if current is None:
+                source = {
+                    "path": str(Path(ckpt.path).resolve()), "sha256": ckpt.sha256, "format": ckpt.format, "arch": ckpt.arch,
+                    "arch_kwargs": ckpt.arch_kwargs, "config": {k: v for k, v in ckpt.config.items() if isinstance(v, (str, int, float, bool, list))},
+                    "weights": "source/weights.safetensors",
+                }
+                bundle = Bundle.create(out, source, pre.to_dict(), training_size or _training_size(ckpt))
+                started_over = Bundle.is_bundle(out)
+            else:
+                bundle, started_over = current, False
+                _bundle_preprocess(bundle, pre, preprocess_explicit)  # a concurrent writer may have set another
+                if training_size:
+                    bundle.set_training_size(training_size)
+            src = bundle.source
+            if src.weights_sha256 is None or not bundle.file_ok(src.weights, src.weights_sha256):  # new, deleted or changed by hand
+                rel = bundle.fresh_name(src.weights)
+                save_safetensors(bundle.path(rel), dict(ckpt.state_dict), {"arch": ckpt.arch})
+                bundle.set_source_weights(rel, sha256_file(bundle.path(rel)))
+            for s in todo:
+                state = finalize_bn_state(model, sums[s], len(plan)) if sums.get(s) else {k: v.clone() for k, v in model.state_dict().items()}
+                rel = bundle.fresh_name(f"sizes/{s}/weights.safetensors")
+                save_safetensors(bundle.path(rel), state, {"arch": ckpt.arch, "size": str(s)})
+                record = {"key": keys[s], **settings, "images": images_used, "batches_used": len(plan), "skipped_files": n_skipped,
+                          "data": str(folder.root.resolve()), "data_fingerprint": data_key}
+                bundle.set_size(s, rel, sha256_file(bundle.path(rel)), record)
+                summary.records[s] = record
+            bundle.commit()
+            if started_over:
+                for name in ("report.json", "report.csv", "report.md", "pareto.png"):
+                    (Path(out) / name).unlink(missing_ok=True)
     except OSError as exc:
         raise MMDeployError(f"cannot write bundle {out}: {exc.strerror or exc}", "choose a writable --out with free space") from None
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
-
-
-def _referenced_files(manifest: dict) -> set[str]:
-    """Every bundle-relative file a manifest points to: weights, ONNX files, TensorRT plans."""
-    records = [manifest.get("source", {}), *manifest.get("dynamic", {}).values()]
-    for entry in manifest.get("sizes", {}).values():
-        records += [entry, *entry.get("artifacts", {}).values()]
-    return {r[k] for r in records if isinstance(r, dict) for k in ("weights", "path", "plan") if isinstance(r.get(k), str)}
-
-
-def _remove_unreferenced(out: Path, previous: Bundle | None, manifest: dict, started_over: bool) -> None:
-    """Delete what the old manifest pointed to and the new one does not (stale ONNX files and
-    plans of a recalibrated size), and, when the bundle started over for another checkpoint,
-    the old report files. Runs after the new manifest is in place; only files the bundle made."""
-    if previous is None:
-        return
-    stale = _referenced_files(previous.manifest) - _referenced_files(manifest)
-    if started_over:
-        stale |= {"report.json", "report.csv", "report.md", "pareto.png"}
-    root = Path(out).resolve()
-    for rel in stale:
-        path = (root / rel).resolve()
-        if path.is_relative_to(root) and path.is_file():
-            path.unlink(missing_ok=True)
-            if path.parent != root and not any(path.parent.iterdir()):
-                path.parent.rmdir()  # e.g. sizes/48/ of the old checkpoint
 
 
 def _training_size(ckpt: LoadedCheckpoint) -> int:

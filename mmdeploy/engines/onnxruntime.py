@@ -99,17 +99,18 @@ class OrtEngine(Engine):
 
     @classmethod
     def from_bundle(cls, bundle, size: int, precision: str = "fp32", variant: str = "per-size", batch: int | None = None, **options) -> OrtEngine:
-        key = f"onnx/{precision}"
+        from mmdeploy.bundle import ONNX
+
         if variant == "dynamic":
-            art = bundle.manifest.get("dynamic", {}).get(key)
+            art = bundle.artifact(None, ONNX, precision)
             fixed = {HEIGHT_DIM: size, WIDTH_DIM: size, **({BATCH_DIM: batch} if batch else {})}
         else:
-            art = bundle.size_entry(size).get("artifacts", {}).get(key)
+            art = bundle.artifact(size, ONNX, precision)
             fixed = {BATCH_DIM: batch} if batch else {}
-        if not art or not bundle.path(art["path"]).exists():
-            raise MMDeployError(f"no {variant} {precision} ONNX for size {size} in {bundle.root}",
-                                f"run `mmdeploy export {bundle.root} --engine ort --precision {precision}`")
-        return cls(bundle.path(art["path"]), size, precision, fixed_dims=fixed, variant=variant, **options)
+        hint = f"run `mmdeploy export {bundle.root} --engine ort --precision {precision}`"
+        if not art or not bundle.path(art.file).exists():
+            raise MMDeployError(f"no {variant} {precision} ONNX for size {size} in {bundle.root}", hint)
+        return cls(bundle.artifact_path(art, hint), size, precision, fixed_dims=fixed, variant=variant, **options)
 
     def activate(self) -> None:
         import onnxruntime as ort

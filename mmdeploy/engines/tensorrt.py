@@ -434,19 +434,21 @@ def build_bundle_plan(bundle, size: int, precision: str = "fp32", onnx_path: Pat
     bundle's timing cache, and sets the manifest entry that ``TrtEngine.from_bundle`` reads
     (the caller saves the manifest). ``options`` go to ``build_trt_plan``.
     """
+    from mmdeploy.bundle import ONNX, TRT
+
+    hint = f"run `mmdeploy export {bundle.root} --engine onnx --precision {precision}` first"
     if onnx_path is None:
-        art = bundle.size_entry(size).get("artifacts", {}).get(f"onnx/{precision}")
+        art = bundle.artifact(size, ONNX, precision)
         if not art:
-            raise MMDeployError(f"no {precision} ONNX for size {size} in {bundle.root}",
-                                f"run `mmdeploy export {bundle.root} --engine onnx --precision {precision}` first")
-        onnx_path = bundle.path(art["path"])
-    rel = plan_filename(size, precision)
+            raise MMDeployError(f"no {precision} ONNX for size {size} in {bundle.root}", hint)
+        onnx_path = bundle.artifact_path(art, hint)
+    rel = bundle.fresh_name(plan_filename(size, precision))  # never over a plan the committed manifest lists
     options.setdefault("timing_cache", bundle.path(TIMING_CACHE))
     record = build_trt_plan(onnx_path, bundle.path(rel), size, precision, **options)
     if record["settings"].get("timing_cache"):
         record["settings"]["timing_cache"] = TIMING_CACHE  # bundle-relative, like every path in the manifest
     entry = {"plan": rel, **record}
-    bundle.set(["sizes", str(size), "artifacts", f"trt/{precision}"], entry)
+    bundle.set_artifact(size, TRT, precision, entry)
     return entry
 
 
@@ -475,16 +477,18 @@ class TrtEngine(Engine):
 
     @classmethod
     def from_bundle(cls, bundle, size: int, precision: str = "fp32", batch: int | None = None, device: str | None = None, **_) -> TrtEngine:
-        art = bundle.size_entry(size).get("artifacts", {}).get(f"trt/{precision}")
-        if not art or not bundle.path(art["plan"]).is_file():
-            raise MMDeployError(f"no TensorRT {precision} plan for size {size} in {bundle.root}",
-                                f"run `mmdeploy export {bundle.root} --engine trt --precision {precision}` on a machine with TensorRT and an NVIDIA GPU")
-        profiles = [int(b) for b in art.get("profiles", [])]
-        if batch is not None and profiles and batch not in profiles and not art.get("dynamic"):
+        from mmdeploy.bundle import TRT
+
+        hint = f"run `mmdeploy export {bundle.root} --engine trt --precision {precision}` on a machine with TensorRT and an NVIDIA GPU"
+        art = bundle.artifact(size, TRT, precision)
+        if not art or not bundle.path(art.file).is_file():
+            raise MMDeployError(f"no TensorRT {precision} plan for size {size} in {bundle.root}", hint)
+        profiles = [int(b) for b in art.fields.get("profiles", [])]
+        if batch is not None and profiles and batch not in profiles and not art.fields.get("dynamic"):
             raise MMDeployError(f"the size-{size} {precision} plan has profiles for batches {profiles}, not {batch}",
                                 f"rebuild with that batch: `mmdeploy export {bundle.root} --engine trt --trt-batch {batch}`")
         _require_trt_engine()
-        return cls(bundle.path(art["plan"]), size, precision, device=device, batch=batch, build_versions=art.get("versions"))
+        return cls(bundle.artifact_path(art, hint), size, precision, device=device, batch=batch, build_versions=art.fields.get("versions"))
 
     # lifecycle
     def activate(self) -> None:

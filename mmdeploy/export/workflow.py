@@ -6,7 +6,7 @@ are they moved into place and recorded in the manifest. Unchanged inputs reuse a
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 import shutil
@@ -17,13 +17,12 @@ import torch
 
 from mmdeploy import __version__
 from mmdeploy import distributed as dist
-from mmdeploy.bundle import Bundle, temp_path_for
+from mmdeploy.bundle import ONNX, TRT, Bundle, bundle_lock, content_key, sha256_file, temp_path_for
 from mmdeploy.data import decode_for_sizes, scan_image_folder
 from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.onnx import _BAKE_HINT, convert_fp16, export_onnx, graph_record
 from mmdeploy.export.parity import DEFAULT_TOLERANCES, ParityCheck, Tolerance, check_parity
-from mmdeploy.models.checkpoint import sha256_file
 from mmdeploy.progress import Progress
 
 PARITY_BATCHES = (1, 8)
@@ -49,12 +48,11 @@ class _Pending:
 
 
 def _artifact_key(weights_sha: str, precision: str, variant: str, extra: str = "") -> str:
-    blob = json.dumps([weights_sha, precision, variant, __version__, torch.__version__, extra])
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    return content_key([weights_sha, precision, variant, __version__, torch.__version__, extra])
 
 
 def parity_images(bundle: Bundle, data: str | Path | None, count: int, sizes: list[int]):
-    src = data or next((e["calibration"].get("data") for e in bundle.manifest["sizes"].values() if e["calibration"].get("data")), None)
+    src = data or bundle.calibration_data()
     if not src or not Path(src).exists():
         raise MMDeployError("no images for the parity check", "pass --data DIR (an ImageFolder of real images)")
     folder = scan_image_folder(src)
@@ -89,6 +87,20 @@ def export_bundle(
     if engine not in ("onnx", "ort", "trt"):
         raise MMDeployError(f"unknown export engine {engine!r}", "use --engine onnx, ort or trt")
     progress = progress or Progress()
+    Bundle.open(bundle_dir)  # refuse a non-bundle before the lock would create a folder
+    # Rank 0 holds the bundle's lock for the whole export: temp files live in the bundle, and
+    # whatever a failed export leaves is swept before the lock is released.
+    with bundle_lock(bundle_dir) if dist.is_main() else contextlib.nullcontext():
+        try:
+            return _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, parity_count, dynamic, static_batch,
+                                  trt_batches, trt_workspace_gb, progress)
+        finally:
+            if dist.is_main() and Bundle.is_bundle(bundle_dir):
+                Bundle.open(bundle_dir).sweep()
+
+
+def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, parity_count, dynamic, static_batch, trt_batches,
+                   trt_workspace_gb, progress) -> ExportSummary:
     bundle = Bundle.open(bundle_dir)
     precisions = precisions or ["fp32"]
     for p in precisions:
@@ -102,7 +114,7 @@ def export_bundle(
             raise MMDeployError(f"cannot build TensorRT engines here: {reason}", "use --engine ort on this machine")
     sizes = [int(s) for s in sizes] if sizes else bundle.sizes
     for s in sizes:
-        bundle.size_entry(s)
+        bundle.size(s)  # refuses a size the bundle lacks
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     pre = bundle.preprocess()
     example = bundle.training_size if bundle.training_size in sizes else sizes[len(sizes) // 2]
@@ -111,7 +123,7 @@ def export_bundle(
     summary = ExportSummary(bundle.root)
     pending: list[_Pending] = []
     fp32_cache: dict = {}
-    dyn_bn = bundle.training_size if str(bundle.training_size) in bundle.manifest["sizes"] else None
+    dyn_bn = bundle.training_size if bundle.has_size(bundle.training_size) else None
     with dist.agreed():  # rank 0 exports and gates the ONNX; the other ranks wait here for its outcome
         if dist.is_main():
             try:
@@ -146,7 +158,7 @@ def export_bundle(
                     p.record["parity"] = [c.to_dict() for c in p.checks]
                     _record(bundle, p)
                     summary.written.append(p.rel)
-                bundle.save()
+                bundle.commit()
             finally:
                 for p in pending:
                     p.tmp.unlink(missing_ok=True)
@@ -168,22 +180,21 @@ def _min_size(arch: str) -> int:
 def _export_one(bundle: Bundle, summary: ExportSummary, bn_size: int | None, size: int, dynamic: bool, precision: str,
                 static_batch: int | None, variant: str, fp32_cache: dict) -> _Pending | None:
     """Export (or reuse) one artifact under a temp name. fp16 converts the fp32 export of the same call."""
-    weights_rel = bundle.manifest["source"]["weights"] if bn_size is None else bundle.size_entry(bn_size)["weights"]
-    weights_sha = sha256_file(bundle.path(weights_rel))
+    weights_sha = sha256_file(bundle.weights_file(bn_size))  # verified against the manifest, then keyed by content
     suffix = "" if precision == "fp32" else ".fp16"
-    rel = f"model.dynamic{suffix}.onnx" if dynamic else f"sizes/{size}/model{suffix}.onnx"
     key = _artifact_key(weights_sha, precision, variant, str(static_batch))
-    holder = bundle.manifest.setdefault("dynamic", {}) if dynamic else bundle.size_entry(size).setdefault("artifacts", {})
-    old = holder.get(f"onnx/{precision}")
-    if old and old.get("key") == key and bundle.path(old["path"]).exists():
-        summary.reused.append(rel)
+    old = bundle.artifact(None if dynamic else size, ONNX, precision)
+    if old is not None and old.key == key and bundle.artifact_usable(old):  # a changed or garbage file is redone
+        summary.reused.append(old.file)
         return None
+    # A name the committed manifest does not list: the old artifact stays valid until the manifest moves on.
+    rel = bundle.fresh_name(f"model.dynamic{suffix}.onnx" if dynamic else f"sizes/{size}/model{suffix}.onnx")
     model = bundle.build_model(bn_size)
     bn_set = "source checkpoint" if bn_size is None else f"calibrated for {bn_size}"
-    calib = None if bn_size is None else bundle.size_entry(bn_size)["calibration"]
+    calib = None if bn_size is None else bundle.size(bn_size).calibration.fields
     meta = {"mmdeploy.version": __version__, "mmdeploy.size": "dynamic" if dynamic else str(size), "mmdeploy.bn_statistics": bn_set,
-            "mmdeploy.calibration": calib or {}, "mmdeploy.source_sha256": bundle.manifest["source"]["sha256"],
-            "mmdeploy.arch": bundle.arch, "mmdeploy.preprocess": bundle.manifest["preprocess"], "mmdeploy.precision": precision}
+            "mmdeploy.calibration": calib or {}, "mmdeploy.source_sha256": bundle.source.sha256,
+            "mmdeploy.arch": bundle.arch, "mmdeploy.preprocess": bundle.preprocess().to_dict(), "mmdeploy.precision": precision}
     tmp = temp_path_for(bundle.path(rel))
     try:
         fp32 = fp32_cache.get((variant, bn_size, size))
@@ -207,21 +218,8 @@ def _export_one(bundle: Bundle, summary: ExportSummary, bn_size: int | None, siz
 
 def _record(bundle: Bundle, p: _Pending) -> None:
     p.record["sha256"] = sha256_file(bundle.path(p.rel))
-    if p.record["variant"] == "dynamic":
-        bundle.manifest.setdefault("dynamic", {})[f"onnx/{p.record['precision']}"] = p.record
-    else:
-        entry = bundle.size_entry(p.record["example_size"])
-        entry.setdefault("artifacts", {})[f"onnx/{p.record['precision']}"] = p.record
-        _forget_metrics(entry, "ort", p.record["precision"])
-
-
-def _forget_metrics(entry: dict, engine: str, precision: str) -> None:
-    """A rewritten artifact makes its engine's stored accuracy and latency at that size stale."""
-    metrics = entry.get("metrics", {})
-    metrics.get("accuracy", {}).pop(f"{engine}/{precision}", None)
-    latency = metrics.get("latency", {})
-    for key in [k for k in latency if k.startswith(f"{engine}/{precision}/")]:
-        del latency[key]
+    size = None if p.record["variant"] == "dynamic" else p.record["example_size"]
+    bundle.set_artifact(size, ONNX, p.record["precision"], p.record)  # also forgets the stale ort figures at that size
 
 
 class _Sized:
@@ -260,10 +258,10 @@ def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, work
     entries, failed, failure = {}, [], None
     with progress.task("building TensorRT plans", len(mine)) as advance:
         for s, precision in mine:
-            onnx_art = bundle.size_entry(s).get("artifacts", {}).get(f"onnx/{precision}", {})
-            key = _artifact_key(onnx_art.get("sha256", ""), precision, "trt", json.dumps([list(batches), workspace_gb, _trt_identity()]))
-            old = bundle.size_entry(s).get("artifacts", {}).get(f"trt/{precision}")
-            if old and old.get("key") == key and bundle.path(old["plan"]).exists():
+            onnx_art = bundle.artifact(s, ONNX, precision)
+            key = _artifact_key(onnx_art.sha256 or "" if onnx_art else "", precision, "trt", json.dumps([list(batches), workspace_gb, _trt_identity()]))
+            old = bundle.artifact(s, TRT, precision)
+            if old is not None and old.key == key and bundle.artifact_usable(old):
                 advance(1)  # same ONNX, settings, TensorRT and GPU: the plan is reused
                 continue
             try:
@@ -277,7 +275,7 @@ def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, work
                     raise MMDeployError(f"parity gate failed for the TensorRT {precision} plan at size {s}", "try --precision fp32, or report the model")
             except Exception as exc:  # noqa: BLE001  (reported to every rank below)
                 failed.append((s, precision))
-                bundle.path(plan_filename(s, precision)).unlink(missing_ok=True)
+                bundle.path(bundle.fresh_name(plan_filename(s, precision))).unlink(missing_ok=True)
                 failure = exc
                 break
             entries[(s, precision)] = entry
@@ -287,12 +285,10 @@ def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, work
     with dist.agreed():  # rank 0 records every rank's plans; then all raise if any build failed
         if dist.is_main():
             for s, precision in (k for _, bad in gathered for k in bad):
-                bundle.size_entry(s).get("artifacts", {}).pop(f"trt/{precision}", None)
-                _forget_metrics(bundle.size_entry(s), "trt", precision)
+                bundle.remove_artifact(s, TRT, precision)
             for (s, precision), entry in merged.items():
-                bundle.set(["sizes", str(s), "artifacts", f"trt/{precision}"], entry)
-                _forget_metrics(bundle.size_entry(s), "trt", precision)
-            bundle.save()
+                bundle.set_artifact(s, TRT, precision, entry)
+            bundle.commit()
         if failure is not None:
             raise failure
     built = {f"{s}/{p}": merged[(s, p)]["plan"] for s in sizes for p in precisions if (s, p) in merged}

@@ -11,7 +11,6 @@ Accepted (DESIGN.md, "Checkpoint formats"):
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import pickle
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from mmdeploy.bundle.files import sha256_file
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models.registry import arch_info, create_model
 
@@ -49,14 +49,6 @@ class LoadedCheckpoint:
         model = create_model(self.arch, **self.arch_kwargs)
         load_state_strict(model, self.state_dict, f"{self.path.name} into {self.arch}")
         return model.eval()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_state_strict(model: nn.Module, state: dict, what: str) -> None:

@@ -1,0 +1,385 @@
+"""The deployment bundle: a folder whose ``manifest.json`` is the single source of truth.
+
+``Bundle`` alone reads and writes the manifest (format: docs/bundle.md); other modules use its
+typed records (``mmdeploy.bundle.records``) and mutators. Paths read from a manifest must stay
+inside the bundle, and files are used only when their recorded sha256 matches. Writers hold the
+bundle's lock (``mmdeploy.bundle.lock``) for a read-modify-write of the manifest; the atomic
+rename of ``manifest.json`` is the single commit point, and files the manifest no longer lists
+are swept afterwards under the same lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import torch
+
+from mmdeploy.bundle import records as rec
+from mmdeploy.bundle.files import atomic_write_text, cached_sha256
+from mmdeploy.bundle.lock import LOCK_FILE, TEMP_SUFFIX, bundle_lock, sweep
+from mmdeploy.errors import MMDeployError
+from mmdeploy.results import AccuracyResult, LatencyResult, PointKey
+
+SCHEMA = "mmdeploy.bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+_REMAKE = "re-run `mmdeploy calibrate` into a new folder"
+
+
+def check_writable_dir(out: Path) -> None:
+    """Fail early, before any work, if ``out`` cannot become a bundle."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MMDeployError(f"--out {out} is a file", "pass a folder path for the bundle")
+    # A folder holding mmdeploy's lock file was started by an mmdeploy writer (maybe one that crashed): reuse it.
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists() and not (out / LOCK_FILE).exists():
+        raise MMDeployError(f"--out {out} is a non-empty folder that is not a bundle", "pass a new or empty folder, or an existing bundle")
+    parent = out if out.exists() else out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MMDeployError(f"--out {out} is not writable (no write permission on {parent})", "choose a folder you can write to")
+
+
+class Bundle:
+    """An open bundle. ``Bundle.open`` validates; ``Bundle.create`` starts a new manifest;
+    ``Bundle.update`` is the locked read-modify-write every writer uses."""
+
+    def __init__(self, root: Path, manifest: dict):
+        self.root = Path(root)
+        self.manifest = manifest  # the raw JSON; read it through the accessors below
+        self._committed: set[str] = set()  # files the manifest on disk lists (never overwritten)
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | Path) -> Bundle:
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.exists():
+            raise MMDeployError(f"{root} is not a bundle (no {MANIFEST})", "make one with `mmdeploy calibrate CKPT --out DIR`")
+        try:
+            manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MMDeployError(f"{path} is corrupt ({exc})", _REMAKE) from None
+        if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+            raise MMDeployError(f"{path} is not an mmdeploy manifest", _REMAKE)
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            newer = isinstance(version, int) and version > SCHEMA_VERSION
+            raise MMDeployError(
+                f"bundle {root} has schema version {version} (made by mmdeploy {manifest.get('mmdeploy_version', '?')}); this mmdeploy reads version {SCHEMA_VERSION}",
+                "upgrade mmdeploy to read it" if newer else "re-run `mmdeploy calibrate` with this version, or use the mmdeploy that made it",
+            )
+        for key in ("source", "preprocess", "sizes"):
+            if key not in manifest:
+                raise MMDeployError(f"{path} lacks {key!r}", _REMAKE)
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise MMDeployError(f"{path} is not a valid bundle manifest: {problem}", _REMAKE)
+        bundle = cls(root, manifest)
+        for where, rel in rec._path_fields(manifest):
+            bundle._confined(rel, where)
+        bundle._committed = rec.referenced_files(manifest)
+        return bundle
+
+    @staticmethod
+    def is_bundle(path: str | Path) -> bool:
+        return (Path(path) / MANIFEST).is_file()
+
+    @classmethod
+    def create(cls, root: Path, source: dict, preprocess: dict, training_size: int) -> Bundle:
+        from mmdeploy import __version__
+
+        manifest = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "mmdeploy_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source": source,
+            "preprocess": preprocess,
+            "training_size": training_size,
+            "sizes": {},
+            "dynamic": {},
+        }
+        return cls(Path(root), manifest)
+
+    @classmethod
+    @contextlib.contextmanager
+    def update(cls, root: str | Path) -> Iterator[Bundle]:
+        """Lock the bundle, read its current manifest, let the caller change it, then commit."""
+        with bundle_lock(root):
+            bundle = cls.open(root)
+            yield bundle
+            bundle.commit()
+
+    # -- paths and integrity ---------------------------------------------------------------
+    def _confined(self, rel: object, where: str) -> Path:
+        """``root/rel`` if ``rel`` is a relative path without ``..`` that resolves (after symlinks) inside the bundle."""
+        bad = not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or os.path.isabs(rel) \
+            or ".." in PurePosixPath(rel.replace("\\", "/")).parts
+        path = self.root / rel if isinstance(rel, str) else self.root
+        if not bad:
+            bad = not path.resolve().is_relative_to(self.root.resolve())
+        if bad:
+            raise MMDeployError(f"bundle {self.root} refused: {where} = {rel!r} points outside the bundle",
+                                "manifest paths must be relative and stay inside the bundle; " + _REMAKE)
+        return path
+
+    def path(self, rel: str) -> Path:
+        return self._confined(rel, "path")
+
+    def verified_path(self, rel: str, sha256: str | None, what: str, hint: str) -> Path:
+        """The file ``rel`` after checking it exists and matches its recorded sha256 (if recorded)."""
+        path = self._confined(rel, what)
+        if not path.is_file():
+            raise MMDeployError(f"bundle {self.root} lacks {rel}", hint)
+        if sha256 and cached_sha256(path) != sha256:
+            raise MMDeployError(f"bundle {self.root}: {rel} does not match the sha256 its manifest records (changed since it was written)", hint)
+        return path
+
+    def file_ok(self, rel: str, sha256: str | None) -> bool:
+        """True if ``rel`` exists and matches ``sha256`` (reuse only such files)."""
+        try:
+            path = self._confined(rel, "path")
+            return path.is_file() and (not sha256 or cached_sha256(path) == sha256)
+        except (MMDeployError, OSError):
+            return False
+
+    def fresh_name(self, rel: str) -> str:
+        """``rel`` if the committed manifest does not list it, else a sibling name it does not list:
+        a writer never overwrites a file the manifest on disk points to, so a crash leaves the old bundle."""
+        listed = self._committed
+        stem, dot, ext = rel.rpartition(".")
+        candidate, n = rel, 1
+        while candidate in listed:
+            candidate = f"{stem}.{n}{dot}{ext}"
+            n += 1
+        return candidate
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def source(self) -> rec.SourceRecord:
+        return rec.SourceRecord.from_dict(self.manifest["source"])
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted(int(s) for s in self.manifest["sizes"])
+
+    def has_size(self, size: int) -> bool:
+        return str(size) in self.manifest["sizes"]
+
+    @property
+    def arch(self) -> str:
+        return self.manifest["source"]["arch"]
+
+    @property
+    def training_size(self) -> int:
+        return int(self.manifest.get("training_size") or max(self.sizes))
+
+    def preprocess(self):
+        from mmdeploy.data import Preprocess
+
+        return Preprocess.from_dict(self.manifest["preprocess"])
+
+    def size(self, size: int) -> rec.SizeRecord:
+        return rec.SizeRecord.from_dict(int(size), self._entry(size))
+
+    def _entry(self, size: int) -> dict:
+        entry = self.manifest["sizes"].get(str(size))
+        if entry is None:
+            raise MMDeployError(f"size {size} is not calibrated in {self.root} (it has {self.sizes})", f"run `mmdeploy calibrate ... --size {size} --out {self.root}`")
+        return entry
+
+    def artifact(self, size: int | None, kind: str, precision: str) -> rec.ArtifactRecord | None:
+        """Size ``size``'s artifact, or the dynamic one (``size=None``)."""
+        holder = self.manifest.get("dynamic", {}) if size is None else self._entry(size).get("artifacts", {})
+        label = rec.artifact_label(kind, precision)
+        return rec.ArtifactRecord.from_dict(label, holder[label]) if label in holder else None
+
+    def artifact_usable(self, art: rec.ArtifactRecord | None) -> bool:
+        return art is not None and self.file_ok(art.file, art.sha256)
+
+    def artifact_path(self, art: rec.ArtifactRecord, hint: str) -> Path:
+        return self.verified_path(art.file, art.sha256, f"{art.kind}/{art.precision}", hint)
+
+    def dynamic_artifacts(self) -> list[rec.ArtifactRecord]:
+        return [rec.ArtifactRecord.from_dict(k, a) for k, a in self.manifest.get("dynamic", {}).items()]
+
+    def calibration_data(self) -> str | None:
+        """The image folder the first calibrated size was calibrated on (parity images by default)."""
+        return next((self.size(s).calibration.data for s in self.sizes if self.size(s).calibration.data), None)
+
+    def weights_file(self, size: int | None) -> Path:
+        """Size ``size``'s weights (``None``: the checkpoint's own), verified against their sha256."""
+        if size is None:
+            src = self.source
+            rel, sha, hint = src.weights, src.weights_sha256, "re-run `mmdeploy calibrate` for the bundle"
+        else:
+            rec_ = self.size(size)
+            rel, sha, hint = rec_.weights, rec_.weights_sha256, f"re-run `mmdeploy calibrate` for --size {size}"
+        return self.verified_path(rel, sha, "weights", hint)
+
+    def load_weights(self, size: int | None) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.weights_file(size)))
+
+    def build_model(self, size: int | None) -> torch.nn.Module:
+        """The model with size ``size``'s calibrated weights (``None``: the checkpoint's own)."""
+        from mmdeploy.models import create_model
+        from mmdeploy.models.checkpoint import load_state_strict
+
+        src = self.source
+        model = create_model(src.arch, **src.arch_kwargs)
+        load_state_strict(model, self.load_weights(size), f"bundle weights for size {size}")
+        return model.eval()
+
+    def engine(self, name: str, size: int, precision: str = "fp32", **options):
+        """An inference engine for one size: ``with bundle.engine("ort", 24) as run: run(x)``."""
+        from mmdeploy.engines import create_engine
+
+        return create_engine(name, self, size, precision, **options)
+
+    def point_fingerprint(self, key: PointKey) -> tuple:
+        """What a measured figure of ``key`` depends on: the size's calibration and the engine's artifact."""
+        if not self.has_size(key.size):
+            return ()
+        kind = rec.KIND_OF_ENGINE.get(key.engine)
+        art = self.artifact(key.size, kind, key.precision) if kind else None
+        return (self.size(key.size).calibration.key, art.sha256 if art else None)
+
+    def accuracies(self) -> list[AccuracyResult]:
+        out = []
+        for s in self.sizes:
+            metrics = self._entry(s).get("metrics", {})
+            for kind, calibrated in ((rec.ACCURACY, True), (rec.ACCURACY_UNCALIBRATED, False)):
+                for label, m in metrics.get(kind, {}).items():
+                    k = rec.parse_metric_label(s, label)
+                    out.append(AccuracyResult(s, k.engine, k.precision, m["top1"], m["top5"], m["images"], calibrated))
+        return out
+
+    def latencies(self) -> list[LatencyResult]:
+        out = []
+        for s in self.sizes:
+            for label, m in self._entry(s).get("metrics", {}).get(rec.LATENCY, {}).items():
+                k = rec.parse_metric_label(s, label)
+                out.append(LatencyResult(s, k.engine, k.precision, k.batch, **{f: m[f] for f in rec.LATENCY_FIELDS}))
+        return out
+
+    def accuracy_data_sets(self) -> set[tuple]:
+        """(data fingerprint, images) of every stored calibrated accuracy."""
+        return {(m.get("data_fingerprint"), m.get("images")) for s in self.sizes
+                for m in self._entry(s).get("metrics", {}).get(rec.ACCURACY, {}).values()}
+
+    @property
+    def bench_environment(self) -> dict:
+        return dict(self.manifest.get("bench_environment", {}))
+
+    def step_key(self, step: str) -> str | None:
+        return self.manifest.get("run_steps", {}).get(step)
+
+    def artifact_keys(self) -> dict:
+        """Per size: every artifact's key (or sha256) and the calibration key: what eval and bench depend on."""
+        return {str(s): {k: a.key or a.sha256 for k, a in self.size(s).artifacts.items()} | {"calib": self.size(s).calibration.key}
+                for s in self.sizes}
+
+    # -- writing ---------------------------------------------------------------------------
+    def set_training_size(self, size: int) -> None:
+        self.manifest["training_size"] = int(size)
+
+    def set_source_weights(self, rel: str, sha256: str) -> None:
+        self.manifest["source"].update(weights=rel, weights_sha256=sha256)
+
+    def set_size(self, size: int, weights: str, weights_sha256: str, calibration: dict) -> None:
+        """New BN statistics for ``size``: its old artifacts and metrics, and a dynamic ONNX that
+        carried its statistics, are dropped (they describe the old weights)."""
+        self.manifest["sizes"][str(size)] = {"weights": weights, "weights_sha256": weights_sha256, "calibration": calibration,
+                                             "artifacts": {}, "metrics": {}}
+        dynamic = self.manifest.setdefault("dynamic", {})
+        for k in [k for k, a in dynamic.items() if a.get("bn_statistics") == f"calibrated for {size}"]:
+            del dynamic[k]
+
+    def set_artifact(self, size: int | None, kind: str, precision: str, record: dict) -> None:
+        """Record an artifact (``size=None``: the dynamic one); the engine's stored figures at that size are stale."""
+        label = rec.artifact_label(kind, precision)
+        if size is None:
+            self.manifest.setdefault("dynamic", {})[label] = record
+            return
+        self._entry(size).setdefault("artifacts", {})[label] = record
+        self._forget_metrics(size, rec.ENGINE_OF_KIND[kind], precision)
+
+    def remove_artifact(self, size: int, kind: str, precision: str) -> None:
+        self._entry(size).get("artifacts", {}).pop(rec.artifact_label(kind, precision), None)
+        self._forget_metrics(size, rec.ENGINE_OF_KIND[kind], precision)
+
+    def _forget_metrics(self, size: int, engine: str, precision: str) -> None:
+        metrics = self._entry(size).get("metrics", {})
+        metrics.get(rec.ACCURACY, {}).pop(rec.metric_label(PointKey(size, engine, precision)), None)
+        latency = metrics.get(rec.LATENCY, {})
+        for label in [k for k in latency if k.startswith(f"{engine}/{precision}/")]:
+            del latency[label]
+
+    def record_accuracy(self, r: AccuracyResult, data: str, data_fingerprint: str) -> None:
+        kind = rec.ACCURACY if r.calibrated else rec.ACCURACY_UNCALIBRATED
+        metrics = self._entry(r.size).setdefault("metrics", {}).setdefault(kind, {})
+        metrics[rec.metric_label(r.key)] = {"top1": r.top1, "top5": r.top5, "images": r.images, "data": str(data), "data_fingerprint": data_fingerprint}
+
+    def record_latency(self, r: LatencyResult) -> None:
+        entry = self._entry(r.size).setdefault("metrics", {}).setdefault(rec.LATENCY, {})
+        entry[rec.metric_label(r.batch_key)] = {k: v for k, v in r.__dict__.items() if k not in ("size", "engine", "precision")}
+
+    def set_bench_environment(self, env: dict) -> None:
+        self.manifest["bench_environment"] = env
+
+    def set_step_key(self, step: str, key: str) -> None:
+        self.manifest.setdefault("run_steps", {})[step] = key
+
+    def save(self) -> None:
+        """Write the manifest atomically: the single commit point of every change."""
+        self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=False) + "\n")
+        self._committed = rec.referenced_files(self.manifest)
+
+    def sweep(self) -> list[str]:
+        """Remove what the manifest on disk does not list (temp files of a failed or crashed writer); under the lock."""
+        return sweep(self.root, self._committed)
+
+    def commit(self) -> list[str]:
+        """Save, then sweep what the manifest no longer lists (call under the lock)."""
+        self.save()
+        return sweep(self.root, rec.referenced_files(self.manifest))
+
+
+def _manifest_problem(manifest: dict) -> str:
+    """"" if the fields every command reads have the right shape, else what is wrong (one phrase)."""
+    from mmdeploy.data import Preprocess
+
+    source = manifest["source"]
+    if not isinstance(source, dict) or not all(isinstance(source.get(k), str) for k in ("arch", "sha256", "weights")):
+        return "source needs arch, sha256 and weights"
+    if not isinstance(source.get("arch_kwargs", {}), dict):
+        return "source.arch_kwargs is not an object"
+    try:
+        Preprocess.from_dict(manifest["preprocess"])
+    except (KeyError, TypeError, ValueError, MMDeployError):
+        return "preprocess needs kind (cifar or imagenet), mean and std"
+    if not isinstance(manifest["sizes"], dict) or not isinstance(manifest.get("dynamic", {}), dict):
+        return "sizes and dynamic must be objects"
+    for size, entry in manifest["sizes"].items():
+        if not (isinstance(size, str) and size.isdigit() and int(size) > 0):
+            return f"size {size!r} is not a positive integer"
+        if not isinstance(entry, dict) or not isinstance(entry.get("weights"), str) or not isinstance(entry.get("calibration"), dict):
+            return f"size {size} needs weights and calibration"
+        if not all(isinstance(entry.get(k, {}), dict) for k in ("artifacts", "metrics")):
+            return f"size {size}: artifacts and metrics must be objects"
+        if not all(isinstance(a, dict) for a in entry.get("artifacts", {}).values()):
+            return f"size {size}: every artifact must be an object"
+    return ""
+
+
+__all__ = ["Bundle", "MANIFEST", "SCHEMA", "SCHEMA_VERSION", "TEMP_SUFFIX", "check_writable_dir"]
