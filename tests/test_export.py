@@ -181,8 +181,10 @@ def test_static_batch_export_eval_and_bench(exported, tmp_path):
     bundle.save()
     # a fixed batch above the number of parity images still gets a full batch to check
     summary = export_bundle(out, "ort", ["fp32"], sizes=[16], dynamic=False, static_batch=12, parity_count=8)
-    assert summary.written == ["sizes/16/model.onnx"] and {c.batch for c in summary.checks} == {12}
     bundle = mmdeploy.load(out)
+    new = bundle.size(16).artifact("onnx", "fp32").file
+    assert summary.written == [new] and {c.batch for c in summary.checks} == {12}
+    assert new == "sizes/16/model.1.onnx" and not (out / "sizes/16/model.onnx").exists(), "a new name, the old file swept after the commit"
     assert "ort/fp32" not in bundle.manifest["sizes"]["16"]["metrics"]["accuracy"], "metrics of the replaced file are stale"
     x = torch.randn(5, 3, 16, 16)
     with bundle.engine("torch", size=16, device="cpu") as ref, bundle.engine("ort", size=16) as run:
