@@ -38,6 +38,8 @@ ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture nam
 PickleOpt = Annotated[bool, typer.Option("--unsafe-allow-pickle", help="Allow arbitrary unpickling of the checkpoint. Only for files you trust.")]
 EngineOpt = Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine: torch, ort or trt (repeatable).")]
 PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32 or fp16 (repeatable).")]
+# Read by the `command` wrapper (one writer per bundle): wait for another writer, or fail at once.
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once if another mmdeploy is writing the bundle (default: wait for it).")]
 
 
 def _warn_one_line(message, category, filename, lineno, file=None, line=None):
@@ -53,7 +55,10 @@ def command(fn=None, *, name: str | None = None):
     def wrapper(*args, **kwargs):
         warnings.showwarning = _warn_one_line
         try:
-            return fn(*args, **kwargs)
+            from mmdeploy.bundle import lock_policy
+
+            with lock_policy(wait=not kwargs.get("no_wait", False)):
+                return fn(*args, **kwargs)
         except MMDeployError as exc:
             if os.environ.get("MMDEPLOY_DEBUG") == "1":
                 raise
@@ -138,6 +143,7 @@ def calibrate(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     unsafe_allow_pickle: PickleOpt = False,
     json_out: JsonOpt = False,
+    no_wait: NoWaitOpt = False,
 ):
     """Recalibrate BatchNorm statistics for each --size and write a bundle.
 
@@ -188,6 +194,7 @@ def eval_(
     device: Annotated[Optional[str], typer.Option(help="Device for the torch engine (default: cuda if available).")] = None,
     unsafe_allow_pickle: PickleOpt = False,
     json_out: JsonOpt = False,
+    no_wait: NoWaitOpt = False,
 ):
     """Top-1/top-5 per size, before and after calibration, and of each deployed engine.
 
@@ -239,6 +246,7 @@ def export(
     trt_batch: Annotated[Optional[list[int]], typer.Option("--trt-batch", help="TensorRT static profile batch sizes (repeatable; default 1 and 32).")] = None,
     workspace_gb: Annotated[float, typer.Option(help="TensorRT builder workspace limit in GiB.")] = 4.0,
     json_out: JsonOpt = False,
+    no_wait: NoWaitOpt = False,
 ):
     """Export ONNX (dynamic + one per size, BN folded), gate it against PyTorch, and build engines.
 
@@ -296,6 +304,7 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Untimed calls per point first.")] = 10,
     iters: Annotated[int, typer.Option(help="Timed calls per point (round-robin over points).")] = 50,
     json_out: JsonOpt = False,
+    no_wait: NoWaitOpt = False,
 ):
     """Latency of every (size, engine, precision, batch): p50/p90/p99, mean, throughput.
 
@@ -332,6 +341,7 @@ def report(
     max_acc_drop: Annotated[float, typer.Option(help="CI gate: allowed top-1 drop in points.")] = 0.3,
     max_latency_regress: Annotated[str, typer.Option(help="CI gate: allowed growth of latency relative to the reference, e.g. 15%.")] = "15%",
     json_out: JsonOpt = False,
+    no_wait: NoWaitOpt = False,
 ):
     """The accuracy/latency Pareto front, the speed-up at iso-accuracy, a pick, and a CI gate.
 
@@ -366,6 +376,7 @@ def run(
     config: Annotated[Optional[Path], typer.Argument(help="TOML config (checkpoint(s), data, sizes, engines, thresholds, output). None: the embedded demo.")] = None,
     gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help="Gate each model's report against its baseline (exit 1 on regression).")] = None,
     json_out: JsonOpt = False,
+    no_wait: NoWaitOpt = False,
 ):
     """Calibrate, export, eval, bench and report in one go; reuses unchanged steps.
 

@@ -22,7 +22,7 @@ from typing import Literal
 from rich.table import Table
 
 import mmdeploy
-from mmdeploy.bundle import atomic_write_bytes
+from mmdeploy.bundle import atomic_write_bytes, bundle_lock
 from mmdeploy.errors import MMDeployError
 from mmdeploy.pareto import (
     IsoAccuracySpeedup,
@@ -615,7 +615,10 @@ def report_bundle(
     env = bundle.bench_environment
     report = build_report(points, batch=batch, environment=env, bundle=bundle.root, reference=ref_key,
                           training_size=bundle.training_size, tolerance=tolerance)
-    return report, write_report(report, out_dir or bundle.root)
+    if out_dir is not None and Path(out_dir).resolve() != bundle.root.resolve():
+        return report, write_report(report, out_dir)
+    with bundle_lock(bundle.root):  # its temp files must not meet another writer's sweep
+        return report, write_report(report, bundle.root)
 
 
 def _warn_if_mixed_data(bundle) -> None:

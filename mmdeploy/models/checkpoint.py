@@ -1,6 +1,6 @@
 """Checkpoint I/O: every accepted format in, one ``LoadedCheckpoint`` out. Never unpickles by default.
 
-Accepted (DESIGN.md, "Checkpoint formats"):
+Accepted (README, "Checkpoints accepted"):
 - the reference code's dict: ``model`` (e.g. "resnet"), ``config`` (a *string* parsed with
   ``ast.literal_eval``), ``state_dict``, ``epoch``, ``best_prec1``, ...;
 - a plain state_dict, or ``{"state_dict": ...}``, with ``--arch``; ``module.`` prefixes stripped;

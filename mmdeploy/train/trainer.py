@@ -1,6 +1,6 @@
 """Training with a MixSize regime: the whole train folder decoded once, batches made on the device.
 
-Per step (DESIGN.md, "the method in one page"): gather the step's images from the decoded
+Per step (Hoffer et al. 2019, arXiv 1908.08986, and its convNet.pytorch code): gather the step's images from the decoded
 uint8 tensor, resize them to the step's size, repeat each D times, augment every copy
 independently (random crop with S/8 padding + flip), SGD with momentum 0.9 and weight
 decay on conv/linear weights only, gradients rescaled by a running gradient norm
