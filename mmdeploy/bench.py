@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from mmdeploy.errors import MMDeployError
-from mmdeploy.noise import MAX_OTHERS_CPU, Interference, interference, point_is_noisy, sample
+from mmdeploy.noise import Interference, interference, machine_was_busy, point_is_noisy, sample
 from mmdeploy.progress import Progress
 from mmdeploy.results import LatencyResult
 from mmdeploy.threads import ThreadPolicy
@@ -100,7 +100,7 @@ def measure_with_interference(
         for e in engines:
             e.__exit__(None, None, None)
     _, results, seen = best
-    machine_busy = seen.others_cpu is not None and seen.others_cpu > MAX_OTHERS_CPU
+    machine_busy = machine_was_busy(seen)
     for r, (_, e, _, _) in zip(results, cells):
         r.policy = _policy(e).to_dict()
         r.reliable = not machine_busy and not point_is_noisy(r.p50_ms, r.p90_ms)

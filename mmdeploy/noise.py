@@ -120,3 +120,8 @@ def interference(before: CpuSample, after: CpuSample, spreads: list[float]) -> I
 
 def point_is_noisy(p50: float, p90: float) -> bool:
     return p90 > MAX_SPREAD * p50
+
+
+def machine_was_busy(seen: Interference) -> bool:
+    """Other processes competed for the cores: every point of the pass is unreliable."""
+    return seen.others_cpu is not None and seen.others_cpu > MAX_OTHERS_CPU
