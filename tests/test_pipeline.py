@@ -214,3 +214,18 @@ def test_report_warns_when_accuracies_come_from_different_image_sets(demo_config
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.warns(UserWarning, match="different image sets"):
         report_bundle(bundle)
+
+
+def test_bench_cli_tunes_then_times_each_point_under_its_recorded_settings(demo_config, cli):
+    bundle = demo_config.parent / "out" / "tiny"
+    run_pipeline(demo_config, log=lambda m: None)
+    result = cli("bench", bundle, "--tune", "--engine", "torch", "--engine", "ort", "--size", "16", "--batch", "1", "--iters", "3",
+                 "--warmup", "0", "--noise-budget", "0")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "tuned ort settings: ort/fp32/16/b1" in result.stdout and "interference:" in result.stdout
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    ort = manifest["sizes"]["16"]["metrics"]["latency"]["ort/fp32/b1"]
+    tuned = manifest["engine_settings"]["ort/fp32"]["16"]["1"]
+    assert ort["policy"] == {**tuned, "source": "tuned"}, "the engine loaded the settings --tune stored"
+    assert manifest["sizes"]["16"]["metrics"]["latency"]["torch/fp32/b1"]["policy"] == {"threads": 1, "spinning": False, "source": "default"}
+    assert {"spread", "others_cpu", "load1", "passes"} <= set(ort["noise"]) and isinstance(ort["reliable"], bool)
