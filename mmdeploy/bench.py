@@ -134,7 +134,8 @@ def _timed_pass(cells, engines, warmup: int, iters: int, progress: Progress, att
 
 
 def _policy(engine) -> ThreadPolicy:
-    return getattr(engine, "policy", None) or ThreadPolicy(torch.get_num_threads(), False, "unknown")
+    # A GPU engine (TensorRT) drives the device from this one host thread; it has no CPU pool to set.
+    return getattr(engine, "policy", None) or ThreadPolicy(1, False, "gpu engine" if engine.device.startswith("cuda") else "unknown")
 
 
 def environment() -> dict:
