@@ -41,8 +41,9 @@ def speedup_warning(report) -> str:
     speedup = report.speedup
     if speedup is None or not (is_unreliable(speedup.reference) or is_unreliable(speedup.best)):
         return ""
-    which = " and ".join(label for p, label in ((speedup.reference, "reference"), (speedup.best, "best point")) if is_unreliable(p))
-    return f"UNRELIABLE (the {which} was timed on a busy machine: {_busy_phrase(report)}; re-run `mmdeploy bench` on a quiet machine)"
+    which = [label for p, label in ((speedup.reference, "the reference"), (speedup.best, "the best point")) if is_unreliable(p)]
+    verb = "were" if len(which) == 2 else "was"
+    return f"UNRELIABLE ({' and '.join(which)} {verb} timed on a busy machine: {_busy_phrase(report)}; re-run `mmdeploy bench` on a quiet machine)"
 
 
 def latency_skip_reason(new, baseline) -> str:
