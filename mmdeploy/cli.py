@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mmdeploy.errors import MMDeployError
+from mmdeploy.writable import explain_disk_errors
 
 app = typer.Typer(
     name="mmdeploy",
@@ -53,7 +54,7 @@ def command(fn=None, *, name: str | None = None):
     def wrapper(*args, **kwargs):
         warnings.showwarning = _warn_one_line
         try:
-            return fn(*args, **kwargs)
+            return explain_disk_errors(fn)(*args, **kwargs)  # a full disk or read-only folder: one line, not "internal error"
         except MMDeployError as exc:
             if os.environ.get("MMDEPLOY_DEBUG") == "1":
                 raise

@@ -107,6 +107,7 @@ def evaluate_target(
     from mmdeploy.bundle import Bundle
     from mmdeploy.engines import check_choices
     from mmdeploy.engines.torch_engine import TorchEngine
+    from mmdeploy.writable import ensure_writable
 
     check_choices(engines, precisions)
     if batch_size < 1 or (limit is not None and limit < 1):
@@ -119,6 +120,8 @@ def evaluate_target(
             raise MMDeployError("a bundle is evaluated with the preprocessing it was calibrated with",
                                 "leave out --preprocess/--mean/--std (they are for evaluating a checkpoint)")
         bundle = Bundle.open(target)
+        if dist.is_main():
+            ensure_writable(bundle.root)  # results go into the manifest: fail before measuring, not after
         chosen = [int(s) for s in sizes] if sizes else bundle.sizes
         for s in chosen:
             bundle.size_entry(s)

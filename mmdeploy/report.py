@@ -606,8 +606,10 @@ def report_bundle(
 ) -> tuple[Report, dict[str, Path]]:
     """Build the Pareto report of a bundle from its stored eval and bench results and write it."""
     from mmdeploy.bundle import Bundle
+    from mmdeploy.writable import ensure_writable
 
     bundle = Bundle.open(bundle_dir)
+    ensure_writable(out_dir or bundle.root, "report")
     accuracies, latencies = results_from_manifest(bundle.manifest)
     if not any(a.calibrated for a in accuracies):
         raise MMDeployError(f"{bundle.root} has no accuracy results", f"run `mmdeploy eval {bundle.root} --data DIR` first")
