@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmdeploy.classes import folder_labels
 from mmdeploy.errors import MMDeployError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -82,18 +83,21 @@ class ImageFolder:
         return h.hexdigest()[:16]
 
 
-def scan_image_folder(root: str | Path) -> ImageFolder:
-    """List an ImageFolder directory. Errors name the problem; nothing is decoded yet."""
+def scan_image_folder(root: str | Path, classes: list[str] | None = None, num_outputs: int | None = None) -> ImageFolder:
+    """List an ImageFolder directory. Errors name the problem; nothing is decoded yet.
+
+    With the model's ``classes`` (or its ``num_outputs``), labels are the model's indices of the
+    folder names (:func:`mmdeploy.classes.folder_labels`); without, sorted folder order."""
     root = Path(root)
     if not root.exists():
         raise MMDeployError(f"image folder {root} does not exist", "pass --data DIR with one subfolder per class")
     if not root.is_dir():
         raise MMDeployError(f"{root} is not a folder", "pass --data DIR with one subfolder per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
         raise MMDeployError(f"image folder {root} has no class subfolders", "put images in DIR/<class>/<image>.jpg")
     files, labels = [], []
-    for label, cls in enumerate(classes):
+    for label, cls in zip(folder_labels(folders, classes, num_outputs, root), folders):
         for dirpath, _, names in os.walk(root / cls):
             for name in sorted(names):
                 if not name.startswith("."):
@@ -101,7 +105,7 @@ def scan_image_folder(root: str | Path) -> ImageFolder:
                     labels.append(label)
     if not files:
         raise MMDeployError(f"image folder {root} has no files in its class subfolders", "put images in DIR/<class>/<image>.jpg")
-    return ImageFolder(root, classes, files, labels)
+    return ImageFolder(root, folders, files, labels)
 
 
 @dataclass

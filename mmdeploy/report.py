@@ -32,6 +32,7 @@ from mmdeploy.pareto import (
     set_relative_latency,
     speedup_at_iso_accuracy,
 )
+from mmdeploy.report_values import point_problem, report_problem
 from mmdeploy.results import AccuracyResult, LatencyResult, Point, PointKey
 
 SCHEMA_VERSION = 1
@@ -181,6 +182,8 @@ def _key_from_json(data: object, where: str) -> PointKey:
 
 def _point_from_json(data: object, where: str) -> Point:
     data = _checked(data, _POINT_FIELDS, where)
+    if problem := point_problem(data, where):
+        raise _Invalid(problem)
     relative = data["relative_latency"]
     return Point(
         size=data["size"],
@@ -197,6 +200,8 @@ def _point_from_json(data: object, where: str) -> Point:
 
 def _report_from_json(data: object) -> Report:
     data = _checked(data, _REPORT_FIELDS, "report")
+    if problem := report_problem(data):
+        raise _Invalid(problem)
     points = [_point_from_json(p, f"points[{i}]") for i, p in enumerate(data["points"])]
     by_key = {p.key: p for p in points}
 
