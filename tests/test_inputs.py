@@ -326,3 +326,22 @@ def test_disk_errors_name_the_path():
     assert "no space left" in full.message and "/b/manifest.json" in full.message and "free some space" in full.hint
     assert "permission denied on /b" in disk_error(OSError(errno.EACCES, "Permission denied", "/b")).message
     assert disk_error(OSError(errno.ENOENT, "No such file")) is None
+
+
+def test_full_disk_while_saving_eval_results_is_one_line(tmp_path, image_dir, resnet8_checkpoint, cli, monkeypatch):
+    from mmdeploy.bundle import Bundle
+
+    out = tmp_path / "bundle"
+    calibrate_to_bundle(resnet8_checkpoint, [16], image_dir, out, batches=2, batch_size=4)
+    before = (out / "manifest.json").read_bytes()
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "replace", full)
+    result = cli("eval", out, "--data", image_dir)
+    assert result.exit_code == 1 and "internal error" not in result.stderr, result.stderr
+    assert "no space left on the disk" in result.stderr and "manifest.json" in result.stderr and "free some space" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (out / "manifest.json").read_bytes() == before and Bundle.open(out).sizes == [16]
+    assert not list(out.glob(".*.tmp")), "the temp file is removed"
