@@ -192,6 +192,8 @@ def eval_(
 ):
     """Top-1/top-5 per size, before and after calibration, and of each deployed engine.
 
+    Class folders are matched to the model's classes by name (only cat/ and dog/ score as CIFAR-10 classes 3 and 5); without recorded names, sorted folder order when the counts agree.
+
     Example: [bold]mmdeploy eval bundle/ --data calib/val --engine torch --engine ort[/]
     """
     from mmdeploy import distributed
@@ -369,6 +371,8 @@ def run(
     json_out: JsonOpt = False,
 ):
     """Calibrate, export, eval, bench and report in one go; reuses unchanged steps.
+
+    The whole config is checked first (unknown keys, types, ranges, duplicate model names), each problem on its own line. Reuse is keyed by content (image bytes, hashed once per file and cached in $MMDEPLOY_CACHE_DIR, default ~/.cache/mmdeploy).
 
     Example: [bold]mmdeploy run[/] (the demo: shipped models on shipped images), or [bold]mmdeploy run my.toml[/]
     """

@@ -177,7 +177,7 @@ class ConfigError(MMDeployError):
 
     def __init__(self, path, problems: list[str]):
         super().__init__(f"config {path} has {len(problems)} problem{'s' * (len(problems) != 1)}",
-                         "fix each line below; the README's `mmdeploy run` section lists every key")
+                         "fix each line below; every key is in the README's config example")
         self.problems = problems
         self.path = path
 
