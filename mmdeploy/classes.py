@@ -5,19 +5,38 @@ model, spelled so that they sort alike. A folder holding only ``cat/`` and ``dog
 scored against CIFAR-10's indices 3 and 5, not 0 and 1. So the class list a model was trained
 with is recorded (checkpoints written by ``mmdeploy train`` say it; a checkpoint whose config
 names a known dataset gets that dataset's list) and kept in the bundle, and folder names are
-looked up in it. Without a list, sorted folder order is used only when the folder count equals
-the model's output count; anything else is refused, since it cannot be mapped.
+looked up in it. Without a list, folders named by ImageNet WordNet ids (``n01440764``) on a
+1000-output model take ImageNet-1k's indices (the sorted ids, as torchvision and timm number
+them); otherwise sorted folder order is used only when the folder count equals the model's
+output count. Anything else is refused, since it cannot be mapped.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 
 from mmdeploy.errors import MMDeployError
 
 # torchvision's CIFAR10 order (the order of the dataset's label indices).
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-KNOWN_DATASETS = {"cifar10": CIFAR10_CLASSES}
+_WNID = re.compile(r"n\d{8}")
+
+
+@functools.cache
+def imagenet_wnids() -> tuple[str, ...]:
+    """ImageNet-1k's 1000 WordNet ids in class-index order (shipped as ``imagenet_wnids.txt``)."""
+    return tuple(Path(__file__).with_name("imagenet_wnids.txt").read_text().split())
+
+
+def _known(dataset: str) -> tuple[str, ...] | None:
+    key = _norm(dataset).replace("_", "")
+    if key == "cifar10":
+        return CIFAR10_CLASSES
+    if key in ("imagenet", "imagenet1k", "ilsvrc2012"):
+        return imagenet_wnids()
+    return None
 
 
 def _norm(name: str) -> str:
@@ -33,7 +52,7 @@ def model_classes(meta: dict, config: dict, num_outputs: int | None) -> list[str
             if num_outputs is None or len(names) == num_outputs:
                 return list(names)
     dataset = config.get("dataset") if isinstance(config, dict) else None
-    known = KNOWN_DATASETS.get(_norm(dataset).replace("_", "")) if isinstance(dataset, str) else None
+    known = _known(dataset) if isinstance(dataset, str) else None
     if known and (num_outputs is None or len(known) == num_outputs):
         return list(known)
     return None
@@ -51,6 +70,9 @@ def folder_labels(folders: list[str], classes: list[str] | None, num_outputs: in
             raise MMDeployError(f"{root}: class folders {shown} are not classes of the model ({len(classes)} classes: {', '.join(classes[:6])}"
                                 f"{', ...' if len(classes) > 6 else ''})", "name each folder after one of the model's classes")
         return [index[_norm(f)] for f in folders]
+    if num_outputs == 1000 and all(_WNID.fullmatch(f) for f in folders) and set(folders) <= set(imagenet_wnids()):
+        index = {w: i for i, w in enumerate(imagenet_wnids())}
+        return [index[f] for f in folders]
     if num_outputs is not None and len(folders) != num_outputs:
         raise MMDeployError(f"{root} has {len(folders)} class folders but the model has {num_outputs} outputs and records no class names, "
                             "so folders cannot be matched to classes", f"use a folder with all {num_outputs} class subfolders")

@@ -210,6 +210,18 @@ def test_eval_uses_the_mapped_indices(image_dir):
     assert mapped[0].top1 == pytest.approx(50.0), "every cat right, every dog wrong"
 
 
+def test_imagenet_wordnet_folders_take_imagenet_indices():
+    from mmdeploy.classes import imagenet_wnids, model_classes
+
+    wnids = imagenet_wnids()
+    assert len(wnids) == 1000 and len(set(wnids)) == 1000 and list(wnids) == sorted(wnids)
+    assert wnids[0] == "n01440764" and wnids[-1] == "n15075141"
+    assert folder_labels(["n01443537", "n15075141"], None, 1000, Path("val")) == [1, 999]
+    assert model_classes({}, {"dataset": "imagenet"}, 1000) == list(wnids)
+    assert model_classes({}, {"dataset": "cifar10"}, 100) is None, "a list that does not fit the outputs is not used"
+    assert model_classes({"mmdeploy": {"classes": ["b", "a"]}}, {"dataset": "cifar10"}, 2) == ["b", "a"], "recorded names first"
+
+
 @pytest.mark.parametrize("folders, classes, n, fragment", [
     (["cat", "zebra"], list(CIFAR10_CLASSES), 10, "zebra are not classes of the model"),
     (["cat", "dog"], None, 10, "2 class folders but the model has 10 outputs"),
