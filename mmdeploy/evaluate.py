@@ -105,7 +105,7 @@ def evaluate_target(
 
     ``preprocess``/``mean``/``std`` apply to a checkpoint; a bundle uses the preprocessing it was calibrated with."""
     from mmdeploy.bundle import Bundle
-    from mmdeploy.engines import check_choices
+    from mmdeploy.engines import check_choices, serves
     from mmdeploy.engines.torch_engine import TorchEngine
 
     check_choices(engines, precisions)
@@ -128,7 +128,7 @@ def evaluate_target(
             targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(source, s, device=device)))
             for name in engines or ["torch"]:
                 for prec in precisions or ["fp32"]:
-                    if name == "torch" and prec == "fp16" and not _cuda():
+                    if not serves(name, prec) or (name == "torch" and prec == "fp16" and not _cuda()):
                         continue
                     targets.append(EvalTarget(s, name, prec, True, lambda s=s, n=name, p=prec: bundle.engine(n, s, p, **({"device": device} if n == "torch" else {}))))
     else:
