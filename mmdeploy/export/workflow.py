@@ -166,7 +166,7 @@ def export_bundle(
     if ov_precisions and dist.is_main():
         from mmdeploy.export.openvino import build_ov_engines
 
-        summary.ov, ov_checks, ov_reused = build_ov_engines(Bundle.open(bundle_dir), sizes, ov_precisions, images, pre, tolerances, progress)
+        summary.ov, ov_checks, ov_reused = build_ov_engines(Bundle.open(bundle_dir), sizes, ov_precisions, data, tolerances, parity_count, progress)
         summary.checks += ov_checks
         summary.reused += [f"ov {r}" for r in ov_reused]
     return summary
