@@ -158,9 +158,9 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
         bundle = Bundle.open(bundle_dir)
         export_engines = [e for e in engines if e in ("ort", "trt")] or (["ort"] if "ov" in engines else [])
         if export_engines:
-            log(f"{name}: export {', '.join(export_engines)} {', '.join(precisions)}")
-            ex = export_bundle(bundle_dir, "trt" if "trt" in export_engines else "ort", [p for p in precisions if serves("ort", p)] or ["fp32"],
-                               data=calib_data, progress=progress)
+            onnx_precisions = [p for p in precisions if serves("ort", p)] or ["fp32"]
+            log(f"{name}: export {', '.join(export_engines)} {', '.join(onnx_precisions)}")
+            ex = export_bundle(bundle_dir, "trt" if "trt" in export_engines else "ort", onnx_precisions, data=calib_data, progress=progress)
             run.steps["export"] = "ran" if ex.written or ex.trt else "reused"
         if ov_precisions:
             log(f"{name}: export ov {', '.join(ov_precisions)}")
