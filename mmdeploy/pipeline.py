@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmdeploy.bundle import Bundle
+from mmdeploy.config import check_config
 from mmdeploy.errors import MMDeployError
 from mmdeploy.progress import Progress
 
@@ -69,10 +70,9 @@ def load_config(path: str | Path | None) -> tuple[dict, Path]:
         user = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise MMDeployError(f"config {path} is not valid TOML ({exc})", "fix the file; see the README for an example") from None
+    check_config(user, path)  # every key, type and range, before any work
     config = copy.deepcopy(DEMO_CONFIG)
     for key, value in user.items():
-        if key not in config:
-            raise MMDeployError(f"config {path}: unknown key {key!r}", f"use {', '.join(config)}")
         if isinstance(value, dict) and isinstance(config[key], dict):
             config[key].update(value)
         else:

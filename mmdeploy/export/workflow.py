@@ -25,6 +25,7 @@ from mmdeploy.export.onnx import _BAKE_HINT, convert_fp16, export_onnx, graph_re
 from mmdeploy.export.parity import DEFAULT_TOLERANCES, ParityCheck, Tolerance, check_parity
 from mmdeploy.models.checkpoint import sha256_file
 from mmdeploy.progress import Progress
+from mmdeploy.writable import ensure_writable
 
 PARITY_BATCHES = (1, 8)
 
@@ -91,6 +92,7 @@ def export_bundle(
         raise MMDeployError(f"unknown export engine {engine!r}", "use --engine onnx, ort, trt or ov")
     progress = progress or Progress()
     bundle = Bundle.open(bundle_dir)
+    ensure_writable(bundle.root)  # before minutes of export work, not after
     precisions = precisions or ["fp32"]
     for p in precisions:
         if p not in (("fp32", "bf16") if engine == "ov" else ("fp32", "fp16")):
