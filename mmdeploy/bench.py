@@ -142,7 +142,7 @@ def environment() -> dict:
     """Where the numbers came from: device, threads, library versions."""
     env = {"platform": platform.platform(), "python": platform.python_version(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    for mod in ("onnxruntime", "onnx", "tensorrt"):
+    for mod in ("onnxruntime", "onnx", "tensorrt", "openvino"):
         try:
             env[mod] = __import__(mod).__version__
         except Exception:  # not installed, or broken without a GPU
@@ -182,7 +182,7 @@ def bench_bundle(
 
     Returns (results, environment, skipped-with-reason lines)."""
     from mmdeploy.bundle import Bundle
-    from mmdeploy.engines import available_engines, check_choices
+    from mmdeploy.engines import available_engines, check_choices, serves
     from mmdeploy.writable import ensure_writable
 
     check_choices(engines, precisions)
@@ -201,6 +201,8 @@ def bench_bundle(
                 skipped.append(f"{name}: {reasons[name]}")
             continue
         for prec in precisions or ["fp32"]:
+            if not serves(name, prec):
+                continue
             for s in sizes:
                 if not _has_artifact(bundle, name, s, prec):
                     if engines or name != "torch":  # an engine that works here but was not exported: say so
@@ -239,6 +241,7 @@ def _static_batch(bundle, engine: str, size: int, precision: str) -> int | None:
 def _has_artifact(bundle, engine: str, size: int, precision: str) -> bool:
     if engine == "torch":
         return precision == "fp32" or torch.cuda.is_available()
-    key = f"{'onnx' if engine == 'ort' else 'trt'}/{precision}"
+    kind = "onnx" if engine == "ort" else engine  # ort runs the ONNX itself; trt and ov have their own entries
+    key = f"{kind}/{precision}"
     art = bundle.size_entry(size).get("artifacts", {}).get(key)
     return bool(art) and bundle.path(art.get("path") or art.get("plan")).exists()

@@ -37,8 +37,8 @@ DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder directo
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture name (see `mmdeploy archs`) or package.module:factory.")]
 PickleOpt = Annotated[bool, typer.Option("--unsafe-allow-pickle", help="Allow arbitrary unpickling of the checkpoint. Only for files you trust.")]
-EngineOpt = Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine: torch, ort or trt (repeatable).")]
-PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32 or fp16 (repeatable).")]
+EngineOpt = Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine: torch, ort, trt or ov (OpenVINO, CPU) (repeatable).")]
+PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32, fp16 (ort, trt, torch on CUDA) or bf16 (ov, CPUs with native bf16) (repeatable).")]
 
 
 def _warn_one_line(message, category, filename, lineno, file=None, line=None):
@@ -228,15 +228,15 @@ def accuracy_table(results) -> Table:
 @command
 def export(
     bundle: Annotated[Path, typer.Argument(help="A bundle made by `mmdeploy calibrate`, or a checkpoint (then --size, --data and --out are needed; its own BN statistics are used at every size).")],
-    engine: Annotated[str, typer.Option("--engine", "-e", help="onnx (files + gate), ort (same, for ONNX Runtime) or trt (also TensorRT plans).")] = "ort",
+    engine: Annotated[str, typer.Option("--engine", "-e", help="onnx (files + gate), ort (same, for ONNX Runtime), trt (also TensorRT plans) or ov (also OpenVINO engines, gated per precision: fp32, bf16).")] = "ort",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="With a checkpoint: the bundle folder to create.")] = None,
     arch: ArchOpt = None,
     precision: PrecisionOpt = None,
     size: SizesOpt = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Real images for the parity gate (default: the calibration folder).")] = None,
-    atol: Annotated[Optional[float], typer.Option(help="Parity gate: absolute logit tolerance (default 1e-4 fp32, 1e-2 fp16).")] = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Parity gate: tolerance relative to the largest logit (default 1e-3 fp32, 3e-2 fp16).")] = None,
-    min_agreement: Annotated[Optional[float], typer.Option(help="Parity gate: minimum top-1 agreement (default 0.99 fp32, 0.95 fp16).")] = None,
+    atol: Annotated[Optional[float], typer.Option(help="Parity gate: absolute logit tolerance (default 1e-4 fp32, 1e-2 fp16 and bf16).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Parity gate: tolerance relative to the largest logit (default 1e-3 fp32, 3e-2 fp16, 2e-2 bf16).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="Parity gate: minimum top-1 agreement (default 0.99 fp32, 0.95 fp16 and bf16).")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic/--no-dynamic", help="Also export the dynamic (N, H, W) ONNX.")] = True,
     static_batch: Annotated[Optional[int], typer.Option(help="Fix the batch dimension of per-size ONNX (default: dynamic batch).")] = None,
     trt_batch: Annotated[Optional[list[int]], typer.Option("--trt-batch", help="TensorRT static profile batch sizes (repeatable; default 1 and 32).")] = None,
@@ -246,6 +246,7 @@ def export(
     """Export ONNX (dynamic + one per size, BN folded), gate it against PyTorch, and build engines.
 
     Example: [bold]mmdeploy export bundle/ --engine ort --precision fp32 --precision fp16[/]
+    (OpenVINO on a CPU: [bold]mmdeploy export bundle/ --engine ov --precision fp32 --precision bf16[/])
     (or straight from a checkpoint: [bold]mmdeploy export ckpt.pth --size 32 --data calib/val --out bundle/[/])
     """
     from mmdeploy import distributed
@@ -276,11 +277,12 @@ def export(
         return _emit_json(summary)
     console.print(parity_table(summary.checks))
     console.print(f"wrote {len(summary.written)} artifacts" + (f", reused {len(summary.reused)}" if summary.reused else "")
-                  + (f", TensorRT plans: {', '.join(summary.trt)}" if summary.trt else "") + f" in {summary.bundle}")
+                  + (f", TensorRT plans: {', '.join(summary.trt)}" if summary.trt else "")
+                  + (f", OpenVINO engines: {', '.join(summary.ov)}" if summary.ov else "") + f" in {summary.bundle}")
 
 
 def parity_table(checks) -> Table:
-    table = Table(title="parity gate: ONNX Runtime vs PyTorch on real images")
+    table = Table(title="parity gate: exported engines vs PyTorch on real images")
     for col in ("artifact", "precision", "size", "batch", "max abs err", "max rel err", "top-1 agree", "result"):
         table.add_column(col, justify="left" if col in ("artifact", "precision", "result") else "right")
     for c in checks:

@@ -83,8 +83,8 @@ class ModelList:
     fields: dict[str, Field] = field(default_factory=dict)
 
 
-ENGINE_CHOICES = ("auto", "ort", "trt")
-PRECISION_CHOICES = ("fp32", "fp16")
+ENGINE_CHOICES = ("auto", "ort", "trt", "ov")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16")
 
 SCHEMA: dict[str, Any] = {
     "out": Field("str", "folder of the bundles, one per model"),

@@ -30,7 +30,7 @@ DEMO_CONFIG: dict = {
         {"name": "fixed32", "checkpoint": "models/cifar_resnet20_fixed32.pth", "baseline": "ci/baseline/fixed32/report.json"},
     ],
     "calibrate": {"sizes": [16, 20, 24, 28, 32, 40, 48], "batches": 200, "batch_size": 64, "augment": True, "seed": 0},
-    "export": {"engines": ["auto"], "precisions": ["fp32"]},
+    "export": {"engines": ["auto"], "precisions": ["fp32", "bf16"]},  # each engine takes the precisions it serves
     "bench": {"batches": [1, 32], "warmup": 5, "iters": 30, "tune": True, "noise_budget_s": 30},
     "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "gate": False},
 }
@@ -101,6 +101,17 @@ def _artifact_keys(bundle: Bundle) -> dict:
             for s, e in bundle.manifest["sizes"].items()}
 
 
+def _ov_precisions(precisions: list[str], skipped: dict) -> list[str]:
+    """The config's precisions the ov engine serves on this CPU; bf16 without native bf16 is skipped with its reason."""
+    from mmdeploy.engines.openvino import native_bf16
+
+    chosen = [p for p in precisions if p in ("fp32", "bf16")]
+    if "bf16" in chosen and not native_bf16():
+        chosen.remove("bf16")
+        skipped["ov bf16"] = "this CPU has no native bf16 (AVX-512 BF16 or AMX)"
+    return chosen
+
+
 FRESH_STEPS = ("eval", "tune", "bench")
 
 
@@ -125,7 +136,7 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
     from mmdeploy.bench import bench_bundle
     from mmdeploy.calib.workflow import calibrate_to_bundle
     from mmdeploy.data import scan_image_folder
-    from mmdeploy.engines import available_engines
+    from mmdeploy.engines import available_engines, serves
     from mmdeploy.evaluate import evaluate_target
     from mmdeploy.export.workflow import export_bundle
     from mmdeploy.report import compare_reports, load_report, parse_fraction, report_bundle
@@ -142,12 +153,14 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
     reasons = available_engines()
     wanted = config["export"]["engines"]
     if "auto" in wanted:
-        wanted = [e for e in ("ort", "trt") if not reasons[e]]
+        wanted = [e for e in ("ort", "trt", "ov") if not reasons[e]]
     skipped = {e: reasons[e] for e in wanted if reasons.get(e)}
     if any(e not in reasons for e in wanted):
-        raise MMDeployError(f"unknown engine in config: {wanted}", "use ort and/or trt (torch is always measured)")
+        raise MMDeployError(f"unknown engine in config: {wanted}", "use ort, trt and/or ov (torch is always measured)")
     engines = [e for e in wanted if not reasons[e]]
     precisions = config["export"]["precisions"]
+    ov_precisions = _ov_precisions(precisions, skipped) if "ov" in engines else []
+    precisions = [p for p in precisions if p != "bf16" or p in ov_precisions]  # only ov serves bf16
     val_key = scan_image_folder(val_data).fingerprint()
     c, b, r = config["calibrate"], config["bench"], config["report"]
     runs = []
@@ -163,11 +176,16 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
                                       augment=c["augment"], seed=c["seed"], arch=spec.get("arch"), progress=progress)
         run.steps["calibrate"] = "reused" if summary.reused == summary.sizes else "ran"
         bundle = Bundle.open(bundle_dir)
-        export_engines = [e for e in engines if e in ("ort", "trt")]
+        export_engines = [e for e in engines if e in ("ort", "trt")] or (["ort"] if "ov" in engines else [])
         if export_engines:
-            log(f"{name}: export {', '.join(export_engines)} {', '.join(precisions)}")
-            ex = export_bundle(bundle_dir, "trt" if "trt" in export_engines else "ort", precisions, data=calib_data, progress=progress)
+            onnx_precisions = [p for p in precisions if serves("ort", p)] or ["fp32"]
+            log(f"{name}: export {', '.join(export_engines)} {', '.join(onnx_precisions)}")
+            ex = export_bundle(bundle_dir, "trt" if "trt" in export_engines else "ort", onnx_precisions, data=calib_data, progress=progress)
             run.steps["export"] = "ran" if ex.written or ex.trt else "reused"
+        if ov_precisions:
+            log(f"{name}: export ov {', '.join(ov_precisions)}")
+            ex = export_bundle(bundle_dir, "ov", ov_precisions, data=calib_data, progress=progress)
+            run.steps["export"] = "ran" if ex.written or ex.ov or run.steps.get("export") == "ran" else "reused"
         bundle = Bundle.open(bundle_dir)
         eval_key = _key(_artifact_keys(bundle), val_key, engines, precisions)
         if _step_done(bundle, "eval", eval_key) and "eval" not in fresh_steps:

@@ -31,7 +31,7 @@ def machine_fingerprint() -> dict:
 
     env = environment()
     return {"host": platform.node(), "cpu": env.get("cpu"), "usable_cores": usable_cores(), "torch": env.get("torch"),
-            "onnxruntime": env.get("onnxruntime"), "gpu": env.get("gpu")}
+            "onnxruntime": env.get("onnxruntime"), "openvino": env.get("openvino"), "gpu": env.get("gpu")}
 
 
 def stored_policy(manifest: dict, engine: str, precision: str, size: int, batch: int | None) -> ThreadPolicy:

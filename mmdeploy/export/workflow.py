@@ -1,4 +1,4 @@
-"""``mmdeploy export``: bundle -> dynamic and per-size ONNX (fp32/fp16), gated; optionally TensorRT plans.
+"""``mmdeploy export``: bundle -> dynamic and per-size ONNX (fp32/fp16), gated; optionally TensorRT plans or OpenVINO engines.
 
 All artifacts of one call are written to temp names and checked; only if every check passes
 are they moved into place and recorded in the manifest. Unchanged inputs reuse artifacts.
@@ -37,6 +37,7 @@ class ExportSummary:
     reused: list[str] = field(default_factory=list)
     checks: list[ParityCheck] = field(default_factory=list)
     trt: dict = field(default_factory=dict)
+    ov: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -87,15 +88,21 @@ def export_bundle(
     trt_workspace_gb: float = 4.0,
     progress: Progress | None = None,
 ) -> ExportSummary:
-    if engine not in ("onnx", "ort", "trt"):
-        raise MMDeployError(f"unknown export engine {engine!r}", "use --engine onnx, ort or trt")
+    if engine not in ("onnx", "ort", "trt", "ov"):
+        raise MMDeployError(f"unknown export engine {engine!r}", "use --engine onnx, ort, trt or ov")
     progress = progress or Progress()
     bundle = Bundle.open(bundle_dir)
     ensure_writable(bundle.root)  # before minutes of export work, not after
     precisions = precisions or ["fp32"]
     for p in precisions:
-        if p not in ("fp32", "fp16"):
-            raise MMDeployError(f"unknown precision {p!r}", "use --precision fp32 or fp16")
+        if p not in (("fp32", "bf16") if engine == "ov" else ("fp32", "fp16")):
+            raise MMDeployError(f"unknown precision {p!r} for --engine {engine}", "use --precision fp32 or bf16 with ov, fp32 or fp16 otherwise")
+    ov_precisions = None
+    if engine == "ov":  # OpenVINO reads the per-size fp32 ONNX and applies its own precision
+        from mmdeploy.export.openvino import check_ov_available
+
+        check_ov_available(precisions)
+        ov_precisions, precisions = precisions, ["fp32"]
     if engine == "trt":
         from mmdeploy.engines.tensorrt import trt_unavailable_reason
 
@@ -158,6 +165,12 @@ def export_bundle(
         if not dist.is_main():
             bundle = Bundle.open(bundle_dir)  # now with rank 0's gated ONNX
         summary.trt = _build_trt(bundle, sizes, precisions, images, pre, tolerances, trt_batches, trt_workspace_gb, progress)
+    if ov_precisions and dist.is_main():
+        from mmdeploy.export.openvino import build_ov_engines
+
+        summary.ov, ov_checks, ov_reused = build_ov_engines(Bundle.open(bundle_dir), sizes, ov_precisions, data, tolerances, parity_count, progress)
+        summary.checks += ov_checks
+        summary.reused += [f"ov {r}" for r in ov_reused]
     return summary
 
 
