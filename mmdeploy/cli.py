@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mmdeploy.errors import MMDeployError
+from mmdeploy.writable import explain_disk_errors
 
 app = typer.Typer(
     name="mmdeploy",
@@ -36,8 +37,8 @@ DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder directo
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture name (see `mmdeploy archs`) or package.module:factory.")]
 PickleOpt = Annotated[bool, typer.Option("--unsafe-allow-pickle", help="Allow arbitrary unpickling of the checkpoint. Only for files you trust.")]
-EngineOpt = Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine: torch, ort or trt (repeatable).")]
-PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32 or fp16 (repeatable).")]
+EngineOpt = Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine: torch, ort, trt or ov (OpenVINO, CPU) (repeatable).")]
+PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32, fp16 (ort, trt, torch on CUDA) or bf16 (ov, CPUs with native bf16) (repeatable).")]
 # Read by the `command` wrapper (one writer per bundle): wait for another writer, or fail at once.
 NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once if another mmdeploy is writing the bundle (default: wait for it).")]
 
@@ -58,7 +59,7 @@ def command(fn=None, *, name: str | None = None):
             from mmdeploy.bundle import lock_policy
 
             with lock_policy(wait=not kwargs.get("no_wait", False)):
-                return fn(*args, **kwargs)
+                return explain_disk_errors(fn)(*args, **kwargs)  # a full disk or read-only folder: one line, not "internal error"
         except MMDeployError as exc:
             if os.environ.get("MMDEPLOY_DEBUG") == "1":
                 raise
@@ -198,6 +199,8 @@ def eval_(
 ):
     """Top-1/top-5 per size, before and after calibration, and of each deployed engine.
 
+    Class folders are matched to the model's classes by name (only cat/ and dog/ score as CIFAR-10 classes 3 and 5); without recorded names, sorted folder order when the counts agree.
+
     Example: [bold]mmdeploy eval bundle/ --data calib/val --engine torch --engine ort[/]
     """
     from mmdeploy import distributed
@@ -232,15 +235,15 @@ def accuracy_table(results) -> Table:
 @command
 def export(
     bundle: Annotated[Path, typer.Argument(help="A bundle made by `mmdeploy calibrate`, or a checkpoint (then --size, --data and --out are needed; its own BN statistics are used at every size).")],
-    engine: Annotated[str, typer.Option("--engine", "-e", help="onnx (files + gate), ort (same, for ONNX Runtime) or trt (also TensorRT plans).")] = "ort",
+    engine: Annotated[str, typer.Option("--engine", "-e", help="onnx (files + gate), ort (same, for ONNX Runtime), trt (also TensorRT plans) or ov (also OpenVINO engines, gated per precision: fp32, bf16).")] = "ort",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="With a checkpoint: the bundle folder to create.")] = None,
     arch: ArchOpt = None,
     precision: PrecisionOpt = None,
     size: SizesOpt = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Real images for the parity gate (default: the calibration folder).")] = None,
-    atol: Annotated[Optional[float], typer.Option(help="Parity gate: absolute logit tolerance (default 1e-4 fp32, 1e-2 fp16).")] = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Parity gate: tolerance relative to the largest logit (default 1e-3 fp32, 3e-2 fp16).")] = None,
-    min_agreement: Annotated[Optional[float], typer.Option(help="Parity gate: minimum top-1 agreement (default 0.99 fp32, 0.95 fp16).")] = None,
+    atol: Annotated[Optional[float], typer.Option(help="Parity gate: absolute logit tolerance (default 1e-4 fp32, 1e-2 fp16 and bf16).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Parity gate: tolerance relative to the largest logit (default 1e-3 fp32, 3e-2 fp16, 2e-2 bf16).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="Parity gate: minimum top-1 agreement (default 0.99 fp32, 0.95 fp16 and bf16).")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic/--no-dynamic", help="Also export the dynamic (N, H, W) ONNX.")] = True,
     static_batch: Annotated[Optional[int], typer.Option(help="Fix the batch dimension of per-size ONNX (default: dynamic batch).")] = None,
     trt_batch: Annotated[Optional[list[int]], typer.Option("--trt-batch", help="TensorRT static profile batch sizes (repeatable; default 1 and 32).")] = None,
@@ -251,6 +254,7 @@ def export(
     """Export ONNX (dynamic + one per size, BN folded), gate it against PyTorch, and build engines.
 
     Example: [bold]mmdeploy export bundle/ --engine ort --precision fp32 --precision fp16[/]
+    (OpenVINO on a CPU: [bold]mmdeploy export bundle/ --engine ov --precision fp32 --precision bf16[/])
     (or straight from a checkpoint: [bold]mmdeploy export ckpt.pth --size 32 --data calib/val --out bundle/[/])
     """
     from mmdeploy import distributed
@@ -281,11 +285,12 @@ def export(
         return _emit_json(summary)
     console.print(parity_table(summary.checks))
     console.print(f"wrote {len(summary.written)} artifacts" + (f", reused {len(summary.reused)}" if summary.reused else "")
-                  + (f", TensorRT plans: {', '.join(summary.trt)}" if summary.trt else "") + f" in {summary.bundle}")
+                  + (f", TensorRT plans: {', '.join(summary.trt)}" if summary.trt else "")
+                  + (f", OpenVINO engines: {', '.join(summary.ov)}" if summary.ov else "") + f" in {summary.bundle}")
 
 
 def parity_table(checks) -> Table:
-    table = Table(title="parity gate: ONNX Runtime vs PyTorch on real images")
+    table = Table(title="parity gate: exported engines vs PyTorch on real images")
     for col in ("artifact", "precision", "size", "batch", "max abs err", "max rel err", "top-1 agree", "result"):
         table.add_column(col, justify="left" if col in ("artifact", "precision", "result") else "right")
     for c in checks:
@@ -303,28 +308,31 @@ def bench(
     batch: Annotated[Optional[list[int]], typer.Option("--batch", help="Batch size (repeatable; default 1 and 32).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed calls per point first.")] = 10,
     iters: Annotated[int, typer.Option(help="Timed calls per point (round-robin over points).")] = 50,
+    tune: Annotated[bool, typer.Option("--tune", help="First time ONNX Runtime at threads 1..cores, spinning on/off, per size and batch; store the fastest in the bundle (engines then use it).")] = False,
+    noise_budget: Annotated[float, typer.Option("--noise-budget", help="Seconds to spend re-timing when the machine is busy; points still noisy are marked unreliable.")] = 30.0,
     json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,
 ):
-    """Latency of every (size, engine, precision, batch): p50/p90/p99, mean, throughput.
+    """Latency of every (size, engine, precision, batch): p50/p90/p99, mean, throughput, thread settings, interference.
 
-    Example: [bold]mmdeploy bench bundle/ --engine torch --engine ort --batch 1 --batch 32[/]
+    Example: [bold]mmdeploy bench bundle/ --tune --engine torch --engine ort --batch 1 --batch 32[/]
     """
     from mmdeploy.bench import bench_bundle
 
+    tuned = None
+    if tune:
+        from mmdeploy.tune import tune_bundle
+
+        tuned = tune_bundle(bundle, precision, _sizes(size), batch, noise_budget_s=noise_budget, progress=_progress(json_out))
     results, env, skipped = bench_bundle(bundle, engine, precision, _sizes(size), batch, warmup, iters,
-                                         progress=_progress(json_out))
+                                         progress=_progress(json_out), noise_budget_s=noise_budget)
     if json_out:
-        return _emit_json({"results": results, "environment": env, "skipped": skipped})
+        return _emit_json({"results": results, "environment": env, "skipped": skipped, "tuned": tuned})
     for line in skipped:
         err_console.print(f"[yellow]skipped:[/] {line}")
-    table = Table(title=f"latency ({env.get('gpu') or env['cpu']}, {env['torch_threads']} threads)")
-    for col in ("size", "engine", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "images/s"):
-        table.add_column(col, justify="left" if col in ("engine", "precision") else "right")
-    for r in sorted(results, key=lambda r: (r.batch, r.size, r.engine, r.precision)):
-        table.add_row(str(r.size), r.engine, r.precision, str(r.batch), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
-                      f"{r.mean_ms:.3f}", f"{r.throughput:,.0f}")
-    console.print(table)
+    from mmdeploy.bench_table import latency_table
+
+    console.print(latency_table(results, env, tuned))
 
 
 @command
@@ -375,18 +383,22 @@ def report(
 def run(
     config: Annotated[Optional[Path], typer.Argument(help="TOML config (checkpoint(s), data, sizes, engines, thresholds, output). None: the embedded demo.")] = None,
     gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help="Gate each model's report against its baseline (exit 1 on regression).")] = None,
+    fresh: Annotated[Optional[list[str]], typer.Option("--fresh", help="Re-run this step even if reusable: eval, tune, bench or all (repeatable).")] = None,
     json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,
 ):
-    """Calibrate, export, eval, bench and report in one go; reuses unchanged steps.
+    """Calibrate, export, eval, tune, bench and report in one go; reuses unchanged steps.
 
-    Example: [bold]mmdeploy run[/] (the demo: shipped models on shipped images), or [bold]mmdeploy run my.toml[/]
+    The whole config is checked first (unknown keys, types, ranges, duplicate model names), each problem on its own line. Reuse is keyed by content (image bytes, hashed once per file and cached in $MMDEPLOY_CACHE_DIR, default ~/.cache/mmdeploy).
+
+    Example: [bold]mmdeploy run[/] (the demo: shipped models on shipped images), [bold]mmdeploy run my.toml[/], or
+    [bold]mmdeploy run --fresh bench[/] (measure latency again)
     """
     from mmdeploy.pipeline import run_pipeline
     from mmdeploy.report import format_gate, render_table
 
     log = (lambda msg: None) if json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
-    summary = run_pipeline(config, gate=gate, progress=_progress(json_out), log=log)
+    summary = run_pipeline(config, gate=gate, progress=_progress(json_out), log=log, fresh=fresh)
     if json_out:
         _emit_json({"models": [{"name": m.name, "bundle": m.bundle, "steps": m.steps, "files": m.files,
                                 "gate": None if m.gate is None else m.gate.passed} for m in summary.models],

@@ -255,13 +255,13 @@ def test_eval_and_bench_at_once_keep_both_results(exported, tmp_path, monkeypatc
     from mmdeploy.evaluate import evaluate_target
 
     out = _copy(exported, tmp_path)
-    real = bench.measure_latency
+    real = bench.measure_with_interference
 
     def measure_while_eval_writes(*args, **kwargs):
         evaluate_target(out, ROOT / "calib/val", engines=["torch"], sizes=[16], limit=4)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench, "measure_latency", measure_while_eval_writes)
+    monkeypatch.setattr(bench, "measure_with_interference", measure_while_eval_writes)
     bench.bench_bundle(out, ["torch"], sizes=[16], batches=[1], warmup=0, iters=1)
     bundle = Bundle.open(out)
     assert {(a.size, a.engine) for a in bundle.accuracies()} == {(16, "torch")}

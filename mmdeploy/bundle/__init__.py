@@ -16,10 +16,10 @@ from mmdeploy.bundle.files import (
     temp_path_for,
 )
 from mmdeploy.bundle.lock import bundle_lock, lock_policy, sweep
-from mmdeploy.bundle.records import ONNX, TRT, ArtifactRecord, CalibrationRecord, SizeRecord, SourceRecord
+from mmdeploy.bundle.records import ONNX, OV, TRT, ArtifactRecord, CalibrationRecord, SizeRecord, SourceRecord
 
 __all__ = [
-    "MANIFEST", "ONNX", "SCHEMA", "SCHEMA_VERSION", "TRT", "ArtifactRecord", "Bundle", "CalibrationRecord", "SizeRecord", "SourceRecord",
+    "MANIFEST", "ONNX", "OV", "SCHEMA", "SCHEMA_VERSION", "TRT", "ArtifactRecord", "Bundle", "CalibrationRecord", "SizeRecord", "SourceRecord",
     "atomic_write_bytes", "atomic_write_text", "bundle_lock", "cached_sha256", "check_writable_dir", "content_key", "lock_policy",
     "save_safetensors", "sha256_file", "sweep", "temp_path_for",
 ]

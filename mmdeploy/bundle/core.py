@@ -22,18 +22,19 @@ import torch
 from mmdeploy.bundle import records as rec
 from mmdeploy.bundle.files import atomic_write_text, cached_sha256
 from mmdeploy.bundle.lock import TEMP_SUFFIX, bundle_lock, sweep
+from mmdeploy.bundle.measurements import Measurements
 from mmdeploy.bundle.validate import MANIFEST, check_writable_dir, manifest_problem
 from mmdeploy.errors import MMDeployError
-from mmdeploy.results import AccuracyResult, LatencyResult, PointKey
 
 SCHEMA = "mmdeploy.bundle"
 SCHEMA_VERSION = 1
 _REMAKE = "re-run `mmdeploy calibrate` into a new folder"
 
 
-class Bundle:
+class Bundle(Measurements):
     """An open bundle. ``Bundle.open`` validates; ``Bundle.create`` starts a new manifest;
-    ``Bundle.update`` is the locked read-modify-write every writer uses."""
+    ``Bundle.update`` is the locked read-modify-write every writer uses. The figures it holds
+    (accuracy, latency, settings, step keys) are read and written through ``Measurements``."""
 
     def __init__(self, root: Path, manifest: dict):
         self.root = Path(root)
@@ -230,44 +231,6 @@ class Bundle:
 
         return create_engine(name, self, size, precision, **options)
 
-    def point_fingerprint(self, key: PointKey) -> tuple:
-        """What a measured figure of ``key`` depends on: the size's calibration and the engine's artifact."""
-        if not self.has_size(key.size):
-            return ()
-        kind = rec.KIND_OF_ENGINE.get(key.engine)
-        art = self.artifact(key.size, kind, key.precision) if kind else None
-        return (self.size(key.size).calibration.key, art.sha256 if art else None)
-
-    def accuracies(self) -> list[AccuracyResult]:
-        out = []
-        for s in self.sizes:
-            metrics = self._entry(s).get("metrics", {})
-            for kind, calibrated in ((rec.ACCURACY, True), (rec.ACCURACY_UNCALIBRATED, False)):
-                for label, m in metrics.get(kind, {}).items():
-                    k = rec.parse_metric_label(s, label)
-                    out.append(AccuracyResult(s, k.engine, k.precision, m["top1"], m["top5"], m["images"], calibrated))
-        return out
-
-    def latencies(self) -> list[LatencyResult]:
-        out = []
-        for s in self.sizes:
-            for label, m in self._entry(s).get("metrics", {}).get(rec.LATENCY, {}).items():
-                k = rec.parse_metric_label(s, label)
-                out.append(LatencyResult(s, k.engine, k.precision, k.batch, **{f: m[f] for f in rec.LATENCY_FIELDS}))
-        return out
-
-    def accuracy_data_sets(self) -> set[tuple]:
-        """(data fingerprint, images) of every stored calibrated accuracy."""
-        return {(m.get("data_fingerprint"), m.get("images")) for s in self.sizes
-                for m in self._entry(s).get("metrics", {}).get(rec.ACCURACY, {}).values()}
-
-    @property
-    def bench_environment(self) -> dict:
-        return dict(self.manifest.get("bench_environment", {}))
-
-    def step_key(self, step: str) -> str | None:
-        return self.manifest.get("run_steps", {}).get(step)
-
     def artifact_keys(self) -> dict:
         """Per size: every artifact's key (or sha256) and the calibration key: what eval and bench depend on."""
         return {str(s): {k: a.key or a.sha256 for k, a in self.size(s).artifacts.items()} | {"calib": self.size(s).calibration.key}
@@ -301,28 +264,6 @@ class Bundle:
     def remove_artifact(self, size: int, kind: str, precision: str) -> None:
         self._entry(size).get("artifacts", {}).pop(rec.artifact_label(kind, precision), None)
         self._forget_metrics(size, rec.ENGINE_OF_KIND[kind], precision)
-
-    def _forget_metrics(self, size: int, engine: str, precision: str) -> None:
-        metrics = self._entry(size).get("metrics", {})
-        metrics.get(rec.ACCURACY, {}).pop(rec.metric_label(PointKey(size, engine, precision)), None)
-        latency = metrics.get(rec.LATENCY, {})
-        for label in [k for k in latency if k.startswith(f"{engine}/{precision}/")]:
-            del latency[label]
-
-    def record_accuracy(self, r: AccuracyResult, data: str, data_fingerprint: str) -> None:
-        kind = rec.ACCURACY if r.calibrated else rec.ACCURACY_UNCALIBRATED
-        metrics = self._entry(r.size).setdefault("metrics", {}).setdefault(kind, {})
-        metrics[rec.metric_label(r.key)] = {"top1": r.top1, "top5": r.top5, "images": r.images, "data": str(data), "data_fingerprint": data_fingerprint}
-
-    def record_latency(self, r: LatencyResult) -> None:
-        entry = self._entry(r.size).setdefault("metrics", {}).setdefault(rec.LATENCY, {})
-        entry[rec.metric_label(r.batch_key)] = {k: v for k, v in r.__dict__.items() if k not in ("size", "engine", "precision")}
-
-    def set_bench_environment(self, env: dict) -> None:
-        self.manifest["bench_environment"] = env
-
-    def set_step_key(self, step: str, key: str) -> None:
-        self.manifest.setdefault("run_steps", {})[step] = key
 
     def save(self) -> None:
         """Write the manifest atomically: the single commit point of every change."""

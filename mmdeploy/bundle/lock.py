@@ -107,7 +107,7 @@ _MANAGED_DIRS = ("sizes", "source")
 
 
 def sweep(root: str | os.PathLike, referenced: set[str]) -> list[str]:
-    """Remove what no manifest lists: temp files anywhere in the bundle, bundle files
+    """Remove what no manifest lists: temp files and folders anywhere in the bundle, bundle files
     (weights, ONNX, plans) under sizes/ and source/ and ``model*.onnx`` at the top that
     ``referenced`` does not name, emptied size folders, and stale staging folders beside the
     bundle. Call only while holding the lock. Returns the removed bundle-relative names."""
@@ -118,7 +118,11 @@ def sweep(root: str | os.PathLike, referenced: set[str]) -> list[str]:
     for path in sorted(root.rglob(f".*{TEMP_SUFFIX}")):
         if path.is_file() or path.is_symlink():
             path.unlink(missing_ok=True)
-            removed.append(path.relative_to(root).as_posix())
+        elif path.is_dir():  # a model cache being filled (export --engine ov) when its writer died
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            continue
+        removed.append(path.relative_to(root).as_posix())
     candidates = [p for d in _MANAGED_DIRS if (root / d).is_dir() for p in (root / d).rglob("*") if p.is_file() or p.is_symlink()]
     candidates += [p for p in root.glob("model*.onnx") if p.is_file() or p.is_symlink()]
     for path in candidates:

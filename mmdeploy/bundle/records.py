@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 
 from mmdeploy.results import PointKey
 
-# Artifact kinds and the engine that runs each.
-ONNX, TRT = "onnx", "trt"
-ENGINE_OF_KIND = {ONNX: "ort", TRT: "trt"}
+# Artifact kinds and the engine that runs each (ov: an OpenVINO-gated entry that reads the per-size ONNX).
+ONNX, TRT, OV = "onnx", "trt", "ov"
+ENGINE_OF_KIND = {ONNX: "ort", TRT: "trt", OV: "ov"}
 KIND_OF_ENGINE = {engine: kind for kind, engine in ENGINE_OF_KIND.items()}
 ACCURACY, ACCURACY_UNCALIBRATED, LATENCY = "accuracy", "accuracy_uncalibrated", "latency"
 LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "iters", "device", "threads")
+LATENCY_OPTIONAL_FIELDS = ("policy", "reliable", "noise")  # bundles benched before noise detection lack them
+# Bundle-wide entries besides source, preprocess, sizes and dynamic.
+BENCH_ENVIRONMENT, ENGINE_SETTINGS, RUN_STEPS = "bench_environment", "engine_settings", "run_steps"
 
 
 def artifact_label(kind: str, precision: str) -> str:
@@ -49,6 +52,11 @@ class SourceRecord:
     @classmethod
     def from_dict(cls, d: dict) -> SourceRecord:
         return cls(d["arch"], d["sha256"], d["weights"], d.get("weights_sha256"), dict(d.get("arch_kwargs", {})), dict(d))
+
+    @property
+    def classes(self) -> object:
+        """The class names ``calibrate`` recorded (unchecked: ``mmdeploy.classes`` validates them)."""
+        return self.fields.get("classes")
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,11 @@ class ArtifactRecord:
     def bn_statistics(self) -> str | None:
         return self.fields.get("bn_statistics")
 
+    @property
+    def cache_dir(self) -> str | None:
+        """An ov entry's model cache folder (bundle-relative)."""
+        return self.fields.get("cache_dir")
+
 
 @dataclass(frozen=True)
 class SizeRecord:
@@ -115,11 +128,14 @@ def file_fields(d: dict) -> list[str]:
 
 def referenced_files(manifest: dict) -> set[str]:
     """Every bundle-relative file a manifest points to: weights, ONNX files, TensorRT plans."""
-    return {rel for _, rel in _path_fields(manifest) if isinstance(rel, str)}
+    return {rel for _, rel in _path_fields(manifest, folders=False) if isinstance(rel, str)}
 
 
-def _path_fields(manifest: dict):
-    """(where, value) of every path field of a manifest, for checks and for the sweep."""
+_FOLDER_FIELDS = ("cache_dir",)  # artifact fields that name bundle folders (ov's model cache)
+
+
+def _path_fields(manifest: dict, folders: bool = True):
+    """(where, value) of every path field of a manifest (files, and with ``folders`` folders too), for checks and for the sweep."""
     source = manifest.get("source", {})
     if isinstance(source, dict) and "weights" in source:
         yield "source.weights", source["weights"]
@@ -134,5 +150,5 @@ def _path_fields(manifest: dict):
             yield f"sizes.{size}.weights", entry["weights"]
         for label, art in (entry.get("artifacts") or {}).items():
             if isinstance(art, dict):
-                for k in file_fields(art):
+                for k in file_fields(art) + ([f for f in _FOLDER_FIELDS if f in art] if folders else []):
                     yield f"sizes.{size}.artifacts.{label}.{k}", art[k]

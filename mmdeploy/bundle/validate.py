@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from mmdeploy.bundle.lock import LOCK_FILE
@@ -19,11 +18,9 @@ def check_writable_dir(out: Path) -> None:
     # A folder holding mmdeploy's lock file was started by an mmdeploy writer (maybe one that crashed): reuse it.
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists() and not (out / LOCK_FILE).exists():
         raise MMDeployError(f"--out {out} is a non-empty folder that is not a bundle", "pass a new or empty folder, or an existing bundle")
-    parent = out if out.exists() else out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise MMDeployError(f"--out {out} is not writable (no write permission on {parent})", "choose a folder you can write to")
+    from mmdeploy.writable import ensure_writable
+
+    ensure_writable(out, "--out")
 
 
 def manifest_problem(manifest: dict) -> str:

@@ -5,8 +5,14 @@ from __future__ import annotations
 from mmdeploy.engines.base import Engine
 from mmdeploy.errors import MMDeployError
 
-ENGINES = ("torch", "ort", "trt")
-PRECISIONS = ("fp32", "fp16")
+ENGINES = ("torch", "ort", "trt", "ov")
+PRECISIONS = ("fp32", "fp16", "bf16")
+# What each engine can serve; a (engine, precision) outside this is skipped, not measured under a wrong name.
+ENGINE_PRECISIONS = {"torch": ("fp32", "fp16"), "ort": ("fp32", "fp16"), "trt": ("fp32", "fp16"), "ov": ("fp32", "bf16")}
+
+
+def serves(engine: str, precision: str) -> bool:
+    return precision in ENGINE_PRECISIONS.get(engine, ())
 
 
 def check_choices(engines: list[str] | None, precisions: list[str] | None) -> None:
@@ -23,7 +29,7 @@ def create_engine(name: str, bundle, size: int, precision: str = "fp32", **optio
     if name == "torch":
         from mmdeploy.engines.torch_engine import TorchEngine
 
-        return TorchEngine(bundle.build_model(size), size, precision, device=options.get("device"))
+        return TorchEngine(bundle.build_model(size), size, precision, device=options.get("device"), policy=options.get("policy"))
     if name == "ort":
         from mmdeploy.engines.onnxruntime import OrtEngine
 
@@ -32,15 +38,20 @@ def create_engine(name: str, bundle, size: int, precision: str = "fp32", **optio
         from mmdeploy.engines.tensorrt import TrtEngine
 
         return TrtEngine.from_bundle(bundle, size, precision, **options)
+    if name == "ov":
+        from mmdeploy.engines.openvino import OvEngine
+
+        return OvEngine.from_bundle(bundle, size, precision, **options)
     raise MMDeployError(f"unknown engine {name!r}", f"use one of {', '.join(ENGINES)}")
 
 
 def available_engines() -> dict[str, str]:
     """Engine name -> "" if usable here, else the one-line reason it is not."""
     from mmdeploy.engines.onnxruntime import ort_unavailable_reason
+    from mmdeploy.engines.openvino import ov_unavailable_reason
     from mmdeploy.engines.tensorrt import trt_unavailable_reason
 
-    return {"torch": "", "ort": ort_unavailable_reason(), "trt": trt_unavailable_reason()}
+    return {"torch": "", "ort": ort_unavailable_reason(), "trt": trt_unavailable_reason(), "ov": ov_unavailable_reason()}
 
 
-__all__ = ["ENGINES", "PRECISIONS", "Engine", "available_engines", "check_choices", "create_engine"]
+__all__ = ["ENGINES", "ENGINE_PRECISIONS", "PRECISIONS", "Engine", "available_engines", "check_choices", "create_engine", "serves"]

@@ -1,4 +1,4 @@
-"""``mmdeploy export``: bundle -> dynamic and per-size ONNX (fp32/fp16), gated; optionally TensorRT plans.
+"""``mmdeploy export``: bundle -> dynamic and per-size ONNX (fp32/fp16), gated; optionally TensorRT plans or OpenVINO engines.
 
 All artifacts of one call are written to temp names and checked; only if every check passes
 are they moved into place and recorded in the manifest. Unchanged inputs reuse artifacts.
@@ -24,6 +24,7 @@ from mmdeploy.errors import MMDeployError
 from mmdeploy.export.onnx import _BAKE_HINT, convert_fp16, export_onnx, graph_record
 from mmdeploy.export.parity import DEFAULT_TOLERANCES, ParityCheck, Tolerance, check_parity
 from mmdeploy.progress import Progress
+from mmdeploy.writable import ensure_writable
 
 PARITY_BATCHES = (1, 8)
 
@@ -35,6 +36,7 @@ class ExportSummary:
     reused: list[str] = field(default_factory=list)
     checks: list[ParityCheck] = field(default_factory=list)
     trt: dict = field(default_factory=dict)
+    ov: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -84,8 +86,8 @@ def export_bundle(
     trt_workspace_gb: float = 4.0,
     progress: Progress | None = None,
 ) -> ExportSummary:
-    if engine not in ("onnx", "ort", "trt"):
-        raise MMDeployError(f"unknown export engine {engine!r}", "use --engine onnx, ort or trt")
+    if engine not in ("onnx", "ort", "trt", "ov"):
+        raise MMDeployError(f"unknown export engine {engine!r}", "use --engine onnx, ort, trt or ov")
     progress = progress or Progress()
     Bundle.open(bundle_dir)  # refuse a non-bundle before the lock would create a folder
     # Rank 0 holds the bundle's lock for the whole export: temp files live in the bundle, and
@@ -102,10 +104,17 @@ def export_bundle(
 def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, parity_count, dynamic, static_batch, trt_batches,
                    trt_workspace_gb, progress) -> ExportSummary:
     bundle = Bundle.open(bundle_dir)
+    ensure_writable(bundle.root)  # before minutes of export work, not after
     precisions = precisions or ["fp32"]
     for p in precisions:
-        if p not in ("fp32", "fp16"):
-            raise MMDeployError(f"unknown precision {p!r}", "use --precision fp32 or fp16")
+        if p not in (("fp32", "bf16") if engine == "ov" else ("fp32", "fp16")):
+            raise MMDeployError(f"unknown precision {p!r} for --engine {engine}", "use --precision fp32 or bf16 with ov, fp32 or fp16 otherwise")
+    ov_precisions = None
+    if engine == "ov":  # OpenVINO reads the per-size fp32 ONNX and applies its own precision
+        from mmdeploy.export.openvino import check_ov_available
+
+        check_ov_available(precisions)
+        ov_precisions, precisions = precisions, ["fp32"]
     if engine == "trt":
         from mmdeploy.engines.tensorrt import trt_unavailable_reason
 
@@ -168,6 +177,12 @@ def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, pari
         if not dist.is_main():
             bundle = Bundle.open(bundle_dir)  # now with rank 0's gated ONNX
         summary.trt = _build_trt(bundle, sizes, precisions, images, pre, tolerances, trt_batches, trt_workspace_gb, progress)
+    if ov_precisions and dist.is_main():
+        from mmdeploy.export.openvino import build_ov_engines
+
+        summary.ov, ov_checks, ov_reused = build_ov_engines(Bundle.open(bundle_dir), sizes, ov_precisions, data, tolerances, parity_count, progress)
+        summary.checks += ov_checks
+        summary.reused += [f"ov {r}" for r in ov_reused]
     return summary
 
 

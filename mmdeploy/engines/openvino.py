@@ -1,0 +1,168 @@
+"""OpenVINO on the CPU: the per-size ONNX compiled per batch shape, fp32 or bf16, with a model cache.
+
+Batch 1 (and small batches) compile with OpenVINO's latency hint: one stream using every
+thread. Large batches compile with the throughput hint and one stream per thread; the batch
+is split into equal parts that run side by side, one infer request per stream. Shapes are static
+per compiled model (OpenVINO plans better for fixed shapes); compiled models are kept per
+batch shape, and OpenVINO's model cache (``CACHE_DIR``) makes a recompile a blob load.
+
+``fp32`` pins OpenVINO's inference precision to f32: on CPUs with native bf16 its default is
+bf16, which would be measured under the wrong name. ``bf16`` is refused where the CPU has no
+native bf16 (OpenVINO would emulate it, slower than fp32).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmdeploy.engines.base import Engine
+from mmdeploy.engines.onnxruntime import usable_cores
+from mmdeploy.errors import MMDeployError
+
+PRECISIONS = ("fp32", "bf16")
+CACHE_DIR = "ov_cache"  # in the bundle; OpenVINO owns the blob files in it
+THROUGHPUT_MIN_BATCH = 8  # from this batch on, split the batch over streams (throughput hint)
+
+
+def ov_unavailable_reason() -> str:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "openvino is not installed (pip install 'mmdeploy-mixsize[openvino]' or pip install openvino)"
+    return ""
+
+
+def _cpu_flags() -> set[str] | None:
+    """The x86 CPU flags from /proc/cpuinfo, or None where there are none to read (another OS, another ISA)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), as OpenVINO and the CPU flags both say."""
+    import openvino as ov
+
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return False
+    flags = _cpu_flags()
+    return flags is None or bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def check_precision(precision: str) -> None:
+    """Refuse, in one line, a precision the ov engine cannot serve well on this CPU."""
+    if precision not in PRECISIONS:
+        raise MMDeployError(f"the ov engine has no precision {precision!r}", "use --precision fp32 or bf16 with --engine ov")
+    if precision == "bf16" and not native_bf16():
+        raise MMDeployError("this CPU has no native bf16 (AVX-512 BF16 or AMX), so OpenVINO bf16 would be emulated and slow",
+                            "use --precision fp32 with --engine ov on this machine")
+
+
+def ov_record(bundle, size: int, precision: str):
+    """The gated ov entry (``ArtifactRecord``) of one (size, precision) in the manifest, or None."""
+    from mmdeploy.bundle import OV
+
+    return bundle.artifact(size, OV, precision)
+
+
+class OvEngine(Engine):
+    name = "ov"
+
+    def __init__(self, onnx_path: Path, size: int, precision: str = "fp32", threads: int | None = None,
+                 cache_dir: Path | None = None, streams: int | None = None, throughput_min_batch: int = THROUGHPUT_MIN_BATCH):
+        super().__init__(size, precision, "cpu")
+        self.onnx_path = Path(onnx_path)
+        self.threads = threads or usable_cores()
+        self.streams = streams or self.threads
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.throughput_min_batch = throughput_min_batch
+
+    @classmethod
+    def from_bundle(cls, bundle, size: int, precision: str = "fp32", **options) -> OvEngine:
+        record = ov_record(bundle, size, precision)
+        hint = f"run `mmdeploy export {bundle.root} --engine ov --precision {precision}`"
+        if not record or not bundle.path(record.file).exists():
+            raise MMDeployError(f"no gated ov {precision} engine for size {size} in {bundle.root}", hint)
+        return cls(bundle.artifact_path(record, hint), size, precision, cache_dir=bundle.path(record.cache_dir or CACHE_DIR), **options)
+
+    def compile_config(self, throughput: bool) -> dict:
+        """The OpenVINO properties of one compiled model (also what the model cache keys on)."""
+        import openvino as ov
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        config = {
+            hints.inference_precision: ov.Type.bf16 if self.precision == "bf16" else ov.Type.f32,
+            hints.performance_mode: hints.PerformanceMode.THROUGHPUT if throughput else hints.PerformanceMode.LATENCY,
+            props.inference_num_threads: self.threads,
+        }
+        if throughput:
+            config[props.num_streams] = self.streams
+        if self.cache_dir is not None:
+            config[props.cache_dir] = str(self.cache_dir)
+        return config
+
+    def activate(self) -> None:
+        reason = ov_unavailable_reason()
+        if reason:
+            raise MMDeployError(f"the ov engine is unavailable: {reason}", "install openvino, or use --engine ort")
+        check_precision(self.precision)
+        import openvino as ov
+
+        self.core = ov.Core()
+        try:
+            self.core.read_model(str(self.onnx_path))
+        except Exception as exc:  # noqa: BLE001  (OpenVINO raises its own RuntimeError types)
+            raise MMDeployError(f"OpenVINO cannot read {self.onnx_path}: {str(exc).splitlines()[0][:160]}", "re-export the bundle") from None
+        self._compiled: dict[int, tuple] = {}
+        super().activate()
+
+    def deactivate(self) -> None:
+        self._compiled = {}
+        self.core = None
+        super().deactivate()
+
+    def _plan(self, batch: int) -> tuple:
+        """(compiled model, infer requests, part size) for one input batch, compiled on first use."""
+        if batch in self._compiled:
+            return self._compiled[batch]
+        import openvino as ov
+
+        throughput = batch >= self.throughput_min_batch and self.streams > 1
+        part = -(-batch // self.streams) if throughput else batch
+        model = self.core.read_model(str(self.onnx_path))
+        model.reshape({model.inputs[0]: ov.PartialShape([part, 3, self.size, self.size])})
+        compiled = self.core.compile_model(model, "CPU", self.compile_config(throughput))
+        # One infer request per stream, started together and waited on in turn: no Python callbacks
+        # (they run on OpenVINO's threads and need the GIL, which a blocking wait can hold).
+        requests = [compiled.create_infer_request() for _ in range(-(-batch // part))]
+        self._compiled[batch] = (compiled, requests, part)
+        return self._compiled[batch]
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        n = arr.shape[0]
+        _, requests, part = self._plan(n)
+        if part == n:
+            requests[0].infer({0: arr}, share_inputs=True)
+            return torch.from_numpy(requests[0].get_output_tensor(0).data.copy())
+        if len(requests) * part > n:  # the last part zero-padded to the compiled shape
+            arr = np.concatenate([arr, np.zeros((len(requests) * part - n, *arr.shape[1:]), np.float32)])
+        for i, request in enumerate(requests):
+            request.start_async({0: arr[i * part : (i + 1) * part]}, share_inputs=True)
+        outs = []
+        for request in requests:
+            request.wait()
+            outs.append(request.get_output_tensor(0).data.copy())
+        return torch.from_numpy(np.concatenate(outs)[:n])
+
+    def describe(self) -> dict:
+        return {**super().describe(), "threads": self.threads, "streams": self.streams, "throughput_min_batch": self.throughput_min_batch,
+                "cache_dir": str(self.cache_dir) if self.cache_dir else None}
