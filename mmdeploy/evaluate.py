@@ -105,7 +105,7 @@ def evaluate_target(
 
     ``preprocess``/``mean``/``std`` apply to a checkpoint; a bundle uses the preprocessing it was calibrated with."""
     from mmdeploy.bundle import Bundle
-    from mmdeploy.engines import check_choices
+    from mmdeploy.engines import check_choices, torch_runs
     from mmdeploy.engines.torch_engine import TorchEngine
 
     check_choices(engines, precisions)
@@ -128,7 +128,7 @@ def evaluate_target(
             targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(source, s, device=device)))
             for name in engines or ["torch"]:
                 for prec in precisions or ["fp32"]:
-                    if name == "torch" and prec == "fp16" and not _cuda():
+                    if name == "torch" and not torch_runs(prec):
                         continue
                     targets.append(EvalTarget(s, name, prec, True, lambda s=s, n=name, p=prec: bundle.engine(n, s, p, **({"device": device} if n == "torch" else {}))))
     else:
@@ -156,7 +156,3 @@ def evaluate_target(
                 metrics[f"{r.engine}/{r.precision}"] = {"top1": r.top1, "top5": r.top5, "images": r.images, "data": str(data), "data_fingerprint": folder_key}
             bundle.save()
     return results
-
-
-def _cuda() -> bool:
-    return torch.cuda.is_available()

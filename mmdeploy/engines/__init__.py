@@ -6,7 +6,18 @@ from mmdeploy.engines.base import Engine
 from mmdeploy.errors import MMDeployError
 
 ENGINES = ("torch", "ort", "trt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def torch_runs(precision: str) -> bool:
+    """Whether the eager torch engine has this precision here (fp16 needs CUDA; int8 is an exported-graph precision)."""
+    if precision == "fp32":
+        return True
+    if precision == "fp16":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
 
 
 def check_choices(engines: list[str] | None, precisions: list[str] | None) -> None:
@@ -43,4 +54,4 @@ def available_engines() -> dict[str, str]:
     return {"torch": "", "ort": ort_unavailable_reason(), "trt": trt_unavailable_reason()}
 
 
-__all__ = ["ENGINES", "PRECISIONS", "Engine", "available_engines", "check_choices", "create_engine"]
+__all__ = ["ENGINES", "PRECISIONS", "Engine", "available_engines", "check_choices", "create_engine", "torch_runs"]
