@@ -29,7 +29,7 @@ DEMO_CONFIG: dict = {
         {"name": "fixed32", "checkpoint": "models/cifar_resnet20_fixed32.pth", "baseline": "ci/baseline/fixed32/report.json"},
     ],
     "calibrate": {"sizes": [16, 20, 24, 28, 32, 40, 48], "batches": 200, "batch_size": 64, "augment": True, "seed": 0},
-    "export": {"engines": ["auto"], "precisions": ["fp32"]},
+    "export": {"engines": ["auto"], "precisions": ["fp32", "int8"], "int8_method": None, "int8_images": None},
     "bench": {"batches": [1, 32], "warmup": 5, "iters": 30},
     "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "gate": False},
 }
@@ -146,7 +146,8 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
         export_engines = [e for e in engines if e in ("ort", "trt")]
         if export_engines:
             log(f"{name}: export {', '.join(export_engines)} {', '.join(precisions)}")
-            ex = export_bundle(bundle_dir, "trt" if "trt" in export_engines else "ort", precisions, data=calib_data, progress=progress)
+            ex = export_bundle(bundle_dir, "trt" if "trt" in export_engines else "ort", precisions, data=calib_data, progress=progress,
+                               int8_method=config["export"].get("int8_method"), int8_images=config["export"].get("int8_images"))
             run.steps["export"] = "ran" if ex.written or ex.trt else "reused"
         bundle = Bundle.open(bundle_dir)
         eval_key = _key(_artifact_keys(bundle), val_key, engines, precisions)

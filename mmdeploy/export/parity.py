@@ -27,7 +27,7 @@ DEFAULT_TOLERANCES = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_top1_agreement=0.99),
     "fp16": Tolerance(atol=1e-2, rtol=3e-2, min_top1_agreement=0.95),
     # INT8 changes logits by a few percent of their range; what must hold is the decision (top-1) and no outliers.
-    "int8": Tolerance(atol=0.1, rtol=0.25, min_top1_agreement=0.9),
+    "int8": Tolerance(atol=0.1, rtol=0.5, min_top1_agreement=0.9),
 }
 
 

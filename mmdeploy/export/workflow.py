@@ -87,8 +87,8 @@ def export_bundle(
     trt_batches: tuple[int, ...] = (1, 32),
     trt_workspace_gb: float = 4.0,
     progress: Progress | None = None,
-    int8_method: str = DEFAULT_METHOD,
-    int8_images: int = DEFAULT_IMAGES,
+    int8_method: str | None = None,
+    int8_images: int | None = None,
 ) -> ExportSummary:
     if engine not in ("onnx", "ort", "trt"):
         raise MMDeployError(f"unknown export engine {engine!r}", "use --engine onnx, ort or trt")
@@ -98,7 +98,7 @@ def export_bundle(
     for p in precisions:
         if p not in PRECISIONS:
             raise MMDeployError(f"unknown precision {p!r}", f"use --precision {' or '.join(PRECISIONS)}")
-    int8 = int8_settings(int8_method, int8_images) if "int8" in precisions else None
+    int8 = int8_settings(int8_method or DEFAULT_METHOD, DEFAULT_IMAGES if int8_images is None else int8_images) if "int8" in precisions else None
     if engine == "trt":
         from mmdeploy.engines.tensorrt import trt_unavailable_reason
 
