@@ -18,13 +18,22 @@ import torch
 from mmdeploy import __version__
 from mmdeploy import distributed as dist
 from mmdeploy.bundle import Bundle, temp_path_for
-from mmdeploy.engines import PRECISIONS
 from mmdeploy.data import decode_for_sizes, scan_image_folder
+from mmdeploy.engines import PRECISIONS
 from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.onnx import _BAKE_HINT, convert_fp16, export_onnx, graph_record
 from mmdeploy.export.parity import DEFAULT_TOLERANCES, ParityCheck, Tolerance, check_parity
-from mmdeploy.export.quantize import DEFAULT_IMAGES, DEFAULT_METHOD, INT8_HINT, INT8_PARITY_IMAGES, calibration_batches, int8_key_extra, int8_settings, quantize_int8
+from mmdeploy.export.quantize import (
+    DEFAULT_IMAGES,
+    DEFAULT_METHOD,
+    INT8_HINT,
+    INT8_PARITY_IMAGES,
+    calibration_batches,
+    int8_key_extra,
+    int8_settings,
+    quantize_int8,
+)
 from mmdeploy.models.checkpoint import sha256_file
 from mmdeploy.progress import Progress
 
