@@ -32,7 +32,7 @@ MODELS = {"mixsize": ROOT / "models/cifar_resnet20_mixsize_dplus.pth", "fixed32"
 def quantized(bundle: Bundle, work: Path, size: int, method: str, images: int) -> Path:
     """The size's INT8 ONNX for one method (kept in ``work``; remade when the fp32 ONNX changed)."""
     fp32 = bundle.path(bundle.size_entry(size)["artifacts"]["onnx/fp32"]["path"])
-    out = work / f"{size}.{method}.{images}.{bundle.size_entry(size)['artifacts']['onnx/fp32']['sha256'][:12]}.int8.onnx"
+    out = work / f"{size}.{method}.{images}.u8.{bundle.size_entry(size)['artifacts']['onnx/fp32']['sha256'][:12]}.int8.onnx"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         quantize_int8(fp32, out, calibration_batches(bundle.size_entry(size)["calibration"], bundle.preprocess(), size, images), method)

@@ -39,7 +39,7 @@ def test_int8_artifact_per_size_passes_the_gate(int8_bundle):
     for s in SIZES:
         art = bundle.size_entry(s)["artifacts"]["onnx/int8"]
         assert art["path"] == f"sizes/{s}/model.int8.onnx" and bundle.path(art["path"]).is_file()
-        assert art["int8"]["method"] == "percentile" and art["int8"]["images"] == IMAGES and art["int8"]["format"] == "QDQ"
+        assert art["int8"]["method"] == "percentile" and art["int8"]["images"] == IMAGES and art["int8"]["format"] == "QDQ" and art["int8"]["activations"].startswith("uint8")
         assert art["graph"]["quantized_nodes"] > 0 and "Conv" not in art["graph"]["float_ops"]
         checks = [c for c in art["parity"]]
         assert checks and all(c["passed"] and c["precision"] == "int8" and c["images"] >= 32 for c in checks)

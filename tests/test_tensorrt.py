@@ -514,17 +514,24 @@ def test_fp16_with_neither_strong_typing_nor_fp16_flag_is_refused(use_fake, onnx
 
 
 def _qdq(src: Path, dst: Path) -> Path:
-    """The export step's INT8 (QDQ, symmetric) of a tiny graph, ranges from random inputs."""
+    """The export step's INT8 for TensorRT (QDQ, symmetric) of a tiny graph, ranges from random inputs."""
     from mmdeploy.export.quantize import quantize_int8
 
     rng = np.random.default_rng(0)
-    quantize_int8(src, dst, [rng.standard_normal((2, 3, SIZE, SIZE)).astype(np.float32) for _ in range(2)], "minmax")
+    quantize_int8(src, dst, [rng.standard_normal((2, 3, SIZE, SIZE)).astype(np.float32) for _ in range(2)], "minmax", symmetric=True)
     return dst
 
 
 def test_int8_plan_is_built_from_the_qdq_graph_without_precision_flags(use_fake, onnx32, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
     q = _qdq(onnx32, tmp_path / "model.int8.onnx")
     assert trt_mod._graph_precision(q) == "int8"
+    proto = onnx.load(str(q))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # TensorRT: symmetric int8 only
     fake = use_fake(version="11.4.0", fp16_flag=False)
     record = build_trt_plan(q, tmp_path / "p.plan", SIZE, "int8", batch_sizes=(1,))
     assert fake.args("create_network") == [(1 << 1,)] and fake.args("set_flag") == []  # strongly typed: the graph decides

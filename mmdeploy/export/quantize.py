@@ -4,9 +4,12 @@ Activation ranges move with the input size just as BN statistics do, so each siz
 calibrated on its own, with the images that calibrated its BN: the same files, the same
 seeded batches, the same decoding, normalization and (seeded) augmentation, at that size.
 ONNX Runtime's own tools do the work (``quant_pre_process``, then ``quantize_static`` with
-QDQ format, per-channel weights). Activations and weights are signed and symmetric (zero point 0),
-which is what TensorRT's explicit quantization requires, so ONNX Runtime, OpenVINO and
-TensorRT can run the same file.
+QDQ format, per-channel symmetric int8 weights). Activations depend on who runs the file:
+TensorRT's explicit quantization takes only signed symmetric scales (zero point 0), so a
+``trt`` export writes int8 symmetric activations; for ONNX Runtime (and OpenVINO) activations are
+uint8 with a zero point, which lets the quantizer fold each ReLU into its range and puts convs on
+ONNX Runtime's fast u8s8 kernels (signed symmetric QDQ ran slower than fp32 on this project's
+CPU: benchmarks/bench_int8.py).
 
 The dynamic ONNX has no INT8 form: one set of ranges cannot fit every size (that is the point
 of calibrating per size), so an INT8 dynamic graph would be wrong at every size but one.
@@ -38,7 +41,7 @@ INT8_HINT = ("this model loses too much in INT8 at that size: try --int8-method 
              "or deploy it in fp32/fp16 (the gate's bounds: --min-agreement, --atol, --rtol)")
 
 
-def int8_settings(method: str = DEFAULT_METHOD, images: int = DEFAULT_IMAGES) -> dict:
+def int8_settings(method: str = DEFAULT_METHOD, images: int = DEFAULT_IMAGES, symmetric: bool = False) -> dict:
     """The recorded INT8 settings (and part of the artifact's reuse key); refuses bad values."""
     if method not in METHODS:
         raise MMDeployError(f"unknown INT8 calibration method {method!r}", f"use --int8-method {', '.join(METHODS)}")
@@ -47,7 +50,7 @@ def int8_settings(method: str = DEFAULT_METHOD, images: int = DEFAULT_IMAGES) ->
     import onnxruntime
 
     return {"method": method, "images": int(images), "format": "QDQ", "weights": "int8 per-channel symmetric",
-            "activations": "int8 per-tensor symmetric", "onnxruntime": onnxruntime.__version__}
+            "activations": "int8 per-tensor symmetric" if symmetric else "uint8 per-tensor asymmetric", "onnxruntime": onnxruntime.__version__}
 
 
 def calibration_batches(calibration: dict, preprocess: Preprocess, size: int, count: int) -> list[np.ndarray]:
@@ -104,7 +107,7 @@ class _Reader:
         self.position = 0
 
 
-def quantize_int8(fp32_onnx: Path, dst: Path, batches: list[np.ndarray], method: str = DEFAULT_METHOD) -> dict:
+def quantize_int8(fp32_onnx: Path, dst: Path, batches: list[np.ndarray], method: str = DEFAULT_METHOD, symmetric: bool = False) -> dict:
     """QDQ INT8 ONNX at ``dst`` from ``fp32_onnx``; returns the graph record (with what stayed in fp32)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -125,10 +128,11 @@ def quantize_int8(fp32_onnx: Path, dst: Path, batches: list[np.ndarray], method:
             warnings.simplefilter("ignore")
             quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
             quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibMaxIntermediateOutputs": 16})
+                            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=calibrate_method,
+                            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "CalibMaxIntermediateOutputs": 16})
         proto = onnx.load(str(quantized))
-        set_metadata(proto, {"mmdeploy.precision": "int8", "mmdeploy.int8_method": method})
+        set_metadata(proto, {"mmdeploy.precision": "int8", "mmdeploy.int8_method": method, "mmdeploy.int8_symmetric": str(symmetric)})
         record = save_onnx(proto, dst)
     finally:
         for f in (prepared, quantized):

@@ -107,7 +107,9 @@ def export_bundle(
     for p in precisions:
         if p not in PRECISIONS:
             raise MMDeployError(f"unknown precision {p!r}", f"use --precision {' or '.join(PRECISIONS)}")
-    int8 = int8_settings(int8_method or DEFAULT_METHOD, DEFAULT_IMAGES if int8_images is None else int8_images) if "int8" in precisions else None
+    # TensorRT takes only symmetric int8 scales; ONNX Runtime is fastest with uint8 activations (export/quantize.py).
+    int8 = int8_settings(int8_method or DEFAULT_METHOD, DEFAULT_IMAGES if int8_images is None else int8_images, symmetric=engine == "trt") \
+        if "int8" in precisions else None
     if engine == "trt":
         from mmdeploy.engines.tensorrt import trt_unavailable_reason
 
@@ -212,7 +214,8 @@ def _export_one(bundle: Bundle, summary: ExportSummary, bn_size: int | None, siz
         if precision == "fp16":
             graph = convert_fp16(fp32, tmp)
         elif precision == "int8":
-            graph = quantize_int8(fp32, tmp, calibration_batches(calib or {}, bundle.preprocess(), size, int8["images"]), int8["method"])
+            graph = quantize_int8(fp32, tmp, calibration_batches(calib or {}, bundle.preprocess(), size, int8["images"]), int8["method"],
+                                  symmetric=int8["activations"].startswith("int8"))
         else:
             shutil.copyfile(fp32, tmp)
             graph = graph_record(tmp)
