@@ -36,6 +36,7 @@ from mmdeploy.export.quantize import (
 )
 from mmdeploy.models.checkpoint import sha256_file
 from mmdeploy.progress import Progress
+from mmdeploy.writable import ensure_writable
 
 PARITY_BATCHES = (1, 8)
 
@@ -103,6 +104,7 @@ def export_bundle(
         raise MMDeployError(f"unknown export engine {engine!r}", "use --engine onnx, ort or trt")
     progress = progress or Progress()
     bundle = Bundle.open(bundle_dir)
+    ensure_writable(bundle.root)  # before minutes of export work, not after
     precisions = precisions or ["fp32"]
     for p in precisions:
         if p not in PRECISIONS:
