@@ -30,7 +30,7 @@ DEMO_CONFIG: dict = {
         {"name": "fixed32", "checkpoint": "models/cifar_resnet20_fixed32.pth", "baseline": "ci/baseline/fixed32/report.json"},
     ],
     "calibrate": {"sizes": [16, 20, 24, 28, 32, 40, 48], "batches": 200, "batch_size": 64, "augment": True, "seed": 0},
-    "export": {"engines": ["auto"], "precisions": ["fp32", "int8"], "int8_method": None, "int8_images": None},
+    "export": {"engines": ["auto"], "precisions": ["fp32", "int8"]},  # int8_method, int8_images: export defaults
     "bench": {"batches": [1, 32], "warmup": 5, "iters": 30, "tune": True, "noise_budget_s": 30},
     "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "gate": False},
 }
