@@ -38,7 +38,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture name (see `mmdeploy archs`) or package.module:factory.")]
 PickleOpt = Annotated[bool, typer.Option("--unsafe-allow-pickle", help="Allow arbitrary unpickling of the checkpoint. Only for files you trust.")]
 EngineOpt = Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine: torch, ort, trt or ov (OpenVINO, CPU) (repeatable).")]
-PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32, fp16 (ort, trt, torch on CUDA) or bf16 (ov, CPUs with native bf16) (repeatable).")]
+PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32, fp16 (ort, trt, torch on CUDA), bf16 (ov, CPUs with native bf16) or int8 (ort, trt; per-size QDQ ONNX) (repeatable).")]
 
 
 def _warn_one_line(message, category, filename, lineno, file=None, line=None):
@@ -234,19 +234,22 @@ def export(
     precision: PrecisionOpt = None,
     size: SizesOpt = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Real images for the parity gate (default: the calibration folder).")] = None,
-    atol: Annotated[Optional[float], typer.Option(help="Parity gate: absolute logit tolerance (default 1e-4 fp32, 1e-2 fp16 and bf16).")] = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Parity gate: tolerance relative to the largest logit (default 1e-3 fp32, 3e-2 fp16, 2e-2 bf16).")] = None,
-    min_agreement: Annotated[Optional[float], typer.Option(help="Parity gate: minimum top-1 agreement (default 0.99 fp32, 0.95 fp16 and bf16).")] = None,
+    atol: Annotated[Optional[float], typer.Option(help="Parity gate: absolute logit tolerance (default 1e-4 fp32, 1e-2 fp16 and bf16, 0.1 int8).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Parity gate: tolerance relative to the largest logit (default 1e-3 fp32, 3e-2 fp16, 2e-2 bf16, 0.5 int8).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="Parity gate: minimum top-1 agreement (default 0.99 fp32, 0.95 fp16 and bf16, 0.9 int8).")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic/--no-dynamic", help="Also export the dynamic (N, H, W) ONNX.")] = True,
     static_batch: Annotated[Optional[int], typer.Option(help="Fix the batch dimension of per-size ONNX (default: dynamic batch).")] = None,
     trt_batch: Annotated[Optional[list[int]], typer.Option("--trt-batch", help="TensorRT static profile batch sizes (repeatable; default 1 and 32).")] = None,
     workspace_gb: Annotated[float, typer.Option(help="TensorRT builder workspace limit in GiB.")] = 4.0,
+    int8_method: Annotated[Optional[str], typer.Option(help="int8: activation range calibration, percentile (default, measured best), minmax or entropy.")] = None,
+    int8_images: Annotated[Optional[int], typer.Option(help="int8: calibration images per size, default 256 (whole BN calibration batches: the images BN saw).")] = None,
     json_out: JsonOpt = False,
 ):
     """Export ONNX (dynamic + one per size, BN folded), gate it against PyTorch, and build engines.
 
     Example: [bold]mmdeploy export bundle/ --engine ort --precision fp32 --precision fp16[/]
     (OpenVINO on a CPU: [bold]mmdeploy export bundle/ --engine ov --precision fp32 --precision bf16[/])
+    (int8: one QDQ ONNX per size, ranges calibrated at that size: [bold]--precision int8 --int8-images 256[/])
     (or straight from a checkpoint: [bold]mmdeploy export ckpt.pth --size 32 --data calib/val --out bundle/[/])
     """
     from mmdeploy import distributed
@@ -270,7 +273,7 @@ def export(
         bundle = out
     summary = export_bundle(bundle, engine, precision, _sizes(size), data, tolerances, dynamic=dynamic,
                             static_batch=static_batch, trt_batches=tuple(trt_batch or (1, 32)), trt_workspace_gb=workspace_gb,
-                            progress=_progress(json_out))
+                            progress=_progress(json_out), int8_method=int8_method, int8_images=int8_images)
     if not distributed.is_main():
         return
     if json_out:

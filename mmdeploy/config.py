@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmdeploy.engines import PRECISIONS
 from mmdeploy.errors import MMDeployError
+from mmdeploy.export.quantize import METHODS as INT8_METHODS
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class ModelList:
 
 
 ENGINE_CHOICES = ("auto", "ort", "trt", "ov")
-PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+PRECISION_CHOICES = PRECISIONS
 
 SCHEMA: dict[str, Any] = {
     "out": Field("str", "folder of the bundles, one per model"),
@@ -108,6 +110,8 @@ SCHEMA: dict[str, Any] = {
     "export": {
         "engines": Field("list[str]", "engines to export for (auto: all usable)", choices=ENGINE_CHOICES, non_empty=True),
         "precisions": Field("list[str]", "precisions to export", choices=PRECISION_CHOICES, non_empty=True),
+        "int8_method": Field("str", "int8 activation range calibration (default percentile)", choices=INT8_METHODS),
+        "int8_images": Field("int", "int8 calibration images per size (default 256)", minimum=1),
     },
     "bench": {
         "batches": Field("list[int]", "batch sizes to time", minimum=1, non_empty=True),

@@ -111,7 +111,7 @@ def evaluate_target(
     ``preprocess``/``mean``/``std`` apply to a checkpoint; a bundle uses the preprocessing it was calibrated with."""
     from mmdeploy.bundle import Bundle
     from mmdeploy.classes import bundle_label_space, checkpoint_label_space
-    from mmdeploy.engines import check_choices, serves
+    from mmdeploy.engines import check_choices, serves, torch_runs
     from mmdeploy.engines.torch_engine import TorchEngine
     from mmdeploy.writable import ensure_writable
 
@@ -138,7 +138,7 @@ def evaluate_target(
             targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(source, s, device=device)))
             for name in engines or ["torch"]:
                 for prec in precisions or ["fp32"]:
-                    if not serves(name, prec) or (name == "torch" and prec == "fp16" and not _cuda()):
+                    if not serves(name, prec) or (name == "torch" and not torch_runs(prec)):
                         continue
                     targets.append(EvalTarget(s, name, prec, True, lambda s=s, n=name, p=prec: bundle.engine(n, s, p, **({"device": device} if n == "torch" else {}))))
     else:
@@ -169,7 +169,3 @@ def evaluate_target(
                 metrics[f"{r.engine}/{r.precision}"] = {"top1": r.top1, "top5": r.top5, "images": r.images, "data": str(data), "data_fingerprint": folder_key}
             bundle.save()
     return results
-
-
-def _cuda() -> bool:
-    return torch.cuda.is_available()

@@ -30,7 +30,7 @@ DEMO_CONFIG: dict = {
         {"name": "fixed32", "checkpoint": "models/cifar_resnet20_fixed32.pth", "baseline": "ci/baseline/fixed32/report.json"},
     ],
     "calibrate": {"sizes": [16, 20, 24, 28, 32, 40, 48], "batches": 200, "batch_size": 64, "augment": True, "seed": 0},
-    "export": {"engines": ["auto"], "precisions": ["fp32", "bf16"]},  # each engine takes the precisions it serves
+    "export": {"engines": ["auto"], "precisions": ["fp32", "bf16", "int8"]},  # each engine takes the precisions it serves; int8_method, int8_images: export defaults
     "bench": {"batches": [1, 32], "warmup": 5, "iters": 30, "tune": True, "noise_budget_s": 30},
     "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "gate": False},
 }
@@ -180,7 +180,8 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
         if export_engines:
             onnx_precisions = [p for p in precisions if serves("ort", p)] or ["fp32"]
             log(f"{name}: export {', '.join(export_engines)} {', '.join(onnx_precisions)}")
-            ex = export_bundle(bundle_dir, "trt" if "trt" in export_engines else "ort", onnx_precisions, data=calib_data, progress=progress)
+            ex = export_bundle(bundle_dir, "trt" if "trt" in export_engines else "ort", onnx_precisions, data=calib_data, progress=progress,
+                               int8_method=config["export"].get("int8_method"), int8_images=config["export"].get("int8_images"))
             run.steps["export"] = "ran" if ex.written or ex.trt else "reused"
         if ov_precisions:
             log(f"{name}: export ov {', '.join(ov_precisions)}")

@@ -76,8 +76,9 @@ def test_bad_batch_sizes_are_user_errors(batches):
 def test_plan_names():
     assert plan_filename(160, "fp16") == "sizes/160/model.fp16.plan"
     assert plan_filename(24, "fp32", batch=32) == "sizes/24/model.fp32.b32.plan"
-    with pytest.raises(MMDeployError, match="int8"):
-        plan_filename(24, "int8")
+    assert plan_filename(24, "int8") == "sizes/24/model.int8.plan"
+    with pytest.raises(MMDeployError, match="bf16"):
+        plan_filename(24, "bf16")
 
 
 def test_build_settings_record():
@@ -510,6 +511,36 @@ def test_fp16_with_neither_strong_typing_nor_fp16_flag_is_refused(use_fake, onnx
     with pytest.raises(MMDeployError, match="neither strongly typed networks nor the FP16 builder flag"):
         build_trt_plan(onnx16, tmp_path / "p.plan", SIZE, "fp16")
     assert not (tmp_path / "p.plan").exists()
+
+
+def _qdq(src: Path, dst: Path) -> Path:
+    """The export step's INT8 for TensorRT (QDQ, symmetric) of a tiny graph, ranges from random inputs."""
+    from mmdeploy.export.quantize import quantize_int8
+
+    rng = np.random.default_rng(0)
+    quantize_int8(src, dst, [rng.standard_normal((2, 3, SIZE, SIZE)).astype(np.float32) for _ in range(2)], "minmax", symmetric=True)
+    return dst
+
+
+def test_int8_plan_is_built_from_the_qdq_graph_without_precision_flags(use_fake, onnx32, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    q = _qdq(onnx32, tmp_path / "model.int8.onnx")
+    assert trt_mod._graph_precision(q) == "int8"
+    proto = onnx.load(str(q))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # TensorRT: symmetric int8 only
+    fake = use_fake(version="11.4.0", fp16_flag=False)
+    record = build_trt_plan(q, tmp_path / "p.plan", SIZE, "int8", batch_sizes=(1,))
+    assert fake.args("create_network") == [(1 << 1,)] and fake.args("set_flag") == []  # strongly typed: the graph decides
+    assert record["settings"]["precision"] == "int8" and record["settings"]["precision_source"] == "graph"
+    use_fake(strongly_typed=False)  # an old weakly typed 10.x without an INT8 flag cannot build it
+    with pytest.raises(MMDeployError, match="nor the INT8 builder flag"):
+        build_trt_plan(q, tmp_path / "p2.plan", SIZE, "int8")
+    with pytest.raises(MMDeployError, match="int8 graph but a fp32 plan"):
+        build_trt_plan(q, tmp_path / "p2.plan", SIZE, "fp32")
 
 
 def test_precision_must_match_the_graph(use_fake, onnx32, onnx16, tmp_path):

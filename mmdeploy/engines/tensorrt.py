@@ -28,7 +28,10 @@ API facts this code relies on (checked against NVIDIA's documentation, 2026):
   from the ONNX graph (fp16 conversion keeping fp32 I/O, Q/DQ nodes for int8). In 11.0
   ``STRONGLY_TYPED`` is kept for API compatibility and ignored (strong typing is always on;
   trtx-sys docs of ``NetworkDefinitionCreationFlag``). Hence: set ``STRONGLY_TYPED`` when the
-  enum has it, else (an old 10.x) fall back to ``BuilderFlag.FP16`` for an fp16 graph, else fail.
+  enum has it, else (an old 10.x) fall back to ``BuilderFlag.FP16``/``INT8`` for an fp16/int8 graph, else fail.
+* Explicit quantization ("Explicit Quantization" page of the TensorRT developer guide): a graph
+  with Q/DQ nodes is built with its INT8 placement as written; with strong typing no precision
+  flag is set. Scales must be symmetric (zero point 0), which export/quantize.py writes.
 * Build: ``IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)``,
   ``create_timing_cache(blob)`` / ``set_timing_cache(cache, ignore_mismatch)`` /
   ``get_timing_cache().serialize()`` (ITimingCache page), ``create_optimization_profile``,
@@ -58,7 +61,7 @@ from mmdeploy.bundle import atomic_write_bytes
 from mmdeploy.engines.base import Engine
 from mmdeploy.errors import MMDeployError
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 TIMING_CACHE = "trt/timing.cache"  # relative to the bundle root; one per bundle, shared by its plans
 MIN_TRT_MAJOR = 10
 _INSTALL_HINT = "pip install 'mmdeploy-mixsize[trt]' on a machine with an NVIDIA GPU"
@@ -227,13 +230,13 @@ def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise MMDeployError(
             f"TensorRT precision {precision!r} is not supported",
-            f"use one of {', '.join(PRECISIONS)} (int8 needs Q/DQ nodes in the ONNX graph, which this toolkit does not write yet)",
+            f"use one of {', '.join(PRECISIONS)}",
         )
 
 
 # -- build ------------------------------------------------------------------------------------
 def _graph_precision(onnx_path: Path) -> str:
-    """"fp16" if the ONNX graph computes in half precision (converted upstream), else "fp32"."""
+    """"int8" if the graph has Q/DQ nodes (explicit quantization), "fp16" if it computes in half precision, else "fp32"."""
     import onnx
 
     proto = onnx.load(str(onnx_path), load_external_data=False)
@@ -242,6 +245,8 @@ def _graph_precision(onnx_path: Path) -> str:
         return meta["mmdeploy.precision"]
     half = onnx.TensorProto.FLOAT16
     graph = proto.graph
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
+        return "int8"
     if any(t.data_type == half for t in graph.initializer):
         return "fp16"
     if any(v.type.tensor_type.elem_type == half for v in (*graph.value_info, *graph.input, *graph.output)):
@@ -321,8 +326,9 @@ def _network_flags(trt, precision: str) -> tuple[int, bool]:
     strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly is not None:
         return 1 << int(strongly), True
-    if precision == "fp16" and getattr(trt.BuilderFlag, "FP16", None) is None:
-        raise MMDeployError(f"TensorRT {trt.__version__} has neither strongly typed networks nor the FP16 builder flag",
+    flag = {"fp16": "FP16", "int8": "INT8"}.get(precision)
+    if flag and getattr(trt.BuilderFlag, flag, None) is None:
+        raise MMDeployError(f"TensorRT {trt.__version__} has neither strongly typed networks nor the {flag} builder flag",
                             "install TensorRT >= 10 (pip install -U 'mmdeploy-mixsize[trt]')")
     return 0, False
 
@@ -396,8 +402,9 @@ def build_trt_plan(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_bytes"])
     if not settings["tf32"] and getattr(trt.BuilderFlag, "TF32", None) is not None:
         config.clear_flag(trt.BuilderFlag.TF32)
-    if precision == "fp16" and not strongly_typed:
-        config.set_flag(trt.BuilderFlag.FP16)
+    if precision in ("fp16", "int8") and not strongly_typed:
+        # Weakly typed (old 10.x): Q/DQ nodes still fix where INT8 runs, but the builder must be allowed INT8 kernels.
+        config.set_flag(getattr(trt.BuilderFlag, precision.upper()))
     for spec in derive_profiles(input_name, size, batch_sizes, dynamic, max_dynamic_size, channels):
         profile = builder.create_optimization_profile()
         profile.set_shape(input_name, spec.min, spec.opt, spec.max)
