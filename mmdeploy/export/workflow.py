@@ -121,26 +121,23 @@ def export_bundle(
                         if dynamic:
                             pending_dyn = _export_one(bundle, summary, dyn_bn, example, True, precision, static_batch, "dynamic", fp32_cache)
                             if pending_dyn:
+                                pending.append(pending_dyn)  # before the gate: its temp file is removed on every path
                                 ref = bundle.build_model(dyn_bn)
                                 with OrtEngine(pending_dyn.tmp, example, precision) as run:
                                     for s in sizes + [extra]:
                                         pending_dyn.checks += check_parity(ref, _Sized(run, s), images, s, PARITY_BATCHES, pre, tol, "dynamic")
-                                pending.append(pending_dyn)
                             advance(1)
                         for s in sizes:
                             p = _export_one(bundle, summary, s, s, False, precision, static_batch, "per-size", fp32_cache)
                             if p:
+                                pending.append(p)
                                 ref = bundle.build_model(s)
                                 with OrtEngine(p.tmp, s, precision) as run:
                                     p.checks += check_parity(ref, run, images, s, PARITY_BATCHES if static_batch is None else (static_batch,), pre, tol, "per-size")
-                                pending.append(p)
                             advance(1)
                 for p in pending:
                     summary.checks += p.checks
-                failed = sorted({(c.artifact, c.size, c.precision) for c in summary.checks if not c.passed})
-                if failed:
-                    names = ", ".join(f"{a} {p} at size {s}" for a, s, p in failed)
-                    raise MMDeployError(f"parity gate failed: {names} differ from PyTorch beyond tolerance; nothing was written", _BAKE_HINT)
+                _raise_on_failed_checks(summary.checks)
                 for p in pending:
                     os.replace(p.tmp, bundle.path(p.rel))
                     p.record["parity"] = [c.to_dict() for c in p.checks]
@@ -157,6 +154,22 @@ def export_bundle(
             bundle = Bundle.open(bundle_dir)  # now with rank 0's gated ONNX
         summary.trt = _build_trt(bundle, sizes, precisions, images, pre, tolerances, trt_batches, trt_workspace_gb, progress)
     return summary
+
+
+def _raise_on_failed_checks(checks: list[ParityCheck]) -> None:
+    """One line naming every failed (artifact, precision, size): an engine error first (it is the likelier cause), else the numbers."""
+    failed = [c for c in checks if not c.passed]
+    if not failed:
+        return
+    errors = {(c.artifact, c.precision, c.size): c.error for c in failed if c.error}
+    if errors:
+        (artifact, precision, size), error = next(iter(errors.items()))
+        others = sorted({(c.artifact, c.precision, c.size) for c in failed} - {(artifact, precision, size)})
+        more = f" (also failing: {', '.join(f'{a} {p} at size {s}' for a, p, s in others)})" if others else ""
+        raise MMDeployError(f"parity gate failed: the {artifact} {precision} ONNX could not run at size {size} ({error}){more}; "
+                            "nothing was written", _BAKE_HINT)
+    names = ", ".join(f"{a} {p} at size {s}" for a, s, p in sorted({(c.artifact, c.size, c.precision) for c in failed}))
+    raise MMDeployError(f"parity gate failed: {names} differ from PyTorch beyond tolerance; nothing was written", _BAKE_HINT)
 
 
 def _min_size(arch: str) -> int:
