@@ -130,7 +130,7 @@ def _probe(ort, provider: str) -> str:
     return _reason(err.text + "\n" + "\n".join(str(w.message) for w in python_warnings))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def usable_providers(wanted: tuple[str, ...]) -> ProviderChoice:
     """Of ``wanted`` (best first), those that load here; probed once per process, the finding said once."""
     import onnxruntime as ort
