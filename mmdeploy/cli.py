@@ -242,6 +242,9 @@ def export(
 ):
     """Export ONNX (dynamic + one per size, BN folded), gate it against PyTorch, and build engines.
 
+    A "dynamic" ONNX whose H/W came out fixed (a forward reading x.shape as a Python int) is refused at once;
+    an engine error inside the gate fails it, naming artifact and size. Nothing is written unless all pass.
+
     Example: [bold]mmdeploy export bundle/ --engine ort --precision fp32 --precision fp16[/]
     (or straight from a checkpoint: [bold]mmdeploy export ckpt.pth --size 32 --data calib/val --out bundle/[/])
     """

@@ -130,3 +130,12 @@ def test_check_parity_records_engine_errors_as_failures(third_party):
     checks = check_parity(bundle.build_model(16), _Broken(), images, 16, (1, 2), bundle.preprocess(), DEFAULT_TOLERANCES["fp32"], "per-size")
     assert [c.batch for c in checks] == [1, 2] and not any(c.passed for c in checks)
     assert all(c.error == "RuntimeError: INVALID_ARGUMENT : Got invalid dimensions for input: images" for c in checks)
+
+
+def test_cli_prints_one_line_and_exits_1(third_party, cli):
+    bundle = third_party("size_slice")
+    result = cli("export", bundle, "--engine", "ort")
+    assert result.exit_code == 1
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines[0].startswith("error: the dynamic ONNX export came out static") and "internal error" not in result.stderr
+    assert _debris(bundle) == []
