@@ -144,3 +144,18 @@ def test_broken_import_names_the_installed_build_and_the_fix(monkeypatch):
     assert reason.startswith("onnxruntime-gpu is installed but does not import (ModuleNotFoundError") and "--force-reinstall onnxruntime-gpu" in reason
     monkeypatch.setattr(ort_providers, "installed_ort_distributions", lambda: ["onnxruntime", "onnxruntime-gpu"])
     assert "both installed" in ort_unavailable_reason() and "\n" not in ort_unavailable_reason()
+
+
+def test_a_build_that_raises_instead_of_falling_back_is_reported_with_its_message(monkeypatch):
+    fake = _fake_ort(loads=False)
+
+    def raising(model, sess_options=None, providers=()):
+        if providers[0] == CUDA:
+            raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected ; GPU=0")
+        return types.SimpleNamespace(get_providers=lambda: [CPU])
+
+    fake.InferenceSession = raising
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    monkeypatch.setattr(ort_providers, "installed_ort_distributions", lambda: ["onnxruntime-gpu"])
+    with pytest.warns(UserWarning, match=r"CUDAExecutionProvider did not load: CUDA failure 100: no CUDA-capable device is detected\)"):
+        assert usable_providers((CUDA, CPU)).providers == (CPU,)

@@ -118,16 +118,17 @@ def _probe(ort, provider: str) -> str:
     """"" if ``provider`` creates a session here, else why not (ONNX Runtime falls back to the CPU instead of raising)."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    raised = ""
     with captured_native_stderr() as err, warnings.catch_warnings(record=True) as python_warnings:
         warnings.simplefilter("always")
         try:
             session = ort.InferenceSession(_probe_graph(), sess_options=so, providers=[provider, CPU])
             got = session.get_providers()[0]
         except Exception as exc:  # noqa: BLE001  some builds raise instead of falling back
-            got, err.text = CPU, f"{err.text}\n{exc}"
+            got, raised = CPU, str(exc)
     if got == provider:
         return ""
-    return _reason(err.text + "\n" + "\n".join(str(w.message) for w in python_warnings))
+    return _reason("\n".join([err.text, raised, *(str(w.message) for w in python_warnings)]))
 
 
 @functools.cache
