@@ -287,7 +287,7 @@ def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, work
                     checks = check_parity(ref, run, images, s, tuple(b for b in batches if b <= len(images)) or (1,), pre, tolerances[precision], "trt")
                 entry["parity"] = [c.to_dict() for c in checks]
                 if not all(c.passed for c in checks):
-                    error = next((f" ({c.error})" for c in checks if c.error), "")  # the plan could not run, rather than differ
+                    error = next((f" ({c.error})" for c in checks if getattr(c, "error", "")), "")  # the plan could not run
                     raise MMDeployError(f"parity gate failed for the TensorRT {precision} plan at size {s}{error}", "try --precision fp32, or report the model")
             except Exception as exc:  # noqa: BLE001  (reported to every rank below)
                 failed.append((s, precision))
