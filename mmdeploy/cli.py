@@ -247,6 +247,9 @@ def export(
 ):
     """Export ONNX (dynamic + one per size, BN folded), gate it against PyTorch, and build engines.
 
+    A "dynamic" ONNX whose H/W came out fixed (a forward reading x.shape as a Python int) is refused at once;
+    an engine error inside the gate fails it, naming artifact and size. Nothing is written unless all pass.
+
     Example: [bold]mmdeploy export bundle/ --engine ort --precision fp32 --precision fp16[/]
     (OpenVINO on a CPU: [bold]mmdeploy export bundle/ --engine ov --precision fp32 --precision bf16[/])
     (int8: one QDQ ONNX per size, ranges calibrated at that size: [bold]--precision int8 --int8-images 256[/])

@@ -59,6 +59,7 @@ import torch
 
 from mmdeploy.bundle import atomic_write_bytes
 from mmdeploy.engines.base import Engine
+from mmdeploy.engines.trt_errors import create_with_log, import_hint, import_problem
 from mmdeploy.errors import MMDeployError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -77,10 +78,8 @@ def _trt_import_problem() -> str:
     """"" if ``import tensorrt`` works and is new enough, else what is wrong with it."""
     try:
         import tensorrt as trt
-    except ImportError:
-        return "TensorRT is not installed"
-    except Exception as exc:  # a tensorrt wheel without its libraries fails with OSError and friends
-        return f"TensorRT fails to import ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+    except Exception as exc:  # not installed, or the bindings without their native libraries (ImportError, OSError)
+        return import_problem(exc)
     major = _major(getattr(trt, "__version__", "0"))
     if major < MIN_TRT_MAJOR:
         return f"TensorRT {trt.__version__} is too old (need >= {MIN_TRT_MAJOR})"
@@ -92,7 +91,7 @@ def _missing() -> tuple[str, str]:
     trt_problem = _trt_import_problem()
     gpu_problem = "" if _cuda_available() else "no CUDA GPU is visible to PyTorch"
     if trt_problem:
-        return " and ".join(p for p in (trt_problem, gpu_problem) if p), _INSTALL_HINT
+        return " and ".join(p for p in (trt_problem, gpu_problem) if p), import_hint(trt_problem, _INSTALL_HINT)
     if gpu_problem:
         return gpu_problem, f"run on a machine with an NVIDIA GPU and a CUDA build of PyTorch (this one is {torch.__version__}, CUDA {torch.version.cuda or 'none'})"
     return "", ""
@@ -113,7 +112,7 @@ def _require_trt_engine() -> None:
 def _import_trt():
     problem = _trt_import_problem()
     if problem:
-        raise MMDeployError(f"the trt engine is unavailable: {problem}", _INSTALL_HINT)
+        raise MMDeployError(f"the trt engine is unavailable: {problem}", import_hint(problem, _INSTALL_HINT))
     import tensorrt as trt
 
     return trt
@@ -346,8 +345,13 @@ def _load_timing_cache(config, path: Path | None) -> tuple[object, bool]:
     if cache is None or not config.set_timing_cache(cache, False):
         # a cache from another TensorRT version or GPU is refused: start empty, overwrite it after the build
         _log.warning("TensorRT refused the timing cache %s (another TensorRT or GPU?); starting a fresh one", path)
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, False)
+        try:
+            cache = config.create_timing_cache(b"")
+        except Exception:  # noqa: BLE001
+            cache = None
+        if cache is None or not config.set_timing_cache(cache, False):
+            _log.warning("TensorRT cannot create a timing cache; building without one (slower builds, same plan)")
+            return None, False
         reused = False
     return cache, reused
 
@@ -386,7 +390,7 @@ def build_trt_plan(
     trt = _import_trt()
     started = time.perf_counter()
     logger = _make_logger(trt)
-    builder = trt.Builder(logger)
+    builder = create_with_log(trt.Builder, logger, "Builder")
     flags, strongly_typed = _network_flags(trt, precision)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -407,7 +411,12 @@ def build_trt_plan(
         config.set_flag(getattr(trt.BuilderFlag, precision.upper()))
     for spec in derive_profiles(input_name, size, batch_sizes, dynamic, max_dynamic_size, channels):
         profile = builder.create_optimization_profile()
-        profile.set_shape(input_name, spec.min, spec.opt, spec.max)
+        try:
+            profile.set_shape(input_name, spec.min, spec.opt, spec.max)
+        except Exception as exc:  # noqa: BLE001  TensorRT raises RuntimeError for shapes it refuses
+            said = "; ".join([" ".join(str(exc).split()), *logger.errors[-2:]])
+            raise MMDeployError(f"TensorRT rejected the optimization profile {spec.to_dict()}: {said}",
+                                "check the batch sizes and the graph's input shape") from None
         if config.add_optimization_profile(profile) < 0:
             raise MMDeployError(f"TensorRT rejected the optimization profile {spec.to_dict()}", "check the batch sizes and the graph's input shape")
     cache = None
@@ -500,7 +509,7 @@ class TrtEngine(Engine):
 
         self._trt = trt
         self._logger = _make_logger(trt)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = create_with_log(trt.Runtime, self._logger, "Runtime")
         self._engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         if self._engine is None:
             built = self.build_versions

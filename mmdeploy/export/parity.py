@@ -44,6 +44,7 @@ class ParityCheck:
     max_rel: float  # max_abs / max|reference logit|
     top1_agreement: float
     passed: bool
+    error: str = ""  # what the engine raised instead of answering (a failed check, never a crash)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,7 +68,13 @@ def check_parity(
         ref_all = reference.eval()(x_all).float()
     checks = []
     for batch in batches:
-        outs = [engine(x_all[i : i + batch]) for i in range(0, len(x_all) - batch + 1, batch)]
+        try:
+            outs = [engine(x_all[i : i + batch]) for i in range(0, len(x_all) - batch + 1, batch)]
+        except Exception as exc:  # noqa: BLE001  an engine that cannot run this shape fails the gate; it names why
+            text = " ".join(str(exc).split())[:200]
+            checks.append(ParityCheck(artifact, engine.precision, size, batch, 0, float("inf"), float("inf"), 0.0, False,
+                                      f"{type(exc).__name__}: {text}"))
+            continue
         n = sum(o.shape[0] for o in outs)
         got = torch.cat(outs).float().cpu()
         ref = ref_all[:n]

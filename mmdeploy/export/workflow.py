@@ -148,27 +148,23 @@ def export_bundle(
                         if dynamic and precision != "int8":  # int8 ranges are per size: no dynamic int8 (export/quantize.py)
                             pending_dyn = _export_one(bundle, summary, dyn_bn, example, True, precision, static_batch, "dynamic", fp32_cache)
                             if pending_dyn:
+                                pending.append(pending_dyn)  # before the gate: its temp file is removed on every path
                                 ref = bundle.build_model(dyn_bn)
                                 with OrtEngine(pending_dyn.tmp, example, precision) as run:
                                     for s in sizes + [extra]:
                                         pending_dyn.checks += check_parity(ref, _Sized(run, s), images, s, PARITY_BATCHES, pre, tol, "dynamic")
-                                pending.append(pending_dyn)
                         advance(int(dynamic))
                         for s in sizes:
                             p = _export_one(bundle, summary, s, s, False, precision, static_batch, "per-size", fp32_cache, int8)
                             if p:
+                                pending.append(p)
                                 ref = bundle.build_model(s)
                                 with OrtEngine(p.tmp, s, precision) as run:
                                     p.checks += check_parity(ref, run, images, s, PARITY_BATCHES if static_batch is None else (static_batch,), pre, tol, "per-size")
-                                pending.append(p)
                             advance(1)
                 for p in pending:
                     summary.checks += p.checks
-                failed = sorted({(c.artifact, c.size, c.precision) for c in summary.checks if not c.passed})
-                if failed:
-                    names = ", ".join(f"{a} {p} at size {s}" for a, s, p in failed)
-                    hint = INT8_HINT if all(p == "int8" for _, _, p in failed) else _BAKE_HINT
-                    raise MMDeployError(f"parity gate failed: {names} differ from PyTorch beyond tolerance; nothing was written", hint)
+                _raise_on_failed_checks(summary.checks)
                 for p in pending:
                     os.replace(p.tmp, bundle.path(p.rel))
                     p.record["parity"] = [c.to_dict() for c in p.checks]
@@ -191,6 +187,23 @@ def export_bundle(
         summary.checks += ov_checks
         summary.reused += [f"ov {r}" for r in ov_reused]
     return summary
+
+
+def _raise_on_failed_checks(checks: list[ParityCheck]) -> None:
+    """One line naming every failed (artifact, precision, size): an engine error first (it is the likelier cause), else the numbers."""
+    failed = [c for c in checks if not c.passed]
+    if not failed:
+        return
+    errors = {(c.artifact, c.precision, c.size): c.error for c in failed if c.error}
+    if errors:
+        (artifact, precision, size), error = next(iter(errors.items()))
+        others = sorted({(c.artifact, c.precision, c.size) for c in failed} - {(artifact, precision, size)})
+        more = f" (also failing: {', '.join(f'{a} {p} at size {s}' for a, p, s in others)})" if others else ""
+        raise MMDeployError(f"parity gate failed: the {artifact} {precision} ONNX could not run at size {size} ({error}){more}; "
+                            "nothing was written", _BAKE_HINT)
+    names = ", ".join(f"{a} {p} at size {s}" for a, s, p in sorted({(c.artifact, c.size, c.precision) for c in failed}))
+    hint = INT8_HINT if all(c.precision == "int8" for c in failed) else _BAKE_HINT
+    raise MMDeployError(f"parity gate failed: {names} differ from PyTorch beyond tolerance; nothing was written", hint)
 
 
 def _min_size(arch: str) -> int:
@@ -312,7 +325,8 @@ def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, work
                     checks = check_parity(ref, run, images, s, tuple(b for b in batches if b <= len(images)) or (1,), pre, tolerances[precision], "trt")
                 entry["parity"] = [c.to_dict() for c in checks]
                 if not all(c.passed for c in checks):
-                    raise MMDeployError(f"parity gate failed for the TensorRT {precision} plan at size {s}", "try --precision fp32, or report the model")
+                    error = next((f" ({c.error})" for c in checks if getattr(c, "error", "")), "")  # the plan could not run
+                    raise MMDeployError(f"parity gate failed for the TensorRT {precision} plan at size {s}{error}", "try --precision fp32, or report the model")
             except Exception as exc:  # noqa: BLE001  (reported to every rank below)
                 failed.append((s, precision))
                 bundle.path(plan_filename(s, precision)).unlink(missing_ok=True)
