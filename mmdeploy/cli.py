@@ -34,7 +34,8 @@ err_console = Console(stderr=True, highlight=False)
 SizesOpt = Annotated[Optional[list[str]], typer.Option("--size", "-s", help="Input size in pixels (repeatable).")]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder directory: DIR/<class>/<image>.jpg.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture name (see `mmdeploy archs`) or package.module:factory.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture name (see `mmdeploy archs`) or package.module:factory (your code; a bundle made from it needs the same spec again).")]
+TrustOpt = Annotated[bool, typer.Option("--trust-code-from-files", help="Let a checkpoint, sidecar or bundle name package.module:factory code to import and call. Only for files you trust; --arch SPEC allows just that one.")]
 PickleOpt = Annotated[bool, typer.Option("--unsafe-allow-pickle", help="Allow arbitrary unpickling of the checkpoint. Only for files you trust.")]
 EngineOpt = Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine: torch, ort or trt (repeatable).")]
 PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32 or fp16 (repeatable).")]
@@ -51,9 +52,12 @@ def command(fn=None, *, name: str | None = None):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from mmdeploy.models.trust import user_code_policy
+
         warnings.showwarning = _warn_one_line
         try:
-            return fn(*args, **kwargs)
+            with user_code_policy(kwargs.get("arch"), kwargs.get("trust_code_from_files", False)):  # what files may name
+                return fn(*args, **kwargs)
         except MMDeployError as exc:
             if os.environ.get("MMDEPLOY_DEBUG") == "1":
                 raise
@@ -137,6 +141,7 @@ def calibrate(
     train_size: Annotated[Optional[int], typer.Option("--train-size", help="The size the checkpoint was trained at (reference point of reports).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     unsafe_allow_pickle: PickleOpt = False,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
     """Recalibrate BatchNorm statistics for each --size and write a bundle.
@@ -187,6 +192,7 @@ def eval_(
     std: Annotated[Optional[str], typer.Option(help="Checkpoint only: per-channel std, e.g. 0.229,0.224,0.225.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Device for the torch engine (default: cuda if available).")] = None,
     unsafe_allow_pickle: PickleOpt = False,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
     """Top-1/top-5 per size, before and after calibration, and of each deployed engine.
@@ -238,6 +244,7 @@ def export(
     static_batch: Annotated[Optional[int], typer.Option(help="Fix the batch dimension of per-size ONNX (default: dynamic batch).")] = None,
     trt_batch: Annotated[Optional[list[int]], typer.Option("--trt-batch", help="TensorRT static profile batch sizes (repeatable; default 1 and 32).")] = None,
     workspace_gb: Annotated[float, typer.Option(help="TensorRT builder workspace limit in GiB.")] = 4.0,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
     """Export ONNX (dynamic + one per size, BN folded), gate it against PyTorch, and build engines.
@@ -295,6 +302,8 @@ def bench(
     batch: Annotated[Optional[list[int]], typer.Option("--batch", help="Batch size (repeatable; default 1 and 32).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed calls per point first.")] = 10,
     iters: Annotated[int, typer.Option(help="Timed calls per point (round-robin over points).")] = 50,
+    arch: ArchOpt = None,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
     """Latency of every (size, engine, precision, batch): p50/p90/p99, mean, throughput.
@@ -331,6 +340,8 @@ def report(
     baseline: Annotated[Optional[Path], typer.Option(help="CI gate: compare with this report.json; exit 1 if a point got worse.")] = None,
     max_acc_drop: Annotated[float, typer.Option(help="CI gate: allowed top-1 drop in points.")] = 0.3,
     max_latency_regress: Annotated[str, typer.Option(help="CI gate: allowed growth of latency relative to the reference, e.g. 15%.")] = "15%",
+    arch: ArchOpt = None,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
     """The accuracy/latency Pareto front, the speed-up at iso-accuracy, a pick, and a CI gate.
@@ -365,6 +376,7 @@ def report(
 def run(
     config: Annotated[Optional[Path], typer.Argument(help="TOML config (checkpoint(s), data, sizes, engines, thresholds, output). None: the embedded demo.")] = None,
     gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help="Gate each model's report against its baseline (exit 1 on regression).")] = None,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
     """Calibrate, export, eval, bench and report in one go; reuses unchanged steps.

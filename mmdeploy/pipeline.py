@@ -32,6 +32,7 @@ DEMO_CONFIG: dict = {
     "export": {"engines": ["auto"], "precisions": ["fp32"]},
     "bench": {"batches": [1, 32], "warmup": 5, "iters": 30},
     "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "gate": False},
+    "trust_code_from_files": False,  # let checkpoints/bundles name module:factory code (the config's own `arch` is always allowed)
 }
 
 
@@ -103,6 +104,18 @@ def _artifact_keys(bundle: Bundle) -> dict:
 
 def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None, progress: Progress | None = None, log=print) -> RunSummary:
     """Run every step for every model of the config; ``gate`` overrides ``report.gate``."""
+    from mmdeploy.models.trust import user_code_policy
+
+    config, base = load_config(config_path)
+    # The config is the user's own: its `arch` specs may be imported, and it may trust files.
+    trust = config.get("trust_code_from_files")
+    if not isinstance(trust, bool):
+        raise MMDeployError(f"config {config_path}: trust_code_from_files must be true or false, not {trust!r}", "write trust_code_from_files = true")
+    with user_code_policy([m.get("arch") for m in config["model"] if isinstance(m, dict)], trust):
+        return _run_models(config, base, gate, progress, log)
+
+
+def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress | None, log) -> RunSummary:
     from mmdeploy.bench import bench_bundle, environment
     from mmdeploy.calib.workflow import calibrate_to_bundle
     from mmdeploy.data import scan_image_folder
@@ -112,7 +125,6 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
     from mmdeploy.report import compare_reports, load_report, parse_fraction, report_bundle
 
     progress = progress or Progress()
-    config, base = load_config(config_path)
     if gate is not None:
         config["report"]["gate"] = gate
     resolve = lambda p: (base / p) if p and not Path(p).is_absolute() else Path(p) if p else None  # noqa: E731
