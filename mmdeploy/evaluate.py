@@ -124,6 +124,7 @@ def evaluate_target(
             bundle.size_entry(s)
         pre = bundle.preprocess()
         source = bundle.build_model(None)
+        _check_fits(source, chosen, batch_size, device, data)
         for s in chosen:
             targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(source, s, device=device)))
             for name in engines or ["torch"]:
@@ -143,7 +144,9 @@ def evaluate_target(
             raise MMDeployError("a checkpoint is evaluated with the torch engine in fp32 only (its own BN statistics)",
                                 "calibrate and export it to a bundle (`mmdeploy calibrate`, `mmdeploy export`) to evaluate other engines")
         pre = resolve_preprocess(ckpt, preprocess, mean, std)
-        for s in validate_sizes(sizes, ckpt.arch, model):
+        sizes = validate_sizes(sizes, ckpt.arch, model)
+        _check_fits(model, sizes, batch_size, device, data)
+        for s in sizes:
             targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(model, s, device=device)))
         bundle = None
     results = measure_accuracy(targets, data, pre, batch_size=batch_size, limit=limit, progress=progress)
@@ -156,6 +159,13 @@ def evaluate_target(
                 metrics[f"{r.engine}/{r.precision}"] = {"top1": r.top1, "top5": r.top5, "images": r.images, "data": str(data), "data_fingerprint": folder_key}
             bundle.save()
     return results
+
+
+def _check_fits(model, sizes: list[int], batch_size: int, device: str | None, data) -> None:
+    from mmdeploy.models.fit import check_model_fits
+
+    folder = scan_image_folder(data)
+    check_model_fits(model, sizes, batch_size, device or ("cuda" if _cuda() else "cpu"), len(folder.classes), folder.root)
 
 
 def _cuda() -> bool:
