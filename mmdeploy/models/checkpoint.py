@@ -95,7 +95,8 @@ def _read_torch(path: Path, allow_pickle: bool):
     if is_zip and not zipfile.is_zipfile(path):
         raise MMDeployError(f"{path} is truncated or corrupt (its zip archive has no central directory)", "copy the checkpoint again; its sha256 should match the source")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:
         unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if unsafe:
@@ -103,6 +104,23 @@ def _read_torch(path: Path, allow_pickle: bool):
         raise MMDeployError(f"{path} is truncated or corrupt (its pickle cannot be read)", "copy the checkpoint again; its sha256 should match the source") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, struct.error, UnicodeDecodeError) as exc:
         raise MMDeployError(f"{path} is truncated or corrupt ({_first_line(exc)})", "copy the checkpoint again; its sha256 should match the source") from None
+
+
+def _numpy_scalar_globals() -> list:
+    """Training scripts often save ``best_prec1`` as a numpy scalar. Rebuilding a numeric numpy
+    scalar from its dtype and bytes runs no code, so weights-only loading may allow it (not arrays,
+    not object dtypes)."""
+    try:
+        import numpy as np
+
+        try:
+            from numpy._core.multiarray import scalar
+        except ImportError:  # numpy 1.x
+            from numpy.core.multiarray import scalar
+    except ImportError:
+        return []
+    names = ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType")
+    return [scalar, np.dtype, *(getattr(np.dtypes, n) for n in names if hasattr(getattr(np, "dtypes", None), n))]
 
 
 def _first_line(exc: Exception) -> str:
@@ -247,10 +265,10 @@ def load_checkpoint(
         kwargs.setdefault("num_classes", n_classes)
     model = create_model(info.name, **kwargs)
     state, filled = fill_old_bn_buffers(model, state)
+    load_state_strict(model, state, f"{path.name} into {info.name}")  # now, so a wrong arch fails here with the key names
     if filled:
         warnings.warn(f"{path.name} was saved by PyTorch < 0.4.1 (no num_batches_tracked in {filled} BatchNorm layers); "
                       "loaded with those counters set to 0", stacklevel=2)
-    load_state_strict(model, state, f"{path.name} into {info.name}")  # now, so a wrong arch fails here with the key names
     return LoadedCheckpoint(path, sha256_file(path), fmt, info.name, kwargs, state, config, meta)
 
 
