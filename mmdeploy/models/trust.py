@@ -31,7 +31,8 @@ class CodePolicy:
     trust_files: bool = False  # the user passed --trust-code-from-files
 
 
-_POLICY: ContextVar[CodePolicy] = ContextVar("mmdeploy_code_policy", default=CodePolicy())
+_NOTHING_ALLOWED = CodePolicy()  # frozen: safe to share as the default
+_POLICY: ContextVar[CodePolicy] = ContextVar("mmdeploy_code_policy", default=_NOTHING_ALLOWED)
 
 
 @contextmanager
