@@ -20,6 +20,14 @@ from mmdeploy.models import create_model, load_checkpoint
 from mmdeploy.models.trust import authorize_arch, user_code_policy
 
 
+@pytest.fixture(autouse=True)
+def _no_specs_named_earlier(monkeypatch):
+    """Specs other tests passed as arch= in this process must not allow anything here."""
+    from mmdeploy.models import trust
+
+    monkeypatch.setattr(trust, "_NAMED_BY_CALLER", set())
+
+
 def _payload(marker) -> dict:
     return {"arch": "os:system", "arch_kwargs": {"command": f"touch {marker}"}}
 
@@ -168,3 +176,17 @@ def test_run_config_trust_key_must_be_a_bool(tmp_path, cli):
     config.write_text('trust_code_from_files = "yes"\n[[model]]\nname = "m"\ncheckpoint = "m.pth"\n')
     result = cli("run", config)
     assert result.exit_code == 1 and "trust_code_from_files must be true or false" in result.stderr
+
+
+def test_python_caller_arch_holds_for_the_process(tmp_path, image_dir, user_package):
+    from userpkg.nets import tiny
+
+    torch.save(tiny().state_dict(), tmp_path / "tiny.pth")
+    out = tmp_path / "bundle"
+    calibrate_to_bundle(tmp_path / "tiny.pth", [16], image_dir, out, batches=2, batch_size=4, arch="userpkg.nets:tiny")
+    assert Bundle.open(out).build_model(16) is not None  # the caller named this spec: like --arch on the command line
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["source"]["arch"] = "userpkg.nets:other"  # a spec the caller never named is still refused
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(MMDeployError, match="userpkg.nets:other"):
+        Bundle.open(out)

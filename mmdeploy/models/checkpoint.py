@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models.registry import arch_info, create_model
-from mmdeploy.models.trust import authorize_arch
+from mmdeploy.models.trust import authorize_arch, note_user_arch
 
 _UNSAFE_HINT = "re-save it as a plain state_dict or safetensors, or pass --unsafe-allow-pickle if you trust its author"
 
@@ -252,6 +252,7 @@ def load_checkpoint(
     _check_finite(state, path)
     mm = meta.get("mmdeploy", {}) if isinstance(meta.get("mmdeploy"), dict) else {}
     # Where the name comes from decides whether code may be imported (mmdeploy.models.trust).
+    note_user_arch(arch)
     name, source = (arch, None) if arch else (mm["arch"], mm_origin) if mm.get("arch") else (model_name, origin)
     resolved = _resolve_arch(name, config, state, dataset)
     kwargs = mm.get("arch_kwargs", {})

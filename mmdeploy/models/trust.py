@@ -9,7 +9,10 @@ only when the user repeats that spec with ``--arch`` or passes ``--trust-code-fr
 The user's permissions are a context (``user_code_policy``) rather than an argument threaded
 through every reader: the CLI sets it once per command, ``mmdeploy run`` once per config, and
 every reader (the checkpoint loader, ``Bundle.open``) asks ``authorize_arch``. Nested policies add
-up, so an outer ``--trust-code-from-files`` still holds inside ``mmdeploy run``.
+up, so an outer ``--trust-code-from-files`` still holds inside ``mmdeploy run``. Outside any
+policy (a Python session), a spec the caller passed as ``arch=`` to a loader counts as named by
+the user for the rest of the process, so ``calibrate_to_bundle(..., arch=SPEC)`` followed by
+``export_bundle(...)`` works as it does on the command line with ``--arch SPEC``.
 """
 
 from __future__ import annotations
@@ -31,8 +34,18 @@ class CodePolicy:
     trust_files: bool = False  # the user passed --trust-code-from-files
 
 
-_NOTHING_ALLOWED = CodePolicy()  # frozen: safe to share as the default
-_POLICY: ContextVar[CodePolicy] = ContextVar("mmdeploy_code_policy", default=_NOTHING_ALLOWED)
+_POLICY: ContextVar[CodePolicy | None] = ContextVar("mmdeploy_code_policy", default=None)
+_NAMED_BY_CALLER: set[str] = set()  # specs a Python caller passed as arch= outside any policy
+
+
+def _current() -> CodePolicy:
+    return _POLICY.get() or CodePolicy(frozenset(_NAMED_BY_CALLER))
+
+
+def note_user_arch(arch: str | None) -> None:
+    """The caller (not a file) named ``arch``: outside a policy, remember it for this process."""
+    if isinstance(arch, str) and is_code_spec(arch) and _POLICY.get() is None:
+        _NAMED_BY_CALLER.add(arch)
 
 
 @contextmanager
@@ -40,7 +53,7 @@ def user_code_policy(arch: str | Iterable[str | None] | None = None, trust_files
     """Within this block, the user's own ``arch`` spec(s) and, with ``trust_files``, specs read
     from files may be imported. Adds to the enclosing policy."""
     specs = [arch] if isinstance(arch, str) or arch is None else list(arch)
-    outer = _POLICY.get()
+    outer = _current()
     token = _POLICY.set(CodePolicy(outer.user_specs | {s for s in specs if isinstance(s, str) and ":" in s},
                                    outer.trust_files or bool(trust_files)))
     try:
@@ -67,7 +80,7 @@ def authorize_arch(name: str, kwargs: dict | None = None, source: str | None = N
         _check_plain(kwargs, kwargs_source or source)
     if source is None or is_registered(name) or not is_code_spec(name):
         return  # the user's own choice, a registered architecture, or an unknown name (the registry says so)
-    policy = _POLICY.get()
+    policy = _current()
     call = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
     if name in policy.user_specs:
         return
