@@ -130,9 +130,11 @@ def bench_bundle(
     Returns (results, environment, skipped-with-reason lines)."""
     from mmdeploy.bundle import Bundle
     from mmdeploy.engines import available_engines, check_choices
+    from mmdeploy.writable import ensure_writable
 
     check_choices(engines, precisions)
     bundle = Bundle.open(bundle_dir)
+    ensure_writable(bundle.root)  # before the timing, not after
     sizes = [int(s) for s in sizes] if sizes else bundle.sizes
     for s in sizes:
         bundle.size_entry(s)

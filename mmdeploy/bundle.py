@@ -89,11 +89,9 @@ def check_writable_dir(out: Path) -> None:
         raise MMDeployError(f"--out {out} is a file", "pass a folder path for the bundle")
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
         raise MMDeployError(f"--out {out} is a non-empty folder that is not a bundle", "pass a new or empty folder, or an existing bundle")
-    parent = out if out.exists() else out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise MMDeployError(f"--out {out} is not writable (no write permission on {parent})", "choose a folder you can write to")
+    from mmdeploy.writable import ensure_writable
+
+    ensure_writable(out, "--out")
 
 
 class Bundle:

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mmdeploy.errors import MMDeployError
+from mmdeploy.writable import explain_disk_errors
 
 app = typer.Typer(
     name="mmdeploy",
@@ -57,7 +58,7 @@ def command(fn=None, *, name: str | None = None):
         warnings.showwarning = _warn_one_line
         try:
             with user_code_policy(kwargs.get("arch"), kwargs.get("trust_code_from_files", False)):  # what files may name
-                return fn(*args, **kwargs)
+                return explain_disk_errors(fn)(*args, **kwargs)  # a full disk or read-only folder: one line, not "internal error"
         except MMDeployError as exc:
             if os.environ.get("MMDEPLOY_DEBUG") == "1":
                 raise
@@ -196,6 +197,8 @@ def eval_(
     json_out: JsonOpt = False,
 ):
     """Top-1/top-5 per size, before and after calibration, and of each deployed engine.
+
+    Class folders are matched to the model's classes by name (only cat/ and dog/ score as CIFAR-10 classes 3 and 5); without recorded names, sorted folder order when the counts agree.
 
     Example: [bold]mmdeploy eval bundle/ --data calib/val --engine torch --engine ort[/]
     """
@@ -380,6 +383,8 @@ def run(
     json_out: JsonOpt = False,
 ):
     """Calibrate, export, eval, bench and report in one go; reuses unchanged steps.
+
+    The whole config is checked first (unknown keys, types, ranges, duplicate model names), each problem on its own line. Reuse is keyed by content (image bytes, hashed once per file and cached in $MMDEPLOY_CACHE_DIR, default ~/.cache/mmdeploy).
 
     Example: [bold]mmdeploy run[/] (the demo: shipped models on shipped images), or [bold]mmdeploy run my.toml[/]
     """

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmdeploy.classes import folder_labels
 from mmdeploy.errors import MMDeployError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -63,27 +64,40 @@ class ImageFolder:
         return len(self.files)
 
     def fingerprint(self) -> str:
-        """A cheap content key: names, sizes and labels of every file (for artifact reuse)."""
+        """A content key for reuse: the sha256 of every file's bytes with its label, in order.
+
+        File hashes come from a per-user cache keyed by path, size, mtime and inode
+        (:mod:`mmdeploy.filehash`), so a rerun costs one ``stat`` per file."""
         import hashlib
 
+        from mmdeploy.filehash import file_hashes
+
+        try:
+            digests = file_hashes(self.files)
+        except OSError as exc:
+            raise MMDeployError(f"cannot read {exc.filename or self.root}: {exc.strerror or exc}",
+                                "check the image folder's files are readable") from None
         h = hashlib.sha256()
-        for f, y in zip(self.files, self.labels):
-            h.update(f"{f.relative_to(self.root)}|{f.stat().st_size}|{y}\n".encode())
+        for digest, y in zip(digests, self.labels):
+            h.update(f"{digest}|{y}\n".encode())
         return h.hexdigest()[:16]
 
 
-def scan_image_folder(root: str | Path) -> ImageFolder:
-    """List an ImageFolder directory. Errors name the problem; nothing is decoded yet."""
+def scan_image_folder(root: str | Path, classes: list[str] | None = None, num_outputs: int | None = None) -> ImageFolder:
+    """List an ImageFolder directory. Errors name the problem; nothing is decoded yet.
+
+    With the model's ``classes`` (or its ``num_outputs``), labels are the model's indices of the
+    folder names (:func:`mmdeploy.classes.folder_labels`); without, sorted folder order."""
     root = Path(root)
     if not root.exists():
         raise MMDeployError(f"image folder {root} does not exist", "pass --data DIR with one subfolder per class")
     if not root.is_dir():
         raise MMDeployError(f"{root} is not a folder", "pass --data DIR with one subfolder per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
         raise MMDeployError(f"image folder {root} has no class subfolders", "put images in DIR/<class>/<image>.jpg")
     files, labels = [], []
-    for label, cls in enumerate(classes):
+    for label, cls in zip(folder_labels(folders, classes, num_outputs, root), folders):
         for dirpath, _, names in os.walk(root / cls):
             for name in sorted(names):
                 if not name.startswith("."):
@@ -91,7 +105,7 @@ def scan_image_folder(root: str | Path) -> ImageFolder:
                     labels.append(label)
     if not files:
         raise MMDeployError(f"image folder {root} has no files in its class subfolders", "put images in DIR/<class>/<image>.jpg")
-    return ImageFolder(root, classes, files, labels)
+    return ImageFolder(root, folders, files, labels)
 
 
 @dataclass
@@ -121,7 +135,7 @@ def _decode_one(path: Path, kind: str, store: int | None, sizes: tuple[int, ...]
         with Image.open(path) as im:
             if store is not None and im.format == "JPEG":
                 im.draft("RGB", (store, store))  # let the JPEG decoder downscale big images for free
-            im = im.convert("RGB")
+            im = to_rgb8(im)
             w, h = im.size
             if kind == "imagenet":
                 side = max(1, round(min(w, h) * CROP_FRACTION))
@@ -136,6 +150,32 @@ def _decode_one(path: Path, kind: str, store: int | None, sizes: tuple[int, ...]
             return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         return f"{path}: {type(exc).__name__}"
+
+
+def to_rgb8(im):
+    """Any PIL image as 8-bit RGB, with the full range of its samples mapped onto 0..255.
+
+    PIL's own ``convert("RGB")`` clips 16-bit and 32-bit samples at 255 (a 16-bit PNG comes out
+    nearly white): those are scaled here instead. 16-bit modes divide by 257 (65535 -> 255);
+    ``I`` (how PIL may open a 16-bit grayscale PNG) and ``F`` are scaled by the range their
+    values show: up to 1.0 (floats), 255, or 65535. Palette, LA, RGBA and CMYK images use PIL's
+    conversions (alpha is dropped, as torchvision's loader does)."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = float(a.max()) if a.size else 0.0
+        if im.mode.startswith("I;16"):
+            scale = 255.0 / 65535.0
+        elif im.mode == "F" and top <= 1.0:
+            scale = 255.0
+        else:
+            scale = 1.0 if top <= 255 else 255.0 / 65535.0
+        a = np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(a).convert("RGB")  # 2-D uint8: mode L
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # PIL warns when a transparent palette goes straight to RGB
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def native_resolution(folder: ImageFolder, kind: str) -> int | None:

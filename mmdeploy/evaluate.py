@@ -34,10 +34,15 @@ def measure_accuracy(
     chunk: int = 4096,
     limit: int | None = None,
     progress: Progress | None = None,
+    classes: list[str] | None = None,
+    num_outputs: int | None = None,
 ) -> list[AccuracyResult]:
-    """Decode each image once per chunk, then run every target on it. Counts all-reduce across ranks."""
+    """Decode each image once per chunk, then run every target on it. Counts all-reduce across ranks.
+
+    Labels are the model's indices of the folder names (``classes``/``num_outputs``, see
+    :func:`mmdeploy.classes.folder_labels`)."""
     progress = progress or Progress()
-    folder = scan_image_folder(data)
+    folder = scan_image_folder(data, classes, num_outputs)
     indices = list(range(len(folder)))
     if limit:
         gen = torch.Generator().manual_seed(0)  # a fixed, class-balanced-in-expectation subset
@@ -105,8 +110,10 @@ def evaluate_target(
 
     ``preprocess``/``mean``/``std`` apply to a checkpoint; a bundle uses the preprocessing it was calibrated with."""
     from mmdeploy.bundle import Bundle
+    from mmdeploy.classes import bundle_label_space, checkpoint_label_space
     from mmdeploy.engines import check_choices
     from mmdeploy.engines.torch_engine import TorchEngine
+    from mmdeploy.writable import ensure_writable
 
     check_choices(engines, precisions)
     if batch_size < 1 or (limit is not None and limit < 1):
@@ -119,12 +126,15 @@ def evaluate_target(
             raise MMDeployError("a bundle is evaluated with the preprocessing it was calibrated with",
                                 "leave out --preprocess/--mean/--std (they are for evaluating a checkpoint)")
         bundle = Bundle.open(target)
+        if dist.is_main():
+            ensure_writable(bundle.root)  # results go into the manifest: fail before measuring, not after
         chosen = [int(s) for s in sizes] if sizes else bundle.sizes
         for s in chosen:
             bundle.size_entry(s)
         pre = bundle.preprocess()
+        label_space = bundle_label_space(bundle.manifest)
         source = bundle.build_model(None)
-        _check_fits(source, chosen, batch_size, device, data)
+        _check_fits(source, chosen, batch_size, device)
         for s in chosen:
             targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(source, s, device=device)))
             for name in engines or ["torch"]:
@@ -144,15 +154,18 @@ def evaluate_target(
             raise MMDeployError("a checkpoint is evaluated with the torch engine in fp32 only (its own BN statistics)",
                                 "calibrate and export it to a bundle (`mmdeploy calibrate`, `mmdeploy export`) to evaluate other engines")
         pre = resolve_preprocess(ckpt, preprocess, mean, std)
+        label_space = checkpoint_label_space(ckpt)
+        scan_image_folder(data, *label_space)  # a folder set that cannot be mapped fails before any work
         sizes = validate_sizes(sizes, ckpt.arch, model)
-        _check_fits(model, sizes, batch_size, device, data)
+        _check_fits(model, sizes, batch_size, device)
         for s in sizes:
             targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(model, s, device=device)))
         bundle = None
-    results = measure_accuracy(targets, data, pre, batch_size=batch_size, limit=limit, progress=progress)
+    results = measure_accuracy(targets, data, pre, batch_size=batch_size, limit=limit, progress=progress, classes=label_space[0],
+                               num_outputs=label_space[1])
     with dist.agreed():  # every rank learns whether rank 0 saved the results
         if bundle is not None and dist.is_main():
-            folder_key = scan_image_folder(data).fingerprint()
+            folder_key = scan_image_folder(data, *label_space).fingerprint()
             for r in results:
                 kind = "accuracy" if r.calibrated else "accuracy_uncalibrated"
                 metrics = bundle.manifest["sizes"][str(r.size)].setdefault("metrics", {}).setdefault(kind, {})
@@ -161,11 +174,12 @@ def evaluate_target(
     return results
 
 
-def _check_fits(model, sizes: list[int], batch_size: int, device: str | None, data) -> None:
+def _check_fits(model, sizes: list[int], batch_size: int, device: str | None) -> None:
+    """Sizes whose activations cannot fit are refused before any work (the folder's classes are
+    checked against the model's when the folder is scanned with its label space)."""
     from mmdeploy.models.fit import check_model_fits
 
-    folder = scan_image_folder(data)
-    check_model_fits(model, sizes, batch_size, device or ("cuda" if _cuda() else "cpu"), len(folder.classes), folder.root)
+    check_model_fits(model, sizes, batch_size, device or ("cuda" if _cuda() else "cpu"))
 
 
 def _cuda() -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmdeploy.bundle import Bundle
+from mmdeploy.config import check_config
 from mmdeploy.errors import MMDeployError
 from mmdeploy.progress import Progress
 
@@ -70,10 +71,9 @@ def load_config(path: str | Path | None) -> tuple[dict, Path]:
         user = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise MMDeployError(f"config {path} is not valid TOML ({exc})", "fix the file; see the README for an example") from None
+    check_config(user, path)  # every key, type and range, before any work
     config = copy.deepcopy(DEMO_CONFIG)
     for key, value in user.items():
-        if key not in config:
-            raise MMDeployError(f"config {path}: unknown key {key!r}", f"use {', '.join(config)}")
         if isinstance(value, dict) and isinstance(config[key], dict):
             config[key].update(value)
         else:
@@ -108,10 +108,7 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
 
     config, base = load_config(config_path)
     # The config is the user's own: its `arch` specs may be imported, and it may trust files.
-    trust = config.get("trust_code_from_files")
-    if not isinstance(trust, bool):
-        raise MMDeployError(f"config {config_path}: trust_code_from_files must be true or false, not {trust!r}", "write trust_code_from_files = true")
-    with user_code_policy([m.get("arch") for m in config["model"] if isinstance(m, dict)], trust):
+    with user_code_policy([m.get("arch") for m in config["model"]], config["trust_code_from_files"]):  # types checked by the schema
         return _run_models(config, base, gate, progress, log)
 
 

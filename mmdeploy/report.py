@@ -32,6 +32,7 @@ from mmdeploy.pareto import (
     set_relative_latency,
     speedup_at_iso_accuracy,
 )
+from mmdeploy.report_values import point_problem, report_problem
 from mmdeploy.results import AccuracyResult, LatencyResult, Point, PointKey
 
 SCHEMA_VERSION = 1
@@ -181,6 +182,8 @@ def _key_from_json(data: object, where: str) -> PointKey:
 
 def _point_from_json(data: object, where: str) -> Point:
     data = _checked(data, _POINT_FIELDS, where)
+    if problem := point_problem(data, where):
+        raise _Invalid(problem)
     relative = data["relative_latency"]
     return Point(
         size=data["size"],
@@ -197,6 +200,8 @@ def _point_from_json(data: object, where: str) -> Point:
 
 def _report_from_json(data: object) -> Report:
     data = _checked(data, _REPORT_FIELDS, "report")
+    if problem := report_problem(data):
+        raise _Invalid(problem)
     points = [_point_from_json(p, f"points[{i}]") for i, p in enumerate(data["points"])]
     by_key = {p.key: p for p in points}
 
@@ -606,8 +611,10 @@ def report_bundle(
 ) -> tuple[Report, dict[str, Path]]:
     """Build the Pareto report of a bundle from its stored eval and bench results and write it."""
     from mmdeploy.bundle import Bundle
+    from mmdeploy.writable import ensure_writable
 
     bundle = Bundle.open(bundle_dir)
+    ensure_writable(out_dir or bundle.root, "report")
     accuracies, latencies = results_from_manifest(bundle.manifest)
     if not any(a.calibrated for a in accuracies):
         raise MMDeployError(f"{bundle.root} has no accuracy results", f"run `mmdeploy eval {bundle.root} --data DIR` first")

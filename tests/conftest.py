@@ -57,6 +57,12 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+@pytest.fixture(autouse=True)
+def _file_hash_cache(tmp_path_factory, monkeypatch):
+    """Tests keep mmdeploy's file-hash cache in their own temp folder, never in ~/.cache."""
+    monkeypatch.setenv("MMDEPLOY_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mmdeploy-cache"))
+
+
 @pytest.fixture(scope="session")
 def image_dir(tmp_path_factory) -> Path:
     """Two classes x 8 images, 32x32 (read-only for tests: copy before changing it)."""

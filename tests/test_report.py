@@ -131,6 +131,30 @@ def test_load_rejects_broken_fields(report, tmp_path, damage, expected):
         load_report(path)
 
 
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda d: d["points"][0].__setitem__("top1", float("nan")), r"points\[0\]\.top1 is nan"),
+        (lambda d: d["points"][0].__setitem__("top1", float("inf")), r"points\[0\]\.top1 is inf"),
+        (lambda d: d["points"][1].__setitem__("top1", 100.5), r"points\[1\]\.top1 is 100.5 \(must be <= 100\)"),
+        (lambda d: d["points"][1].__setitem__("top1", -3), r"points\[1\]\.top1 is -3 \(must be >= 0\)"),
+        (lambda d: d["points"][0].__setitem__("relative_latency", 0), r"points\[0\]\.relative_latency is 0 \(must be > 0\)"),
+        (lambda d: d["points"][0].__setitem__("relative_latency", float("-inf")), r"points\[0\]\.relative_latency is -inf"),
+        (lambda d: d["points"][0].__setitem__("latency_ms", -1.0), r"points\[0\]\.latency_ms is -1"),
+        (lambda d: d["points"][0].__setitem__("batch", 0), r"points\[0\]\.batch is 0"),
+        (lambda d: d["speedup"].__setitem__("speedup", float("nan")), r"speedup\.speedup is nan"),
+    ],
+)
+def test_load_refuses_baselines_with_impossible_numbers(report, tmp_path, damage, expected):
+    path = write_report(report, tmp_path)["json"]
+    data = json.loads(path.read_text())
+    damage(data)
+    path.write_text(json.dumps(data), encoding="utf-8")  # json writes NaN/Infinity, as a hand-edited file may hold
+    with pytest.raises(MMDeployError, match=expected) as info:
+        load_report(path)
+    assert "\n" not in info.value.one_line()
+
+
 def test_load_rejects_missing_and_non_json_files(tmp_path):
     with pytest.raises(MMDeployError, match="no report"):
         load_report(tmp_path / "nope.json")

@@ -14,6 +14,7 @@ import torch
 from mmdeploy import distributed as dist
 from mmdeploy.bundle import Bundle, check_writable_dir, publish_staged, save_safetensors, staged_bundle_dir
 from mmdeploy.calib.bn import BNSums, bn_layers, calibrate_bn, finalize_bn_state, plan_batches
+from mmdeploy.classes import checkpoint_label_space
 from mmdeploy.data import Preprocess, decode_for_sizes, decoding_key, native_resolution, scan_image_folder
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import LoadedCheckpoint, arch_info, load_checkpoint
@@ -272,6 +273,9 @@ def _write_bundle(out, previous, existing, ckpt, model, pre, training_size, todo
                 "arch_kwargs": ckpt.arch_kwargs, "config": {k: v for k, v in ckpt.config.items() if isinstance(v, (str, int, float, bool, list))},
                 "weights": "source/weights.safetensors",
             }
+            classes = checkpoint_label_space(ckpt)[0]
+            if classes:  # eval maps data folder names onto these indices
+                source["classes"] = classes
             bundle = Bundle.create(stage, source, pre.to_dict(), training_size or _training_size(ckpt))
             save_safetensors(stage / "source/weights.safetensors", dict(ckpt.state_dict), {"arch": ckpt.arch})
         else:

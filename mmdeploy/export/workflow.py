@@ -25,6 +25,7 @@ from mmdeploy.export.onnx import _BAKE_HINT, convert_fp16, export_onnx, graph_re
 from mmdeploy.export.parity import DEFAULT_TOLERANCES, ParityCheck, Tolerance, check_parity
 from mmdeploy.models.checkpoint import sha256_file
 from mmdeploy.progress import Progress
+from mmdeploy.writable import ensure_writable
 
 PARITY_BATCHES = (1, 8)
 
@@ -90,6 +91,7 @@ def export_bundle(
         raise MMDeployError(f"unknown export engine {engine!r}", "use --engine onnx, ort or trt")
     progress = progress or Progress()
     bundle = Bundle.open(bundle_dir)
+    ensure_writable(bundle.root)  # before minutes of export work, not after
     precisions = precisions or ["fp32"]
     for p in precisions:
         if p not in ("fp32", "fp16"):

@@ -1,0 +1,193 @@
+"""The schema of ``mmdeploy run`` configs: one table of every key with its type and range.
+
+:data:`SCHEMA` maps each section (and top-level key) to its fields; :func:`config_problems`
+checks a parsed TOML document against it and returns every problem, one line each, so a
+config is refused as a whole before any work starts (a typo such as ``size = [16]`` inside
+``[calibrate]`` must not silently run the defaults). The table is meant to be shared with the
+CLI's flags later, so each field also says what it means.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmdeploy.errors import MMDeployError
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config value: its kind, bounds, allowed choices, and whether it must be given."""
+
+    kind: str  # "str", "int", "number", "bool", "fraction", "list[int]", "list[str]"
+    help: str
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+    required: bool = False
+    non_empty: bool = False
+
+    def problems(self, value: Any, where: str) -> list[str]:
+        items = value if self.kind.startswith("list[") else [value]
+        if self.kind.startswith("list["):
+            if not isinstance(value, list):
+                example = "[16, 24]" if "int" in self.kind else '["fp32"]'
+                return [f"{where} must be a list of {self.kind[5:-1]}s, e.g. {example} (got {_show(value)})"]
+            if self.non_empty and not value:
+                return [f"{where} must not be empty"]
+        out = []
+        for i, item in enumerate(items):
+            at = f"{where}[{i}]" if self.kind.startswith("list[") else where
+            out += self._item_problems(item, at)
+        return out
+
+    def _item_problems(self, v: Any, where: str) -> list[str]:
+        base = self.kind.removeprefix("list[").removesuffix("]")
+        if base == "str" and not isinstance(v, str):
+            return [f"{where} must be a string (got {_show(v)})"]
+        if base == "bool" and not isinstance(v, bool):
+            return [f"{where} must be true or false (got {_show(v)})"]
+        if base == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+            return [f"{where} must be an integer (got {_show(v)})"]
+        if base == "number" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            return [f"{where} must be a finite number (got {_show(v)})"]
+        if base == "fraction":
+            return _fraction_problems(v, where)
+        if self.choices and v not in self.choices:
+            return [f"{where} = {_show(v)} is not one of {', '.join(self.choices)}"]
+        if self.minimum is not None and v < self.minimum:
+            return [f"{where} must be >= {self.minimum:g} (got {_show(v)})"]
+        return []
+
+
+def _show(v: Any) -> str:
+    return repr(v) if not isinstance(v, (dict, list)) else f"{type(v).__name__} {repr(v)[:40]}"
+
+
+def _fraction_problems(v: Any, where: str) -> list[str]:
+    from mmdeploy.report import parse_fraction
+
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        return [f"{where} must be a fraction such as \"15%\" or 0.15 (got {_show(v)})"]
+    try:
+        parse_fraction(v)
+    except MMDeployError as exc:
+        return [f"{where}: {exc.message}"]
+    return []
+
+
+@dataclass(frozen=True)
+class ModelList:
+    """An array of tables (``[[model]]``), each checked against ``fields``; names must be unique."""
+
+    fields: dict[str, Field] = field(default_factory=dict)
+
+
+ENGINE_CHOICES = ("auto", "ort", "trt")
+PRECISION_CHOICES = ("fp32", "fp16")
+
+SCHEMA: dict[str, Any] = {
+    "out": Field("str", "folder of the bundles, one per model"),
+    "data": {
+        "calibration": Field("str", "image folder for BN calibration (and the export parity gate)"),
+        "validation": Field("str", "image folder for accuracy"),
+    },
+    "model": ModelList({
+        "name": Field("str", "the bundle's folder name under out", required=True),
+        "checkpoint": Field("str", "the checkpoint file", required=True),
+        "baseline": Field("str", "report.json the CI gate compares with"),
+        "arch": Field("str", "architecture name or module:factory"),
+    }),
+    "calibrate": {
+        "sizes": Field("list[int]", "input sizes to calibrate and deploy", minimum=1, non_empty=True),
+        "batches": Field("int", "calibration batches", minimum=1),
+        "batch_size": Field("int", "images per calibration batch", minimum=2),
+        "augment": Field("bool", "training augmentation while calibrating"),
+        "seed": Field("int", "seed of the batch plan and augmentation", minimum=0),
+    },
+    "export": {
+        "engines": Field("list[str]", "engines to export for (auto: all usable)", choices=ENGINE_CHOICES, non_empty=True),
+        "precisions": Field("list[str]", "precisions to export", choices=PRECISION_CHOICES, non_empty=True),
+    },
+    "bench": {
+        "batches": Field("list[int]", "batch sizes to time", minimum=1, non_empty=True),
+        "warmup": Field("int", "untimed rounds first", minimum=0),
+        "iters": Field("int", "timed rounds", minimum=1),
+    },
+    "report": {
+        "batch": Field("int", "batch size of the report's latency", minimum=1),
+        "tolerance": Field("number", "top-1 points counted as iso-accuracy", minimum=0),
+        "max_acc_drop": Field("number", "CI gate: top-1 points a point may lose", minimum=0),
+        "max_latency_regress": Field("fraction", "CI gate: relative latency growth allowed, e.g. \"15%\""),
+        "gate": Field("bool", "compare with each model's baseline"),
+    },
+    "trust_code_from_files": Field("bool", "let checkpoints and bundles name module:factory code (each model's own arch is always allowed)"),
+}
+
+
+def config_problems(config: dict) -> list[str]:
+    """Every way ``config`` (a parsed TOML document) breaks :data:`SCHEMA`, one line each."""
+    problems = []
+    for key, value in config.items():
+        spec = SCHEMA.get(key)
+        if spec is None:
+            problems.append(f"unknown key {key!r} (known: {', '.join(SCHEMA)})")
+        elif isinstance(spec, Field):
+            problems += spec.problems(value, key)
+        elif isinstance(spec, ModelList):
+            problems += _model_problems(value, spec)
+        elif not isinstance(value, dict):
+            problems.append(f"{key} must be a table [{key}] (got {_show(value)})")
+        else:
+            problems += _table_problems(value, spec, key)
+    return problems
+
+
+def _table_problems(table: dict, spec: dict[str, Field], where: str) -> list[str]:
+    problems = []
+    for key, value in table.items():
+        if key not in spec:
+            problems.append(f"unknown key {where}.{key} (known: {', '.join(spec)})")
+        else:
+            problems += spec[key].problems(value, f"{where}.{key}")
+    problems += [f"{where}.{k} is required" for k, f in spec.items() if f.required and k not in table]
+    return problems
+
+
+def _model_problems(models: Any, spec: ModelList) -> list[str]:
+    if not isinstance(models, list) or not models:
+        return ['model must be one or more [[model]] tables with name = "..." and checkpoint = "..."']
+    problems, seen = [], set()
+    for i, entry in enumerate(models):
+        if not isinstance(entry, dict):
+            problems.append(f"model[{i}] must be a table (got {_show(entry)})")
+            continue
+        problems += _table_problems(entry, spec.fields, f"model[{i}]")
+        name = entry.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(f"model[{i}].name {name!r} is used twice (each model writes the bundle out/{name})")
+            seen.add(name)
+            if not name or "/" in name or "\\" in name or name in (".", ".."):
+                problems.append(f"model[{i}].name {name!r} must be a plain folder name")
+    return problems
+
+
+class ConfigError(MMDeployError):
+    """A config with problems: the CLI prints one line per problem."""
+
+    def __init__(self, path, problems: list[str]):
+        super().__init__(f"config {path} has {len(problems)} problem{'s' * (len(problems) != 1)}",
+                         "fix each line below; every key is in the README's config example")
+        self.problems = problems
+        self.path = path
+
+    def one_line(self) -> str:
+        return "\n".join([super().one_line(), *(f"  {self.path}: {p}" for p in self.problems)])
+
+
+def check_config(config: dict, path) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``config``, before any work starts."""
+    problems = config_problems(config)
+    if problems:
+        raise ConfigError(path, problems)
