@@ -305,29 +305,32 @@ def bench(
     batch: Annotated[Optional[list[int]], typer.Option("--batch", help="Batch size (repeatable; default 1 and 32).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed calls per point first.")] = 10,
     iters: Annotated[int, typer.Option(help="Timed calls per point (round-robin over points).")] = 50,
+    tune: Annotated[bool, typer.Option("--tune", help="First time ONNX Runtime at threads 1..cores, spinning on/off, per size and batch; store the fastest in the bundle (engines then use it).")] = False,
+    noise_budget: Annotated[float, typer.Option("--noise-budget", help="Seconds to spend re-timing when the machine is busy; points still noisy are marked unreliable.")] = 30.0,
     arch: ArchOpt = None,
     trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
-    """Latency of every (size, engine, precision, batch): p50/p90/p99, mean, throughput.
+    """Latency of every (size, engine, precision, batch): p50/p90/p99, mean, throughput, thread settings, interference.
 
-    Example: [bold]mmdeploy bench bundle/ --engine torch --engine ort --batch 1 --batch 32[/]
+    Example: [bold]mmdeploy bench bundle/ --tune --engine torch --engine ort --batch 1 --batch 32[/]
     """
     from mmdeploy.bench import bench_bundle
 
+    tuned = None
+    if tune:
+        from mmdeploy.tune import tune_bundle
+
+        tuned = tune_bundle(bundle, precision, _sizes(size), batch, noise_budget_s=noise_budget, progress=_progress(json_out))
     results, env, skipped = bench_bundle(bundle, engine, precision, _sizes(size), batch, warmup, iters,
-                                         progress=_progress(json_out))
+                                         progress=_progress(json_out), noise_budget_s=noise_budget)
     if json_out:
-        return _emit_json({"results": results, "environment": env, "skipped": skipped})
+        return _emit_json({"results": results, "environment": env, "skipped": skipped, "tuned": tuned})
     for line in skipped:
         err_console.print(f"[yellow]skipped:[/] {line}")
-    table = Table(title=f"latency ({env.get('gpu') or env['cpu']}, {env['torch_threads']} threads)")
-    for col in ("size", "engine", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "images/s"):
-        table.add_column(col, justify="left" if col in ("engine", "precision") else "right")
-    for r in sorted(results, key=lambda r: (r.batch, r.size, r.engine, r.precision)):
-        table.add_row(str(r.size), r.engine, r.precision, str(r.batch), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
-                      f"{r.mean_ms:.3f}", f"{r.throughput:,.0f}")
-    console.print(table)
+    from mmdeploy.bench_table import latency_table
+
+    console.print(latency_table(results, env, tuned))
 
 
 @command
@@ -379,20 +382,22 @@ def report(
 def run(
     config: Annotated[Optional[Path], typer.Argument(help="TOML config (checkpoint(s), data, sizes, engines, thresholds, output). None: the embedded demo.")] = None,
     gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help="Gate each model's report against its baseline (exit 1 on regression).")] = None,
+    fresh: Annotated[Optional[list[str]], typer.Option("--fresh", help="Re-run this step even if reusable: eval, tune, bench or all (repeatable).")] = None,
     trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
-    """Calibrate, export, eval, bench and report in one go; reuses unchanged steps.
+    """Calibrate, export, eval, tune, bench and report in one go; reuses unchanged steps.
 
     The whole config is checked first (unknown keys, types, ranges, duplicate model names), each problem on its own line. Reuse is keyed by content (image bytes, hashed once per file and cached in $MMDEPLOY_CACHE_DIR, default ~/.cache/mmdeploy).
 
-    Example: [bold]mmdeploy run[/] (the demo: shipped models on shipped images), or [bold]mmdeploy run my.toml[/]
+    Example: [bold]mmdeploy run[/] (the demo: shipped models on shipped images), [bold]mmdeploy run my.toml[/], or
+    [bold]mmdeploy run --fresh bench[/] (measure latency again)
     """
     from mmdeploy.pipeline import run_pipeline
     from mmdeploy.report import format_gate, render_table
 
     log = (lambda msg: None) if json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
-    summary = run_pipeline(config, gate=gate, progress=_progress(json_out), log=log)
+    summary = run_pipeline(config, gate=gate, progress=_progress(json_out), log=log, fresh=fresh)
     if json_out:
         _emit_json({"models": [{"name": m.name, "bundle": m.bundle, "steps": m.steps, "files": m.files,
                                 "gate": None if m.gate is None else m.gate.passed} for m in summary.models],

@@ -113,6 +113,8 @@ SCHEMA: dict[str, Any] = {
         "batches": Field("list[int]", "batch sizes to time", minimum=1, non_empty=True),
         "warmup": Field("int", "untimed rounds first", minimum=0),
         "iters": Field("int", "timed rounds", minimum=1),
+        "tune": Field("bool", "tune ONNX Runtime's threads and spinning before timing"),
+        "noise_budget_s": Field("number", "seconds to spend re-timing a pass that saw interference", minimum=0),
     },
     "report": {
         "batch": Field("int", "batch size of the report's latency", minimum=1),

@@ -183,7 +183,9 @@ def build_points(
                 top1=acc.top1,
                 latency_ms=lat.p50_ms,
                 extra={"top5": acc.top5, "p90_ms": lat.p90_ms, "p99_ms": lat.p99_ms}
-                | ({"top1_uncalibrated": before[key.size]} if key.size in before else {}),
+                | ({"top1_uncalibrated": before[key.size]} if key.size in before else {})
+                | ({"settings": lat.policy} if lat.policy else {})
+                | ({} if lat.reliable else {"unreliable": True, "noise": lat.noise}),
             )
         )
     if points:

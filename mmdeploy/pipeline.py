@@ -31,7 +31,7 @@ DEMO_CONFIG: dict = {
     ],
     "calibrate": {"sizes": [16, 20, 24, 28, 32, 40, 48], "batches": 200, "batch_size": 64, "augment": True, "seed": 0},
     "export": {"engines": ["auto"], "precisions": ["fp32"]},
-    "bench": {"batches": [1, 32], "warmup": 5, "iters": 30},
+    "bench": {"batches": [1, 32], "warmup": 5, "iters": 30, "tune": True, "noise_budget_s": 30},
     "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "gate": False},
     "trust_code_from_files": False,  # let checkpoints/bundles name module:factory code (the config's own `arch` is always allowed)
 }
@@ -102,24 +102,45 @@ def _artifact_keys(bundle: Bundle) -> dict:
             for s, e in bundle.manifest["sizes"].items()}
 
 
-def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None, progress: Progress | None = None, log=print) -> RunSummary:
-    """Run every step for every model of the config; ``gate`` overrides ``report.gate``."""
+FRESH_STEPS = ("eval", "tune", "bench")
+
+
+def _fresh_steps(fresh: list[str] | None) -> set[str]:
+    """The steps ``--fresh`` names (``all``: every measuring step). calibrate and export are reused
+    only when the content hashes of their inputs match, so re-running them would rewrite the same bytes."""
+    steps = set()
+    for step in fresh or []:
+        if step == "all":
+            steps.update(FRESH_STEPS)
+        elif step in FRESH_STEPS:
+            steps.add(step)
+        else:
+            raise MMDeployError(f"--fresh {step}: not a step that measures", f"use {', '.join(FRESH_STEPS)} or all (calibrate and export are "
+                                "reused only when their inputs' content is unchanged)")
+    return steps
+
+
+def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None, progress: Progress | None = None, log=print,
+                 fresh: list[str] | None = None) -> RunSummary:
+    """Run every step for every model of the config; ``gate`` overrides ``report.gate``; ``fresh`` steps re-run even if reusable."""
     from mmdeploy.models.trust import user_code_policy
 
+    fresh_steps = _fresh_steps(fresh)
     config, base = load_config(config_path)
     # The config is the user's own: its `arch` specs may be imported, and it may trust files.
     with user_code_policy([m.get("arch") for m in config["model"]], config["trust_code_from_files"]):  # types checked by the schema
-        return _run_models(config, base, gate, progress, log)
+        return _run_models(config, base, gate, progress, log, fresh_steps)
 
 
-def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress | None, log) -> RunSummary:
-    from mmdeploy.bench import bench_bundle, environment
+def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress | None, log, fresh_steps: set[str]) -> RunSummary:
+    from mmdeploy.bench import bench_bundle
     from mmdeploy.calib.workflow import calibrate_to_bundle
     from mmdeploy.data import scan_image_folder
     from mmdeploy.engines import available_engines
     from mmdeploy.evaluate import evaluate_target
     from mmdeploy.export.workflow import export_bundle
     from mmdeploy.report import compare_reports, load_report, parse_fraction, report_bundle
+    from mmdeploy.tune import machine_fingerprint, tune_bundle
 
     progress = progress or Progress()
     if gate is not None:
@@ -137,7 +158,6 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
     engines = [e for e in wanted if not reasons[e]]
     precisions = config["export"]["precisions"]
     val_key = scan_image_folder(val_data).fingerprint()
-    env = environment()
     c, b, r = config["calibrate"], config["bench"], config["report"]
     runs = []
     for spec in config["model"]:
@@ -159,22 +179,14 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
             run.steps["export"] = "ran" if ex.written or ex.trt else "reused"
         bundle = Bundle.open(bundle_dir)
         eval_key = _key(_artifact_keys(bundle), val_key, engines, precisions)
-        if _step_done(bundle, "eval", eval_key):
+        if _step_done(bundle, "eval", eval_key) and "eval" not in fresh_steps:
             run.steps["eval"] = "reused"
         else:
             log(f"{name}: eval on {val_data}")
             evaluate_target(bundle_dir, val_data, engines=["torch", *engines], precisions=precisions, progress=progress)
             _mark(bundle_dir, "eval", eval_key)
             run.steps["eval"] = "ran"
-        bundle = Bundle.open(bundle_dir)
-        bench_key = _key(_artifact_keys(bundle), {k: env.get(k) for k in ("cpu", "cpu_count", "torch_threads", "torch", "onnxruntime", "gpu")}, b)
-        if _step_done(bundle, "bench", bench_key):
-            run.steps["bench"] = "reused"
-        else:
-            log(f"{name}: bench batches {b['batches']}")
-            bench_bundle(bundle_dir, ["torch", *engines], precisions, batches=b["batches"], warmup=b["warmup"], iters=b["iters"], progress=progress)
-            _mark(bundle_dir, "bench", bench_key)
-            run.steps["bench"] = "ran"
+        _tune_and_bench(run, bundle_dir, engines, precisions, b, fresh_steps, machine_fingerprint(), progress, log, bench_bundle, tune_bundle)
         baseline = resolve(spec.get("baseline"))
         old = None
         if r.get("gate") and baseline is not None:
@@ -189,3 +201,37 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
             run.gate = compare_reports(run.report, old, float(r["max_acc_drop"]), parse_fraction(r["max_latency_regress"]))
         runs.append(run)
     return RunSummary(config, runs, ["torch", *engines], skipped)
+
+
+def _tune_and_bench(run: ModelRun, bundle_dir: Path, engines: list[str], precisions: list[str], b: dict, fresh: set[str],
+                    machine: dict, progress, log, bench_bundle, tune_bundle) -> None:
+    """Tune ONNX Runtime's settings, then bench. A bench is reused only when taken on this machine (host, CPU,
+    cores, library versions), with the same thread policies and settings, and on a quiet machine."""
+    from mmdeploy.threads import torch_policy
+
+    bundle = Bundle.open(bundle_dir)
+    if b.get("tune", True) and "ort" in engines:
+        tune_key = _key(_artifact_keys(bundle), machine, b["batches"], precisions)
+        if _step_done(bundle, "tune", tune_key) and "tune" not in fresh:
+            run.steps["tune"] = "reused"
+        else:
+            log(f"{run.name}: tune ort threads and spinning, batches {b['batches']}")
+            tuned = tune_bundle(bundle_dir, precisions, batches=b["batches"], progress=progress)
+            if tuned.busy:
+                log(f"{run.name}: tuning saw a busy machine ({tuned.interference}); its choice may not be the quiet machine's best")
+            _mark(bundle_dir, "tune", tune_key)
+            run.steps["tune"] = "ran"
+        bundle = Bundle.open(bundle_dir)
+    settings = bundle.manifest.get("engine_settings", {})
+    bench_key = _key(_artifact_keys(bundle), machine, torch_policy().to_dict(), {k: v for k, v in settings.items() if k != "evidence"}, b)
+    reliable = all(m.get("reliable", True) for e in bundle.manifest["sizes"].values() for m in e.get("metrics", {}).get("latency", {}).values())
+    if _step_done(bundle, "bench", bench_key) and reliable and "bench" not in fresh:
+        run.steps["bench"] = "reused"
+        return
+    if _step_done(bundle, "bench", bench_key) and not reliable and "bench" not in fresh:
+        log(f"{run.name}: the stored bench was taken on a busy machine: measuring again")
+    log(f"{run.name}: bench batches {b['batches']}")
+    bench_bundle(bundle_dir, ["torch", *engines], precisions, batches=b["batches"], warmup=b["warmup"], iters=b["iters"],
+                 progress=progress, noise_budget_s=float(b.get("noise_budget_s", 30)))
+    _mark(bundle_dir, "bench", bench_key)
+    run.steps["bench"] = "ran"

@@ -24,6 +24,7 @@ from rich.table import Table
 import mmdeploy
 from mmdeploy.bundle import atomic_write_bytes
 from mmdeploy.errors import MMDeployError
+from mmdeploy.latency_trust import UNRELIABLE_MARK, latency_cell, latency_skip_reason, settings_label, speedup_warning
 from mmdeploy.pareto import (
     IsoAccuracySpeedup,
     build_points,
@@ -260,7 +261,7 @@ def load_report(path: str | os.PathLike) -> Report:
 
 # ---------------------------------------------------------------------------- human forms
 
-_COLUMNS = ("size", "engine", "precision", "top-1 %", "before calib.", "p50 ms", "rel. latency", "front")
+_COLUMNS = ("size", "engine", "precision", "top-1 %", "before calib.", "p50 ms", "rel. latency", "settings", "front")
 
 
 def _sorted_points(report: Report) -> list[Point]:
@@ -278,8 +279,9 @@ def _row_cells(point: Point, reference: PointKey | None) -> list[str]:
         point.precision,
         f"{point.top1:.2f}",
         f"{point.extra['top1_uncalibrated']:.2f}" if "top1_uncalibrated" in point.extra else "-",
-        f"{point.latency_ms:.3f}",
+        latency_cell(point),
         relative,
+        settings_label(point),
         FRONT_MARKER if point.on_front else "",
     ]
 
@@ -289,8 +291,9 @@ def _speedup_line(report: Report) -> str:
     if speedup is None:
         return "Speed-up at iso-accuracy: n/a (no points measured)"
     ref, best = speedup.reference, speedup.best
+    warning = speedup_warning(report)
     return (
-        f"Speed-up at iso-accuracy: {speedup.speedup:.2f}x with {best.key.label} "
+        f"Speed-up at iso-accuracy: {warning + ': ' if warning else ''}{speedup.speedup:.2f}x with {best.key.label} "
         f"({best.top1:.2f}%, {best.latency_ms:.3f} ms) over {ref.key.label} "
         f"({ref.top1:.2f}%, {ref.latency_ms:.3f} ms), within {speedup.tolerance:g} pt top-1"
     )
@@ -316,7 +319,8 @@ def _render_markdown(report: Report) -> str:
         (
             f"Batch {report.batch}, device {_device(report.environment)}, "
             f"created {report.created}, mmdeploy {report.mmdeploy_version}. "
-            f"{FRONT_MARKER} marks the accuracy/latency Pareto front; 'before calib.' is the torch top-1 with the checkpoint's own BN statistics."
+            f"{FRONT_MARKER} marks the accuracy/latency Pareto front; 'before calib.' is the torch top-1 with the checkpoint's own BN statistics; "
+            f"'{UNRELIABLE_MARK}' marks a latency timed while the machine was busy; 'settings' are each engine's intra-op threads and spinning."
         ),
         "",
         "| " + " | ".join(_COLUMNS) + " |",
@@ -470,6 +474,7 @@ class GateResult:
     passed: bool
     findings: list[Finding]  # failures and notes (new points), ordered by point
     compared: int  # points present in both reports
+    latency_skipped: str = ""  # why relative latencies were not gated (a busy machine), "" if they were
 
     @property
     def failures(self) -> list[Finding]:
@@ -508,6 +513,7 @@ def compare_reports(
     if max_acc_drop < 0 or max_latency_regress < 0:
         raise MMDeployError("gate thresholds must not be negative", "e.g. --max-acc-drop 0.5 --max-latency-regress 15%")
     _check_comparable(new, baseline)
+    skip_latency = latency_skip_reason(new, baseline)
     old_points = {p.key: p for p in baseline.points}
     new_points = {p.key: p for p in new.points}
     findings = []
@@ -534,7 +540,7 @@ def compare_reports(
                 )
             )
         regress = current.relative_latency / old.relative_latency - 1
-        if regress > max_latency_regress + _SLACK:
+        if not skip_latency and regress > max_latency_regress + _SLACK:
             findings.append(
                 Finding(
                     key,
@@ -546,7 +552,7 @@ def compare_reports(
                 )
             )
     compared = len(old_points.keys() & new_points.keys())
-    return GateResult(not any(f.fails for f in findings), findings, compared)
+    return GateResult(not any(f.fails for f in findings), findings, compared, skip_latency)
 
 
 def format_gate(result: GateResult) -> str:
@@ -556,9 +562,11 @@ def format_gate(result: GateResult) -> str:
         f"{'FAIL' if f.fails else 'note'}  {f.kind:<18}  {f.key.label:<{width}}  {f.message}"
         for f in result.findings
     ]
+    if result.latency_skipped:
+        lines.append(f"skip  {result.latency_skipped}")
     failures = len(result.failures)
     if result.passed:
-        lines.append(f"PASS: {result.compared} points compared, no regressions")
+        lines.append(f"PASS: {result.compared} points compared, no regressions" + (" (accuracy only)" if result.latency_skipped else ""))
     else:
         lines.append(f"FAIL: {failures} finding{'s' if failures != 1 else ''} in {result.compared} points compared")
     return "\n".join(lines)
@@ -598,6 +606,7 @@ def results_from_manifest(manifest: dict) -> tuple[list[AccuracyResult], list[La
         for label, m in metrics.get("latency", {}).items():
             engine, precision, batch = label.split("/")
             fields = {k: m[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "iters", "device", "threads")}
+            fields |= {k: m[k] for k in ("policy", "reliable", "noise") if k in m}  # older bundles lack them
             latencies.append(LatencyResult(size, engine, precision, int(batch[1:]), **fields))
     return accuracies, latencies
 

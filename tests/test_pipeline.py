@@ -87,16 +87,24 @@ engines = ["ort"]
 batches = [1, 4]
 warmup = 1
 iters = 3
+noise_budget_s = 0
 [report]
 max_latency_regress = "1000%"
 """)
     return cfg
 
 
-def test_run_pipeline_then_reuse_then_gate(demo_config):
+@pytest.fixture
+def quiet(monkeypatch):
+    """Judge every bench quiet: these tests are about reuse and gating, and the machine running them may be shared."""
+    monkeypatch.setattr("mmdeploy.noise.MAX_OTHERS_CPU", 1.0)
+    monkeypatch.setattr("mmdeploy.noise.MAX_SPREAD", float("inf"))
+
+
+def test_run_pipeline_then_reuse_then_gate(demo_config, quiet):
     first = run_pipeline(demo_config, log=lambda m: None)
     run = first.models[0]
-    assert run.steps == {"calibrate": "ran", "export": "ran", "eval": "ran", "bench": "ran"}
+    assert run.steps == {"calibrate": "ran", "export": "ran", "eval": "ran", "tune": "ran", "bench": "ran"}
     for kind in ("json", "csv", "md", "png"):
         assert run.files[kind].exists()
     report = load_report(run.files["json"])
@@ -117,6 +125,38 @@ def test_run_pipeline_then_reuse_then_gate(demo_config):
     gated = run_pipeline(demo_config, gate=True, log=lambda m: None)
     assert not gated.passed
     assert any(f.kind == "accuracy-drop" for f in gated.models[0].gate.findings)
+
+
+def test_run_fresh_reruns_bench_and_a_busy_or_foreign_bench_is_not_reused(demo_config, quiet, monkeypatch, cli):
+    from mmdeploy.errors import MMDeployError
+
+    run_pipeline(demo_config, log=lambda m: None)
+    assert set(run_pipeline(demo_config, log=lambda m: None).models[0].steps.values()) == {"reused"}
+    fresh = run_pipeline(demo_config, log=lambda m: None, fresh=["bench"]).models[0]
+    assert fresh.steps == {"calibrate": "reused", "export": "reused", "eval": "reused", "tune": "reused", "bench": "ran"}
+    assert run_pipeline(demo_config, log=lambda m: None, fresh=["all"]).models[0].steps["eval"] == "ran"
+    with pytest.raises(MMDeployError, match="--fresh export"):
+        run_pipeline(demo_config, log=lambda m: None, fresh=["export"])
+    refused = cli("run", demo_config, "--fresh", "calibrate")
+    assert refused.exit_code == 1 and len(refused.stderr.strip().splitlines()) == 1 and "--fresh calibrate" in refused.stderr
+
+    # A bench taken while the machine was busy is stored as unreliable and measured again next time.
+    monkeypatch.setattr("mmdeploy.noise.MAX_OTHERS_CPU", -1.0)
+    busy = run_pipeline(demo_config, log=lambda m: None, fresh=["bench"]).models[0]
+    assert all(p.extra.get("unreliable") for p in busy.report.points)
+    assert all(p.extra.get("unreliable") is True for p in load_report(busy.files["json"]).points), "the mark survives report.json"
+    assert run_pipeline(demo_config, log=lambda m: None).models[0].steps["bench"] == "ran"
+    monkeypatch.setattr("mmdeploy.noise.MAX_OTHERS_CPU", 1.0)
+    run_pipeline(demo_config, log=lambda m: None)
+    # Another CPU (or library version, or host): tuned settings and bench are not reused.
+    import mmdeploy.tune
+
+    real = mmdeploy.tune.machine_fingerprint
+    monkeypatch.setattr("mmdeploy.tune.machine_fingerprint", lambda: {**real(), "cpu": "another CPU"})
+    moved = run_pipeline(demo_config, log=lambda m: None).models[0]
+    assert (moved.steps["tune"], moved.steps["bench"]) == ("ran", "ran")
+    monkeypatch.setattr("mmdeploy.tune.machine_fingerprint", real)
+    run_pipeline(demo_config, log=lambda m: None, fresh=["tune"])
 
 
 def test_report_cli_gate_exit_code(demo_config, cli):
@@ -174,3 +214,18 @@ def test_report_warns_when_accuracies_come_from_different_image_sets(demo_config
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.warns(UserWarning, match="different image sets"):
         report_bundle(bundle)
+
+
+def test_bench_cli_tunes_then_times_each_point_under_its_recorded_settings(demo_config, cli):
+    bundle = demo_config.parent / "out" / "tiny"
+    run_pipeline(demo_config, log=lambda m: None)
+    result = cli("bench", bundle, "--tune", "--engine", "torch", "--engine", "ort", "--size", "16", "--batch", "1", "--iters", "3",
+                 "--warmup", "0", "--noise-budget", "0")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "tuned ort settings: ort/fp32/16/b1" in result.stdout and "interference:" in result.stdout
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    ort = manifest["sizes"]["16"]["metrics"]["latency"]["ort/fp32/b1"]
+    tuned = manifest["engine_settings"]["ort/fp32"]["16"]["1"]
+    assert ort["policy"] == {**tuned, "source": "tuned"}, "the engine loaded the settings --tune stored"
+    assert manifest["sizes"]["16"]["metrics"]["latency"]["torch/fp32/b1"]["policy"] == {"threads": 1, "spinning": False, "source": "default"}
+    assert {"spread", "others_cpu", "load1", "passes"} <= set(ort["noise"]) and isinstance(ort["reliable"], bool)

@@ -23,7 +23,7 @@ def create_engine(name: str, bundle, size: int, precision: str = "fp32", **optio
     if name == "torch":
         from mmdeploy.engines.torch_engine import TorchEngine
 
-        return TorchEngine(bundle.build_model(size), size, precision, device=options.get("device"))
+        return TorchEngine(bundle.build_model(size), size, precision, device=options.get("device"), policy=options.get("policy"))
     if name == "ort":
         from mmdeploy.engines.onnxruntime import OrtEngine
 

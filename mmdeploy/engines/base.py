@@ -12,6 +12,7 @@ import torch
 
 class Engine:
     name = "base"
+    policy = None  # mmdeploy.threads.ThreadPolicy the engine runs under (recorded with each latency)
 
     def __init__(self, size: int, precision: str = "fp32", device: str = "cpu"):
         self.size = size

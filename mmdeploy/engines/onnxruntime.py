@@ -17,6 +17,7 @@ import torch
 from mmdeploy.engines.base import Engine
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.onnx import BATCH_DIM, HEIGHT_DIM, WIDTH_DIM
+from mmdeploy.threads import ThreadPolicy, ort_default_policy, usable_cores  # noqa: F401  (usable_cores: re-exported)
 
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -44,14 +45,6 @@ def choose_providers(requested: list[str] | None = None) -> list[str]:
     return chosen or ["CPUExecutionProvider"]
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (a container's cpuset, taskset), not the host's count."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _gpu_index() -> int:
     """The GPU torch uses in this process (under torchrun: this rank's), for ORT and the io binding alike."""
     return torch.cuda.current_device() if torch.cuda.is_available() else 0
@@ -67,7 +60,7 @@ def _provider_entries(providers: list[str]) -> list:
 _DIM_POSITION = {BATCH_DIM: 0, HEIGHT_DIM: 2, WIDTH_DIM: 3}
 
 
-def session_options(threads: int | None = None, fixed_dims: dict[str, int] | None = None):
+def session_options(threads: int | None = None, fixed_dims: dict[str, int] | None = None, spinning: bool = False):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -76,8 +69,9 @@ def session_options(threads: int | None = None, fixed_dims: dict[str, int] | Non
     so.intra_op_num_threads = threads or usable_cores()
     so.inter_op_num_threads = 1
     # ORT's worker threads spin-wait after each run by default; on a few cores that steals the CPU
-    # from whatever runs next (another engine in a round-robin benchmark, the rest of the app).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # from whatever runs next (another engine in a round-robin benchmark, the rest of the app), so
+    # spinning is off unless `mmdeploy bench --tune` measured it to be faster here.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     so.log_severity_level = 3
     for name, value in (fixed_dims or {}).items():
         so.add_free_dimension_override_by_name(name, value)
@@ -88,17 +82,22 @@ class OrtEngine(Engine):
     name = "ort"
 
     def __init__(self, onnx_path: Path, size: int, precision: str = "fp32", providers: list[str] | None = None,
-                 threads: int | None = None, fixed_dims: dict[str, int] | None = None, variant: str = "per-size"):
+                 threads: int | None = None, fixed_dims: dict[str, int] | None = None, variant: str = "per-size",
+                 policy: ThreadPolicy | None = None):
         self.onnx_path = Path(onnx_path)
         self.providers = choose_providers(providers)
         device = "cuda" if self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
         super().__init__(size, precision, device)
-        self.threads = threads
+        self.policy = policy or (ThreadPolicy(threads, False, "user") if threads else ort_default_policy())
+        self.threads = self.policy.threads
         self.fixed_dims = fixed_dims or {}
         self.variant = variant
 
     @classmethod
-    def from_bundle(cls, bundle, size: int, precision: str = "fp32", variant: str = "per-size", batch: int | None = None, **options) -> OrtEngine:
+    def from_bundle(cls, bundle, size: int, precision: str = "fp32", variant: str = "per-size", batch: int | None = None,
+                    tuned_batch: int | None = None, **options) -> OrtEngine:
+        """The engine for one size; unless ``policy`` or ``threads`` is given, with the settings
+        `mmdeploy bench --tune` stored for the batch nearest ``tuned_batch`` (or ``batch``)."""
         key = f"onnx/{precision}"
         if variant == "dynamic":
             art = bundle.manifest.get("dynamic", {}).get(key)
@@ -109,12 +108,16 @@ class OrtEngine(Engine):
         if not art or not bundle.path(art["path"]).exists():
             raise MMDeployError(f"no {variant} {precision} ONNX for size {size} in {bundle.root}",
                                 f"run `mmdeploy export {bundle.root} --engine ort --precision {precision}`")
+        if "policy" not in options and "threads" not in options:
+            from mmdeploy.tune import stored_policy
+
+            options["policy"] = stored_policy(bundle.manifest, "ort", precision, size, tuned_batch or batch)
         return cls(bundle.path(art["path"]), size, precision, fixed_dims=fixed, variant=variant, **options)
 
     def activate(self) -> None:
         import onnxruntime as ort
 
-        so = session_options(self.threads, self.fixed_dims)
+        so = session_options(self.policy.threads, self.fixed_dims, self.policy.spinning)
         last_error = None
         for i in range(len(self.providers)):
             try:
@@ -177,4 +180,4 @@ class OrtEngine(Engine):
 
     def describe(self) -> dict:
         return {**super().describe(), "provider": getattr(self, "active_provider", self.providers[0]), "variant": self.variant,
-                "threads": self.threads or usable_cores()}
+                "threads": self.policy.threads, "spinning": self.policy.spinning}

@@ -5,15 +5,18 @@ from __future__ import annotations
 import torch
 
 from mmdeploy.engines.base import Engine
+from mmdeploy.threads import ThreadPolicy, TorchThreads, torch_policy
 
 
 class TorchEngine(Engine):
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, size: int, precision: str = "fp32", device: str | None = None):
+    def __init__(self, model: torch.nn.Module, size: int, precision: str = "fp32", device: str | None = None,
+                 policy: ThreadPolicy | None = None):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         super().__init__(size, precision, device)
         self._model_cpu = model
+        self.policy = policy or torch_policy()
 
     def activate(self) -> None:
         from mmdeploy.errors import MMDeployError
@@ -25,14 +28,18 @@ class TorchEngine(Engine):
             raise MMDeployError("the torch engine runs fp16 only on CUDA", "use --precision fp32 on the CPU")
         self.model = self._model_cpu.to(self.device, dtype).eval()
         self.dtype = dtype
+        TorchThreads.acquire(self.policy.threads)
         super().activate()
 
     def deactivate(self) -> None:
+        if self.active:
+            TorchThreads.release()
         self.model = None
         super().deactivate()
 
     @torch.inference_mode()
     def infer(self, x: torch.Tensor) -> torch.Tensor:
+        TorchThreads.use(self.policy.threads)  # another engine in this process may hold a different count
         out = self.model(x.to(self.device, self.dtype, non_blocking=True))
         return out.float().cpu()
 

@@ -1,0 +1,116 @@
+"""Engine settings chosen by measurement (``mmdeploy bench --tune``), stored in the bundle.
+
+For ONNX Runtime every combination of intra-op threads (1..usable cores) and spinning on/off
+is timed, interleaved in one run, per size, precision and batch; the fastest wins, except that
+a simpler setting (fewer threads, no spinning) within ``SIMPLER_WITHIN`` of it is preferred,
+since it leaves more of the machine to everything else for no measurable loss. Engines
+created from the bundle load these settings unless told otherwise. Settings tuned on another
+machine (CPU model, usable cores, onnxruntime version) are not loaded.
+
+The bundle's ``engine_settings`` entry is read and written only by :func:`stored_policy` and
+:func:`store_settings`.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmdeploy.errors import MMDeployError
+from mmdeploy.progress import Progress
+from mmdeploy.threads import ThreadPolicy, ort_default_policy, usable_cores
+
+SIMPLER_WITHIN = 0.02  # a setting this much slower than the fastest still wins if it is simpler
+_KEY = "engine_settings"
+
+
+def machine_fingerprint() -> dict:
+    """What makes settings (and latencies) transferable: the CPU, the cores, the libraries."""
+    from mmdeploy.bench import environment
+
+    env = environment()
+    return {"host": platform.node(), "cpu": env.get("cpu"), "usable_cores": usable_cores(), "torch": env.get("torch"),
+            "onnxruntime": env.get("onnxruntime"), "gpu": env.get("gpu")}
+
+
+def stored_policy(manifest: dict, engine: str, precision: str, size: int, batch: int | None) -> ThreadPolicy:
+    """The tuned policy for the batch nearest ``batch`` (None: batch 1), or the engine's default."""
+    entry = manifest.get(_KEY, {})
+    table = entry.get(f"{engine}/{precision}", {}).get(str(size), {}) if isinstance(entry, dict) else {}
+    if not table or not isinstance(table, dict) or entry.get("machine") != machine_fingerprint():
+        return ort_default_policy()
+    want = batch or 1
+    try:
+        nearest = min(table, key=lambda b: (abs(int(b) - want), int(b)))
+        return ThreadPolicy.from_dict(table[nearest], source="tuned")
+    except (ValueError, TypeError):
+        return ort_default_policy()  # a hand-edited or foreign entry: ignore it rather than guess
+
+
+def store_settings(bundle, chosen: dict[tuple[str, str, int, int], ThreadPolicy], evidence: dict) -> None:
+    """Record the chosen settings (by engine, precision, size, batch) and how they were measured."""
+    entry = {"machine": machine_fingerprint(), "evidence": evidence}
+    for (engine, precision, size, batch), policy in sorted(chosen.items()):
+        entry.setdefault(f"{engine}/{precision}", {}).setdefault(str(size), {})[str(batch)] = {"threads": policy.threads,
+                                                                                             "spinning": policy.spinning}
+    bundle.manifest[_KEY] = entry
+    bundle.save()
+
+
+def ort_candidates(cores: int | None = None) -> list[ThreadPolicy]:
+    """Threads 1..usable cores, spinning off and on; simplest first."""
+    cores = cores or usable_cores()
+    return [ThreadPolicy(t, spin, "tuned") for t in range(1, cores + 1) for spin in (False, True)]
+
+
+def choose(timings: dict[ThreadPolicy, float]) -> ThreadPolicy:
+    """The simplest setting within SIMPLER_WITHIN of the fastest (``timings``: p50 ms by setting)."""
+    fastest = min(timings.values())
+    simplest_first = sorted(timings, key=lambda p: (p.spinning, p.threads))
+    return next(p for p in simplest_first if timings[p] <= fastest * (1 + SIMPLER_WITHIN))
+
+
+@dataclass
+class TuneResult:
+    chosen: dict  # "ort/fp32/16/b1" -> ThreadPolicy
+    timings: dict  # "ort/fp32/16/b1" -> {policy label: p50 ms}
+    busy: bool  # the tuning run saw interference (its choice may not hold on a quiet machine)
+    interference: str
+
+
+def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, sizes: list[int] | None = None,
+                batches: list[int] | None = None, warmup: int = 3, iters: int = 15, noise_budget_s: float = 20.0,
+                progress: Progress | None = None) -> TuneResult:
+    """Time every ONNX Runtime setting per (precision, size, batch) and store the best in the bundle."""
+    from mmdeploy.bench import BenchTarget, measure_with_interference
+    from mmdeploy.bundle import Bundle
+    from mmdeploy.engines import available_engines
+    from mmdeploy.engines.onnxruntime import OrtEngine
+
+    if available_engines()["ort"]:
+        raise MMDeployError(f"cannot tune ONNX Runtime: {available_engines()['ort']}", "install onnxruntime, or bench without --tune")
+    bundle = Bundle.open(bundle_dir)
+    sizes = [int(s) for s in sizes] if sizes else bundle.sizes
+    batches = batches or [1, 32]
+    targets = []
+    for precision in precisions or ["fp32"]:
+        for s in sizes:
+            art = bundle.size_entry(s).get("artifacts", {}).get(f"onnx/{precision}")
+            if not art or art.get("static_batch"):
+                continue  # not exported, or a fixed batch whose other batches are padded: nothing fair to tune
+            for policy in ort_candidates():
+                targets.append(BenchTarget(s, policy.label, precision,
+                                           lambda s=s, p=precision, pol=policy: OrtEngine.from_bundle(bundle, s, p, policy=pol)))
+    if not targets:
+        raise MMDeployError(f"nothing to tune in {bundle.root}: no per-size ONNX with a dynamic batch",
+                            f"run `mmdeploy export {bundle.root} --engine ort` first")
+    results, seen = measure_with_interference(targets, batches, warmup, iters, progress, noise_budget_s)
+    by_point: dict[tuple, dict[ThreadPolicy, float]] = {}
+    for r in results:
+        policy = ThreadPolicy.from_dict(r.policy, source="tuned")
+        by_point.setdefault(("ort", r.precision, r.size, r.batch), {})[policy] = r.p50_ms
+    chosen = {k: choose(v) for k, v in by_point.items()}
+    timings = {"/".join(map(str, k[:3])) + f"/b{k[3]}": {p.label: round(ms, 4) for p, ms in v.items()} for k, v in by_point.items()}
+    store_settings(Bundle.open(bundle_dir), chosen, {"timings_p50_ms": timings, "interference": seen.to_dict()})
+    return TuneResult({"/".join(map(str, k[:3])) + f"/b{k[3]}": p for k, p in chosen.items()}, timings, seen.busy, seen.summary())
