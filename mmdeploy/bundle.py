@@ -126,6 +126,9 @@ class Bundle:
         problem = _manifest_problem(manifest)
         if problem:
             raise MMDeployError(f"{path} is not a valid bundle manifest: {problem}", "re-run `mmdeploy calibrate` into a new folder")
+        from mmdeploy.models.trust import authorize_arch
+
+        authorize_arch(manifest["source"]["arch"], manifest["source"].get("arch_kwargs", {}), source=str(path))  # a manifest is data
         return cls(root, manifest)
 
     @staticmethod

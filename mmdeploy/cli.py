@@ -35,7 +35,8 @@ err_console = Console(stderr=True, highlight=False)
 SizesOpt = Annotated[Optional[list[str]], typer.Option("--size", "-s", help="Input size in pixels (repeatable).")]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder directory: DIR/<class>/<image>.jpg.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture name (see `mmdeploy archs`) or package.module:factory.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture name (see `mmdeploy archs`) or package.module:factory (your code; a bundle made from it needs the same spec again).")]
+TrustOpt = Annotated[bool, typer.Option("--trust-code-from-files", help="Let a checkpoint, sidecar or bundle name package.module:factory code to import and call. Only for files you trust; --arch SPEC allows just that one.")]
 PickleOpt = Annotated[bool, typer.Option("--unsafe-allow-pickle", help="Allow arbitrary unpickling of the checkpoint. Only for files you trust.")]
 EngineOpt = Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine: torch, ort, trt or ov (OpenVINO, CPU) (repeatable).")]
 PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32, fp16 (ort, trt, torch on CUDA), bf16 (ov, CPUs with native bf16) or int8 (ort, trt; per-size QDQ ONNX) (repeatable).")]
@@ -52,9 +53,12 @@ def command(fn=None, *, name: str | None = None):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from mmdeploy.models.trust import user_code_policy
+
         warnings.showwarning = _warn_one_line
         try:
-            return explain_disk_errors(fn)(*args, **kwargs)  # a full disk or read-only folder: one line, not "internal error"
+            with user_code_policy(kwargs.get("arch"), kwargs.get("trust_code_from_files", False)):  # what files may name
+                return explain_disk_errors(fn)(*args, **kwargs)  # a full disk or read-only folder: one line, not "internal error"
         except MMDeployError as exc:
             if os.environ.get("MMDEPLOY_DEBUG") == "1":
                 raise
@@ -138,6 +142,7 @@ def calibrate(
     train_size: Annotated[Optional[int], typer.Option("--train-size", help="The size the checkpoint was trained at (reference point of reports).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     unsafe_allow_pickle: PickleOpt = False,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
     """Recalibrate BatchNorm statistics for each --size and write a bundle.
@@ -188,6 +193,7 @@ def eval_(
     std: Annotated[Optional[str], typer.Option(help="Checkpoint only: per-channel std, e.g. 0.229,0.224,0.225.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Device for the torch engine (default: cuda if available).")] = None,
     unsafe_allow_pickle: PickleOpt = False,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
     """Top-1/top-5 per size, before and after calibration, and of each deployed engine.
@@ -243,6 +249,7 @@ def export(
     workspace_gb: Annotated[float, typer.Option(help="TensorRT builder workspace limit in GiB.")] = 4.0,
     int8_method: Annotated[Optional[str], typer.Option(help="int8: activation range calibration, percentile (default, measured best), minmax or entropy.")] = None,
     int8_images: Annotated[Optional[int], typer.Option(help="int8: calibration images per size, default 256 (whole BN calibration batches: the images BN saw).")] = None,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
     """Export ONNX (dynamic + one per size, BN folded), gate it against PyTorch, and build engines.
@@ -308,6 +315,8 @@ def bench(
     iters: Annotated[int, typer.Option(help="Timed calls per point (round-robin over points).")] = 50,
     tune: Annotated[bool, typer.Option("--tune", help="First time ONNX Runtime at threads 1..cores, spinning on/off, per size and batch; store the fastest in the bundle (engines then use it).")] = False,
     noise_budget: Annotated[float, typer.Option("--noise-budget", help="Seconds to spend re-timing when the machine is busy; points still noisy are marked unreliable.")] = 30.0,
+    arch: ArchOpt = None,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
     """Latency of every (size, engine, precision, batch): p50/p90/p99, mean, throughput, thread settings, interference.
@@ -345,6 +354,8 @@ def report(
     baseline: Annotated[Optional[Path], typer.Option(help="CI gate: compare with this report.json; exit 1 if a point got worse.")] = None,
     max_acc_drop: Annotated[float, typer.Option(help="CI gate: allowed top-1 drop in points.")] = 0.3,
     max_latency_regress: Annotated[str, typer.Option(help="CI gate: allowed growth of latency relative to the reference, e.g. 15%.")] = "15%",
+    arch: ArchOpt = None,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
     """The accuracy/latency Pareto front, the speed-up at iso-accuracy, a pick, and a CI gate.
@@ -380,6 +391,7 @@ def run(
     config: Annotated[Optional[Path], typer.Argument(help="TOML config (checkpoint(s), data, sizes, engines, thresholds, output). None: the embedded demo.")] = None,
     gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help="Gate each model's report against its baseline (exit 1 on regression).")] = None,
     fresh: Annotated[Optional[list[str]], typer.Option("--fresh", help="Re-run this step even if reusable: eval, tune, bench or all (repeatable).")] = None,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
 ):
     """Calibrate, export, eval, tune, bench and report in one go; reuses unchanged steps.

@@ -127,6 +127,7 @@ SCHEMA: dict[str, Any] = {
         "max_latency_regress": Field("fraction", "CI gate: relative latency growth allowed, e.g. \"15%\""),
         "gate": Field("bool", "compare with each model's baseline"),
     },
+    "trust_code_from_files": Field("bool", "let checkpoints and bundles name module:factory code (each model's own arch is always allowed)"),
 }
 
 

@@ -134,6 +134,7 @@ def evaluate_target(
         pre = bundle.preprocess()
         label_space = bundle_label_space(bundle.manifest)
         source = bundle.build_model(None)
+        _check_fits(source, chosen, batch_size, device)
         for s in chosen:
             targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(source, s, device=device)))
             for name in engines or ["torch"]:
@@ -155,7 +156,9 @@ def evaluate_target(
         pre = resolve_preprocess(ckpt, preprocess, mean, std)
         label_space = checkpoint_label_space(ckpt)
         scan_image_folder(data, *label_space)  # a folder set that cannot be mapped fails before any work
-        for s in validate_sizes(sizes, ckpt.arch, model):
+        sizes = validate_sizes(sizes, ckpt.arch, model)
+        _check_fits(model, sizes, batch_size, device)
+        for s in sizes:
             targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(model, s, device=device)))
         bundle = None
     results = measure_accuracy(targets, data, pre, batch_size=batch_size, limit=limit, progress=progress, classes=label_space[0],
@@ -169,3 +172,15 @@ def evaluate_target(
                 metrics[f"{r.engine}/{r.precision}"] = {"top1": r.top1, "top5": r.top5, "images": r.images, "data": str(data), "data_fingerprint": folder_key}
             bundle.save()
     return results
+
+
+def _check_fits(model, sizes: list[int], batch_size: int, device: str | None) -> None:
+    """Sizes whose activations cannot fit are refused before any work (the folder's classes are
+    checked against the model's when the folder is scanned with its label space)."""
+    from mmdeploy.models.fit import check_model_fits
+
+    check_model_fits(model, sizes, batch_size, device or ("cuda" if _cuda() else "cpu"))
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available()

@@ -33,6 +33,7 @@ DEMO_CONFIG: dict = {
     "export": {"engines": ["auto"], "precisions": ["fp32", "bf16", "int8"]},  # each engine takes the precisions it serves; int8_method, int8_images: export defaults
     "bench": {"batches": [1, 32], "warmup": 5, "iters": 30, "tune": True, "noise_budget_s": 30},
     "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "gate": False},
+    "trust_code_from_files": False,  # let checkpoints/bundles name module:factory code (the config's own `arch` is always allowed)
 }
 
 
@@ -133,6 +134,16 @@ def _fresh_steps(fresh: list[str] | None) -> set[str]:
 def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None, progress: Progress | None = None, log=print,
                  fresh: list[str] | None = None) -> RunSummary:
     """Run every step for every model of the config; ``gate`` overrides ``report.gate``; ``fresh`` steps re-run even if reusable."""
+    from mmdeploy.models.trust import user_code_policy
+
+    fresh_steps = _fresh_steps(fresh)
+    config, base = load_config(config_path)
+    # The config is the user's own: its `arch` specs may be imported, and it may trust files.
+    with user_code_policy([m.get("arch") for m in config["model"]], config["trust_code_from_files"]):  # types checked by the schema
+        return _run_models(config, base, gate, progress, log, fresh_steps)
+
+
+def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress | None, log, fresh_steps: set[str]) -> RunSummary:
     from mmdeploy.bench import bench_bundle
     from mmdeploy.calib.workflow import calibrate_to_bundle
     from mmdeploy.data import scan_image_folder
@@ -143,8 +154,6 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
     from mmdeploy.tune import machine_fingerprint, tune_bundle
 
     progress = progress or Progress()
-    fresh_steps = _fresh_steps(fresh)
-    config, base = load_config(config_path)
     if gate is not None:
         config["report"]["gate"] = gate
     resolve = lambda p: (base / p) if p and not Path(p).is_absolute() else Path(p) if p else None  # noqa: E731
