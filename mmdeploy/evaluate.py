@@ -111,11 +111,16 @@ def evaluate_target(
     ``preprocess``/``mean``/``std`` apply to a checkpoint; a bundle uses the preprocessing it was calibrated with."""
     from mmdeploy.bundle import Bundle
     from mmdeploy.classes import bundle_label_space, checkpoint_label_space
-    from mmdeploy.engines import check_choices, serves, torch_runs
+    from mmdeploy.engines import ENGINE_PRECISIONS, check_choices, serves, torch_runs
     from mmdeploy.engines.torch_engine import TorchEngine
     from mmdeploy.writable import ensure_writable
 
     check_choices(engines, precisions)
+    for prec in precisions or []:  # a precision no chosen engine serves would be measured by nothing, silently
+        if not any(serves(name, prec) for name in engines or ["torch"]):
+            servers = [name for name in ENGINE_PRECISIONS if serves(name, prec)]
+            raise MMDeployError(f"precision {prec} is served by none of the engines {', '.join(engines or ['torch'])}",
+                                f"add --engine {' or --engine '.join(servers)}")
     if batch_size < 1 or (limit is not None and limit < 1):
         raise MMDeployError("--batch-size and --limit must be >= 1", "e.g. --batch-size 256 --limit 1000")
     targets: list[EvalTarget] = []
