@@ -409,7 +409,8 @@ def run(
     if json_out:
         _emit_json({"models": [{"name": m.name, "bundle": m.bundle, "steps": m.steps, "files": m.files,
                                 "gate": None if m.gate is None else m.gate.passed} for m in summary.models],
-                    "engines": summary.engines, "skipped_engines": summary.skipped_engines})
+                    "engines": summary.engines, "skipped_engines": summary.skipped_engines,
+                    "method_alone": None if summary.method_alone is None else summary.method_alone.to_dict()})
     else:
         for engine, reason in summary.skipped_engines.items():
             err_console.print(f"[yellow]engine {engine} skipped:[/] {reason}")
@@ -421,6 +422,10 @@ def run(
                 console.print(format_gate(m.gate), markup=False)
         if len(summary.models) > 1:
             console.print(compare_models_table(summary.models))
+        if summary.method_alone is not None:
+            from mmdeploy.method import describe
+
+            console.print(describe(summary.method_alone), markup=False)
     if not summary.passed:
         raise typer.Exit(1)
 

@@ -120,6 +120,13 @@ SCHEMA: dict[str, Any] = {
         "tune": Field("bool", "tune ONNX Runtime's threads and spinning before timing"),
         "noise_budget_s": Field("number", "seconds to spend re-timing a pass that saw interference", minimum=0),
     },
+    "compare": {
+        "baseline": Field("str", "method-alone comparison: the fixed-size model's name (at its training size)"),
+        "candidate": Field("str", "method-alone comparison: the mixed-size model's name (smallest size within tolerance)"),
+        "engine": Field("str", "engine both points run on", choices=("torch", "ort", "trt", "ov")),
+        "precision": Field("str", "precision both points run in", choices=PRECISION_CHOICES),
+        "tolerance": Field("number", "top-1 points the candidate may be below the baseline", minimum=0),
+    },
     "report": {
         "batch": Field("int", "batch size of the report's latency", minimum=1),
         "tolerance": Field("number", "top-1 points counted as iso-accuracy", minimum=0),

@@ -32,6 +32,7 @@ DEMO_CONFIG: dict = {
     "calibrate": {"sizes": [16, 20, 24, 28, 32, 40, 48], "batches": 200, "batch_size": 64, "augment": True, "seed": 0},
     "export": {"engines": ["auto"], "precisions": ["fp32", "bf16", "int8"]},  # each engine takes the precisions it serves; int8_method, int8_images: export defaults
     "bench": {"batches": [1, 32], "warmup": 5, "iters": 30, "tune": True, "noise_budget_s": 30},
+    "compare": {"baseline": "fixed32", "candidate": "mixsize", "engine": "ort", "precision": "fp32", "tolerance": 0.3},
     "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "gate": False},
     "trust_code_from_files": False,  # let checkpoints/bundles name module:factory code (the config's own `arch` is always allowed)
 }
@@ -54,6 +55,7 @@ class RunSummary:
     models: list[ModelRun]
     engines: list[str]
     skipped_engines: dict
+    method_alone: object = None  # mmdeploy.method.MethodAlone when the config compares two of its models
 
     @property
     def passed(self) -> bool:
@@ -219,7 +221,23 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
         if old is not None:
             run.gate = compare_reports(run.report, old, float(r["max_acc_drop"]), parse_fraction(r["max_latency_regress"]))
         runs.append(run)
-    return RunSummary(config, runs, ["torch", *engines], skipped)
+    return RunSummary(config, runs, ["torch", *engines], skipped, _method_alone(config, runs, out))
+
+
+def _method_alone(config: dict, runs: list[ModelRun], out: Path):
+    """The fixed baseline vs the smallest calibrated mixed-size point within tolerance, when both models are in this run.
+
+    The demo's [compare] names its two models; a user config inherits it only if it has models of those names."""
+    from mmdeploy.method import method_alone, write_method_alone
+
+    spec = config.get("compare") or {}
+    by_name = {r.name: r for r in runs}
+    if not spec or spec.get("baseline") not in by_name or spec.get("candidate") not in by_name:
+        return None
+    result = method_alone(by_name[spec["baseline"]].bundle, by_name[spec["candidate"]].bundle, spec["baseline"], spec["candidate"],
+                          spec.get("engine", "ort"), spec.get("precision", "fp32"), float(spec.get("tolerance", 0.3)))
+    write_method_alone(result, out)
+    return result
 
 
 def _tune_and_bench(run: ModelRun, bundle_dir: Path, engines: list[str], precisions: list[str], b: dict, fresh: set[str],
