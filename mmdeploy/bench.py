@@ -206,7 +206,7 @@ def bench_bundle(
             for s in sizes:
                 if not _has_artifact(bundle, name, s, prec):
                     if engines or name != "torch":  # an engine that works here but was not exported: say so
-                        skipped.append(f"{name} {prec} at {s}: " + ("fp16 needs CUDA" if name == "torch" else
+                        skipped.append(f"{name} {prec} at {s}: " + (f"torch has no {prec} here" if name == "torch" else
                                        f"not exported (run `mmdeploy export {bundle.root} --engine {name} --precision {prec}`)"))
                     continue
                 fixed = _static_batch(bundle, name, s, prec)
@@ -240,7 +240,9 @@ def _static_batch(bundle, engine: str, size: int, precision: str) -> int | None:
 
 def _has_artifact(bundle, engine: str, size: int, precision: str) -> bool:
     if engine == "torch":
-        return precision == "fp32" or torch.cuda.is_available()
+        from mmdeploy.engines import torch_runs
+
+        return torch_runs(precision)
     from mmdeploy.bundle.records import KIND_OF_ENGINE  # ort runs the ONNX itself; trt and ov have their own entries
 
     art = bundle.artifact(size, KIND_OF_ENGINE[engine], precision)

@@ -35,10 +35,11 @@ err_console = Console(stderr=True, highlight=False)
 SizesOpt = Annotated[Optional[list[str]], typer.Option("--size", "-s", help="Input size in pixels (repeatable).")]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder directory: DIR/<class>/<image>.jpg.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture name (see `mmdeploy archs`) or package.module:factory.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture name (see `mmdeploy archs`) or package.module:factory (your code; a bundle made from it needs the same spec again).")]
+TrustOpt = Annotated[bool, typer.Option("--trust-code-from-files", help="Let a checkpoint, sidecar or bundle name package.module:factory code to import and call. Only for files you trust; --arch SPEC allows just that one.")]
 PickleOpt = Annotated[bool, typer.Option("--unsafe-allow-pickle", help="Allow arbitrary unpickling of the checkpoint. Only for files you trust.")]
 EngineOpt = Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine: torch, ort, trt or ov (OpenVINO, CPU) (repeatable).")]
-PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32, fp16 (ort, trt, torch on CUDA) or bf16 (ov, CPUs with native bf16) (repeatable).")]
+PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32, fp16 (ort, trt, torch on CUDA), bf16 (ov, CPUs with native bf16) or int8 (ort, trt; per-size QDQ ONNX) (repeatable).")]
 # Read by the `command` wrapper (one writer per bundle): wait for another writer, or fail at once.
 NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once if another mmdeploy is writing the bundle (default: wait for it).")]
 
@@ -54,11 +55,14 @@ def command(fn=None, *, name: str | None = None):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from mmdeploy.models.trust import user_code_policy
+
         warnings.showwarning = _warn_one_line
         try:
             from mmdeploy.bundle import lock_policy
 
-            with lock_policy(wait=not kwargs.get("no_wait", False)):
+            with lock_policy(wait=not kwargs.get("no_wait", False)), \
+                    user_code_policy(kwargs.get("arch"), kwargs.get("trust_code_from_files", False)):  # what files may name
                 return explain_disk_errors(fn)(*args, **kwargs)  # a full disk or read-only folder: one line, not "internal error"
         except MMDeployError as exc:
             if os.environ.get("MMDEPLOY_DEBUG") == "1":
@@ -143,6 +147,7 @@ def calibrate(
     train_size: Annotated[Optional[int], typer.Option("--train-size", help="The size the checkpoint was trained at (reference point of reports).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     unsafe_allow_pickle: PickleOpt = False,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,
 ):
@@ -194,6 +199,7 @@ def eval_(
     std: Annotated[Optional[str], typer.Option(help="Checkpoint only: per-channel std, e.g. 0.229,0.224,0.225.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Device for the torch engine (default: cuda if available).")] = None,
     unsafe_allow_pickle: PickleOpt = False,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,
 ):
@@ -241,20 +247,27 @@ def export(
     precision: PrecisionOpt = None,
     size: SizesOpt = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Real images for the parity gate (default: the calibration folder).")] = None,
-    atol: Annotated[Optional[float], typer.Option(help="Parity gate: absolute logit tolerance (default 1e-4 fp32, 1e-2 fp16 and bf16).")] = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Parity gate: tolerance relative to the largest logit (default 1e-3 fp32, 3e-2 fp16, 2e-2 bf16).")] = None,
-    min_agreement: Annotated[Optional[float], typer.Option(help="Parity gate: minimum top-1 agreement (default 0.99 fp32, 0.95 fp16 and bf16).")] = None,
+    atol: Annotated[Optional[float], typer.Option(help="Parity gate: absolute logit tolerance (default 1e-4 fp32, 1e-2 fp16 and bf16, 0.1 int8).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Parity gate: tolerance relative to the largest logit (default 1e-3 fp32, 3e-2 fp16, 2e-2 bf16, 0.5 int8).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="Parity gate: minimum top-1 agreement (default 0.99 fp32, 0.95 fp16 and bf16, 0.9 int8).")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic/--no-dynamic", help="Also export the dynamic (N, H, W) ONNX.")] = True,
     static_batch: Annotated[Optional[int], typer.Option(help="Fix the batch dimension of per-size ONNX (default: dynamic batch).")] = None,
     trt_batch: Annotated[Optional[list[int]], typer.Option("--trt-batch", help="TensorRT static profile batch sizes (repeatable; default 1 and 32).")] = None,
     workspace_gb: Annotated[float, typer.Option(help="TensorRT builder workspace limit in GiB.")] = 4.0,
+    int8_method: Annotated[Optional[str], typer.Option(help="int8: activation range calibration, percentile (default, measured best), minmax or entropy.")] = None,
+    int8_images: Annotated[Optional[int], typer.Option(help="int8: calibration images per size, default 256 (whole BN calibration batches: the images BN saw).")] = None,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,
 ):
     """Export ONNX (dynamic + one per size, BN folded), gate it against PyTorch, and build engines.
 
+    A "dynamic" ONNX whose H/W came out fixed (a forward reading x.shape as a Python int) is refused at once;
+    an engine error inside the gate fails it, naming artifact and size. Nothing is written unless all pass.
+
     Example: [bold]mmdeploy export bundle/ --engine ort --precision fp32 --precision fp16[/]
     (OpenVINO on a CPU: [bold]mmdeploy export bundle/ --engine ov --precision fp32 --precision bf16[/])
+    (int8: one QDQ ONNX per size, ranges calibrated at that size: [bold]--precision int8 --int8-images 256[/])
     (or straight from a checkpoint: [bold]mmdeploy export ckpt.pth --size 32 --data calib/val --out bundle/[/])
     """
     from mmdeploy import distributed
@@ -278,7 +291,7 @@ def export(
         bundle = out
     summary = export_bundle(bundle, engine, precision, _sizes(size), data, tolerances, dynamic=dynamic,
                             static_batch=static_batch, trt_batches=tuple(trt_batch or (1, 32)), trt_workspace_gb=workspace_gb,
-                            progress=_progress(json_out))
+                            progress=_progress(json_out), int8_method=int8_method, int8_images=int8_images)
     if not distributed.is_main():
         return
     if json_out:
@@ -310,6 +323,8 @@ def bench(
     iters: Annotated[int, typer.Option(help="Timed calls per point (round-robin over points).")] = 50,
     tune: Annotated[bool, typer.Option("--tune", help="First time ONNX Runtime at threads 1..cores, spinning on/off, per size and batch; store the fastest in the bundle (engines then use it).")] = False,
     noise_budget: Annotated[float, typer.Option("--noise-budget", help="Seconds to spend re-timing when the machine is busy; points still noisy are marked unreliable.")] = 30.0,
+    arch: ArchOpt = None,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,
 ):
@@ -348,6 +363,8 @@ def report(
     baseline: Annotated[Optional[Path], typer.Option(help="CI gate: compare with this report.json; exit 1 if a point got worse.")] = None,
     max_acc_drop: Annotated[float, typer.Option(help="CI gate: allowed top-1 drop in points.")] = 0.3,
     max_latency_regress: Annotated[str, typer.Option(help="CI gate: allowed growth of latency relative to the reference, e.g. 15%.")] = "15%",
+    arch: ArchOpt = None,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,
 ):
@@ -384,6 +401,7 @@ def run(
     config: Annotated[Optional[Path], typer.Argument(help="TOML config (checkpoint(s), data, sizes, engines, thresholds, output). None: the embedded demo.")] = None,
     gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help="Gate each model's report against its baseline (exit 1 on regression).")] = None,
     fresh: Annotated[Optional[list[str]], typer.Option("--fresh", help="Re-run this step even if reusable: eval, tune, bench or all (repeatable).")] = None,
+    trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,
 ):
@@ -402,7 +420,8 @@ def run(
     if json_out:
         _emit_json({"models": [{"name": m.name, "bundle": m.bundle, "steps": m.steps, "files": m.files,
                                 "gate": None if m.gate is None else m.gate.passed} for m in summary.models],
-                    "engines": summary.engines, "skipped_engines": summary.skipped_engines})
+                    "engines": summary.engines, "skipped_engines": summary.skipped_engines,
+                    "method_alone": None if summary.method_alone is None else summary.method_alone.to_dict()})
     else:
         for engine, reason in summary.skipped_engines.items():
             err_console.print(f"[yellow]engine {engine} skipped:[/] {reason}")
@@ -414,6 +433,10 @@ def run(
                 console.print(format_gate(m.gate), markup=False)
         if len(summary.models) > 1:
             console.print(compare_models_table(summary.models))
+        if summary.method_alone is not None:
+            from mmdeploy.method import describe
+
+            console.print(describe(summary.method_alone), markup=False)
     if not summary.passed:
         raise typer.Exit(1)
 

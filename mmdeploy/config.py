@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmdeploy.engines import PRECISIONS
 from mmdeploy.errors import MMDeployError
+from mmdeploy.export.quantize import METHODS as INT8_METHODS
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class ModelList:
 
 
 ENGINE_CHOICES = ("auto", "ort", "trt", "ov")
-PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+PRECISION_CHOICES = PRECISIONS
 
 SCHEMA: dict[str, Any] = {
     "out": Field("str", "folder of the bundles, one per model"),
@@ -108,6 +110,8 @@ SCHEMA: dict[str, Any] = {
     "export": {
         "engines": Field("list[str]", "engines to export for (auto: all usable)", choices=ENGINE_CHOICES, non_empty=True),
         "precisions": Field("list[str]", "precisions to export", choices=PRECISION_CHOICES, non_empty=True),
+        "int8_method": Field("str", "int8 activation range calibration (default percentile)", choices=INT8_METHODS),
+        "int8_images": Field("int", "int8 calibration images per size (default 256)", minimum=1),
     },
     "bench": {
         "batches": Field("list[int]", "batch sizes to time", minimum=1, non_empty=True),
@@ -116,6 +120,13 @@ SCHEMA: dict[str, Any] = {
         "tune": Field("bool", "tune ONNX Runtime's threads and spinning before timing"),
         "noise_budget_s": Field("number", "seconds to spend re-timing a pass that saw interference", minimum=0),
     },
+    "compare": {
+        "baseline": Field("str", "method-alone comparison: the fixed-size model's name (at its training size)"),
+        "candidate": Field("str", "method-alone comparison: the mixed-size model's name (smallest size within tolerance)"),
+        "engine": Field("str", "engine both points run on", choices=("torch", "ort", "trt", "ov")),
+        "precision": Field("str", "precision both points run in", choices=PRECISION_CHOICES),
+        "tolerance": Field("number", "top-1 points the candidate may be below the baseline", minimum=0),
+    },
     "report": {
         "batch": Field("int", "batch size of the report's latency", minimum=1),
         "tolerance": Field("number", "top-1 points counted as iso-accuracy", minimum=0),
@@ -123,6 +134,7 @@ SCHEMA: dict[str, Any] = {
         "max_latency_regress": Field("fraction", "CI gate: relative latency growth allowed, e.g. \"15%\""),
         "gate": Field("bool", "compare with each model's baseline"),
     },
+    "trust_code_from_files": Field("bool", "let checkpoints and bundles name module:factory code (each model's own arch is always allowed)"),
 }
 
 

@@ -111,11 +111,16 @@ def evaluate_target(
     ``preprocess``/``mean``/``std`` apply to a checkpoint; a bundle uses the preprocessing it was calibrated with."""
     from mmdeploy.bundle import Bundle
     from mmdeploy.classes import bundle_label_space, checkpoint_label_space
-    from mmdeploy.engines import check_choices, serves
+    from mmdeploy.engines import ENGINE_PRECISIONS, check_choices, serves, torch_runs
     from mmdeploy.engines.torch_engine import TorchEngine
     from mmdeploy.writable import ensure_writable
 
     check_choices(engines, precisions)
+    for prec in precisions or []:  # a precision no chosen engine serves would be measured by nothing, silently
+        if not any(serves(name, prec) for name in engines or ["torch"]):
+            servers = [name for name in ENGINE_PRECISIONS if serves(name, prec)]
+            raise MMDeployError(f"precision {prec} is served by none of the engines {', '.join(engines or ['torch'])}",
+                                f"add --engine {' or --engine '.join(servers)}")
     if batch_size < 1 or (limit is not None and limit < 1):
         raise MMDeployError("--batch-size and --limit must be >= 1", "e.g. --batch-size 256 --limit 1000")
     targets: list[EvalTarget] = []
@@ -134,11 +139,12 @@ def evaluate_target(
         pre = bundle.preprocess()
         label_space = bundle_label_space(bundle.source)
         source = bundle.build_model(None)
+        _check_fits(source, chosen, batch_size, device)
         for s in chosen:
             targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(source, s, device=device)))
             for name in engines or ["torch"]:
                 for prec in precisions or ["fp32"]:
-                    if not serves(name, prec) or (name == "torch" and prec == "fp16" and not _cuda()):
+                    if not serves(name, prec) or (name == "torch" and not torch_runs(prec)):
                         continue
                     targets.append(EvalTarget(s, name, prec, True, lambda s=s, n=name, p=prec: bundle.engine(n, s, p, **({"device": device} if n == "torch" else {}))))
     else:
@@ -155,7 +161,9 @@ def evaluate_target(
         pre = resolve_preprocess(ckpt, preprocess, mean, std)
         label_space = checkpoint_label_space(ckpt)
         scan_image_folder(data, *label_space)  # a folder set that cannot be mapped fails before any work
-        for s in validate_sizes(sizes, ckpt.arch, model):
+        sizes = validate_sizes(sizes, ckpt.arch, model)
+        _check_fits(model, sizes, batch_size, device)
+        for s in sizes:
             targets.append(EvalTarget(s, "torch", "fp32", False, lambda s=s: TorchEngine(model, s, device=device)))
         bundle = None
     results = measure_accuracy(targets, data, pre, batch_size=batch_size, limit=limit, progress=progress, classes=label_space[0],
@@ -170,6 +178,14 @@ def evaluate_target(
                     if current.has_size(r.size) and current.point_fingerprint(r.key) == bundle.point_fingerprint(r.key):
                         current.record_accuracy(r, str(data), folder_key)
     return results
+
+
+def _check_fits(model, sizes: list[int], batch_size: int, device: str | None) -> None:
+    """Sizes whose activations cannot fit are refused before any work (the folder's classes are
+    checked against the model's when the folder is scanned with its label space)."""
+    from mmdeploy.models.fit import check_model_fits
+
+    check_model_fits(model, sizes, batch_size, device or ("cuda" if _cuda() else "cpu"))
 
 
 def _cuda() -> bool:

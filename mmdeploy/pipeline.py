@@ -28,9 +28,11 @@ DEMO_CONFIG: dict = {
         {"name": "fixed32", "checkpoint": "models/cifar_resnet20_fixed32.pth", "baseline": "ci/baseline/fixed32/report.json"},
     ],
     "calibrate": {"sizes": [16, 20, 24, 28, 32, 40, 48], "batches": 200, "batch_size": 64, "augment": True, "seed": 0},
-    "export": {"engines": ["auto"], "precisions": ["fp32", "bf16"]},  # each engine takes the precisions it serves
+    "export": {"engines": ["auto"], "precisions": ["fp32", "bf16", "int8"]},  # each engine takes the precisions it serves; int8_method, int8_images: export defaults
     "bench": {"batches": [1, 32], "warmup": 5, "iters": 30, "tune": True, "noise_budget_s": 30},
+    "compare": {"baseline": "fixed32", "candidate": "mixsize", "engine": "ort", "precision": "fp32", "tolerance": 0.3},
     "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "gate": False},
+    "trust_code_from_files": False,  # let checkpoints/bundles name module:factory code (the config's own `arch` is always allowed)
 }
 
 
@@ -51,6 +53,7 @@ class RunSummary:
     models: list[ModelRun]
     engines: list[str]
     skipped_engines: dict
+    method_alone: object = None  # mmdeploy.method.MethodAlone when the config compares two of its models
 
     @property
     def passed(self) -> bool:
@@ -125,6 +128,16 @@ def _fresh_steps(fresh: list[str] | None) -> set[str]:
 def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None, progress: Progress | None = None, log=print,
                  fresh: list[str] | None = None) -> RunSummary:
     """Run every step for every model of the config; ``gate`` overrides ``report.gate``; ``fresh`` steps re-run even if reusable."""
+    from mmdeploy.models.trust import user_code_policy
+
+    fresh_steps = _fresh_steps(fresh)
+    config, base = load_config(config_path)
+    # The config is the user's own: its `arch` specs may be imported, and it may trust files.
+    with user_code_policy([m.get("arch") for m in config["model"]], config["trust_code_from_files"]):  # types checked by the schema
+        return _run_models(config, base, gate, progress, log, fresh_steps)
+
+
+def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress | None, log, fresh_steps: set[str]) -> RunSummary:
     from mmdeploy.bench import bench_bundle
     from mmdeploy.calib.workflow import calibrate_to_bundle
     from mmdeploy.data import scan_image_folder
@@ -135,8 +148,6 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
     from mmdeploy.tune import machine_fingerprint, tune_bundle
 
     progress = progress or Progress()
-    fresh_steps = _fresh_steps(fresh)
-    config, base = load_config(config_path)
     if gate is not None:
         config["report"]["gate"] = gate
     resolve = lambda p: (base / p) if p and not Path(p).is_absolute() else Path(p) if p else None  # noqa: E731
@@ -172,7 +183,8 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
         if export_engines:
             onnx_precisions = [p for p in precisions if serves("ort", p)] or ["fp32"]
             log(f"{name}: export {', '.join(export_engines)} {', '.join(onnx_precisions)}")
-            ex = export_bundle(bundle_dir, "trt" if "trt" in export_engines else "ort", onnx_precisions, data=calib_data, progress=progress)
+            ex = export_bundle(bundle_dir, "trt" if "trt" in export_engines else "ort", onnx_precisions, data=calib_data, progress=progress,
+                               int8_method=config["export"].get("int8_method"), int8_images=config["export"].get("int8_images"))
             run.steps["export"] = "ran" if ex.written or ex.trt else "reused"
         if ov_precisions:
             log(f"{name}: export ov {', '.join(ov_precisions)}")
@@ -199,7 +211,23 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
         if old is not None:
             run.gate = compare_reports(run.report, old, float(r["max_acc_drop"]), parse_fraction(r["max_latency_regress"]))
         runs.append(run)
-    return RunSummary(config, runs, ["torch", *engines], skipped)
+    return RunSummary(config, runs, ["torch", *engines], skipped, _method_alone(config, runs, out))
+
+
+def _method_alone(config: dict, runs: list[ModelRun], out: Path):
+    """The fixed baseline vs the smallest calibrated mixed-size point within tolerance, when both models are in this run.
+
+    The demo's [compare] names its two models; a user config inherits it only if it has models of those names."""
+    from mmdeploy.method import method_alone, write_method_alone
+
+    spec = config.get("compare") or {}
+    by_name = {r.name: r for r in runs}
+    if not spec or spec.get("baseline") not in by_name or spec.get("candidate") not in by_name:
+        return None
+    result = method_alone(by_name[spec["baseline"]].bundle, by_name[spec["candidate"]].bundle, spec["baseline"], spec["candidate"],
+                          spec.get("engine", "ort"), spec.get("precision", "fp32"), float(spec.get("tolerance", 0.3)))
+    write_method_alone(result, out)
+    return result
 
 
 def _tune_and_bench(run: ModelRun, bundle_dir: Path, engines: list[str], precisions: list[str], b: dict, fresh: set[str],

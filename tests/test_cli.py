@@ -331,10 +331,11 @@ def test_a_size_that_is_not_an_integer_is_a_user_error(bundle, cli, image_dir, c
 
 def test_eval_refuses_what_it_would_silently_ignore_or_mislabel(bundle, cli, image_dir, resnet8_checkpoint):
     assert_one_line_error(cli("eval", resnet8_checkpoint, "--data", image_dir, "--size", "16", "--engine", "ort"), "torch engine in fp32 only")
-    assert_one_line_error(cli("eval", bundle, "--data", image_dir, "--precision", "int8"), "unknown precision 'int8'")
+    assert_one_line_error(cli("eval", bundle, "--data", image_dir, "--precision", "fp8"), "unknown precision 'fp8'")
+    assert_one_line_error(cli("eval", bundle, "--data", image_dir, "--precision", "bf16"), "precision bf16 is served by none of the engines torch", "--engine ov")
     assert_one_line_error(cli("eval", image_dir, "--data", image_dir, "--size", "16"), "is not a bundle")
     metrics = json.loads((bundle / MANIFEST).read_text())["sizes"]["16"].get("metrics", {})
-    assert not any("int8" in k for kind in metrics.values() for k in kind)
+    assert not any("bf16" in k for kind in metrics.values() for k in kind)
 
 
 def test_json_output_is_strict_json(capsys):

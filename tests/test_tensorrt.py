@@ -1,9 +1,10 @@
 """The TensorRT engine: pure planning on the CPU, the TensorRT call sequence against a fake
 ``tensorrt`` module, and real builds where TensorRT and a GPU exist (marked ``trt``).
 
-The fake module has TensorRT 10/11's real names and nothing else: a call to a removed or
-misspelled API (``execute_v2``, ``EXPLICIT_BATCH``, ``BuilderFlag.FP16`` on 11) fails the test.
-Its "kernel" reads and writes the bound memory through the array interfaces, so the
+The fake module (``fake_tensorrt.py``) has TensorRT 10/11's real names, enum values and
+signatures and nothing else (``test_tensorrt_api.py`` checks it against the recorded real API):
+a call to a removed or misspelled API (``EXPLICIT_BATCH`` or ``BuilderFlag.FP16`` on 11) fails
+the test. Its "kernel" reads and writes the bound memory through the array interfaces, so the
 engine's pointer, shape, dtype and profile handling is checked for real, on the CPU and
 (``gpu`` mark) on a CUDA device.
 """
@@ -14,12 +15,12 @@ import contextlib
 import hashlib
 import json
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fake_tensorrt import SIZE, FakeTrt, fake_kernel  # tests/ is on sys.path (rootdir conftest)
 
 import mmdeploy.engines.tensorrt as trt_mod
 from mmdeploy.bundle import Bundle
@@ -36,7 +37,6 @@ from mmdeploy.engines.tensorrt import (
 )
 from mmdeploy.errors import MMDeployError
 
-SIZE = 16
 REAL_TRT_REASON = trt_unavailable_reason()  # evaluated before any test injects a fake module
 needs_trt = pytest.mark.skipif(bool(REAL_TRT_REASON), reason=f"needs TensorRT and a CUDA GPU: {REAL_TRT_REASON}")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -76,8 +76,9 @@ def test_bad_batch_sizes_are_user_errors(batches):
 def test_plan_names():
     assert plan_filename(160, "fp16") == "sizes/160/model.fp16.plan"
     assert plan_filename(24, "fp32", batch=32) == "sizes/24/model.fp32.b32.plan"
-    with pytest.raises(MMDeployError, match="int8"):
-        plan_filename(24, "int8")
+    assert plan_filename(24, "int8") == "sizes/24/model.int8.plan"
+    with pytest.raises(MMDeployError, match="bf16"):
+        plan_filename(24, "bf16")
 
 
 def test_build_settings_record():
@@ -148,253 +149,7 @@ def test_plan_without_tensorrt_says_why(tmp_path):
     assert "\n" not in info.value.one_line()
 
 
-# -- a fake tensorrt: TensorRT 10/11 names only, calls recorded ------------------------------
-class _Enum:
-    """Enum-like: reading a member is recorded, a member the version lacks is an AttributeError."""
-
-    def __init__(self, owner: FakeTrt, name: str, **members):
-        self._owner, self._name, self._members = owner, name, members
-
-    def __getattr__(self, item):
-        if item.startswith("_") or item not in self._members:
-            raise AttributeError(f"tensorrt.{self._name} has no {item}")
-        self._owner.touched.add(f"{self._name}.{item}")
-        return self._members[item]
-
-
-def _wrap(ptr: int, shape, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """A tensor over memory TensorRT was handed by address (what a kernel would see)."""
-    typestr = {torch.float32: "<f4", torch.float16: "<f2"}[dtype]
-    if device == "cpu":
-        holder = types.SimpleNamespace(__array_interface__={"shape": tuple(shape), "typestr": typestr, "data": (ptr, False), "version": 3})
-        return torch.from_numpy(np.asarray(holder))
-    iface = {"shape": tuple(shape), "typestr": typestr, "data": (ptr, False), "version": 2, "strides": None}
-    return torch.as_tensor(type("CudaBuf", (), {"__cuda_array_interface__": iface})(), device=device)
-
-
-def fake_kernel(x: torch.Tensor) -> torch.Tensor:
-    return x.mean((2, 3)) * 2.0 + 1.0
-
-
-class FakeTrt:
-    """Builds a ``tensorrt`` module stand-in. ``calls`` lists (api, args) in call order."""
-
-    def __init__(self, version="10.13.0", strongly_typed=True, fp16_flag=True, input_shape=(-1, 3, SIZE, SIZE),
-                 parse_errors=(), build_fails=False, out_dtype="FLOAT", foreign_cache=False, device="cpu"):
-        self.calls: list[tuple[str, tuple]] = []
-        self.touched: set[str] = set()
-        fake = self
-        net_flags = {"EXPLICIT_BATCH": 0, **({"STRONGLY_TYPED": 1} if strongly_typed else {})}
-        builder_flags = {"TF32": 6, "DEBUG": 2, **({"FP16": 0} if fp16_flag else {})}
-        m = types.ModuleType("tensorrt")
-        m.__version__ = version
-        m.NetworkDefinitionCreationFlag = _Enum(self, "NetworkDefinitionCreationFlag", **net_flags)
-        m.BuilderFlag = _Enum(self, "BuilderFlag", **builder_flags)
-        m.MemoryPoolType = _Enum(self, "MemoryPoolType", WORKSPACE="WORKSPACE")
-        m.TensorIOMode = _Enum(self, "TensorIOMode", NONE="NONE", INPUT="INPUT", OUTPUT="OUTPUT")
-        m.DataType = _Enum(self, "DataType", FLOAT="FLOAT", HALF="HALF", INT32="INT32", INT64="INT64", BOOL="BOOL", INT8="INT8", UINT8="UINT8")
-
-        def rec(name, *args):
-            fake.calls.append((name, args))
-
-        class ILogger:
-            Severity = _Enum(self, "Severity", INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
-
-            def __init__(self):
-                pass
-
-        class Tensor:
-            def __init__(self, name, shape):
-                self.name, self.shape = name, shape
-
-        class Network:
-            num_inputs = 1
-
-            def get_input(self, i):
-                return Tensor("images", input_shape)
-
-        class ParserError:
-            def __init__(self, node, desc):
-                self._node, self._desc = node, desc
-
-            def node(self):
-                return self._node
-
-            def desc(self):
-                return self._desc
-
-            def code(self):
-                return 8
-
-        class OnnxParser:
-            def __init__(self, network, logger):
-                rec("OnnxParser", network, logger)
-                self.num_errors = 0
-
-            def parse_from_file(self, path):
-                rec("parse_from_file", path)
-                self.num_errors = len(parse_errors)
-                return not parse_errors
-
-            def get_error(self, i):
-                return ParserError(i + 3, parse_errors[i])
-
-        class TimingCache:
-            def __init__(self, blob):
-                self.blob = bytes(blob)
-
-            def serialize(self):
-                rec("serialize")
-                return memoryview(self.blob + b"|tuned")  # a buffer, as IHostMemory is
-
-        class Profile:
-            def set_shape(self, name, lo, opt, hi):
-                rec("set_shape", name, tuple(lo), tuple(opt), tuple(hi))
-                self.shape = (name, tuple(lo), tuple(opt), tuple(hi))
-
-        class Config:
-            def __init__(self):
-                self.profiles, self.cache = [], None
-
-            def set_memory_pool_limit(self, pool, size):
-                rec("set_memory_pool_limit", pool, size)
-
-            def set_flag(self, flag):
-                rec("set_flag", flag)
-
-            def clear_flag(self, flag):
-                rec("clear_flag", flag)
-
-            def add_optimization_profile(self, profile):
-                rec("add_optimization_profile")
-                self.profiles.append(profile.shape)
-                return len(self.profiles) - 1
-
-            def create_timing_cache(self, blob):
-                rec("create_timing_cache", bytes(blob))
-                return TimingCache(blob)
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                rec("set_timing_cache", cache.blob, ignore_mismatch)
-                if foreign_cache and cache.blob:
-                    return False
-                self.cache = cache
-                return True
-
-            def get_timing_cache(self):
-                rec("get_timing_cache")
-                return self.cache
-
-        class Builder:
-            def __init__(self, logger):
-                rec("Builder")
-                self.logger = logger
-
-            def create_network(self, flags=0):
-                rec("create_network", flags)
-                return Network()
-
-            def create_builder_config(self):
-                rec("create_builder_config")
-                return Config()
-
-            def create_optimization_profile(self):
-                rec("create_optimization_profile")
-                return Profile()
-
-            def build_serialized_network(self, network, config):
-                rec("build_serialized_network", network, config)
-                if build_fails:
-                    self.logger.log(ILogger.Severity.ERROR, "out of memory in tactic selection")
-                    return None
-                return b"FAKEPLAN" + json.dumps({"profiles": config.profiles, "out": out_dtype}).encode()
-
-        class Context:
-            def __init__(self, engine):
-                self.engine, self.profile, self.shape, self.addr = engine, 0, None, {}
-
-            def set_optimization_profile_async(self, index, stream_handle):
-                rec("set_optimization_profile_async", index, stream_handle)
-                assert isinstance(stream_handle, int)
-                self.profile, self.shape = index, None
-                return True
-
-            def set_input_shape(self, name, shape):
-                rec("set_input_shape", name, tuple(shape))
-                _, lo, _, hi = self.engine.profiles[self.profile]
-                ok = name == "images" and all(a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True))
-                self.shape = tuple(shape) if ok else None
-                return ok
-
-            def get_tensor_shape(self, name):
-                assert name == "logits" and self.shape is not None
-                return (self.shape[0], self.shape[1])
-
-            def set_tensor_address(self, name, ptr):
-                rec("set_tensor_address", name)
-                self.addr[name] = ptr
-                return True
-
-            def execute_async_v3(self, stream_handle):
-                rec("execute_async_v3", stream_handle)
-                assert self.shape is not None and set(self.addr) == {"images", "logits"}
-                out_dtype_t = torch.float16 if self.engine.out == "HALF" else torch.float32
-                with contextlib.ExitStack() as stack:
-                    if device != "cpu":
-                        stack.enter_context(torch.cuda.stream(torch.cuda.ExternalStream(stream_handle)))
-                    x = _wrap(self.addr["images"], self.shape, torch.float32, device)
-                    out = _wrap(self.addr["logits"], self.shape[:2], out_dtype_t, device)
-                    out.copy_(fake_kernel(x))
-                return True
-
-            def execute_v2(self, *a, **k):  # TensorRT 8's binding API: must not be used
-                raise AssertionError("execute_v2 used; TensorRT 10 code uses execute_async_v3")
-
-            execute_async_v2 = execute_v2
-
-        class Engine:
-            def __init__(self, payload):
-                self.profiles = [tuple(p) for p in payload["profiles"]]
-                self.out = payload["out"]
-                self.num_io_tensors = 2
-                self.num_optimization_profiles = len(self.profiles)
-
-            def get_tensor_name(self, i):
-                return ("images", "logits")[i]
-
-            def get_tensor_mode(self, name):
-                return {"images": "INPUT", "logits": "OUTPUT"}[name]
-
-            def get_tensor_dtype(self, name):
-                return "FLOAT" if name == "images" else self.out
-
-            def get_tensor_profile_shape(self, name, index):
-                assert name == "images"
-                return [list(s) for s in self.profiles[index][1:]]
-
-            def create_execution_context(self):
-                rec("create_execution_context")
-                return Context(self)
-
-        class Runtime:
-            def __init__(self, logger):
-                rec("Runtime")
-
-            def deserialize_cuda_engine(self, data):
-                rec("deserialize_cuda_engine")
-                data = bytes(data)
-                return Engine(json.loads(data[len(b"FAKEPLAN"):])) if data.startswith(b"FAKEPLAN") else None
-
-        m.ILogger, m.Builder, m.OnnxParser, m.Runtime = ILogger, Builder, OnnxParser, Runtime
-        self.module = m
-
-    def names(self) -> list[str]:
-        return [c[0] for c in self.calls]
-
-    def args(self, name: str) -> list[tuple]:
-        return [c[1] for c in self.calls if c[0] == name]
-
-
+# -- the fake tensorrt (tests/fake_tensorrt.py, checked against the real API by test_tensorrt_api.py) ----
 @pytest.fixture
 def use_fake(monkeypatch):
     """Install a FakeTrt as ``tensorrt`` with a 'GPU' present; returns a factory taking FakeTrt options."""
@@ -465,7 +220,7 @@ def test_build_calls_tensorrt_10_in_order(use_fake, onnx32, tmp_path):
     assert fake.args("create_network") == [(1 << 1,)]  # STRONGLY_TYPED, and nothing else
     assert not any(t.endswith("EXPLICIT_BATCH") for t in fake.touched)
     assert fake.args("parse_from_file") == [(str(onnx32),)]
-    assert fake.args("set_memory_pool_limit") == [("WORKSPACE", 2 << 30)]
+    assert fake.args("set_memory_pool_limit") == [(0, 2 << 30)]  # MemoryPoolType.WORKSPACE
     assert fake.args("clear_flag") == [(6,)]  # TF32 off: an fp32 plan computes in fp32
     assert fake.args("set_flag") == []
     expected = [(p.input_name, p.min, p.opt, p.max) for p in derive_profiles("images", SIZE, (1, 32), True, None)]
@@ -491,7 +246,7 @@ def _in_order(names: list[str], order: list[str]) -> bool:
 def test_fp16_on_tensorrt_11_uses_the_graph_not_a_builder_flag(use_fake, onnx16, tmp_path):
     fake = use_fake(version="11.4.0", fp16_flag=False)
     record = build_trt_plan(onnx16, tmp_path / "p.plan", SIZE, "fp16", batch_sizes=(8,))
-    assert fake.args("create_network") == [(1 << 1,)]
+    assert fake.args("create_network") == [(1 << 0,)]  # STRONGLY_TYPED is 0 in TensorRT 11
     assert fake.args("set_flag") == [] and fake.args("clear_flag") == [(6,)]  # only TF32 off
     assert "BuilderFlag.FP16" not in fake.touched
     assert record["settings"]["precision_source"] == "graph" and "timing_cache_reused" not in record["settings"]
@@ -510,6 +265,36 @@ def test_fp16_with_neither_strong_typing_nor_fp16_flag_is_refused(use_fake, onnx
     with pytest.raises(MMDeployError, match="neither strongly typed networks nor the FP16 builder flag"):
         build_trt_plan(onnx16, tmp_path / "p.plan", SIZE, "fp16")
     assert not (tmp_path / "p.plan").exists()
+
+
+def _qdq(src: Path, dst: Path) -> Path:
+    """The export step's INT8 for TensorRT (QDQ, symmetric) of a tiny graph, ranges from random inputs."""
+    from mmdeploy.export.quantize import quantize_int8
+
+    rng = np.random.default_rng(0)
+    quantize_int8(src, dst, [rng.standard_normal((2, 3, SIZE, SIZE)).astype(np.float32) for _ in range(2)], "minmax", symmetric=True)
+    return dst
+
+
+def test_int8_plan_is_built_from_the_qdq_graph_without_precision_flags(use_fake, onnx32, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    q = _qdq(onnx32, tmp_path / "model.int8.onnx")
+    assert trt_mod._graph_precision(q) == "int8"
+    proto = onnx.load(str(q))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # TensorRT: symmetric int8 only
+    fake = use_fake(version="11.4.0", fp16_flag=False)
+    record = build_trt_plan(q, tmp_path / "p.plan", SIZE, "int8", batch_sizes=(1,))
+    assert fake.args("create_network") == [(1 << 1,)] and fake.args("set_flag") == []  # strongly typed: the graph decides
+    assert record["settings"]["precision"] == "int8" and record["settings"]["precision_source"] == "graph"
+    use_fake(strongly_typed=False)  # an old weakly typed 10.x without an INT8 flag cannot build it
+    with pytest.raises(MMDeployError, match="nor the INT8 builder flag"):
+        build_trt_plan(q, tmp_path / "p2.plan", SIZE, "int8")
+    with pytest.raises(MMDeployError, match="int8 graph but a fp32 plan"):
+        build_trt_plan(q, tmp_path / "p2.plan", SIZE, "fp32")
 
 
 def test_precision_must_match_the_graph(use_fake, onnx32, onnx16, tmp_path):
@@ -733,3 +518,64 @@ def test_real_plan_matches_torch(tmp_path, precision, tol):
             assert got.dtype == torch.float32 and got.shape == want.shape
             torch.testing.assert_close(got, want, atol=tol, rtol=tol)
         assert len(run.describe()["profiles"]) == 3
+
+
+# -- TensorRT failures as one line (issue 13 §4) ----------------------------------------------
+def test_bindings_without_native_libraries_name_the_library(tmp_path, monkeypatch):
+    """What the real tensorrt-cu12-bindings 10.16 wheel raises without its libraries (seen on this machine)."""
+    from mmdeploy.engines import trt_errors
+
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.py").write_text(
+        "raise ImportError('libnvonnxparser.so.10: cannot open shared object file: No such file or directory')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    monkeypatch.setattr(trt_mod, "_cuda_available", lambda: True)
+    monkeypatch.setattr(trt_errors, "_bindings_distribution", lambda: ("tensorrt-cu12-bindings", "10.16.1.11"))
+    reason = trt_unavailable_reason()
+    assert reason.startswith("TensorRT's Python bindings are installed but a native library failed to load: libnvonnxparser.so.10 "
+                             "(cannot open shared object file")
+    assert "not installed" not in reason and "pip install 'tensorrt-cu12-libs==10.16.1.11'" in reason and "\n" not in reason
+
+
+def test_not_installed_is_still_said_so(monkeypatch):
+    from mmdeploy.engines.trt_errors import import_problem
+
+    assert import_problem(ModuleNotFoundError("No module named 'tensorrt'", name="tensorrt")) == "TensorRT is not installed"
+    assert import_problem(OSError("weird")).startswith("TensorRT fails to import (OSError: weird")
+
+
+@pytest.mark.parametrize("logged, shown", [("[cudaDriverHelpers.cpp::operator()::94] Error Code 1: Cuda Driver (initialization error)",
+                                            "Error Code 1: Cuda Driver (initialization error)"), ("", "TensorRT logged nothing")])
+def test_builder_nullptr_is_one_line_with_what_tensorrt_logged(use_fake, onnx32, tmp_path, logged, shown):
+    use_fake(builder_fails=logged)
+    with pytest.raises(MMDeployError) as info:
+        build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32")
+    text = info.value.one_line()
+    assert "TensorRT could not create its Builder (the native factory returned nullptr)" in text and shown in text
+    assert "nvidia-smi" in info.value.hint and "\n" not in text and not (tmp_path / "p.plan").exists()
+
+
+def test_runtime_nullptr_is_one_line(use_fake, cpu_streams, onnx32, tmp_path):
+    use_fake()
+    bundle = _bundle_with_plan(tmp_path, onnx32, dynamic=False)
+    use_fake(runtime_fails="CUDA initialization failure with error: 35")
+    engine = TrtEngine.from_bundle(bundle, SIZE, "fp32", device="cpu")
+    with pytest.raises(MMDeployError, match="could not create its Runtime .*CUDA initialization failure with error: 35"):
+        engine.activate()
+    assert not engine.active
+
+
+def test_profile_shape_refused_by_tensorrt_is_one_line(use_fake, onnx32, tmp_path):
+    use_fake(set_shape_fails=True)
+    with pytest.raises(MMDeployError, match="rejected the optimization profile .* inconsistent with other shapes") as info:
+        build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", batch_sizes=(1,))
+    assert "\n" not in info.value.one_line()
+
+
+def test_build_goes_on_without_a_timing_cache_tensorrt_cannot_create(use_fake, onnx32, tmp_path):
+    fake = use_fake(timing_cache_fails=True)
+    cache = tmp_path / "timing.cache"
+    record = build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", timing_cache=cache)
+    assert fake.args("create_timing_cache") == [(b"",), (b"",)] and fake.args("set_timing_cache") == []
+    assert (tmp_path / "p.plan").is_file() and not cache.exists() and record["settings"]["timing_cache_reused"] is False

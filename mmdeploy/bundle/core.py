@@ -67,6 +67,9 @@ class Bundle(Measurements):
         problem = manifest_problem(manifest)
         if problem:
             raise MMDeployError(f"{path} is not a valid bundle manifest: {problem}", _REMAKE)
+        from mmdeploy.models.trust import authorize_arch
+
+        authorize_arch(manifest["source"]["arch"], manifest["source"].get("arch_kwargs", {}), source=str(path))  # a manifest is data
         bundle = cls(root, manifest)
         for where, rel in rec._path_fields(manifest):
             bundle._confined(rel, where)

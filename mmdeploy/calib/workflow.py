@@ -15,6 +15,7 @@ from mmdeploy.classes import checkpoint_label_space
 from mmdeploy.data import Preprocess, decode_for_sizes, decoding_key, native_resolution, scan_image_folder
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import LoadedCheckpoint, arch_info, load_checkpoint
+from mmdeploy.models.fit import check_model_fits
 from mmdeploy.progress import Progress
 
 DEFAULT_TRAINING_SIZE = {"cifar": 32, "imagenet": 224}
@@ -116,6 +117,8 @@ def calibrate_to_bundle(
         if dist.is_main():  # rank 0 alone reads and writes --out
             check_writable_dir(out)
         folder = scan_image_folder(data)
+        # Before any work: classes against the data, activations against memory (export CKPT runs batches up to 8).
+        check_model_fits(model, sizes, batch_size if recalibrate else 8, device, len(folder.classes), folder.root)
         existing = Bundle.open(out) if dist.is_main() and Bundle.is_bundle(out) else None
         if existing is not None and (existing.source.sha256, existing.arch) != (ckpt.sha256, ckpt.arch):
             existing = None  # another checkpoint (or arch): start over; the old bundle's files are removed

@@ -6,13 +6,25 @@ from mmdeploy.engines.base import Engine
 from mmdeploy.errors import MMDeployError
 
 ENGINES = ("torch", "ort", "trt", "ov")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # What each engine can serve; a (engine, precision) outside this is skipped, not measured under a wrong name.
-ENGINE_PRECISIONS = {"torch": ("fp32", "fp16"), "ort": ("fp32", "fp16"), "trt": ("fp32", "fp16"), "ov": ("fp32", "bf16")}
+# int8 is an exported-graph precision (QDQ ONNX), so eager torch has none.
+ENGINE_PRECISIONS = {"torch": ("fp32", "fp16"), "ort": ("fp32", "fp16", "int8"), "trt": ("fp32", "fp16", "int8"), "ov": ("fp32", "bf16")}
 
 
 def serves(engine: str, precision: str) -> bool:
     return precision in ENGINE_PRECISIONS.get(engine, ())
+
+
+def torch_runs(precision: str) -> bool:
+    """Whether the eager torch engine has this precision here (fp16 needs CUDA)."""
+    if not serves("torch", precision):
+        return False
+    if precision == "fp16":
+        import torch
+
+        return torch.cuda.is_available()
+    return True
 
 
 def check_choices(engines: list[str] | None, precisions: list[str] | None) -> None:
@@ -54,4 +66,5 @@ def available_engines() -> dict[str, str]:
     return {"torch": "", "ort": ort_unavailable_reason(), "trt": trt_unavailable_reason(), "ov": ov_unavailable_reason()}
 
 
-__all__ = ["ENGINES", "ENGINE_PRECISIONS", "PRECISIONS", "Engine", "available_engines", "check_choices", "create_engine", "serves"]
+__all__ = ["ENGINES", "ENGINE_PRECISIONS", "PRECISIONS", "Engine", "available_engines", "check_choices", "create_engine", "serves",
+           "torch_runs"]

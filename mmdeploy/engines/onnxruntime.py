@@ -23,10 +23,17 @@ _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutio
 
 
 def ort_unavailable_reason() -> str:
+    """"" if onnxruntime imports, else one line: not installed, or installed and broken (and what to run)."""
     try:
         import onnxruntime  # noqa: F401
-    except ImportError:
-        return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu on a CUDA machine)"
+    except Exception as exc:  # a missing package, or half of a mixed onnxruntime/onnxruntime-gpu install removed
+        from mmdeploy.engines.ort_providers import installed_ort_distributions, mixed_install_problem
+
+        dists = installed_ort_distributions()
+        if not dists:
+            return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu on a CUDA machine)"
+        fix = mixed_install_problem(dists) or f"reinstall it: `pip install --force-reinstall {dists[0]}`"
+        return f"{dists[0]} is installed but does not import ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); {fix}"
     return ""
 
 
@@ -35,14 +42,14 @@ def choose_providers(requested: list[str] | None = None) -> list[str]:
 
     The TensorRT EP is only tried when asked for (``MMDEPLOY_ORT_TRT=1`` or ``providers``):
     its first session builds an engine, which takes minutes, and the native ``trt`` engine
-    is the way to TensorRT here.
+    is the way to TensorRT here. GPU providers the build lists but cannot load (CUDA/cuDNN
+    missing) are dropped after one probe, which says so in one line; so ``device`` is right
+    before activation too.
     """
-    import onnxruntime as ort
+    from mmdeploy.engines.ort_providers import usable_providers
 
-    have = set(ort.get_available_providers())
     wanted = requested or [p for p in _PREFERRED if p != "TensorrtExecutionProvider" or os.environ.get("MMDEPLOY_ORT_TRT") == "1"]
-    chosen = [p for p in wanted if p in have]
-    return chosen or ["CPUExecutionProvider"]
+    return list(usable_providers(tuple(wanted)).providers)
 
 
 def _gpu_index() -> int:

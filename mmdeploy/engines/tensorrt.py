@@ -28,7 +28,10 @@ API facts this code relies on (checked against NVIDIA's documentation, 2026):
   from the ONNX graph (fp16 conversion keeping fp32 I/O, Q/DQ nodes for int8). In 11.0
   ``STRONGLY_TYPED`` is kept for API compatibility and ignored (strong typing is always on;
   trtx-sys docs of ``NetworkDefinitionCreationFlag``). Hence: set ``STRONGLY_TYPED`` when the
-  enum has it, else (an old 10.x) fall back to ``BuilderFlag.FP16`` for an fp16 graph, else fail.
+  enum has it, else (an old 10.x) fall back to ``BuilderFlag.FP16``/``INT8`` for an fp16/int8 graph, else fail.
+* Explicit quantization ("Explicit Quantization" page of the TensorRT developer guide): a graph
+  with Q/DQ nodes is built with its INT8 placement as written; with strong typing no precision
+  flag is set. Scales must be symmetric (zero point 0), which export/quantize.py writes.
 * Build: ``IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)``,
   ``create_timing_cache(blob)`` / ``set_timing_cache(cache, ignore_mismatch)`` /
   ``get_timing_cache().serialize()`` (ITimingCache page), ``create_optimization_profile``,
@@ -56,9 +59,10 @@ import torch
 
 from mmdeploy.bundle import atomic_write_bytes
 from mmdeploy.engines.base import Engine
+from mmdeploy.engines.trt_errors import create_with_log, import_hint, import_problem
 from mmdeploy.errors import MMDeployError
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 TIMING_CACHE = "trt/timing.cache"  # relative to the bundle root; one per bundle, shared by its plans
 MIN_TRT_MAJOR = 10
 _INSTALL_HINT = "pip install 'mmdeploy-mixsize[trt]' on a machine with an NVIDIA GPU"
@@ -74,10 +78,8 @@ def _trt_import_problem() -> str:
     """"" if ``import tensorrt`` works and is new enough, else what is wrong with it."""
     try:
         import tensorrt as trt
-    except ImportError:
-        return "TensorRT is not installed"
-    except Exception as exc:  # a tensorrt wheel without its libraries fails with OSError and friends
-        return f"TensorRT fails to import ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+    except Exception as exc:  # not installed, or the bindings without their native libraries (ImportError, OSError)
+        return import_problem(exc)
     major = _major(getattr(trt, "__version__", "0"))
     if major < MIN_TRT_MAJOR:
         return f"TensorRT {trt.__version__} is too old (need >= {MIN_TRT_MAJOR})"
@@ -89,7 +91,7 @@ def _missing() -> tuple[str, str]:
     trt_problem = _trt_import_problem()
     gpu_problem = "" if _cuda_available() else "no CUDA GPU is visible to PyTorch"
     if trt_problem:
-        return " and ".join(p for p in (trt_problem, gpu_problem) if p), _INSTALL_HINT
+        return " and ".join(p for p in (trt_problem, gpu_problem) if p), import_hint(trt_problem, _INSTALL_HINT)
     if gpu_problem:
         return gpu_problem, f"run on a machine with an NVIDIA GPU and a CUDA build of PyTorch (this one is {torch.__version__}, CUDA {torch.version.cuda or 'none'})"
     return "", ""
@@ -110,7 +112,7 @@ def _require_trt_engine() -> None:
 def _import_trt():
     problem = _trt_import_problem()
     if problem:
-        raise MMDeployError(f"the trt engine is unavailable: {problem}", _INSTALL_HINT)
+        raise MMDeployError(f"the trt engine is unavailable: {problem}", import_hint(problem, _INSTALL_HINT))
     import tensorrt as trt
 
     return trt
@@ -227,13 +229,13 @@ def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise MMDeployError(
             f"TensorRT precision {precision!r} is not supported",
-            f"use one of {', '.join(PRECISIONS)} (int8 needs Q/DQ nodes in the ONNX graph, which this toolkit does not write yet)",
+            f"use one of {', '.join(PRECISIONS)}",
         )
 
 
 # -- build ------------------------------------------------------------------------------------
 def _graph_precision(onnx_path: Path) -> str:
-    """"fp16" if the ONNX graph computes in half precision (converted upstream), else "fp32"."""
+    """"int8" if the graph has Q/DQ nodes (explicit quantization), "fp16" if it computes in half precision, else "fp32"."""
     import onnx
 
     proto = onnx.load(str(onnx_path), load_external_data=False)
@@ -242,6 +244,8 @@ def _graph_precision(onnx_path: Path) -> str:
         return meta["mmdeploy.precision"]
     half = onnx.TensorProto.FLOAT16
     graph = proto.graph
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
+        return "int8"
     if any(t.data_type == half for t in graph.initializer):
         return "fp16"
     if any(v.type.tensor_type.elem_type == half for v in (*graph.value_info, *graph.input, *graph.output)):
@@ -321,8 +325,9 @@ def _network_flags(trt, precision: str) -> tuple[int, bool]:
     strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly is not None:
         return 1 << int(strongly), True
-    if precision == "fp16" and getattr(trt.BuilderFlag, "FP16", None) is None:
-        raise MMDeployError(f"TensorRT {trt.__version__} has neither strongly typed networks nor the FP16 builder flag",
+    flag = {"fp16": "FP16", "int8": "INT8"}.get(precision)
+    if flag and getattr(trt.BuilderFlag, flag, None) is None:
+        raise MMDeployError(f"TensorRT {trt.__version__} has neither strongly typed networks nor the {flag} builder flag",
                             "install TensorRT >= 10 (pip install -U 'mmdeploy-mixsize[trt]')")
     return 0, False
 
@@ -340,8 +345,13 @@ def _load_timing_cache(config, path: Path | None) -> tuple[object, bool]:
     if cache is None or not config.set_timing_cache(cache, False):
         # a cache from another TensorRT version or GPU is refused: start empty, overwrite it after the build
         _log.warning("TensorRT refused the timing cache %s (another TensorRT or GPU?); starting a fresh one", path)
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, False)
+        try:
+            cache = config.create_timing_cache(b"")
+        except Exception:  # noqa: BLE001
+            cache = None
+        if cache is None or not config.set_timing_cache(cache, False):
+            _log.warning("TensorRT cannot create a timing cache; building without one (slower builds, same plan)")
+            return None, False
         reused = False
     return cache, reused
 
@@ -380,7 +390,7 @@ def build_trt_plan(
     trt = _import_trt()
     started = time.perf_counter()
     logger = _make_logger(trt)
-    builder = trt.Builder(logger)
+    builder = create_with_log(trt.Builder, logger, "Builder")
     flags, strongly_typed = _network_flags(trt, precision)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -396,11 +406,17 @@ def build_trt_plan(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_bytes"])
     if not settings["tf32"] and getattr(trt.BuilderFlag, "TF32", None) is not None:
         config.clear_flag(trt.BuilderFlag.TF32)
-    if precision == "fp16" and not strongly_typed:
-        config.set_flag(trt.BuilderFlag.FP16)
+    if precision in ("fp16", "int8") and not strongly_typed:
+        # Weakly typed (old 10.x): Q/DQ nodes still fix where INT8 runs, but the builder must be allowed INT8 kernels.
+        config.set_flag(getattr(trt.BuilderFlag, precision.upper()))
     for spec in derive_profiles(input_name, size, batch_sizes, dynamic, max_dynamic_size, channels):
         profile = builder.create_optimization_profile()
-        profile.set_shape(input_name, spec.min, spec.opt, spec.max)
+        try:
+            profile.set_shape(input_name, spec.min, spec.opt, spec.max)
+        except Exception as exc:  # noqa: BLE001  TensorRT raises RuntimeError for shapes it refuses
+            said = "; ".join([" ".join(str(exc).split()), *logger.errors[-2:]])
+            raise MMDeployError(f"TensorRT rejected the optimization profile {spec.to_dict()}: {said}",
+                                "check the batch sizes and the graph's input shape") from None
         if config.add_optimization_profile(profile) < 0:
             raise MMDeployError(f"TensorRT rejected the optimization profile {spec.to_dict()}", "check the batch sizes and the graph's input shape")
     cache = None
@@ -497,7 +513,7 @@ class TrtEngine(Engine):
 
         self._trt = trt
         self._logger = _make_logger(trt)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = create_with_log(trt.Runtime, self._logger, "Runtime")
         self._engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         if self._engine is None:
             built = self.build_versions

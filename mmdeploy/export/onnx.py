@@ -29,6 +29,8 @@ OPSET = 20
 BATCH_DIM, HEIGHT_DIM, WIDTH_DIM = "batch", "height", "width"
 _BAKE_HINT = ("operations that turn a tensor's size into a constant at export time (pooling whose kernel comes from x.size(), "
               "fixed-size adaptive pooling) bake the example's size into the graph; use x.mean((2, 3)) or AdaptiveAvgPool2d(1)")
+_STATIC_CAUSE = ("the forward likely turns the input's size into a Python int (int(x.shape[3]), x.size()[2:] used as a pooling kernel, "
+                 "an adaptive pooling size computed from the shape), which the exporter bakes in")
 
 
 def export_onnx(
@@ -66,8 +68,28 @@ def export_onnx(
             text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(root).split()))[:240]
             raise MMDeployError(f"torch.onnx.export failed at size {size} (dynamic H/W: {dynamic_hw}): {type(root).__name__}: {text}", _BAKE_HINT) from None
     proto = program.model_proto
+    check_input_dims(proto, size, dynamic_batch=dynamic_batch, dynamic_hw=dynamic_hw)
     set_metadata(proto, metadata or {})
     return save_onnx(proto, path)
+
+
+def check_input_dims(proto, size: int, dynamic_batch: bool, dynamic_hw: bool) -> None:
+    """Refuse a graph whose input dims asked to be dynamic came out fixed (the exporter specialized them silently).
+
+    The dynamo exporter may fall back to a static trace when the model's code reads a size as a Python
+    int; the file then only runs at the example's size, which the parity gate would find later, and only as an
+    ONNX Runtime crash. Checked here, before anything is written.
+    """
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    wanted = ([0] if dynamic_batch else []) + ([2, 3] if dynamic_hw else [])
+    fixed = [i for i in wanted if i >= len(dims) or not dims[i].dim_param]
+    if not fixed:
+        return
+    shown = "x".join(str(d.dim_param or d.dim_value) for d in dims)
+    names = ", ".join({0: "batch", 2: "height", 3: "width"}[i] for i in fixed)
+    cause = _STATIC_CAUSE if (2 in fixed or 3 in fixed) else "the forward likely reads the batch size as a Python int"
+    raise MMDeployError(f"the dynamic ONNX export came out static: input {INPUT_NAME!r} is {shown} (fixed {names}) after exporting at size {size}; {cause}",
+                        "read sizes as tensors (x.mean((2, 3)), AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1)) instead of Python ints")
 
 
 def save_onnx(proto, path: Path) -> dict:

@@ -1,4 +1,4 @@
-"""``mmdeploy export``: bundle -> dynamic and per-size ONNX (fp32/fp16), gated; optionally TensorRT plans or OpenVINO engines.
+"""``mmdeploy export``: bundle -> dynamic and per-size ONNX (fp32/fp16; int8 per size only), gated; optionally TensorRT plans or OpenVINO engines.
 
 All artifacts of one call are written to temp names and checked; only if every check passes
 are they moved into place and recorded in the manifest. Unchanged inputs reuse artifacts.
@@ -19,10 +19,21 @@ from mmdeploy import __version__
 from mmdeploy import distributed as dist
 from mmdeploy.bundle import ONNX, TRT, Bundle, bundle_lock, content_key, sha256_file, temp_path_for
 from mmdeploy.data import decode_for_sizes, scan_image_folder
+from mmdeploy.engines import PRECISIONS
 from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.onnx import _BAKE_HINT, convert_fp16, export_onnx, graph_record
 from mmdeploy.export.parity import DEFAULT_TOLERANCES, ParityCheck, Tolerance, check_parity
+from mmdeploy.export.quantize import (
+    DEFAULT_IMAGES,
+    DEFAULT_METHOD,
+    INT8_HINT,
+    INT8_PARITY_IMAGES,
+    calibration_batches,
+    int8_key_extra,
+    int8_settings,
+    quantize_int8,
+)
 from mmdeploy.progress import Progress
 from mmdeploy.writable import ensure_writable
 
@@ -85,6 +96,8 @@ def export_bundle(
     trt_batches: tuple[int, ...] = (1, 32),
     trt_workspace_gb: float = 4.0,
     progress: Progress | None = None,
+    int8_method: str | None = None,
+    int8_images: int | None = None,
 ) -> ExportSummary:
     if engine not in ("onnx", "ort", "trt", "ov"):
         raise MMDeployError(f"unknown export engine {engine!r}", "use --engine onnx, ort, trt or ov")
@@ -95,26 +108,30 @@ def export_bundle(
     with bundle_lock(bundle_dir) if dist.is_main() else contextlib.nullcontext():
         try:
             return _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, parity_count, dynamic, static_batch,
-                                  trt_batches, trt_workspace_gb, progress)
+                                  trt_batches, trt_workspace_gb, progress, int8_method, int8_images)
         finally:
             if dist.is_main() and Bundle.is_bundle(bundle_dir):
                 Bundle.open(bundle_dir).sweep()
 
 
 def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, parity_count, dynamic, static_batch, trt_batches,
-                   trt_workspace_gb, progress) -> ExportSummary:
+                   trt_workspace_gb, progress, int8_method, int8_images) -> ExportSummary:
     bundle = Bundle.open(bundle_dir)
     ensure_writable(bundle.root)  # before minutes of export work, not after
     precisions = precisions or ["fp32"]
     for p in precisions:
-        if p not in (("fp32", "bf16") if engine == "ov" else ("fp32", "fp16")):
-            raise MMDeployError(f"unknown precision {p!r} for --engine {engine}", "use --precision fp32 or bf16 with ov, fp32 or fp16 otherwise")
+        allowed = ("fp32", "bf16") if engine == "ov" else tuple(x for x in PRECISIONS if x != "bf16")
+        if p not in allowed:
+            raise MMDeployError(f"unknown precision {p!r} for --engine {engine}", "use --precision fp32 or bf16 with ov; fp32, fp16 or int8 otherwise")
     ov_precisions = None
     if engine == "ov":  # OpenVINO reads the per-size fp32 ONNX and applies its own precision
         from mmdeploy.export.openvino import check_ov_available
 
         check_ov_available(precisions)
         ov_precisions, precisions = precisions, ["fp32"]
+    # TensorRT takes only symmetric int8 scales; ONNX Runtime is fastest with uint8 activations (export/quantize.py).
+    int8 = int8_settings(int8_method or DEFAULT_METHOD, DEFAULT_IMAGES if int8_images is None else int8_images, symmetric=engine == "trt") \
+        if "int8" in precisions else None
     if engine == "trt":
         from mmdeploy.engines.tensorrt import trt_unavailable_reason
 
@@ -128,7 +145,8 @@ def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, pari
     pre = bundle.preprocess()
     example = bundle.training_size if bundle.training_size in sizes else sizes[len(sizes) // 2]
     extra = unseen_size(sizes, example)
-    images = parity_images(bundle, data, parity_count, sizes + [extra])
+    # int8 is judged on top-1 agreement: 16 images cannot tell 95% from 85%, so it gets a larger sample.
+    images = parity_images(bundle, data, max(parity_count, INT8_PARITY_IMAGES) if int8 else parity_count, sizes + [extra])
     summary = ExportSummary(bundle.root)
     pending: list[_Pending] = []
     fp32_cache: dict = {}
@@ -139,29 +157,26 @@ def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, pari
                 with progress.task("exporting and checking", (len(sizes) + int(dynamic)) * len(precisions)) as advance:
                     for precision in precisions:
                         tol = tolerances[precision]
-                        if dynamic:
+                        if dynamic and precision != "int8":  # int8 ranges are per size: no dynamic int8 (export/quantize.py)
                             pending_dyn = _export_one(bundle, summary, dyn_bn, example, True, precision, static_batch, "dynamic", fp32_cache)
                             if pending_dyn:
+                                pending.append(pending_dyn)  # before the gate: its temp file is removed on every path
                                 ref = bundle.build_model(dyn_bn)
                                 with OrtEngine(pending_dyn.tmp, example, precision) as run:
                                     for s in sizes + [extra]:
                                         pending_dyn.checks += check_parity(ref, _Sized(run, s), images, s, PARITY_BATCHES, pre, tol, "dynamic")
-                                pending.append(pending_dyn)
-                            advance(1)
+                        advance(int(dynamic))
                         for s in sizes:
-                            p = _export_one(bundle, summary, s, s, False, precision, static_batch, "per-size", fp32_cache)
+                            p = _export_one(bundle, summary, s, s, False, precision, static_batch, "per-size", fp32_cache, int8)
                             if p:
+                                pending.append(p)
                                 ref = bundle.build_model(s)
                                 with OrtEngine(p.tmp, s, precision) as run:
                                     p.checks += check_parity(ref, run, images, s, PARITY_BATCHES if static_batch is None else (static_batch,), pre, tol, "per-size")
-                                pending.append(p)
                             advance(1)
                 for p in pending:
                     summary.checks += p.checks
-                failed = sorted({(c.artifact, c.size, c.precision) for c in summary.checks if not c.passed})
-                if failed:
-                    names = ", ".join(f"{a} {p} at size {s}" for a, s, p in failed)
-                    raise MMDeployError(f"parity gate failed: {names} differ from PyTorch beyond tolerance; nothing was written", _BAKE_HINT)
+                _raise_on_failed_checks(summary.checks)
                 for p in pending:
                     os.replace(p.tmp, bundle.path(p.rel))
                     p.record["parity"] = [c.to_dict() for c in p.checks]
@@ -186,6 +201,23 @@ def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, pari
     return summary
 
 
+def _raise_on_failed_checks(checks: list[ParityCheck]) -> None:
+    """One line naming every failed (artifact, precision, size): an engine error first (it is the likelier cause), else the numbers."""
+    failed = [c for c in checks if not c.passed]
+    if not failed:
+        return
+    errors = {(c.artifact, c.precision, c.size): c.error for c in failed if c.error}
+    if errors:
+        (artifact, precision, size), error = next(iter(errors.items()))
+        others = sorted({(c.artifact, c.precision, c.size) for c in failed} - {(artifact, precision, size)})
+        more = f" (also failing: {', '.join(f'{a} {p} at size {s}' for a, p, s in others)})" if others else ""
+        raise MMDeployError(f"parity gate failed: the {artifact} {precision} ONNX could not run at size {size} ({error}){more}; "
+                            "nothing was written", _BAKE_HINT)
+    names = ", ".join(f"{a} {p} at size {s}" for a, s, p in sorted({(c.artifact, c.size, c.precision) for c in failed}))
+    hint = INT8_HINT if all(c.precision == "int8" for c in failed) else _BAKE_HINT
+    raise MMDeployError(f"parity gate failed: {names} differ from PyTorch beyond tolerance; nothing was written", hint)
+
+
 def _min_size(arch: str) -> int:
     from mmdeploy.models import arch_info
 
@@ -193,11 +225,13 @@ def _min_size(arch: str) -> int:
 
 
 def _export_one(bundle: Bundle, summary: ExportSummary, bn_size: int | None, size: int, dynamic: bool, precision: str,
-                static_batch: int | None, variant: str, fp32_cache: dict) -> _Pending | None:
-    """Export (or reuse) one artifact under a temp name. fp16 converts the fp32 export of the same call."""
+                static_batch: int | None, variant: str, fp32_cache: dict, int8: dict | None = None) -> _Pending | None:
+    """Export (or reuse) one artifact under a temp name. fp16 and int8 convert the fp32 export of the same call."""
     weights_sha = sha256_file(bundle.weights_file(bn_size))  # verified against the manifest, then keyed by content
-    suffix = "" if precision == "fp32" else ".fp16"
-    key = _artifact_key(weights_sha, precision, variant, str(static_batch))
+    suffix = "" if precision == "fp32" else f".{precision}"
+    calib = None if bn_size is None else bundle.size(bn_size).calibration.fields
+    extra = str(static_batch) + (int8_key_extra(calib or {}, int8) if precision == "int8" else "")
+    key = _artifact_key(weights_sha, precision, variant, extra)
     old = bundle.artifact(None if dynamic else size, ONNX, precision)
     if old is not None and old.key == key and bundle.artifact_usable(old):  # a changed or garbage file is redone
         summary.reused.append(old.file)
@@ -206,7 +240,6 @@ def _export_one(bundle: Bundle, summary: ExportSummary, bn_size: int | None, siz
     rel = bundle.fresh_name(f"model.dynamic{suffix}.onnx" if dynamic else f"sizes/{size}/model{suffix}.onnx")
     model = bundle.build_model(bn_size)
     bn_set = "source checkpoint" if bn_size is None else f"calibrated for {bn_size}"
-    calib = None if bn_size is None else bundle.size(bn_size).calibration.fields
     meta = {"mmdeploy.version": __version__, "mmdeploy.size": "dynamic" if dynamic else str(size), "mmdeploy.bn_statistics": bn_set,
             "mmdeploy.calibration": calib or {}, "mmdeploy.source_sha256": bundle.source.sha256,
             "mmdeploy.arch": bundle.arch, "mmdeploy.preprocess": bundle.preprocess().to_dict(), "mmdeploy.precision": precision}
@@ -220,6 +253,9 @@ def _export_one(bundle: Bundle, summary: ExportSummary, bn_size: int | None, siz
                                 example_batch=static_batch or 2, metadata=meta, min_size=_min_size(bundle.arch))
         if precision == "fp16":
             graph = convert_fp16(fp32, tmp)
+        elif precision == "int8":
+            graph = quantize_int8(fp32, tmp, calibration_batches(calib or {}, bundle.preprocess(), size, int8["images"]), int8["method"],
+                                  symmetric=int8["activations"].startswith("int8"))
         else:
             shutil.copyfile(fp32, tmp)
             graph = graph_record(tmp)
@@ -227,7 +263,7 @@ def _export_one(bundle: Bundle, summary: ExportSummary, bn_size: int | None, siz
         tmp.unlink(missing_ok=True)
         raise
     record = {"path": rel, "key": key, "precision": precision, "variant": variant, "bn_statistics": bn_set, "example_size": size,
-              "dynamic_batch": static_batch is None, "static_batch": static_batch, "graph": graph}
+              "dynamic_batch": static_batch is None, "static_batch": static_batch, "graph": graph, **({"int8": int8} if precision == "int8" else {})}
     return _Pending(rel, tmp, record)
 
 
@@ -287,7 +323,8 @@ def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, work
                     checks = check_parity(ref, run, images, s, tuple(b for b in batches if b <= len(images)) or (1,), pre, tolerances[precision], "trt")
                 entry["parity"] = [c.to_dict() for c in checks]
                 if not all(c.passed for c in checks):
-                    raise MMDeployError(f"parity gate failed for the TensorRT {precision} plan at size {s}", "try --precision fp32, or report the model")
+                    error = next((f" ({c.error})" for c in checks if getattr(c, "error", "")), "")  # the plan could not run
+                    raise MMDeployError(f"parity gate failed for the TensorRT {precision} plan at size {s}{error}", "try --precision fp32, or report the model")
             except Exception as exc:  # noqa: BLE001  (reported to every rank below)
                 failed.append((s, precision))
                 bundle.path(bundle.fresh_name(plan_filename(s, precision))).unlink(missing_ok=True)

@@ -40,6 +40,10 @@ def list_archs() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def is_registered(name: str) -> bool:
+    return name in _REGISTRY
+
+
 def arch_info(name: str) -> ArchInfo:
     if name in _REGISTRY:
         return _REGISTRY[name]

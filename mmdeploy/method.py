@@ -1,0 +1,110 @@
+"""The method-alone comparison: what the input size alone buys once a mixed-size model is calibrated.
+
+A fixed-size baseline at its training size is set against the *smallest* calibrated size of the
+mixed-size model whose top-1 is within ``tolerance`` points of it, on the same engine and
+precision, so the only thing that differs is the input resolution (the MixSize paper's claim:
+ResNet-50 at 160 px matching the 224 px baseline). The latency ratio comes from the two bundles'
+benches at each batch both measured; the FLOPs ratio is counted on the two models.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mmdeploy.errors import MMDeployError
+
+
+@dataclass
+class MethodAlone:
+    baseline: str  # model names as in the run config
+    candidate: str
+    engine: str
+    precision: str
+    tolerance: float  # top-1 points
+    baseline_size: int
+    baseline_top1: float
+    candidate_size: int | None = None  # None: no calibrated size of the candidate is within tolerance
+    candidate_top1: float | None = None
+    flops_ratio: float | None = None  # baseline FLOPs / candidate FLOPs (per image)
+    latency_ratio: dict[int, float] = field(default_factory=dict)  # batch -> baseline p50 / candidate p50
+    latency_reliable: dict[int, bool] = field(default_factory=dict)  # batch -> both latencies taken on a quiet machine
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _results(bundle_dir: Path):
+    from mmdeploy.bundle import Bundle
+    from mmdeploy.report import results_from_bundle
+
+    bundle = Bundle.open(bundle_dir)
+    accuracies, latencies = results_from_bundle(bundle)
+    return bundle, accuracies, latencies
+
+
+def model_flops(bundle, size: int) -> int:
+    """Forward FLOPs of one image at ``size`` (2 per multiply-add), counted by torch's own counter."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = bundle.build_model(size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    return int(counter.get_total_flops())
+
+
+def method_alone(baseline_dir: Path, candidate_dir: Path, baseline: str = "baseline", candidate: str = "candidate",
+                 engine: str = "ort", precision: str = "fp32", tolerance: float = 0.3) -> MethodAlone:
+    """Compare ``baseline`` at its training size with the smallest calibrated ``candidate`` size within ``tolerance``."""
+    if tolerance < 0:
+        raise MMDeployError(f"method-alone tolerance must not be negative, got {tolerance}", "use e.g. 0.3")
+    base_bundle, base_acc, base_lat = _results(Path(baseline_dir))
+    cand_bundle, cand_acc, cand_lat = _results(Path(candidate_dir))
+    size = base_bundle.training_size
+    ref = [a for a in base_acc if a.calibrated and (a.size, a.engine, a.precision) == (size, engine, precision)]
+    if not ref:
+        raise MMDeployError(f"model {baseline}: no {engine} {precision} accuracy at its training size {size}",
+                            f"evaluate it (mmdeploy eval --engine {engine} --precision {precision}), or pick another engine")
+    result = MethodAlone(baseline, candidate, engine, precision, tolerance, size, ref[0].top1)
+    within = sorted((a for a in cand_acc if a.calibrated and (a.engine, a.precision) == (engine, precision)
+                     and a.top1 >= ref[0].top1 - tolerance - 1e-9), key=lambda a: a.size)
+    if not within:
+        result.note = f"no calibrated {candidate} size is within {tolerance:g} pt of {baseline} at {size} px"
+        return result
+    best = within[0]
+    result.candidate_size, result.candidate_top1 = best.size, best.top1
+    result.flops_ratio = model_flops(base_bundle, size) / model_flops(cand_bundle, best.size)
+    base_p = {r.batch: r for r in base_lat if (r.size, r.engine, r.precision) == (size, engine, precision)}
+    cand_p = {r.batch: r for r in cand_lat if (r.size, r.engine, r.precision) == (best.size, engine, precision)}
+    for batch in sorted(base_p.keys() & cand_p.keys()):
+        result.latency_ratio[batch] = base_p[batch].p50_ms / cand_p[batch].p50_ms
+        result.latency_reliable[batch] = bool(base_p[batch].reliable and cand_p[batch].reliable)
+    if not result.latency_ratio:
+        result.note = "no batch was benched for both points"
+    return result
+
+
+def describe(m: MethodAlone) -> str:
+    """One paragraph for the terminal and the markdown file."""
+    head = (f"Method alone ({m.engine} {m.precision}): {m.baseline} at {m.baseline_size} px, {m.baseline_top1:.2f}% top-1")
+    if m.candidate_size is None:
+        return f"{head}; {m.note}."
+    lat = ", ".join(f"{r:.2f}x at batch {b}" + ("" if m.latency_reliable.get(b, True) else " (busy machine: unreliable)")
+                    for b, r in m.latency_ratio.items()) or m.note
+    return (f"{head}, vs {m.candidate} calibrated at {m.candidate_size} px, {m.candidate_top1:.2f}% "
+            f"(within {m.tolerance:g} pt): {m.flops_ratio:.2f}x fewer FLOPs, latency {lat}.")
+
+
+def write_method_alone(m: MethodAlone, out_dir: Path) -> dict[str, Path]:
+    """``method_alone.json`` and ``method_alone.md`` in the run's output folder."""
+    from mmdeploy.bundle import atomic_write_text
+
+    out_dir = Path(out_dir)
+    paths = {"json": out_dir / "method_alone.json", "md": out_dir / "method_alone.md"}
+    atomic_write_text(paths["json"], json.dumps(m.to_dict(), indent=2) + "\n")
+    atomic_write_text(paths["md"], f"# Method alone\n\n{describe(m)}\n")
+    return paths

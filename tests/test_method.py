@@ -1,0 +1,86 @@
+"""The method-alone comparison (issue 15 §4): fixed baseline at its training size vs the smallest
+calibrated mixed-size point within tolerance, same engine and precision."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mmdeploy.method import describe, method_alone, model_flops, write_method_alone
+
+FAST = ("--batches", "2", "--batch-size", "4")
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, image_dir, resnet8_checkpoint) -> Path:
+    from typer.testing import CliRunner
+
+    from mmdeploy import cli as cli_module
+
+    out = tmp_path_factory.mktemp("method") / "b"
+    result = CliRunner().invoke(cli_module.app, ["calibrate", str(resnet8_checkpoint), "--size", "16", "--size", "24", "--size", "32",
+                                                 "--data", str(image_dir), "--out", str(out), *FAST, "--json"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _with_metrics(src: Path, dst: Path, top1: dict[int, float], p50: dict[tuple[int, int], float], reliable: bool = True) -> Path:
+    """A copy of ``src`` whose manifest holds ort/fp32 accuracy and latency results as eval and bench store them."""
+    shutil.copytree(src, dst)
+    path = dst / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for size, acc in top1.items():
+        metrics = manifest["sizes"][str(size)].setdefault("metrics", {})
+        metrics.setdefault("accuracy", {})["ort/fp32"] = {"top1": acc, "top5": 99.0, "images": 100}
+    for (size, batch), ms in p50.items():
+        metrics = manifest["sizes"][str(size)].setdefault("metrics", {})
+        metrics.setdefault("latency", {})[f"ort/fp32/b{batch}"] = {
+            "p50_ms": ms, "p90_ms": ms, "p99_ms": ms, "mean_ms": ms, "throughput": batch * 1000 / ms, "iters": 10,
+            "device": "cpu", "threads": 1, "reliable": reliable}
+    path.write_text(json.dumps(manifest, indent=2))
+    return dst
+
+
+def test_the_smallest_size_within_tolerance_is_compared_with_the_baseline(calibrated, tmp_path):
+    base = _with_metrics(calibrated, tmp_path / "fixed", {16: 50.0, 24: 80.0, 32: 85.0}, {(32, 1): 2.0, (32, 32): 40.0})
+    cand = _with_metrics(calibrated, tmp_path / "mixed", {16: 84.0, 24: 84.8, 32: 85.5},
+                         {(16, 1): 1.0, (16, 32): 10.0, (24, 1): 1.5, (24, 32): 20.0})
+    m = method_alone(base, cand, "fixed", "mixed", tolerance=0.3)
+    assert m.baseline_size == 32 and m.baseline_top1 == 85.0
+    assert (m.candidate_size, m.candidate_top1) == (24, 84.8)  # 16 px is 1 pt below: not within 0.3
+    assert m.latency_ratio == {1: pytest.approx(2.0 / 1.5), 32: pytest.approx(2.0)}
+    assert m.latency_reliable == {1: True, 32: True}
+    # FLOPs counted on the model: 32 px costs about (32/24)^2 of 24 px (the classifier adds a little)
+    assert 1.6 < m.flops_ratio < (32 / 24) ** 2 + 0.01
+    text = describe(m)
+    assert "24 px" in text and "2.00x at batch 32" in text
+    paths = write_method_alone(m, tmp_path / "out")
+    assert json.loads(paths["json"].read_text())["candidate_size"] == 24
+
+
+def test_no_candidate_within_tolerance_says_so_and_busy_latencies_are_marked(calibrated, tmp_path):
+    base = _with_metrics(calibrated, tmp_path / "fixed", {32: 90.0}, {(32, 1): 2.0})
+    cand = _with_metrics(calibrated, tmp_path / "mixed", {16: 80.0, 24: 89.0, 32: 89.5}, {(32, 1): 1.0}, reliable=False)
+    m = method_alone(base, cand, tolerance=0.3)
+    assert m.candidate_size is None and "within 0.3 pt" in m.note
+    m = method_alone(base, cand, tolerance=0.5)
+    assert m.candidate_size == 32 and m.latency_reliable == {1: False}
+    assert "unreliable" in describe(m)
+
+
+def test_flops_scale_with_area(calibrated):
+    from mmdeploy.bundle import Bundle
+
+    bundle = Bundle.open(calibrated)
+    assert model_flops(bundle, 32) > 3.5 * model_flops(bundle, 16)
+
+
+def test_a_baseline_without_accuracy_at_its_training_size_is_a_user_error(calibrated, tmp_path):
+    from mmdeploy.errors import MMDeployError
+
+    base = _with_metrics(calibrated, tmp_path / "fixed", {16: 50.0}, {})
+    with pytest.raises(MMDeployError, match="no ort fp32 accuracy at its training size"):
+        method_alone(base, base)
