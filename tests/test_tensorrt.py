@@ -288,7 +288,7 @@ def test_int8_plan_is_built_from_the_qdq_graph_without_precision_flags(use_fake,
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # TensorRT: symmetric int8 only
     fake = use_fake(version="11.4.0", fp16_flag=False)
     record = build_trt_plan(q, tmp_path / "p.plan", SIZE, "int8", batch_sizes=(1,))
-    assert fake.args("create_network") == [(1 << 1,)] and fake.args("set_flag") == []  # strongly typed: the graph decides
+    assert fake.args("create_network") == [(1 << 0,)] and fake.args("set_flag") == []  # strongly typed (0 in TensorRT 11): the graph decides
     assert record["settings"]["precision"] == "int8" and record["settings"]["precision_source"] == "graph"
     use_fake(strongly_typed=False)  # an old weakly typed 10.x without an INT8 flag cannot build it
     with pytest.raises(MMDeployError, match="nor the INT8 builder flag"):
