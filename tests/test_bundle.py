@@ -279,6 +279,47 @@ def test_sweep_removes_stale_temp_files_and_staging_folders(made, tmp_path, imag
     assert (out / "notes.txt").exists(), "only files the bundle manages are swept"
 
 
+def test_sweep_removes_a_crashed_writers_temp_folder(made, tmp_path, image_dir, resnet8_checkpoint):
+    out = _copy(made, tmp_path)
+    cache = out / ".ov_cache.abc123.tmp"  # export --engine ov fills its model cache here before moving it in
+    cache.mkdir()
+    (cache / "blob").write_bytes(b"half a compiled model")
+    _calibrate(image_dir, resnet8_checkpoint, out, sizes=(16,))
+    assert not cache.exists()
+
+
+def test_an_ov_cache_folder_outside_the_bundle_is_refused(made, tmp_path):
+    out = _copy(made, tmp_path)
+    weights = Bundle.open(out).size(16).weights
+    _edit(out, lambda m: m["sizes"]["16"]["artifacts"].update({"ov/fp32": {"path": weights, "cache_dir": "../elsewhere"}}))
+    with pytest.raises(MMDeployError, match="cache_dir.*points outside the bundle"):
+        Bundle.open(out)
+
+
+def test_measurements_round_trip_through_typed_accessors(made, tmp_path):
+    """Tuned settings, noise records, step keys and the bench environment survive a locked read-modify-write."""
+    from mmdeploy.results import LatencyResult
+    from mmdeploy.threads import ThreadPolicy
+    from mmdeploy.tune import machine_fingerprint, store_settings, stored_policy
+
+    out = _copy(made, tmp_path)
+    store_settings(out, {("ort", "fp32", 16, 1): ThreadPolicy(1, True, "tuned")}, {"timings_p50_ms": {}})
+    noisy = LatencyResult(16, "torch", "fp32", 1, 2.0, 3.0, 4.0, 2.5, 500.0, 10, policy={"threads": 1, "spinning": False, "source": "torch"},
+                          reliable=False, noise={"spread": 1.5})
+    with Bundle.update(out) as bundle:
+        bundle.record_latency(noisy)
+        bundle.set_step_key("bench", "k1")
+        bundle.set_bench_environment({"cpu": "test", "interference_summary": "busy"})
+    bundle = Bundle.open(out)
+    assert bundle.engine_settings["machine"] == machine_fingerprint()
+    assert stored_policy(bundle.engine_settings, "ort", "fp32", 16, 1) == ThreadPolicy(1, True, "tuned")
+    assert bundle.latencies() == [noisy] and not bundle.latencies()[0].reliable
+    assert bundle.step_key("bench") == "k1" and bundle.bench_environment["interference_summary"] == "busy"
+    _edit(out, lambda m: m.pop("engine_settings"))  # a bundle never tuned reads as untuned
+    assert Bundle.open(out).engine_settings == {}
+    assert stored_policy(Bundle.open(out).engine_settings, "ort", "fp32", 16, 1).source == "default"
+
+
 # -- one content key; no import cycles ----------------------------------------------------
 
 
@@ -293,7 +334,8 @@ def test_only_the_bundle_package_spells_manifest_keys():
         if "bundle" in path.relative_to(ROOT / "mmdeploy").parts[0]:
             continue
         text = path.read_text()
-        for needle in ("manifest[", ".manifest", "\"onnx/", "\"trt/{", "f\"onnx/", "batch[1:]"):
+        for needle in ("manifest[", ".manifest", "\"onnx/", "\"trt/{", "f\"onnx/", "f\"ov/", "batch[1:]", "\"engine_settings\"",
+                       "\"run_steps\"", "\"bench_environment\""):
             if needle in text:
                 offenders.append(f"{path.relative_to(ROOT)}: {needle}")
     assert offenders == []
