@@ -204,7 +204,7 @@ def bench_bundle(
             if not serves(name, prec):
                 continue
             for s in sizes:
-                if not _has_artifact(bundle, name, s, prec):
+                if not has_artifact(bundle, name, s, prec):
                     if engines or name != "torch":  # an engine that works here but was not exported: say so
                         skipped.append(f"{name} {prec} at {s}: " + (f"torch has no {prec} here" if name == "torch" else
                                        f"not exported (run `mmdeploy export {bundle.root} --engine {name} --precision {prec}`)"))
@@ -238,7 +238,7 @@ def _static_batch(bundle, engine: str, size: int, precision: str) -> int | None:
     return art.static_batch if art else None
 
 
-def _has_artifact(bundle, engine: str, size: int, precision: str) -> bool:
+def has_artifact(bundle, engine: str, size: int, precision: str) -> bool:
     if engine == "torch":
         from mmdeploy.engines import torch_runs
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,7 @@ def evaluate_target(
     calibration, and of each deployed artifact requested. Bundle results go into its manifest.
 
     ``preprocess``/``mean``/``std`` apply to a checkpoint; a bundle uses the preprocessing it was calibrated with."""
+    from mmdeploy.bench import has_artifact
     from mmdeploy.bundle import Bundle
     from mmdeploy.classes import bundle_label_space, checkpoint_label_space
     from mmdeploy.engines import ENGINE_PRECISIONS, check_choices, serves, torch_runs
@@ -145,6 +147,9 @@ def evaluate_target(
             for name in engines or ["torch"]:
                 for prec in precisions or ["fp32"]:
                     if not serves(name, prec) or (name == "torch" and not torch_runs(prec)):
+                        continue
+                    if name != "torch" and not has_artifact(bundle, name, s, prec):  # e.g. a size whose INT8 failed its gate
+                        warnings.warn(f"{name} {prec} at size {s} is not exported in {bundle.root}; skipped", stacklevel=2)
                         continue
                     targets.append(EvalTarget(s, name, prec, True, lambda s=s, n=name, p=prec: bundle.engine(n, s, p, **({"device": device} if n == "torch" else {}))))
     else:

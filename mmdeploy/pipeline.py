@@ -96,6 +96,36 @@ def _mark(bundle_dir: Path, step: str, key: str) -> None:
         bundle.set_step_key(step, key)
 
 
+def _export_int8_per_size(name: str, bundle_dir: Path, engine: str, calib_data: Path, export: dict, skipped: dict, progress, log) -> bool:
+    """INT8 one size at a time: a size whose INT8 fails its parity gate is skipped with its reason instead of failing the run.
+
+    A failure is remembered under its inputs' key (that size's fp32 ONNX, calibration and INT8 settings), so an unchanged
+    bundle does not quantize and gate it again on every run. Returns whether anything was written."""
+    from mmdeploy.bundle.records import KIND_OF_ENGINE
+    from mmdeploy.export.workflow import export_bundle
+
+    wrote = False
+    bundle = Bundle.open(bundle_dir)
+    for size in bundle.sizes:
+        step = f"int8-refused/{size}"
+        fp32 = bundle.artifact(size, KIND_OF_ENGINE["ort"], "fp32")  # what INT8 is made from, with the calibration
+        key = _key(fp32 and (fp32.key or fp32.sha256), bundle.size(size).calibration.key, engine, export.get("int8_method"),
+                   export.get("int8_images"))
+        if _step_done(bundle, step, key):
+            skipped[f"{name} int8 at {size}"] = "refused by its parity gate in an earlier run (inputs unchanged)"
+            continue
+        try:
+            ex = export_bundle(bundle_dir, engine, ["int8"], sizes=[size], data=calib_data, dynamic=False, progress=progress,
+                               int8_method=export.get("int8_method"), int8_images=export.get("int8_images"))
+        except MMDeployError as exc:
+            skipped[f"{name} int8 at {size}"] = exc.message
+            log(f"{name}: int8 at size {size} not deployed: {exc.message}")
+            _mark(bundle_dir, step, key)
+            continue
+        wrote = wrote or bool(ex.written or ex.trt)
+    return wrote
+
+
 def _ov_precisions(precisions: list[str], skipped: dict) -> list[str]:
     """The config's precisions the ov engine serves on this CPU; bf16 without native bf16 is skipped with its reason."""
     from mmdeploy.engines.openvino import native_bf16
@@ -182,10 +212,14 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
         export_engines = [e for e in engines if e in ("ort", "trt")] or (["ort"] if "ov" in engines else [])
         if export_engines:
             onnx_precisions = [p for p in precisions if serves("ort", p)] or ["fp32"]
+            export_engine = "trt" if "trt" in export_engines else "ort"
             log(f"{name}: export {', '.join(export_engines)} {', '.join(onnx_precisions)}")
-            ex = export_bundle(bundle_dir, "trt" if "trt" in export_engines else "ort", onnx_precisions, data=calib_data, progress=progress,
-                               int8_method=config["export"].get("int8_method"), int8_images=config["export"].get("int8_images"))
-            run.steps["export"] = "ran" if ex.written or ex.trt else "reused"
+            ex = export_bundle(bundle_dir, export_engine, [p for p in onnx_precisions if p != "int8"] or ["fp32"], data=calib_data,
+                               progress=progress)
+            ran = bool(ex.written or ex.trt)
+            if "int8" in onnx_precisions:
+                ran = _export_int8_per_size(name, bundle_dir, export_engine, calib_data, config["export"], skipped, progress, log) or ran
+            run.steps["export"] = "ran" if ran else "reused"
         if ov_precisions:
             log(f"{name}: export ov {', '.join(ov_precisions)}")
             ex = export_bundle(bundle_dir, "ov", ov_precisions, data=calib_data, progress=progress)

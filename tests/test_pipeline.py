@@ -231,3 +231,56 @@ def test_bench_cli_tunes_then_times_each_point_under_its_recorded_settings(demo_
     assert ort["policy"] == {**tuned, "source": "tuned"}, "the engine loaded the settings --tune stored"
     assert manifest["sizes"]["16"]["metrics"]["latency"]["torch/fp32/b1"]["policy"] == {"threads": 1, "spinning": False, "source": "default"}
     assert {"spread", "others_cpu", "load1", "passes"} <= set(ort["noise"]) and isinstance(ort["reliable"], bool)
+
+
+def test_run_skips_a_size_whose_int8_fails_its_gate_and_remembers_it(tmp_path, quiet, monkeypatch):
+    from mmdeploy.export.parity import DEFAULT_TOLERANCES, Tolerance
+
+    torch.manual_seed(0)
+    from conftest import randomize_bn
+
+    from mmdeploy.models import create_model
+
+    torch.save({"model": "resnet", "config": "{'depth': 8}", "state_dict": randomize_bn(create_model("cifar_resnet8")).state_dict()},
+               tmp_path / "r8.pth")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f"""
+out = "out"
+[data]
+calibration = "{ROOT / 'calib/train'}"
+validation = "{ROOT / 'calib/val'}"
+[[model]]
+name = "tiny"
+checkpoint = "r8.pth"
+[calibrate]
+sizes = [16, 24]
+batches = 2
+batch_size = 16
+[export]
+engines = ["ort"]
+precisions = ["fp32", "int8"]
+int8_images = 16
+[bench]
+batches = [1]
+warmup = 1
+iters = 2
+tune = false
+noise_budget_s = 0
+""")
+    # An INT8 gate no quantized model can pass (more than 100% top-1 agreement): every size is refused.
+    monkeypatch.setitem(DEFAULT_TOLERANCES, "int8", Tolerance(atol=0.1, rtol=0.5, min_top1_agreement=1.01))
+    logged: list[str] = []
+    first = run_pipeline(cfg, log=logged.append)
+    assert {k for k in first.skipped_engines} == {"tiny int8 at 16", "tiny int8 at 24"}
+    assert all("parity gate failed" in v for v in first.skipped_engines.values())
+    assert any("int8 at size 16 not deployed" in m for m in logged)
+    points = {(p.size, p.engine, p.precision) for p in first.models[0].report.points}
+    assert (16, "ort", "fp32") in points and not any(prec == "int8" for _, _, prec in points)
+    calls: list = []
+    import mmdeploy.export.workflow as workflow
+
+    original = workflow.export_bundle
+    monkeypatch.setattr(workflow, "export_bundle", lambda *a, **k: calls.append(k.get("sizes")) or original(*a, **k))
+    second = run_pipeline(cfg, log=lambda m: None)
+    assert [c for c in calls if c] == [], "an unchanged bundle does not quantize and gate the refused sizes again"
+    assert "earlier run" in second.skipped_engines["tiny int8 at 16"] and set(second.models[0].steps.values()) == {"reused"}
