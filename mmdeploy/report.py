@@ -447,7 +447,7 @@ def write_report(report: Report, out_dir: str | os.PathLike) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------- CI gate
 
-FindingKind = Literal["accuracy-drop", "latency-regression", "missing-point", "new-point"]
+FindingKind = Literal["accuracy-drop", "latency-regression", "missing-point", "new-point", "not-served-here"]
 _FAILING_KINDS = ("accuracy-drop", "latency-regression", "missing-point")
 # Thresholds are compared with a little slack, so a drop of exactly the limit passes
 # despite floating-point rounding (76.1 - 75.6 = 0.5000000000000071).

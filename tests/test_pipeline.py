@@ -284,3 +284,21 @@ noise_budget_s = 0
     second = run_pipeline(cfg, log=lambda m: None)
     assert [c for c in calls if c] == [], "an unchanged bundle does not quantize and gate the refused sizes again"
     assert "earlier run" in second.skipped_engines["tiny int8 at 16"] and set(second.models[0].steps.values()) == {"reused"}
+
+
+def test_a_baseline_point_this_machine_cannot_serve_is_noted_not_failed():
+    from mmdeploy.pipeline import _excuse_unserved
+    from mmdeploy.report import Finding, GateResult
+    from mmdeploy.results import PointKey
+
+    def gate():
+        findings = [Finding(PointKey(16, "ov", "bf16"), "missing-point", 80.0, None, "in the baseline, missing from the new report"),
+                    Finding(PointKey(16, "ort", "int8"), "missing-point", 80.0, None, "in the baseline, missing from the new report"),
+                    Finding(PointKey(24, "ort", "int8"), "missing-point", 80.0, None, "in the baseline, missing from the new report")]
+        return GateResult(False, findings, 3)
+
+    excused = _excuse_unserved(gate(), "m", {"ov bf16": "this CPU has no native bf16", "m int8 at 16": "parity gate failed"})
+    assert [f.kind for f in excused.findings] == ["not-served-here", "not-served-here", "missing-point"]
+    assert not excused.passed and "no native bf16" in excused.findings[0].message
+    assert _excuse_unserved(gate(), "m", {"ov": "openvino is not installed", "m int8 at 16": "x", "m int8 at 24": "y"}).passed
+    assert not _excuse_unserved(gate(), "other", {"m int8 at 16": "x", "m int8 at 24": "y", "ov": "z"}).passed
