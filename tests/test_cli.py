@@ -339,10 +339,10 @@ def test_eval_refuses_what_it_would_silently_ignore_or_mislabel(bundle, cli, ima
 
 
 def test_json_output_is_strict_json(capsys):
-    from mmdeploy.cli import _emit_json
+    from mmdeploy.cli import emit_json
     from mmdeploy.results import Point
 
-    _emit_json({"point": Point(16, "ort", "fp32", 1, 70.0, 1.0), "path": Path("a/b"), "inf": float("inf")})
+    emit_json({"point": Point(16, "ort", "fp32", 1, 70.0, 1.0), "path": Path("a/b"), "inf": float("inf")})
     data = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert data["point"]["relative_latency"] is None and data["inf"] is None and data["path"] == "a/b"
 

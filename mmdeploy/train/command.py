@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmdeploy.cli import JsonOpt, _emit_json, _progress, command, console, err_console
+from mmdeploy.cli.app import command, console, emit_json, err_console, make_progress
+from mmdeploy.cli.options import JsonOpt
 from mmdeploy.train.trainer import EpochRecord, TrainMonitor
 
 
@@ -102,7 +103,7 @@ def train(
             data=data, out=out, arch=arch, regime=regime, sizes=sizes, size=size, epochs=epochs, steps=steps, batch_size=batch_size,
             base_size=base_size, lr=lr, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
             grad_smoothing=grad_smoothing, device=device, precision=precision, seed=seed, resume=resume, overwrite=overwrite,
-            max_minutes=max_minutes, workers=workers, val=val, command=_command_line(canonical), progress=_progress(json_out),
+            max_minutes=max_minutes, workers=workers, val=val, command=_command_line(canonical), progress=make_progress(json_out),
             monitor=monitor,
         )
     except KeyboardInterrupt:
@@ -111,7 +112,7 @@ def train(
         err_console.print(f"[bold red]interrupted:[/] the progress so far is saved in {where}; continue with --resume {where}")
         raise typer.Exit(130) from None
     if json_out:
-        return _emit_json(summary)
+        return emit_json(summary)
     stop = {"max-minutes": " (stopped by --max-minutes; continue with --resume)"}.get(summary.stopped_early or "", "")
     val_text = f", best val top-1 {summary.best_prec1:.2f}%" if summary.val_acc is not None else ""
     console.print(f"wrote [bold]{summary.checkpoint}[/] and {summary.safetensors.name}: {summary.steps} steps ({summary.epochs:g} epochs), "

@@ -1,0 +1,3 @@
+from mmdeploy.cli.app import main
+
+main()

@@ -1,0 +1,131 @@
+"""The Typer app, its consoles, the one error handler (the ``command`` decorator) and small helpers shared by every command."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import warnings
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from mmdeploy.errors import MMDeployError
+from mmdeploy.writable import explain_disk_errors
+
+app = typer.Typer(
+    name="mmdeploy",
+    help="Per-size BatchNorm calibration, ONNX/TensorRT export and accuracy/latency reports for mixed-size-trained CNNs.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _warn_one_line(message, category, filename, lineno, file=None, line=None):
+    err_console.print(f"[yellow]warning:[/] {message}")
+
+
+def command(fn=None, *, name: str | None = None):
+    """Register a command whose user errors print one line with a hint and exit 1."""
+    if fn is None:
+        return functools.partial(command, name=name)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from mmdeploy.models.trust import user_code_policy
+
+        warnings.showwarning = _warn_one_line
+        try:
+            from mmdeploy.bundle import lock_policy
+
+            with lock_policy(wait=not kwargs.get("no_wait", False)), \
+                    user_code_policy(kwargs.get("arch"), kwargs.get("trust_code_from_files", False)):  # what files may name
+                return explain_disk_errors(fn)(*args, **kwargs)  # a full disk or read-only folder: one line, not "internal error"
+        except MMDeployError as exc:
+            if os.environ.get("MMDEPLOY_DEBUG") == "1":
+                raise
+            if _report_here(exc):
+                err_console.print(f"[bold red]error:[/] {escape(exc.one_line())}", soft_wrap=True)  # may quote another rank's "[...]"
+            raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted:[/] the bundle is left as it was before this step")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # an unexpected failure: one line unless debugging
+            if os.environ.get("MMDEPLOY_DEBUG") == "1":
+                raise
+            text = " ".join(str(exc).split())[:300]
+            err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {text} (hint: rerun with MMDEPLOY_DEBUG=1 for the traceback and report it)", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return app.command(name=name)(wrapper)
+
+
+def _report_here(exc: MMDeployError) -> bool:
+    """Under torchrun every rank raises the same error when one rank fails: rank 0 alone prints it."""
+    from mmdeploy.distributed import RankFailed, is_main
+
+    return not isinstance(exc, RankFailed) or is_main()
+
+
+def make_progress(json_out: bool):
+    from mmdeploy.progress import RichProgress
+
+    return RichProgress(err_console, enabled=not json_out and err_console.is_terminal)
+
+
+def emit_json(obj) -> None:
+    """Strict JSON on stdout: dataclasses as objects, paths as strings, NaN/inf as null (JSON has none)."""
+
+    def plain(o):
+        if is_dataclass(o) and not isinstance(o, type):
+            return plain(asdict(o))
+        if isinstance(o, dict):
+            return {str(k): plain(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [plain(v) for v in o]
+        if isinstance(o, Path):
+            return str(o)
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        return o
+
+    sys.stdout.write(json.dumps(plain(obj), indent=2, allow_nan=False) + "\n")
+
+
+def parse_sizes(values: list[str] | None) -> list[int] | None:
+    """--size values as integers; a non-integer is a user error, not a crash."""
+    if not values:
+        return None
+    out = []
+    for v in values:
+        try:
+            out.append(int(v))
+        except ValueError:
+            raise MMDeployError(f"size {v!r} is not an integer", "sizes are input sides in pixels, e.g. --size 24") from None
+    return out
+
+
+
+def parse_floats(text: str | None):
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise MMDeployError(f"{text!r} is not a comma-separated list of numbers", "e.g. --mean 0.485,0.456,0.406") from None
+
+
+def main() -> None:
+    app()
+

@@ -1,0 +1,49 @@
+"""``mmdeploy bench``: latency of every (size, engine, precision, batch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mmdeploy.cli.app import command, console, emit_json, err_console, make_progress, parse_sizes
+from mmdeploy.cli.options import ArchOpt, EngineOpt, JsonOpt, NoWaitOpt, PrecisionOpt, SizesOpt, TrustOpt
+
+
+@command
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="A bundle (exported for ort/trt points).")],
+    engine: EngineOpt = None,
+    precision: PrecisionOpt = None,
+    size: SizesOpt = None,
+    batch: Annotated[Optional[list[int]], typer.Option("--batch", help="Batch size (repeatable; default 1 and 32).")] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed calls per point first.")] = 10,
+    iters: Annotated[int, typer.Option(help="Timed calls per point (round-robin over points).")] = 50,
+    tune: Annotated[bool, typer.Option("--tune", help="First time ONNX Runtime at threads 1..cores, spinning on/off, per size and batch; store the fastest in the bundle (engines then use it).")] = False,
+    noise_budget: Annotated[float, typer.Option("--noise-budget", help="Seconds to spend re-timing when the machine is busy; points still noisy are marked unreliable.")] = 30.0,
+    arch: ArchOpt = None,
+    trust_code_from_files: TrustOpt = False,
+    json_out: JsonOpt = False,
+    no_wait: NoWaitOpt = False,
+):
+    """Latency of every (size, engine, precision, batch): p50/p90/p99, mean, throughput, thread settings, interference.
+
+    Example: [bold]mmdeploy bench bundle/ --tune --engine torch --engine ort --batch 1 --batch 32[/]
+    """
+    from mmdeploy.bench import bench_bundle
+
+    tuned = None
+    if tune:
+        from mmdeploy.tune import tune_bundle
+
+        tuned = tune_bundle(bundle, precision, parse_sizes(size), batch, noise_budget_s=noise_budget, progress=make_progress(json_out))
+    results, env, skipped = bench_bundle(bundle, engine, precision, parse_sizes(size), batch, warmup, iters,
+                                         progress=make_progress(json_out), noise_budget_s=noise_budget)
+    if json_out:
+        return emit_json({"results": results, "environment": env, "skipped": skipped, "tuned": tuned})
+    for line in skipped:
+        err_console.print(f"[yellow]skipped:[/] {line}")
+    from mmdeploy.bench_table import latency_table
+
+    console.print(latency_table(results, env, tuned))

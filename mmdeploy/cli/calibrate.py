@@ -1,0 +1,54 @@
+"""``mmdeploy calibrate``: per-size BatchNorm recalibration into a bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mmdeploy.cli.app import command, console, emit_json, make_progress, parse_floats
+from mmdeploy.cli.options import ArchOpt, DataOpt, JsonOpt, NoWaitOpt, PickleOpt, SizesOpt, TrustOpt
+
+
+@command
+def calibrate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: reference-code dict, state_dict or safetensors.")],
+    size: SizesOpt = None,
+    data: DataOpt = Path("calib/train"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to create or update.")] = Path("bundle"),
+    batches: Annotated[int, typer.Option(help="Calibration batches (the reference code uses 200).")] = 200,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per calibration batch.")] = 64,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentation (random crop + flip) during calibration.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for image order and augmentation.")] = 0,
+    arch: ArchOpt = None,
+    preprocess: Annotated[Optional[str], typer.Option(help="cifar (resize whole image) or imagenet (resize S/0.875, center-crop).")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    train_size: Annotated[Optional[int], typer.Option("--train-size", help="The size the checkpoint was trained at (reference point of reports).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    unsafe_allow_pickle: PickleOpt = False,
+    trust_code_from_files: TrustOpt = False,
+    json_out: JsonOpt = False,
+    no_wait: NoWaitOpt = False,
+):
+    """Recalibrate BatchNorm statistics for each --size and write a bundle.
+
+    Example: [bold]mmdeploy calibrate models/cifar_resnet20_mixsize_dplus.safetensors --size 16 --size 24 --size 48 --data calib/train --out bundle/[/]
+    """
+    from mmdeploy import distributed
+    from mmdeploy.calib.workflow import calibrate_to_bundle
+
+    distributed.init_from_env()
+    summary = calibrate_to_bundle(
+        checkpoint, size or [], data, out, batches=batches, batch_size=batch_size, augment=augment, seed=seed, arch=arch,
+        preprocess=preprocess, mean=parse_floats(mean), std=parse_floats(std), training_size=train_size, allow_pickle=unsafe_allow_pickle,
+        device=device, progress=make_progress(json_out),
+    )
+    if not distributed.is_main():
+        return
+    if json_out:
+        return emit_json(summary)
+    console.print(f"bundle [bold]{summary.bundle}[/]: sizes {', '.join(map(str, summary.sizes))}; {summary.images} calibration images, "
+                  f"{summary.bn_layers} BN layers" + (f"; reused {summary.reused}" if summary.reused else "")
+                  + (f"; skipped {summary.skipped} unreadable files" if summary.skipped else ""))

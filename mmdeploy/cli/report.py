@@ -1,0 +1,57 @@
+"""``mmdeploy report``: the Pareto front, the speed-up at iso-accuracy, a pick and the CI gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mmdeploy.cli.app import command, console, emit_json
+from mmdeploy.cli.options import ArchOpt, JsonOpt, NoWaitOpt, TrustOpt
+
+
+@command
+def report(
+    bundle: Annotated[Path, typer.Argument(help="A bundle with eval and bench results.")],
+    batch: Annotated[int, typer.Option("--batch", help="Which batch size's latency the front uses.")] = 1,
+    reference: Annotated[Optional[str], typer.Option(help="Reference point SIZE/ENGINE/PRECISION (default: torch fp32 at the training size).")] = None,
+    tolerance: Annotated[float, typer.Option(help="Iso-accuracy tolerance in top-1 points.")] = 0.5,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.json/csv/md and pareto.png (default: the bundle).")] = None,
+    pick: Annotated[bool, typer.Option("--pick", help="Answer which point to deploy under the constraints below.")] = False,
+    latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="With --pick: p50 latency budget in ms.")] = None,
+    min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", help="With --pick: minimum top-1 in %.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="CI gate: compare with this report.json; exit 1 if a point got worse.")] = None,
+    max_acc_drop: Annotated[float, typer.Option(help="CI gate: allowed top-1 drop in points.")] = 0.3,
+    max_latency_regress: Annotated[str, typer.Option(help="CI gate: allowed growth of latency relative to the reference, e.g. 15%.")] = "15%",
+    arch: ArchOpt = None,
+    trust_code_from_files: TrustOpt = False,
+    json_out: JsonOpt = False,
+    no_wait: NoWaitOpt = False,
+):
+    """The accuracy/latency Pareto front, the speed-up at iso-accuracy, a pick, and a CI gate.
+
+    Example: [bold]mmdeploy report bundle/ --baseline ci/baseline/report.json --max-acc-drop 0.3 --max-latency-regress 15%[/]
+    """
+    from mmdeploy.pareto import pick as pick_point
+    from mmdeploy.report import compare_reports, format_gate, load_report, parse_fraction, render_table, report_bundle
+
+    # Read the baseline (and check the options) before writing: the baseline may be this bundle's own report.json.
+    old = load_report(baseline) if baseline else None
+    regress = parse_fraction(max_latency_regress)
+    rep, written = report_bundle(bundle, batch, reference, tolerance, out)
+    chosen = pick_point(rep.points, latency_budget, min_accuracy) if pick or latency_budget is not None or min_accuracy is not None else None
+    gate = compare_reports(rep, old, max_acc_drop, regress) if old is not None else None
+    if json_out:
+        emit_json({"report": str(written["json"]), "files": {k: str(v) for k, v in written.items()}, "pick": chosen,
+                    "gate": None if gate is None else {"passed": gate.passed, "findings": gate.findings}})
+    else:
+        console.print(render_table(rep))
+        console.print("files: " + ", ".join(str(p) for p in written.values()))
+        if chosen is not None:
+            console.print(f"[bold]deploy:[/] size {chosen.size}, engine {chosen.engine}, {chosen.precision}: top-1 {chosen.top1:.2f}%, "
+                          f"p50 {chosen.latency_ms:.3f} ms at batch {chosen.batch}")
+        if gate is not None:
+            console.print(format_gate(gate), markup=False)
+    if gate is not None and not gate.passed:
+        raise typer.Exit(1)

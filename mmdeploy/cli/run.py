@@ -1,0 +1,57 @@
+"""``mmdeploy run``: the whole pipeline from a TOML config (or the embedded demo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mmdeploy.cli.app import command, console, emit_json, err_console, make_progress
+from mmdeploy.cli.options import JsonOpt, NoWaitOpt, TrustOpt
+from mmdeploy.cli.tables import compare_models_table
+
+
+@command
+def run(
+    config: Annotated[Optional[Path], typer.Argument(help="TOML config (checkpoint(s), data, sizes, engines, thresholds, output). None: the embedded demo.")] = None,
+    gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help="Gate each model's report against its baseline (exit 1 on regression).")] = None,
+    fresh: Annotated[Optional[list[str]], typer.Option("--fresh", help="Re-run this step even if reusable: eval, tune, bench or all (repeatable).")] = None,
+    trust_code_from_files: TrustOpt = False,
+    json_out: JsonOpt = False,
+    no_wait: NoWaitOpt = False,
+):
+    """Calibrate, export, eval, tune, bench and report in one go; reuses unchanged steps.
+
+    The whole config is checked first (unknown keys, types, ranges, duplicate model names), each problem on its own line. Reuse is keyed by content (image bytes, hashed once per file and cached in $MMDEPLOY_CACHE_DIR, default ~/.cache/mmdeploy).
+
+    Example: [bold]mmdeploy run[/] (the demo: shipped models on shipped images), [bold]mmdeploy run my.toml[/], or
+    [bold]mmdeploy run --fresh bench[/] (measure latency again)
+    """
+    from mmdeploy.pipeline import run_pipeline
+    from mmdeploy.report import format_gate, render_table
+
+    log = (lambda msg: None) if json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
+    summary = run_pipeline(config, gate=gate, progress=make_progress(json_out), log=log, fresh=fresh)
+    if json_out:
+        emit_json({"models": [{"name": m.name, "bundle": m.bundle, "steps": m.steps, "files": m.files,
+                                "gate": None if m.gate is None else m.gate.passed} for m in summary.models],
+                    "engines": summary.engines, "skipped_engines": summary.skipped_engines,
+                    "method_alone": None if summary.method_alone is None else summary.method_alone.to_dict()})
+    else:
+        for engine, reason in summary.skipped_engines.items():
+            err_console.print(f"[yellow]engine {engine} skipped:[/] {reason}")
+        for m in summary.models:
+            console.print(render_table(m.report))
+            console.print(f"{m.name}: steps: " + ", ".join(f"{k} {v}" for k, v in m.steps.items()))
+            console.print(f"{m.name}: report: {m.files['md']}  plot: {m.files['png']}")
+            if m.gate is not None:
+                console.print(format_gate(m.gate), markup=False)
+        if len(summary.models) > 1:
+            console.print(compare_models_table(summary.models))
+        if summary.method_alone is not None:
+            from mmdeploy.method import describe
+
+            console.print(describe(summary.method_alone), markup=False)
+    if not summary.passed:
+        raise typer.Exit(1)
