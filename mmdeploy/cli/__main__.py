@@ -1,3 +1,3 @@
-from mmdeploy.cli.app import main
+from mmdeploy.cli import main
 
 main()

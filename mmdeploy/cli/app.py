@@ -116,7 +116,6 @@ def parse_sizes(values: list[str] | None) -> list[int] | None:
     return out
 
 
-
 def parse_floats(text: str | None):
     if not text:
         return None

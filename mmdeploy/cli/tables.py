@@ -22,7 +22,6 @@ def accuracy_table(results) -> Table:
     return table
 
 
-
 def parity_table(checks) -> Table:
     table = Table(title="parity gate: exported engines vs PyTorch on real images")
     for col in ("artifact", "precision", "size", "batch", "max abs err", "max rel err", "top-1 agree", "result"):
@@ -31,7 +30,6 @@ def parity_table(checks) -> Table:
         table.add_row(c.artifact, c.precision, str(c.size), str(c.batch), f"{c.max_abs:.2e}", f"{c.max_rel:.2e}", f"{100 * c.top1_agreement:.1f}%",
                       "[green]pass[/]" if c.passed else "[red]FAIL[/]")
     return table
-
 
 
 def compare_models_table(models) -> Table:

@@ -1,0 +1,199 @@
+"""The human forms of a report (rich table, markdown, CSV, Pareto plot) and :func:`write_report`, which writes them all with ``report.json``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+from rich.table import Table
+
+from mmdeploy.bundle import atomic_write_bytes
+from mmdeploy.latency_trust import UNRELIABLE_MARK, latency_cell, settings_label, speedup_warning
+from mmdeploy.pareto import point_order
+from mmdeploy.report.model import FRONT_MARKER, Report
+from mmdeploy.report.serialize import report_to_json
+from mmdeploy.results import Point, PointKey
+
+_COLUMNS = ("size", "engine", "precision", "top-1 %", "before calib.", "p50 ms", "rel. latency", "settings", "front")
+
+
+def _sorted_points(report: Report) -> list[Point]:
+    return sorted(report.points, key=point_order)
+
+
+def _row_cells(point: Point, reference: PointKey | None) -> list[str]:
+    """One table row, shared by the markdown and the terminal tables."""
+    relative = f"{point.relative_latency:.3f}" if math.isfinite(point.relative_latency) else "-"
+    if point.key == reference:
+        relative += " (ref)"
+    return [
+        str(point.size),
+        point.engine,
+        point.precision,
+        f"{point.top1:.2f}",
+        f"{point.extra['top1_uncalibrated']:.2f}" if "top1_uncalibrated" in point.extra else "-",
+        latency_cell(point),
+        relative,
+        settings_label(point),
+        FRONT_MARKER if point.on_front else "",
+    ]
+
+
+def _speedup_line(report: Report) -> str:
+    speedup = report.speedup
+    if speedup is None:
+        return "Speed-up at iso-accuracy: n/a (no points measured)"
+    ref, best = speedup.reference, speedup.best
+    warning = speedup_warning(report)
+    return (
+        f"Speed-up at iso-accuracy: {warning + ': ' if warning else ''}{speedup.speedup:.2f}x with {best.key.label} "
+        f"({best.top1:.2f}%, {best.latency_ms:.3f} ms) over {ref.key.label} "
+        f"({ref.top1:.2f}%, {ref.latency_ms:.3f} ms), within {speedup.tolerance:g} pt top-1"
+    )
+
+
+def render_table(report: Report) -> Table:
+    """The points as a rich table, the Pareto front marked and in bold."""
+    table = Table(
+        title=f"{report.bundle_name or 'mmdeploy'}: accuracy vs latency (batch {report.batch})",
+        caption=_speedup_line(report),
+    )
+    for column in _COLUMNS:
+        table.add_column(column, justify="left" if column in ("engine", "precision") else "right")
+    for point in _sorted_points(report):
+        table.add_row(*_row_cells(point, report.reference), style="bold" if point.on_front else None)
+    return table
+
+
+def _render_markdown(report: Report) -> str:
+    lines = [
+        f"## mmdeploy report: {report.bundle_name or 'bundle'}",
+        "",
+        (
+            f"Batch {report.batch}, device {_device(report.environment)}, "
+            f"created {report.created}, mmdeploy {report.mmdeploy_version}. "
+            f"{FRONT_MARKER} marks the accuracy/latency Pareto front; 'before calib.' is the torch top-1 with the checkpoint's own BN statistics; "
+            f"'{UNRELIABLE_MARK}' marks a latency timed while the machine was busy; 'settings' are each engine's intra-op threads and spinning."
+        ),
+        "",
+        "| " + " | ".join(_COLUMNS) + " |",
+        "|" + "|".join("---:" if c not in ("engine", "precision") else "---" for c in _COLUMNS) + "|",
+    ]
+    lines += ["| " + " | ".join(_row_cells(p, report.reference)) + " |" for p in _sorted_points(report)]
+    lines += ["", f"**{_speedup_line(report)}**", ""]
+    return "\n".join(lines)
+
+
+def _device(environment: dict) -> str:
+    """What ran the points: ``mmdeploy bench`` records the GPU (if any) and the CPU, not a "device" key."""
+    device = environment.get("device") or environment.get("gpu") or environment.get("cpu") or "?"
+    threads = environment.get("torch_threads") or environment.get("threads")
+    return f"{device} ({threads} threads)" if threads and not environment.get("gpu") else str(device)
+
+
+_CSV_COLUMNS = ("size", "engine", "precision", "batch", "top1", "top1_uncalibrated", "latency_ms", "relative_latency", "on_front")
+
+
+def _render_csv(report: Report) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**p.to_dict(), "top1_uncalibrated": p.extra.get("top1_uncalibrated", "")} for p in _sorted_points(report))
+    return buffer.getvalue()
+
+
+_PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "D"}
+
+
+def _render_png(report: Report) -> bytes:
+    # The object-oriented API with the Agg canvas: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 5.5), dpi=120, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    points = report.points
+    # Colour says the engine, the marker says the precision.
+    colours = {engine: f"C{i}" for i, engine in enumerate(sorted({p.engine for p in points}))}
+    for engine, precision in sorted({(p.engine, p.precision) for p in points}):
+        members = [p for p in points if (p.engine, p.precision) == (engine, precision)]
+        axes.scatter(
+            [p.latency_ms for p in members],
+            [p.top1 for p in members],
+            color=colours[engine],
+            marker=_PRECISION_MARKERS.get(precision, "^"),
+            s=40,
+            zorder=3,
+            label=f"{engine} {precision}",
+        )
+    front = sorted((p for p in points if p.on_front), key=lambda p: p.latency_ms)
+    if front:
+        # A step: at any latency, the best reachable accuracy is that of the last front point at
+        # or below it. Carried on to the slowest point, so dominated points sit under the line.
+        latencies = [p.latency_ms for p in front] + [max(p.latency_ms for p in points)]
+        accuracies = [p.top1 for p in front] + [front[-1].top1]
+        axes.step(
+            latencies,
+            accuracies,
+            where="post",
+            color="black",
+            linewidth=1.2,
+            zorder=2,
+            label=f"Pareto front {FRONT_MARKER}",
+        )
+    if report.speedup is not None:
+        speedup = report.speedup
+        ref = speedup.reference
+        axes.scatter(
+            [ref.latency_ms], [ref.top1], s=180, facecolors="none", edgecolors="red", zorder=4, label="reference"
+        )
+        subtitle = (
+            f"{speedup.speedup:.2f}x faster at iso-accuracy (within {speedup.tolerance:g} pt): "
+            f"{speedup.best.key.label} vs {ref.key.label}"
+        )
+    else:
+        subtitle = "no points measured"
+        axes.text(0.5, 0.5, subtitle, transform=axes.transAxes, ha="center", va="center")
+    for point in points:
+        axes.annotate(
+            point.key.label, (point.latency_ms, point.top1), xytext=(5, 4), textcoords="offset points", fontsize=7
+        )
+    if points:
+        latencies = [p.latency_ms for p in points]
+        if max(latencies) > 20 * min(latencies):
+            axes.set_xscale("log")
+        axes.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
+        axes.legend(fontsize=8, loc="lower right")
+    axes.set_xlabel(f"p50 latency (ms), batch {report.batch}")
+    axes.set_ylabel("top-1 accuracy (%)")
+    axes.set_title(f"{report.bundle_name or 'mmdeploy'}: accuracy vs latency\n{subtitle}", fontsize=10)
+    axes.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_report(report: Report, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write report.json, report.csv, report.md and pareto.png into ``out_dir``.
+
+    Returns the written paths by format (``json``, ``csv``, ``md``, ``png``).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Render everything first, so a rendering error leaves every old file in place.
+    contents = {
+        "json": ("report.json", (json.dumps(report_to_json(report), indent=2, allow_nan=False) + "\n").encode()),
+        "csv": ("report.csv", _render_csv(report).encode()),
+        "md": ("report.md", _render_markdown(report).encode()),
+        "png": ("pareto.png", _render_png(report)),
+    }
+    written = {}
+    for kind, (name, data) in contents.items():
+        atomic_write_bytes(out_dir / name, data)
+        written[kind] = out_dir / name
+    return written
