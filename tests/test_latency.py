@@ -65,13 +65,18 @@ class _Spin(Engine):
     name = "spin"
     policy = ThreadPolicy(1, False, "default")
 
+    def __init__(self, size, per_image_s: float = 0.0002):
+        super().__init__(size)
+        self.per_image_s = per_image_s
+
     def infer(self, x):
-        _busy_wait(0.0002 * x.shape[0])
+        _busy_wait(self.per_image_s * x.shape[0])
         return torch.zeros(x.shape[0], 10)
 
 
 def test_bench_marks_points_unreliable_and_retimes_when_a_burner_runs_beside_it(burners):
-    targets = [BenchTarget(s, "spin", "fp32", lambda s=s: _Spin(s)) for s in (16, 24)]
+    # /proc/stat counts in 10 ms ticks: the pass must last many ticks to see the burners (40 calls x 5 ms = 0.2 s).
+    targets = [BenchTarget(s, "spin", "fp32", lambda s=s: _Spin(s, per_image_s=0.005)) for s in (16, 24)]
     results, seen = measure_with_interference(targets, [1], warmup=1, iters=20, noise_budget_s=0.5)
     assert seen.busy and all(not r.reliable for r in results)
     assert all(r.noise["passes"] >= 2 for r in results), "a busy pass is re-timed while the budget lasts"
