@@ -61,7 +61,7 @@ def available_engines() -> dict[str, str]:
     """Engine name -> "" if usable here, else the one-line reason it is not."""
     from mmdeploy.engines.onnxruntime import ort_unavailable_reason
     from mmdeploy.engines.openvino import ov_unavailable_reason
-    from mmdeploy.engines.tensorrt import trt_unavailable_reason
+    from mmdeploy.engines.trt_probe import trt_unavailable_reason
 
     return {"torch": "", "ort": ort_unavailable_reason(), "trt": trt_unavailable_reason(), "ov": ov_unavailable_reason()}
 
