@@ -25,7 +25,7 @@ from fake_tensorrt import SIZE, FakeTrt, fake_kernel  # tests/ is on sys.path (r
 import mmdeploy.engines.trt_probe as trt_probe
 import mmdeploy.export.tensorrt as trt_build
 from mmdeploy.bundle import Bundle
-from mmdeploy.engines import create_engine
+from mmdeploy.engines import InputMeta, create_engine
 from mmdeploy.engines.tensorrt import TrtEngine
 from mmdeploy.engines.trt_probe import trt_unavailable_reason
 from mmdeploy.errors import MMDeployError
@@ -113,6 +113,23 @@ def test_unavailable_reason_names_only_the_gpu_when_tensorrt_imports(monkeypatch
     assert reason.startswith("no CUDA GPU") and "TensorRT" not in reason.split(" (")[0]
     monkeypatch.setattr(trt_probe, "_cuda_available", lambda: True)
     assert trt_unavailable_reason() == ""
+
+
+def test_plan_record_and_reuse_key_name_the_same_tensorrt_and_gpu(monkeypatch):
+    """One probe (engines/trt_probe.py) feeds both the build record and the plan's reuse key."""
+    fake = FakeTrt(version="10.13.0").module
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(trt_probe, "_cuda_available", lambda: False)
+    assert trt_probe.trt_identity() == "10.13.0/no-gpu" and trt_probe.trt_versions(fake)["gpu"] is None
+    monkeypatch.setattr(trt_probe, "_cuda_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    versions = trt_probe.trt_versions(fake)
+    assert trt_probe.trt_identity() == "10.13.0/NVIDIA H200"
+    assert (versions["tensorrt"], versions["gpu"], versions["compute_capability"]) == ("10.13.0", "NVIDIA H200", "9.0")
+    monkeypatch.delitem(sys.modules, "tensorrt")
+    monkeypatch.setattr(sys, "path", [])  # no real tensorrt either: the key still has a value
+    assert trt_probe.trt_identity() == "none/NVIDIA H200"
 
 
 def test_old_tensorrt_is_reported(monkeypatch):
@@ -400,6 +417,7 @@ def _run_engine_checks(fake: FakeTrt, engine: TrtEngine, device: str) -> None:
             torch.testing.assert_close(y, fake_kernel(x), atol=2e-3, rtol=2e-3)
         run.synchronize()
         assert [p["min"][0] for p in run.describe()["profiles"]] == [1, 4, 1]
+        assert run.input_metadata() == InputMeta("images", (None, 3, SIZE, SIZE), torch.float32)  # batches 1..4: dynamic
         with pytest.raises(MMDeployError, match="no profile for input shape"):
             run(torch.randn(5, 3, SIZE, SIZE))
         with pytest.raises(MMDeployError, match="no profile"):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mmdeploy.engines.base import Engine
+from mmdeploy.engines.base import Engine, InputMeta
 from mmdeploy.engines.trt_errors import create_with_log
 from mmdeploy.engines.trt_probe import make_logger, require_trt_engine
 from mmdeploy.errors import MMDeployError
@@ -72,9 +72,12 @@ class TrtEngine(Engine):
         self.build_versions = build_versions or {}
 
     @classmethod
-    def from_bundle(cls, bundle, size: int, precision: str = "fp32", batch: int | None = None, device: str | None = None, **_) -> TrtEngine:
+    def from_bundle(cls, bundle, size: int, precision: str = "fp32", *, batch: int | None = None, device: str | None = None,
+                    **unknown) -> TrtEngine:
+        """The plan of one size; ``batch`` must be one the plan has a profile for."""
         from mmdeploy.bundle import TRT
 
+        cls.refuse_unknown(unknown)
         hint = f"run `mmdeploy export {bundle.root} --engine trt --precision {precision}` on a machine with TensorRT and an NVIDIA GPU"
         art = bundle.artifact(size, TRT, precision)
         if not art or not bundle.path(art.file).is_file():
@@ -137,6 +140,12 @@ class TrtEngine(Engine):
     def synchronize(self) -> None:
         if getattr(self, "_stream", None) is not None:
             self._stream.synchronize()
+
+    def _input_metadata(self) -> InputMeta:
+        # a dim is fixed where every profile pins it to one value; the batch usually ranges over the profiles
+        lows = [min(p.min[i] for p in self._profiles) for i in range(4)]
+        highs = [max(p.max[i] for p in self._profiles) for i in range(4)]
+        return InputMeta(self.input_name, tuple(lo if lo == hi else None for lo, hi in zip(lows, highs, strict=True)))
 
     # inference
     def _profile_for(self, shape: tuple[int, ...]) -> int:
