@@ -56,6 +56,7 @@ TRT_DRIVER = """
 import json, os, sys
 from pathlib import Path
 import mmdeploy.engines.tensorrt as tensorrt
+import mmdeploy.export.tensorrt as trt_build
 import mmdeploy.export.workflow as workflow
 from mmdeploy import distributed
 from mmdeploy.bundle import Bundle
@@ -67,7 +68,7 @@ rank = int(os.environ["RANK"])
 def build_bundle_plan(bundle, size, precision, **options):
     if f"{size}/{precision}" == os.environ.get("FAIL_JOB"):
         raise RuntimeError("builder ran out of GPU memory (simulated)")
-    rel = tensorrt.plan_filename(size, precision)
+    rel = trt_build.plan_filename(size, precision)
     bundle.path(rel).write_text(f"built by rank {rank} on cuda:{os.environ['LOCAL_RANK']}")
     entry = {"plan": rel, "built_by_rank": rank}
     bundle.set_artifact(size, "trt", precision, entry)
@@ -87,7 +88,7 @@ class Passed:
     def to_dict(self):
         return {"passed": True}
 
-tensorrt.build_bundle_plan, tensorrt.TrtEngine = build_bundle_plan, FakeEngine
+trt_build.build_bundle_plan, tensorrt.TrtEngine = build_bundle_plan, FakeEngine
 workflow.check_parity = lambda *args, **kwargs: [Passed()]
 saves = []
 real_save = Bundle.save
@@ -287,6 +288,7 @@ def test_trt_build_failing_on_one_rank_stops_all_and_keeps_the_rest(tmp_path, on
 def test_trt_builds_in_one_process_record_passes_and_drop_failures(tmp_path, one_process, monkeypatch):
     """Without a process group one rank builds every plan; a failed gate raises its own error."""
     import mmdeploy.engines.tensorrt as tensorrt
+    import mmdeploy.export.tensorrt as trt_build
     import mmdeploy.export.workflow as workflow
     from mmdeploy.errors import MMDeployError
     from mmdeploy.progress import Progress
@@ -296,7 +298,7 @@ def test_trt_builds_in_one_process_record_passes_and_drop_failures(tmp_path, one
     bundle = Bundle.open(bundle_dir)
 
     def build_bundle_plan(bundle, size, precision, **options):
-        rel = tensorrt.plan_filename(size, precision)
+        rel = trt_build.plan_filename(size, precision)
         bundle.path(rel).write_text("plan")
         bundle.set_artifact(size, "trt", precision, {"plan": rel})
         return {"plan": rel}
@@ -320,7 +322,7 @@ def test_trt_builds_in_one_process_record_passes_and_drop_failures(tmp_path, one
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(tensorrt, "build_bundle_plan", build_bundle_plan)
+    monkeypatch.setattr(trt_build, "build_bundle_plan", build_bundle_plan)
     monkeypatch.setattr(tensorrt, "TrtEngine", FakeEngine)
     monkeypatch.setattr(workflow, "check_parity", lambda *a, **k: [Check(FakeEngine.current != (24, "fp16"))])
     tolerances = {"fp32": None, "fp16": None}

@@ -22,20 +22,21 @@ import pytest
 import torch
 from fake_tensorrt import SIZE, FakeTrt, fake_kernel  # tests/ is on sys.path (rootdir conftest)
 
-import mmdeploy.engines.tensorrt as trt_mod
+import mmdeploy.engines.trt_probe as trt_probe
+import mmdeploy.export.tensorrt as trt_build
 from mmdeploy.bundle import Bundle
-from mmdeploy.engines import create_engine
-from mmdeploy.engines.tensorrt import (
+from mmdeploy.engines import InputMeta, create_engine
+from mmdeploy.engines.tensorrt import TrtEngine
+from mmdeploy.engines.trt_probe import trt_unavailable_reason
+from mmdeploy.errors import MMDeployError
+from mmdeploy.export.tensorrt import (
     TIMING_CACHE,
-    TrtEngine,
     build_bundle_plan,
     build_settings,
     build_trt_plan,
     derive_profiles,
     plan_filename,
-    trt_unavailable_reason,
 )
-from mmdeploy.errors import MMDeployError
 
 REAL_TRT_REASON = trt_unavailable_reason()  # evaluated before any test injects a fake module
 needs_trt = pytest.mark.skipif(bool(REAL_TRT_REASON), reason=f"needs TensorRT and a CUDA GPU: {REAL_TRT_REASON}")
@@ -107,16 +108,33 @@ def test_unavailable_reason_says_what_is_missing():
 
 def test_unavailable_reason_names_only_the_gpu_when_tensorrt_imports(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTrt().module)
-    monkeypatch.setattr(trt_mod, "_cuda_available", lambda: False)
+    monkeypatch.setattr(trt_probe, "_cuda_available", lambda: False)
     reason = trt_unavailable_reason()
     assert reason.startswith("no CUDA GPU") and "TensorRT" not in reason.split(" (")[0]
-    monkeypatch.setattr(trt_mod, "_cuda_available", lambda: True)
+    monkeypatch.setattr(trt_probe, "_cuda_available", lambda: True)
     assert trt_unavailable_reason() == ""
+
+
+def test_plan_record_and_reuse_key_name_the_same_tensorrt_and_gpu(monkeypatch):
+    """One probe (engines/trt_probe.py) feeds both the build record and the plan's reuse key."""
+    fake = FakeTrt(version="10.13.0").module
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(trt_probe, "_cuda_available", lambda: False)
+    assert trt_probe.trt_identity() == "10.13.0/no-gpu" and trt_probe.trt_versions(fake)["gpu"] is None
+    monkeypatch.setattr(trt_probe, "_cuda_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    versions = trt_probe.trt_versions(fake)
+    assert trt_probe.trt_identity() == "10.13.0/NVIDIA H200"
+    assert (versions["tensorrt"], versions["gpu"], versions["compute_capability"]) == ("10.13.0", "NVIDIA H200", "9.0")
+    monkeypatch.delitem(sys.modules, "tensorrt")
+    monkeypatch.setattr(sys, "path", [])  # no real tensorrt either: the key still has a value
+    assert trt_probe.trt_identity() == "none/NVIDIA H200"
 
 
 def test_old_tensorrt_is_reported(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTrt(version="8.6.1").module)
-    monkeypatch.setattr(trt_mod, "_cuda_available", lambda: True)
+    monkeypatch.setattr(trt_probe, "_cuda_available", lambda: True)
     assert "8.6.1 is too old" in trt_unavailable_reason()
 
 
@@ -157,7 +175,7 @@ def use_fake(monkeypatch):
     def install(**options) -> FakeTrt:
         fake = FakeTrt(**options)
         monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
-        monkeypatch.setattr(trt_mod, "_cuda_available", lambda: True)
+        monkeypatch.setattr(trt_probe, "_cuda_available", lambda: True)
         return fake
 
     return install
@@ -204,8 +222,8 @@ def onnx16(tmp_path, onnx32) -> Path:
 
 
 def test_graph_precision_is_read_from_the_graph(onnx32, onnx16):
-    assert trt_mod._graph_precision(onnx32) == "fp32"
-    assert trt_mod._graph_precision(onnx16) == "fp16"
+    assert trt_build._graph_precision(onnx32) == "fp32"
+    assert trt_build._graph_precision(onnx16) == "fp16"
 
 
 # -- the build sequence ----------------------------------------------------------------------
@@ -281,7 +299,7 @@ def test_int8_plan_is_built_from_the_qdq_graph_without_precision_flags(use_fake,
     from onnx import numpy_helper
 
     q = _qdq(onnx32, tmp_path / "model.int8.onnx")
-    assert trt_mod._graph_precision(q) == "int8"
+    assert trt_build._graph_precision(q) == "int8"
     proto = onnx.load(str(q))
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     zero_points = [inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
@@ -399,6 +417,7 @@ def _run_engine_checks(fake: FakeTrt, engine: TrtEngine, device: str) -> None:
             torch.testing.assert_close(y, fake_kernel(x), atol=2e-3, rtol=2e-3)
         run.synchronize()
         assert [p["min"][0] for p in run.describe()["profiles"]] == [1, 4, 1]
+        assert run.input_metadata() == InputMeta("images", (None, 3, SIZE, SIZE), torch.float32)  # batches 1..4: dynamic
         with pytest.raises(MMDeployError, match="no profile for input shape"):
             run(torch.randn(5, 3, SIZE, SIZE))
         with pytest.raises(MMDeployError, match="no profile"):
@@ -491,8 +510,8 @@ def test_tiny_export_is_an_fp32_graph_and_converts_to_fp16(tmp_path):
     """The fixture the TensorRT tests build from, checked where they cannot run."""
     path = _export_tiny(_tiny_model(), tmp_path / "tiny.onnx")
     assert not (tmp_path / "tiny.onnx.data").exists()
-    assert trt_mod._graph_precision(path) == "fp32"
-    assert trt_mod._graph_precision(_to_fp16(path, tmp_path / "tiny.fp16.onnx")) == "fp16"
+    assert trt_build._graph_precision(path) == "fp32"
+    assert trt_build._graph_precision(_to_fp16(path, tmp_path / "tiny.fp16.onnx")) == "fp16"
 
 
 @needs_trt
@@ -530,7 +549,7 @@ def test_bindings_without_native_libraries_name_the_library(tmp_path, monkeypatc
         "raise ImportError('libnvonnxparser.so.10: cannot open shared object file: No such file or directory')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
-    monkeypatch.setattr(trt_mod, "_cuda_available", lambda: True)
+    monkeypatch.setattr(trt_probe, "_cuda_available", lambda: True)
     monkeypatch.setattr(trt_errors, "_bindings_distribution", lambda: ("tensorrt-cu12-bindings", "10.16.1.11"))
     reason = trt_unavailable_reason()
     assert reason.startswith("TensorRT's Python bindings are installed but a native library failed to load: libnvonnxparser.so.10 "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmdeploy.engines.base import Engine
+from mmdeploy.engines.base import Engine, InputMeta
 from mmdeploy.errors import MMDeployError
 
 ENGINES = ("torch", "ort", "trt", "ov")
@@ -41,7 +41,7 @@ def create_engine(name: str, bundle, size: int, precision: str = "fp32", **optio
     if name == "torch":
         from mmdeploy.engines.torch_engine import TorchEngine
 
-        return TorchEngine(bundle.build_model(size), size, precision, device=options.get("device"), policy=options.get("policy"))
+        return TorchEngine.from_bundle(bundle, size, precision, **options)
     if name == "ort":
         from mmdeploy.engines.onnxruntime import OrtEngine
 
@@ -61,10 +61,10 @@ def available_engines() -> dict[str, str]:
     """Engine name -> "" if usable here, else the one-line reason it is not."""
     from mmdeploy.engines.onnxruntime import ort_unavailable_reason
     from mmdeploy.engines.openvino import ov_unavailable_reason
-    from mmdeploy.engines.tensorrt import trt_unavailable_reason
+    from mmdeploy.engines.trt_probe import trt_unavailable_reason
 
     return {"torch": "", "ort": ort_unavailable_reason(), "trt": trt_unavailable_reason(), "ov": ov_unavailable_reason()}
 
 
-__all__ = ["ENGINES", "ENGINE_PRECISIONS", "PRECISIONS", "Engine", "available_engines", "check_choices", "create_engine", "serves",
+__all__ = ["ENGINES", "ENGINE_PRECISIONS", "PRECISIONS", "Engine", "InputMeta", "available_engines", "check_choices", "create_engine", "serves",
            "torch_runs"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmdeploy.engines.base import Engine
+from mmdeploy.engines.base import Engine, InputMeta
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.onnx import BATCH_DIM, HEIGHT_DIM, WIDTH_DIM
 from mmdeploy.threads import ThreadPolicy, ort_default_policy, usable_cores  # noqa: F401  (usable_cores: re-exported)
@@ -101,11 +101,14 @@ class OrtEngine(Engine):
         self.variant = variant
 
     @classmethod
-    def from_bundle(cls, bundle, size: int, precision: str = "fp32", variant: str = "per-size", batch: int | None = None,
-                    tuned_batch: int | None = None, **options) -> OrtEngine:
+    def from_bundle(cls, bundle, size: int, precision: str = "fp32", *, variant: str = "per-size", batch: int | None = None,
+                    tuned_batch: int | None = None, policy: ThreadPolicy | None = None, threads: int | None = None,
+                    providers: list[str] | None = None, **unknown) -> OrtEngine:
         """The engine for one size; unless ``policy`` or ``threads`` is given, with the settings
         `mmdeploy bench --tune` stored for the batch nearest ``tuned_batch`` (or ``batch``)."""
         from mmdeploy.bundle import ONNX
+
+        cls.refuse_unknown(unknown)
 
         if variant == "dynamic":
             art = bundle.artifact(None, ONNX, precision)
@@ -116,11 +119,12 @@ class OrtEngine(Engine):
         hint = f"run `mmdeploy export {bundle.root} --engine ort --precision {precision}`"
         if not art or not bundle.path(art.file).exists():
             raise MMDeployError(f"no {variant} {precision} ONNX for size {size} in {bundle.root}", hint)
-        if "policy" not in options and "threads" not in options:
+        if policy is None and threads is None:
             from mmdeploy.tune import stored_policy
 
-            options["policy"] = stored_policy(bundle.engine_settings, "ort", precision, size, tuned_batch or batch)
-        return cls(bundle.artifact_path(art, hint), size, precision, fixed_dims=fixed, variant=variant, **options)
+            policy = stored_policy(bundle.engine_settings, "ort", precision, size, tuned_batch or batch)
+        return cls(bundle.artifact_path(art, hint), size, precision, providers=providers, threads=threads, fixed_dims=fixed,
+                   variant=variant, policy=policy)
 
     def activate(self) -> None:
         import onnxruntime as ort
@@ -148,6 +152,7 @@ class OrtEngine(Engine):
                 raise MMDeployError(f"{self.onnx_path.name}: ONNX Runtime did not pin input dim {name!r} to {value} (the input is {shape})",
                                     "re-export the bundle with this mmdeploy (`mmdeploy export BUNDLE`)")
         self.fixed_batch = shape[0] if shape and isinstance(shape[0], int) else None
+        self._input_shape = tuple(d if isinstance(d, int) else None for d in shape)  # a named free dim is dynamic
         super().activate()
 
     def deactivate(self) -> None:
@@ -167,6 +172,9 @@ class OrtEngine(Engine):
                 part = torch.cat([part, part.new_zeros((b - n, *part.shape[1:]))])
             outs.append(self._run(part)[:n])
         return torch.cat(outs)
+
+    def _input_metadata(self) -> InputMeta:
+        return InputMeta(self.input_name, self._input_shape)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.device == "cuda" and torch.cuda.is_available():  # onnxruntime-gpu beside a CPU-only torch: no binding

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmdeploy.engines.base import Engine
+from mmdeploy.engines.base import Engine, InputMeta
 from mmdeploy.engines.onnxruntime import usable_cores
 from mmdeploy.errors import MMDeployError
 
@@ -85,12 +85,16 @@ class OvEngine(Engine):
         self.throughput_min_batch = throughput_min_batch
 
     @classmethod
-    def from_bundle(cls, bundle, size: int, precision: str = "fp32", **options) -> OvEngine:
+    def from_bundle(cls, bundle, size: int, precision: str = "fp32", *, batch: int | None = None, threads: int | None = None,
+                    streams: int | None = None, throughput_min_batch: int = THROUGHPUT_MIN_BATCH, **unknown) -> OvEngine:
+        """The gated ov engine of one size. ``batch`` is accepted like every engine's: each batch shape compiles on first use."""
+        cls.refuse_unknown(unknown)
         record = ov_record(bundle, size, precision)
         hint = f"run `mmdeploy export {bundle.root} --engine ov --precision {precision}`"
         if not record or not bundle.path(record.file).exists():
             raise MMDeployError(f"no gated ov {precision} engine for size {size} in {bundle.root}", hint)
-        return cls(bundle.artifact_path(record, hint), size, precision, cache_dir=bundle.path(record.cache_dir or CACHE_DIR), **options)
+        return cls(bundle.artifact_path(record, hint), size, precision, threads=threads, cache_dir=bundle.path(record.cache_dir or CACHE_DIR),
+                   streams=streams, throughput_min_batch=throughput_min_batch)
 
     def compile_config(self, throughput: bool) -> dict:
         """The OpenVINO properties of one compiled model (also what the model cache keys on)."""
@@ -118,9 +122,10 @@ class OvEngine(Engine):
 
         self.core = ov.Core()
         try:
-            self.core.read_model(str(self.onnx_path))
+            graph_input = self.core.read_model(str(self.onnx_path)).inputs[0]
         except Exception as exc:  # noqa: BLE001  (OpenVINO raises its own RuntimeError types)
             raise MMDeployError(f"OpenVINO cannot read {self.onnx_path}: {str(exc).splitlines()[0][:160]}", "re-export the bundle") from None
+        self._input = InputMeta(graph_input.get_any_name(), (None, 3, self.size, self.size))  # each batch compiles on first use, at this size
         self._compiled: dict[int, tuple] = {}
         super().activate()
 
@@ -128,6 +133,9 @@ class OvEngine(Engine):
         self._compiled = {}
         self.core = None
         super().deactivate()
+
+    def _input_metadata(self) -> InputMeta:
+        return self._input
 
     def _plan(self, batch: int) -> tuple:
         """(compiled model, infer requests, part size) for one input batch, compiled on first use."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmdeploy.engines.base import Engine
+from mmdeploy.engines.base import Engine, InputMeta
 from mmdeploy.threads import ThreadPolicy, TorchThreads, torch_policy
 
 
@@ -17,6 +17,13 @@ class TorchEngine(Engine):
         super().__init__(size, precision, device)
         self._model_cpu = model
         self.policy = policy or torch_policy()
+
+    @classmethod
+    def from_bundle(cls, bundle, size: int, precision: str = "fp32", *, batch: int | None = None, device: str | None = None,
+                    policy: ThreadPolicy | None = None, **unknown) -> TorchEngine:
+        """The eager model with size ``size``'s calibrated weights. ``batch`` is accepted like every engine's: eager torch runs any batch."""
+        cls.refuse_unknown(unknown)
+        return cls(bundle.build_model(size), size, precision, device=device, policy=policy)
 
     def activate(self) -> None:
         from mmdeploy.errors import MMDeployError
@@ -46,3 +53,9 @@ class TorchEngine(Engine):
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
+
+    def _input_metadata(self) -> InputMeta:
+        from mmdeploy.export.onnx import INPUT_NAME  # the name the exported graphs give this input
+
+        conv = next((m for m in self.model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        return InputMeta(INPUT_NAME, (None, conv.in_channels if conv is not None else 3, self.size, self.size))

@@ -133,7 +133,7 @@ def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, pari
     int8 = int8_settings(int8_method or DEFAULT_METHOD, DEFAULT_IMAGES if int8_images is None else int8_images, symmetric=engine == "trt") \
         if "int8" in precisions else None
     if engine == "trt":
-        from mmdeploy.engines.tensorrt import trt_unavailable_reason
+        from mmdeploy.engines.trt_probe import trt_unavailable_reason
 
         reason = trt_unavailable_reason()
         if reason:
@@ -283,18 +283,6 @@ class _Sized:
         return self.engine(x)
 
 
-def _trt_identity() -> str:
-    """What a plan is only valid for: the TensorRT version and the GPU model."""
-    try:
-        import tensorrt
-
-        version = tensorrt.__version__
-    except ImportError:  # only reached with a stand-in builder (tests)
-        version = "none"
-    gpu = torch.cuda.get_device_name(torch.cuda.current_device()) if torch.cuda.is_available() else "no-gpu"
-    return f"{version}/{gpu}"
-
-
 def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, workspace_gb, progress) -> dict:
     """Build one TensorRT plan per (size, precision) from its gated ONNX, then gate the plan itself.
 
@@ -303,14 +291,16 @@ def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, work
     manifest once. A build that fails leaves no plan for its (size, precision), and every rank
     raises; the plans that passed are kept.
     """
-    from mmdeploy.engines.tensorrt import TrtEngine, build_bundle_plan, plan_filename
+    from mmdeploy.engines.tensorrt import TrtEngine
+    from mmdeploy.engines.trt_probe import trt_identity
+    from mmdeploy.export.tensorrt import build_bundle_plan, plan_filename
 
     mine = dist.shard([(s, p) for s in sizes for p in precisions])
     entries, failed, failure = {}, [], None
     with progress.task("building TensorRT plans", len(mine)) as advance:
         for s, precision in mine:
             onnx_art = bundle.artifact(s, ONNX, precision)
-            key = _artifact_key(onnx_art.sha256 or "" if onnx_art else "", precision, "trt", json.dumps([list(batches), workspace_gb, _trt_identity()]))
+            key = _artifact_key(onnx_art.sha256 or "" if onnx_art else "", precision, "trt", json.dumps([list(batches), workspace_gb, trt_identity()]))
             old = bundle.artifact(s, TRT, precision)
             if old is not None and old.key == key and bundle.artifact_usable(old):
                 advance(1)  # same ONNX, settings, TensorRT and GPU: the plan is reused

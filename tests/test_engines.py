@@ -1,0 +1,126 @@
+"""What every engine shares (issue 11 §3): one lifecycle, typed options with one meaning each, unknown
+options refused by name, and one input-metadata accessor.
+
+The engines that run on this machine (torch, ONNX Runtime, OpenVINO where installed) run a tiny
+conv graph; the TensorRT engine's metadata is checked against the fake ``tensorrt`` in test_tensorrt.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmdeploy.bundle import Bundle
+from mmdeploy.engines import ENGINES, InputMeta, create_engine
+from mmdeploy.engines.onnxruntime import OrtEngine
+from mmdeploy.engines.openvino import OvEngine
+from mmdeploy.engines.tensorrt import TrtEngine
+from mmdeploy.engines.torch_engine import TorchEngine
+from mmdeploy.errors import MMDeployError
+from mmdeploy.export.onnx import INPUT_NAME
+
+CLASSES = {"torch": TorchEngine, "ort": OrtEngine, "trt": TrtEngine, "ov": OvEngine}
+SIZE = 12
+HAVE_OV = importlib.util.find_spec("openvino") is not None
+
+
+def _empty_bundle(root: Path) -> Bundle:
+    """A bundle with one size and no artifacts: an unknown option must be refused before anything is looked up."""
+    manifest = {"schema": "mmdeploy.bundle", "schema_version": 1, "source": {}, "preprocess": {}, "sizes": {str(SIZE): {"artifacts": {}}}}
+    return Bundle(root, manifest)
+
+
+def test_every_engine_name_has_its_class():
+    assert set(CLASSES) == set(ENGINES) and all(CLASSES[n].name == n for n in ENGINES)
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_an_unknown_option_is_refused_by_name(name, tmp_path):
+    bundle = _empty_bundle(tmp_path)
+    with pytest.raises(MMDeployError) as info:
+        create_engine(name, bundle, SIZE, "fp32", treads=2)  # a typo of `threads` must not run with the default
+    err = info.value
+    assert f"the {name} engine has no option 'treads'" in err.message
+    assert "batch" in err.hint and "\n" not in err.one_line()
+    with pytest.raises(MMDeployError, match="no option 'colour', 'shape'"):
+        CLASSES[name].from_bundle(bundle, SIZE, "fp32", shape=(1, 3), colour="red")
+
+
+def _options(cls) -> dict[str, str]:
+    """The typed options of an engine's loader: name -> annotation (a string: these modules use postponed annotations)."""
+    params = inspect.signature(cls.from_bundle).parameters.values()
+    return {p.name: p.annotation for p in params if p.kind is p.KEYWORD_ONLY}
+
+
+def test_shared_options_have_one_type_in_every_engine():
+    options = {name: _options(cls) for name, cls in CLASSES.items()}
+    assert all(opts and all(a is not inspect.Parameter.empty for a in opts.values()) for opts in options.values()), options
+    assert all("batch" in opts for opts in options.values())  # the one option a harness can pass to any engine
+    seen: dict[str, set[str]] = {}
+    for opts in options.values():
+        for option, annotation in opts.items():
+            seen.setdefault(option, set()).add(str(annotation))
+    assert {k: v for k, v in seen.items() if len(v) > 1} == {}
+    assert CLASSES["ort"].option_names()[:2] == ["variant", "batch"]  # from the signature, in its order
+
+
+# -- input metadata, on the engines that run here -------------------------------------------------------------
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def _tiny_onnx(model: _Tiny, path: Path) -> Path:
+    """The same network as an ONNX graph with a dynamic batch, written with onnx.helper (no exporter needed)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(model.conv.weight.detach().numpy(), "w")
+    bias = numpy_helper.from_array(model.conv.bias.detach().numpy(), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", [INPUT_NAME, "w", "b"], ["y"], pads=[1, 1, 1, 1]),
+         helper.make_node("ReduceMean", ["y"], ["logits"], axes=[2, 3], keepdims=0)],
+        "tiny",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        [weight, bias],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8  # readable by every ONNX Runtime and OpenVINO this project supports
+    onnx.save(proto, str(path))
+    return path
+
+
+ENGINES_HERE = [
+    pytest.param("torch", id="torch"),
+    pytest.param("ort", id="ort"),
+    pytest.param("ov", id="ov", marks=pytest.mark.skipif(not HAVE_OV, reason="openvino is not installed (pip install -e '.[openvino]')")),
+]
+
+
+@pytest.mark.parametrize("name", ENGINES_HERE)
+def test_input_metadata_is_one_accessor_with_one_answer(name, tmp_path):
+    model = _Tiny().eval()
+    onnx_path = _tiny_onnx(model, tmp_path / "tiny.onnx")
+    engine = {"torch": lambda: TorchEngine(model, SIZE, device="cpu"),
+              "ort": lambda: OrtEngine(onnx_path, SIZE, threads=1),
+              "ov": lambda: OvEngine(onnx_path, SIZE, threads=1)}[name]()
+    with pytest.raises(RuntimeError, match="outside its `with` block"):
+        engine.input_metadata()
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    with engine as run:
+        meta = run.input_metadata()
+        assert meta == InputMeta(INPUT_NAME, (None, 3, SIZE, SIZE), torch.float32)
+        out = run(torch.zeros(meta.shape[0] or 2, *meta.shape[1:], dtype=meta.dtype) + x)  # a tensor made from the metadata runs
+    with torch.no_grad():
+        np.testing.assert_allclose(out.numpy(), model(x).numpy(), atol=1e-4)
