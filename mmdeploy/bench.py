@@ -277,3 +277,38 @@ def has_artifact(bundle, engine: str, size: int, precision: str) -> bool:
 
     art = bundle.artifact(size, KIND_OF_ENGINE[engine], precision)
     return art is not None and bundle.path(art.file).exists()
+
+
+@dataclass
+class BenchSummary:
+    """What ``mmdeploy bench`` measured: latencies, the machine they were taken on, what was skipped and why, and the
+    ONNX Runtime settings chosen first when tuning was asked for (``mmdeploy.tune.TuneResult``, else None)."""
+
+    results: list[LatencyResult]
+    environment: dict
+    skipped: list[str]
+    tuned: object = None
+
+
+def tune_and_bench(
+    bundle_dir: str | Path,
+    engines: list[str] | None = None,
+    precisions: list[str] | None = None,
+    sizes: list[int] | None = None,
+    batches: list[int] | None = None,
+    warmup: int = 10,
+    iters: int = 50,
+    tune: bool = False,
+    noise_budget_s: float = 30.0,
+    progress: Progress | None = None,
+) -> BenchSummary:
+    """``mmdeploy bench``: with ``tune``, first choose ONNX Runtime's threads and spinning per size and batch by
+    measurement (stored in the bundle; engines then use them), then :func:`bench_bundle`."""
+    tuned = None
+    if tune:
+        from mmdeploy.tune import tune_bundle
+
+        tuned = tune_bundle(bundle_dir, precisions, sizes, batches, noise_budget_s=noise_budget_s, progress=progress)
+    results, env, skipped = bench_bundle(bundle_dir, engines, precisions, sizes, batches, warmup, iters, progress=progress,
+                                         noise_budget_s=noise_budget_s)
+    return BenchSummary(results, env, skipped, tuned)

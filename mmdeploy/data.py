@@ -52,6 +52,10 @@ class Preprocess:
     def from_dict(cls, d: dict) -> Preprocess:
         return cls(d["kind"], tuple(d["mean"]), tuple(d["std"]))
 
+    def inputs(self, files, size: int) -> torch.Tensor:
+        """Image files -> the normalized float batch [N, 3, size, size] a model or engine takes (see :func:`load_inputs`)."""
+        return load_inputs(files, size, self)
+
 
 @dataclass
 class ImageFolder:
@@ -255,6 +259,24 @@ def decode_images(
         per_size = {s: torch.from_numpy(np.stack([a[j] for a in arrays])) for j, s in enumerate(sizes)}
         return DecodedImages(per_size[max(sizes)], labels_t, skipped, per_size)
     return DecodedImages(torch.from_numpy(np.stack(arrays)), labels_t, skipped)
+
+
+def load_inputs(files, size: int, pre: Preprocess, workers: int | None = None) -> torch.Tensor:
+    """Image files (in order) -> one normalized float batch [N, 3, size, size], made exactly as ``eval`` makes its inputs.
+
+    A file that cannot be read as an image is an error here (a batch must keep one row per file given)."""
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise MMDeployError("no image files given", "pass a list of JPEG/PNG paths")
+    for path in paths:
+        if not path.is_file():
+            raise MMDeployError(f"image {path} does not exist", "pass paths of JPEG/PNG files")
+    with warnings.catch_warnings():  # an unreadable file is raised below, not warned about
+        warnings.simplefilter("ignore")
+        decoded = decode_for_sizes(ImageFolder(paths[0].parent, [], paths, [0] * len(paths)), None, pre.kind, [size], workers)
+    if decoded.skipped:
+        raise MMDeployError(f"not an image: {decoded.skipped[0]}", "pass paths of JPEG/PNG files")
+    return to_input(decoded.at(size), size, pre)
 
 
 def to_input(batch_u8: torch.Tensor, size: int, pre: Preprocess, augment_gen: torch.Generator | None = None) -> torch.Tensor:

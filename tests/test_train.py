@@ -12,9 +12,11 @@ import mmdeploy.train.command  # noqa: F401  (registers `mmdeploy train` on the 
 from mmdeploy.data import Preprocess, augment_crop_flip
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import create_model, load_checkpoint
+from mmdeploy.train.batches import make_batch
+from mmdeploy.train.optim import GradSmoother, lr_at, param_groups
 from mmdeploy.train.regime import CIFAR_SIZES, make_regime, mixsize_config, parse_sizes
 from mmdeploy.train.sampler import epoch_steps, part_sizes, steps_per_epoch
-from mmdeploy.train.trainer import GradSmoother, TrainMonitor, lr_at, make_batch, param_groups, train_model
+from mmdeploy.train.trainer import TrainMonitor, train_model
 
 # -- regimes ---------------------------------------------------------------------------------
 

@@ -31,19 +31,14 @@ def bench(
 
     Example: [bold]mmdeploy bench bundle/ --tune --engine torch --engine ort --batch 1 --batch 32[/]
     """
-    from mmdeploy.bench import bench_bundle
+    from mmdeploy.bench import tune_and_bench
 
-    tuned = None
-    if tune:
-        from mmdeploy.tune import tune_bundle
-
-        tuned = tune_bundle(bundle, precision, parse_sizes(size), batch, noise_budget_s=noise_budget, progress=make_progress(json_out))
-    results, env, skipped = bench_bundle(bundle, engine, precision, parse_sizes(size), batch, warmup, iters,
-                                         progress=make_progress(json_out), noise_budget_s=noise_budget)
+    run = tune_and_bench(bundle, engine, precision, parse_sizes(size), batch, warmup, iters, tune=tune, noise_budget_s=noise_budget,
+                         progress=make_progress(json_out))
     if json_out:
-        return emit_json({"results": results, "environment": env, "skipped": skipped, "tuned": tuned})
-    for line in skipped:
+        return emit_json(run)  # {"results", "environment", "skipped", "tuned"}
+    for line in run.skipped:
         err_console.print(f"[yellow]skipped:[/] {line}")
     from mmdeploy.bench_table import latency_table
 
-    console.print(latency_table(results, env, tuned))
+    console.print(latency_table(run.results, run.environment, run.tuned))

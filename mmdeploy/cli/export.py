@@ -10,7 +10,6 @@ import typer
 from mmdeploy.cli.app import command, console, emit_json, make_progress, parse_sizes
 from mmdeploy.cli.options import ArchOpt, JsonOpt, NoWaitOpt, PrecisionOpt, SizesOpt, TrustOpt
 from mmdeploy.cli.tables import parity_table
-from mmdeploy.errors import MMDeployError
 
 
 @command
@@ -46,7 +45,7 @@ def export(
     (or straight from a checkpoint: [bold]mmdeploy export ckpt.pth --size 32 --data calib/val --out bundle/[/])
     """
     from mmdeploy import distributed
-    from mmdeploy.bundle import Bundle
+    from mmdeploy.export.from_checkpoint import bundle_for_export
     from mmdeploy.export.parity import DEFAULT_TOLERANCES, Tolerance
     from mmdeploy.export.workflow import export_bundle
 
@@ -56,14 +55,7 @@ def export(
         base = DEFAULT_TOLERANCES.get(p, DEFAULT_TOLERANCES["fp32"])
         tolerances[p] = Tolerance(atol if atol is not None else base.atol, rtol if rtol is not None else base.rtol,
                                   min_agreement if min_agreement is not None else base.min_top1_agreement)
-    if not Bundle.is_bundle(bundle) and bundle.is_file():
-        from mmdeploy.calib.workflow import calibrate_to_bundle
-
-        if out is None or not size or data is None:
-            raise MMDeployError("exporting a checkpoint needs --size, --data (images for the parity gate) and --out (the bundle to create)",
-                                f"e.g. mmdeploy export {bundle} --size 32 --data calib/val --out bundle/; or calibrate first")
-        calibrate_to_bundle(bundle, parse_sizes(size), data, out, arch=arch, recalibrate=False, progress=make_progress(json_out))
-        bundle = out
+    bundle = bundle_for_export(bundle, parse_sizes(size), data, out, arch=arch, progress=make_progress(json_out))  # a checkpoint: a new bundle
     summary = export_bundle(bundle, engine, precision, parse_sizes(size), data, tolerances, dynamic=dynamic,
                             static_batch=static_batch, trt_batches=tuple(trt_batch or (1, 32)), trt_workspace_gb=workspace_gb,
                             progress=make_progress(json_out), int8_method=int8_method, int8_images=int8_images)

@@ -10,15 +10,16 @@ an ``mmdeploy`` section, so every mmdeploy command and the reference code can re
 Everything random is derived from (seed, purpose, counter): the epoch plan from the epoch,
 the augmentation from the global step. A resumed run therefore replays exactly what an
 uninterrupted run would have done.
+
+This module is the loop; its pieces live beside it: :mod:`~mmdeploy.train.optim` (gradient smoothing,
+weight-decay groups, learning rate), :mod:`~mmdeploy.train.batches` (batches and validation),
+:mod:`~mmdeploy.train.checkpoint_io` (writing and resuming checkpoints), :mod:`~mmdeploy.train.options`
+(option checks before any work).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import os
-import re
 import time
 import warnings
 from contextlib import nullcontext
@@ -26,20 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from mmdeploy.bundle import atomic_write_bytes, save_safetensors
-from mmdeploy.data import DecodedImages, Preprocess, augment_crop_flip, decode_images, normalize, scan_image_folder, store_resolution
+from mmdeploy.data import Preprocess, decode_images, scan_image_folder, store_resolution
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import arch_info, create_model
 from mmdeploy.progress import Progress
+from mmdeploy.train.batches import _decode_val, _val_accuracy, make_batch
+from mmdeploy.train.checkpoint_io import _cpu_state, _cpu_tree, _read_resume, reference_model_config, save_training_checkpoint
+from mmdeploy.train.optim import GradSmoother, lr_at, param_groups
+from mmdeploy.train.options import _check_fits, _check_options, _check_out, _device, resolve_precision
 from mmdeploy.train.regime import Regime, make_regime
 from mmdeploy.train.sampler import Step, derived_seed, epoch_steps, steps_per_epoch
 
-SCHEDULES = ("cosine", "step")
-PRECISIONS = ("auto", "fp32", "bf16")
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar")
 _REPORT_EVERY = 10  # steps between progress updates (each one waits for the device)
 
 
@@ -90,187 +90,6 @@ class TrainMonitor:
     def end_epoch(self, record: EpochRecord) -> None: ...
 
     def finish(self) -> None: ...
-
-
-# -- the pieces, each testable on its own ---------------------------------------------------
-
-
-class GradSmoother:
-    """Rescale gradients by a running average of their global norm (the reference's ``GradSmooth``).
-
-    r <- m * r + (1 - m) * |g|  (r = |g| on the first step), then g <- g * r / (|g| + eps).
-    Steps at small sizes (or small batches) have noisier, larger gradients than others; the
-    running norm keeps the update size steady across the mix. State stays on the device.
-    """
-
-    def __init__(self, momentum: float = 0.9, eps: float = 1e-6):
-        self.momentum = momentum
-        self.eps = eps
-        self.running: torch.Tensor | None = None
-
-    def __call__(self, params) -> torch.Tensor:
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
-        if self.running is None:
-            self.running = norm.detach().clone()
-        else:
-            self.running.mul_(self.momentum).add_(norm, alpha=1 - self.momentum)
-        torch._foreach_mul_(grads, self.running / (norm + self.eps))
-        return norm
-
-    def state_dict(self) -> dict:
-        return {"momentum": self.momentum, "running_norm": None if self.running is None else float(self.running)}
-
-    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
-        self.momentum = float(state.get("momentum", self.momentum))
-        value = state.get("running_norm")
-        self.running = None if value is None else torch.tensor(float(value), device=device)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv/linear weights only: not on BatchNorm parameters, not on biases."""
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            exempt = isinstance(module, nn.modules.batchnorm._NormBase) or name == "bias"
-            (no_decay if exempt else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_at(step: int, total: int, base: float, schedule: str = "cosine", warmup: int = 0) -> float:
-    """The learning rate of (0-based) ``step``: linear warm-up, then cosine to 0 or /10 at 50% and 75%."""
-    if warmup and step < warmup:
-        return base * (step + 1) / warmup
-    if schedule == "cosine":
-        span = max(1, total - warmup)
-        return base * 0.5 * (1 + math.cos(math.pi * min(step - warmup, span) / span))
-    return base * (0.1 ** ((step >= total // 2) + (step >= (3 * total) // 4)))
-
-
-def make_batch(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    rows: torch.Tensor,
-    size: int,
-    duplicates: int,
-    pre: Preprocess,
-    gen: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 store -> a normalized training batch of len(rows) x duplicates inputs at ``size``.
-
-    The resize is deterministic, so it is done once per image before the copies are made; each
-    copy then gets its own crop and flip.
-    """
-    rows = rows.to(images.device)
-    x = images.index_select(0, rows).float().div_(255.0)
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    y = labels.index_select(0, rows)
-    if duplicates > 1:
-        x, y = x.repeat_interleave(duplicates, 0), y.repeat_interleave(duplicates, 0)
-    if gen is not None:
-        x = augment_crop_flip(x, gen)
-    return normalize(x, pre), y
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 autocast on CUDA, and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.
-
-    Measured on a 2-core AVX512-BF16 EPYC, cifar_resnet20 train steps: channels_last + bf16
-    autocast ~1.5x channels_last fp32, which is ~1.35x NCHW fp32 (threads = cores is fastest).
-    """
-    if precision not in PRECISIONS:
-        raise MMDeployError(f"unknown precision {precision!r}", "use --precision auto, fp32 or bf16")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16"
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return "bf16" if native else "fp32"
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MMDeployError(f"unknown device {name!r}", "use --device cpu or --device cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MMDeployError("--device cuda but no CUDA GPU is visible to torch", "use --device cpu, or install a CUDA build of torch")
-    if device.type not in ("cpu", "cuda"):
-        raise MMDeployError(f"device {name!r} is not supported for training", "use --device cpu or --device cuda")
-    return device
-
-
-# -- checkpoints -----------------------------------------------------------------------------
-
-
-def reference_model_config(arch: str, num_classes: int, regime: Regime) -> tuple[str, dict]:
-    """The reference code's ``model`` name and ``--model-config`` dict for ``arch``."""
-    m = re.fullmatch(r"cifar_resnet(\d+)", arch)
-    if m:
-        dataset = "cifar100" if num_classes == 100 else "cifar10"  # the reference code's dataset names for CIFAR ResNets
-        return "resnet", {"depth": int(m.group(1)), "dataset": dataset, "regime": regime.reference_name}
-    m = re.fullmatch(r"resnet(\d+)", arch)
-    if m:
-        return "resnet", {"depth": int(m.group(1)), "dataset": "imagenet", "regime": regime.reference_name}
-    return arch, {"regime": regime.reference_name}
-
-
-def _cpu_state(state: dict) -> dict:
-    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone() for k, v in state.items()}
-
-
-def _cpu_tree(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", memory_format=torch.contiguous_format).clone()
-    if isinstance(obj, dict):
-        return {k: _cpu_tree(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_cpu_tree(v) for v in obj]
-    return obj
-
-
-def save_training_checkpoint(path: Path, ckpt: dict) -> Path:
-    """Write the reference dict (torch.save, readable with weights_only=True) and a safetensors
-    copy of the weights beside it, each atomically. Returns the safetensors path."""
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    weights = path.with_suffix(".safetensors")
-    meta = {
-        "arch": ckpt["mmdeploy"]["arch"],
-        "config": json.dumps(_literal(ckpt["config"])),
-        "mmdeploy": json.dumps(ckpt["mmdeploy"]),
-    }
-    save_safetensors(weights, ckpt["state_dict"], meta)
-    return weights
-
-
-def _literal(text: str) -> dict:
-    import ast
-
-    return ast.literal_eval(text)
-
-
-def _read_resume(path: Path, arch: str) -> dict:
-    if not path.is_file():
-        raise MMDeployError(f"--resume {path} does not exist", "pass a checkpoint written by mmdeploy train")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any failure to read means "not a resumable checkpoint"
-        raise MMDeployError(f"--resume {path} is not a readable checkpoint ({str(exc).splitlines()[0][:120]})",
-                            "pass the .pth written by mmdeploy train (not the .safetensors)") from None
-    if not isinstance(ckpt, dict) or "train_state" not in ckpt or "mmdeploy" not in ckpt:
-        raise MMDeployError(f"--resume {path} was not written by mmdeploy train (no training state)", "start a new run without --resume")
-    if ckpt["mmdeploy"].get("arch") != arch:
-        raise MMDeployError(f"--resume {path} holds {ckpt['mmdeploy'].get('arch')}, not --arch {arch}",
-                            f"pass --arch {ckpt['mmdeploy'].get('arch')}")
-    return ckpt
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -518,88 +337,3 @@ def _train_step(model, optimizer, smoother, images, labels, st: Step, pre, gen, 
     optimizer.step()
     return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
-
-@torch.no_grad()
-def _val_accuracy(model, val_set: DecodedImages, regime: Regime, pre, memory_format, autocast, batch: int = 256) -> float:
-    """Top-1 (%) at the regime's evaluation size (base size; the fixed size for ``fixed``), eval mode."""
-    size = regime.sizes[0].size if regime.kind == "fixed" else regime.base_size
-    model.eval()
-    hits = torch.zeros((), dtype=torch.long, device=val_set.images.device)
-    try:
-        for start in range(0, len(val_set), batch):
-            rows = torch.arange(start, min(start + batch, len(val_set)))
-            x, y = make_batch(val_set.images, val_set.labels, rows, size, 1, pre, None)
-            with autocast():
-                hits += (model(x.contiguous(memory_format=memory_format)).argmax(1) == y).sum()
-    finally:
-        model.train()
-    return 100.0 * hits.item() / len(val_set)
-
-
-def _decode_val(val, classes, pre, regime, workers, progress) -> DecodedImages | None:
-    if val is None:
-        return None
-    folder = scan_image_folder(val)
-    if folder.classes != classes:
-        raise MMDeployError(f"--val {val} has classes {folder.classes[:5]}..., not the training classes {classes[:5]}...",
-                            "the validation folder needs the same class subfolders as --data")
-    size = regime.sizes[0].size if regime.kind == "fixed" else regime.base_size
-    with progress.task(f"decoding {len(folder)} validation images", len(folder)) as advance:
-        return decode_images(folder, None, pre.kind, store_resolution(folder, pre.kind, [size]), workers, progress=advance)
-
-
-def _check_options(regime: Regime, info, epochs, steps, lr, schedule, warmup_steps, max_minutes, seed) -> int:
-    """Validate before any work; returns the epoch count (0 when --steps decides)."""
-    if steps is None and epochs is None:
-        raise MMDeployError("say how long to train", "pass --epochs E or --steps N (e.g. --epochs 200 for CIFAR)")
-    if steps is not None and steps <= 0:
-        raise MMDeployError(f"--steps {steps} is not a positive number", "e.g. --steps 1000")
-    if steps is None and epochs is not None and epochs <= 0:
-        raise MMDeployError(f"--epochs {epochs} is not a positive number", "e.g. --epochs 200")
-    if not lr > 0:
-        raise MMDeployError(f"--lr {lr} is not positive", "the reference uses --lr 0.1")
-    if schedule not in SCHEDULES:
-        raise MMDeployError(f"unknown schedule {schedule!r}", "use --schedule cosine or --schedule step")
-    if warmup_steps < 0:
-        raise MMDeployError(f"--warmup-steps {warmup_steps} is negative", "use 0 for no warm-up")
-    if max_minutes is not None and max_minutes <= 0:
-        raise MMDeployError(f"--max-minutes {max_minutes} is not positive", "leave it out for no time limit")
-    if seed < 0:
-        raise MMDeployError(f"--seed {seed} is negative", "use a seed >= 0")
-    too_small = [s.size for s in regime.sizes if s.size < info.min_size]
-    if too_small:
-        raise MMDeployError(f"size {too_small[0]} is too small for {info.name}: the smallest size that works is {info.min_size}",
-                            f"use sizes of {info.min_size} px or more")
-    return 0 if steps else int(epochs)
-
-
-def _check_fits(n: int, store: int, device: torch.device) -> None:
-    """The whole training set is held decoded (uint8) in memory and on the device: fail before decoding if it cannot be."""
-    need = n * 3 * store * store
-    hint = "train on a smaller folder (this trainer keeps the decoded set in memory; it is made for CIFAR-scale data)"
-    try:
-        ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        ram = None
-    if ram is not None and 2 * need > ram:  # decoding stacks a copy
-        raise MMDeployError(f"{n} images at {store}x{store} need {2 * need / 2**30:.1f} GiB to decode; {ram / 2**30:.1f} GiB of memory is free", hint)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if need > 0.5 * free:
-            raise MMDeployError(f"{n} images at {store}x{store} need {need / 2**30:.1f} GiB on {device}; {free / 2**30:.1f} GiB is free", hint)
-
-
-def _check_out(out: Path, resume: Path | None, overwrite: bool) -> None:
-    if out.suffix not in CHECKPOINT_SUFFIXES:
-        raise MMDeployError(f"--out {out} should end in .pth", "e.g. --out models/cifar_resnet20_mixsize_dplus.pth (a .safetensors copy is written beside it)")
-    if out.is_dir():
-        raise MMDeployError(f"--out {out} is a folder", "pass a file path such as models/NAME.pth")
-    continuing = resume is not None and out.exists() and os.path.samefile(out, resume)
-    if out.exists() and not (continuing or overwrite):
-        raise MMDeployError(f"--out {out} already exists", f"pass --resume {out} to continue it, --overwrite to replace it, or another --out")
-    parent = out.parent if out.parent != Path("") else Path(".")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise MMDeployError(f"--out {out} is not writable (no write permission on {probe})", "choose a folder you can write to")
