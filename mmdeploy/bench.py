@@ -243,8 +243,8 @@ def bench_bundle(
                 if fixed is not None and fixed not in batches:
                     skipped.append(f"{name} {prec} at {s}: its ONNX has a fixed batch of {fixed} (pass --batch {fixed})")
                     continue
-                if name == "ort" and fixed is None:  # settings are tuned per batch: one session per batch
-                    targets += [BenchTarget(s, name, prec, lambda s=s, p=prec, b=b: bundle.engine("ort", s, p, tuned_batch=b), (b,))
+                if name in ("ort", "ov") and fixed is None:  # settings are tuned per batch: one engine per batch
+                    targets += [BenchTarget(s, name, prec, lambda s=s, n=name, p=prec, b=b: bundle.engine(n, s, p, tuned_batch=b), (b,))
                                 for b in batches]
                 else:
                     targets.append(BenchTarget(s, name, prec, lambda s=s, n=name, p=prec: bundle.engine(n, s, p), None if fixed is None else (fixed,)))
@@ -302,13 +302,14 @@ def tune_and_bench(
     noise_budget_s: float = 30.0,
     progress: Progress | None = None,
 ) -> BenchSummary:
-    """``mmdeploy bench``: with ``tune``, first choose ONNX Runtime's threads and spinning per size and batch by
-    measurement (stored in the bundle; engines then use them), then :func:`bench_bundle`."""
+    """``mmdeploy bench``: with ``tune``, first choose ONNX Runtime's threads and spinning and OpenVINO's threads and
+    streams per size and batch by measurement (stored in the bundle; engines then use them), then :func:`bench_bundle`."""
     tuned = None
     if tune:
         from mmdeploy.tune import tune_bundle
 
-        tuned = tune_bundle(bundle_dir, precisions, sizes, batches, noise_budget_s=noise_budget_s, progress=progress)
+        tunable = tuple(e for e in (engines or ["ort", "ov"]) if e in ("ort", "ov")) or ("ort",)
+        tuned = tune_bundle(bundle_dir, precisions, sizes, batches, noise_budget_s=noise_budget_s, progress=progress, engines=tunable)
     results, env, skipped = bench_bundle(bundle_dir, engines, precisions, sizes, batches, warmup, iters, progress=progress,
                                          noise_budget_s=noise_budget_s)
     return BenchSummary(results, env, skipped, tuned)

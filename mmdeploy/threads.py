@@ -30,20 +30,23 @@ class ThreadPolicy:
     threads: int
     spinning: bool
     source: str = "default"  # "default", "tuned" (mmdeploy bench --tune) or "env"
+    streams: int = 1  # OpenVINO: a batch split over this many streams side by side (1: one stream, latency hint)
 
     @property
     def label(self) -> str:
-        return f"{self.threads}t{' spin' if self.spinning else ''}" + ("" if self.source == "tuned" else f" ({self.source})")
+        return (f"{self.threads}t{' spin' if self.spinning else ''}{f' {self.streams} streams' if self.streams > 1 else ''}"
+                + ("" if self.source == "tuned" else f" ({self.source})"))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict, source: str | None = None) -> ThreadPolicy:
-        threads, spinning = data.get("threads"), data.get("spinning")
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1 or not isinstance(spinning, bool):
+        threads, spinning, streams = data.get("threads"), data.get("spinning"), data.get("streams", 1)
+        counts_ok = all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (threads, streams))
+        if not counts_ok or not isinstance(spinning, bool):
             raise ValueError(f"not a thread policy: {data!r}")
-        return cls(threads, spinning, source or str(data.get("source", "default")))
+        return cls(threads, spinning, source or str(data.get("source", "default")), streams)
 
 
 def torch_policy() -> ThreadPolicy:
@@ -56,6 +59,11 @@ def torch_policy() -> ThreadPolicy:
     threads = int(raw) if raw.isdigit() and int(raw) > 0 else 1
     spinning = threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").lower() != "passive"
     return ThreadPolicy(threads, spinning, "env" if raw else "default")
+
+
+def ov_default_policy() -> ThreadPolicy:
+    """OpenVINO before tuning: all usable cores; large batches split over one stream per core."""
+    return ThreadPolicy(usable_cores(), False, "default", usable_cores())
 
 
 def ort_default_policy() -> ThreadPolicy:

@@ -1,7 +1,9 @@
 """Engine settings chosen by measurement (``mmdeploy bench --tune``), stored in the bundle.
 
 For ONNX Runtime every combination of intra-op threads (1..usable cores) and spinning on/off
-is timed, interleaved in one run, per size, precision and batch; the fastest wins, except that
+is timed, interleaved in one run, per size, precision and batch; for OpenVINO, threads
+1..usable cores with one stream (latency hint) and, from batch 8, the batch split over one
+stream per thread (throughput hint). The fastest wins, except that
 a simpler setting (fewer threads, no spinning) within ``SIMPLER_WITHIN`` of it is preferred,
 since it leaves more of the machine to everything else for no measurable loss. Engines
 created from the bundle load these settings unless told otherwise. Settings tuned on another
@@ -33,18 +35,20 @@ def machine_fingerprint() -> dict:
             "onnxruntime": env.get("onnxruntime"), "openvino": env.get("openvino"), "gpu": env.get("gpu")}
 
 
-def stored_policy(settings: dict, engine: str, precision: str, size: int, batch: int | None) -> ThreadPolicy:
-    """The tuned policy for the batch nearest ``batch`` (None: batch 1), or the engine's default.
+def stored_policy(settings: dict, engine: str, precision: str, size: int, batch: int | None,
+                  default: ThreadPolicy | None = None) -> ThreadPolicy:
+    """The tuned policy for the batch nearest ``batch`` (None: batch 1), or ``default`` (ONNX Runtime's if None).
     ``settings``: the bundle's ``engine_settings``."""
+    default = default or ort_default_policy()
     table = settings.get(f"{engine}/{precision}", {}).get(str(size), {}) if isinstance(settings, dict) else {}
     if not table or not isinstance(table, dict) or settings.get("machine") != machine_fingerprint():
-        return ort_default_policy()
+        return default
     want = batch or 1
     try:
         nearest = min(table, key=lambda b: (abs(int(b) - want), int(b)))
         return ThreadPolicy.from_dict(table[nearest], source="tuned")
     except (ValueError, TypeError):
-        return ort_default_policy()  # a hand-edited or foreign entry: ignore it rather than guess
+        return default  # a hand-edited or foreign entry: ignore it rather than guess
 
 
 def store_settings(bundle_dir: str | Path, chosen: dict[tuple[str, str, int, int], ThreadPolicy], evidence: dict) -> None:
@@ -53,8 +57,8 @@ def store_settings(bundle_dir: str | Path, chosen: dict[tuple[str, str, int, int
 
     entry = {"machine": machine_fingerprint(), "evidence": evidence}
     for (engine, precision, size, batch), policy in sorted(chosen.items()):
-        entry.setdefault(f"{engine}/{precision}", {}).setdefault(str(size), {})[str(batch)] = {"threads": policy.threads,
-                                                                                             "spinning": policy.spinning}
+        entry.setdefault(f"{engine}/{precision}", {}).setdefault(str(size), {})[str(batch)] = {
+            "threads": policy.threads, "spinning": policy.spinning, **({"streams": policy.streams} if policy.streams > 1 else {})}
     with Bundle.update(bundle_dir) as bundle:
         bundle.set_engine_settings(entry)
 
@@ -65,10 +69,20 @@ def ort_candidates(cores: int | None = None) -> list[ThreadPolicy]:
     return [ThreadPolicy(t, spin, "tuned") for t in range(1, cores + 1) for spin in (False, True)]
 
 
+def ov_candidates(batch: int, cores: int | None = None) -> list[ThreadPolicy]:
+    """Threads 1..usable cores in one stream; from batch 8 (the engine's split point) also one stream per thread."""
+    from mmdeploy.engines.openvino import THROUGHPUT_MIN_BATCH
+
+    cores = cores or usable_cores()
+    single = [ThreadPolicy(t, False, "tuned") for t in range(1, cores + 1)]
+    split = [ThreadPolicy(t, False, "tuned", t) for t in range(2, cores + 1)] if batch >= THROUGHPUT_MIN_BATCH else []
+    return single + split
+
+
 def choose(timings: dict[ThreadPolicy, float]) -> ThreadPolicy:
     """The simplest setting within SIMPLER_WITHIN of the fastest (``timings``: p50 ms by setting)."""
     fastest = min(timings.values())
-    simplest_first = sorted(timings, key=lambda p: (p.spinning, p.threads))
+    simplest_first = sorted(timings, key=lambda p: (p.spinning, p.streams, p.threads))
     return next(p for p in simplest_first if timings[p] <= fastest * (1 + SIMPLER_WITHIN))
 
 
@@ -82,36 +96,52 @@ class TuneResult:
 
 def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, sizes: list[int] | None = None,
                 batches: list[int] | None = None, warmup: int = 3, iters: int = 15, noise_budget_s: float = 20.0,
-                progress: Progress | None = None) -> TuneResult:
-    """Time every ONNX Runtime setting per (precision, size, batch) and store the best in the bundle."""
+                progress: Progress | None = None, engines: tuple[str, ...] = ("ort", "ov")) -> TuneResult:
+    """Time every setting of each engine in ``engines`` that runs here and has artifacts, per (precision, size, batch),
+    and store the best in the bundle (ONNX Runtime: threads x spinning; OpenVINO: threads x streams)."""
     from mmdeploy.bench import BenchTarget, measure_with_interference
-    from mmdeploy.bundle import ONNX, Bundle
-    from mmdeploy.engines import available_engines
-    from mmdeploy.engines.onnxruntime import OrtEngine
+    from mmdeploy.bundle import ONNX, OV, Bundle
+    from mmdeploy.engines import available_engines, serves
 
-    if available_engines()["ort"]:
-        raise MMDeployError(f"cannot tune ONNX Runtime: {available_engines()['ort']}", "install onnxruntime, or bench without --tune")
+    reasons = available_engines()
+    if "ort" in engines and reasons["ort"] and not (set(engines) - {"ort"}):
+        raise MMDeployError(f"cannot tune ONNX Runtime: {reasons['ort']}", "install onnxruntime, or bench without --tune")
     bundle = Bundle.open(bundle_dir)
     sizes = [int(s) for s in sizes] if sizes else bundle.sizes
     batches = batches or [1, 32]
     targets = []
     for precision in precisions or ["fp32"]:
         for s in sizes:
-            art = bundle.artifact(s, ONNX, precision)
-            if not art or art.static_batch:
-                continue  # not exported, or a fixed batch whose other batches are padded: nothing fair to tune
-            for policy in ort_candidates():
-                targets.append(BenchTarget(s, policy.label, precision,
-                                           lambda s=s, p=precision, pol=policy: OrtEngine.from_bundle(bundle, s, p, policy=pol)))
+            if "ort" in engines and not reasons["ort"] and serves("ort", precision):
+                art = bundle.artifact(s, ONNX, precision)
+                if art and not art.static_batch:  # a fixed batch's other batches are padded: nothing fair to tune
+                    targets += [BenchTarget(s, f"ort {pol.label}", precision, lambda s=s, p=precision, pol=pol: _ort(bundle, s, p, pol))
+                                for pol in ort_candidates()]
+            if "ov" in engines and not reasons["ov"] and serves("ov", precision) and bundle.artifact_usable(bundle.artifact(s, OV, precision)):
+                for b in batches:
+                    targets += [BenchTarget(s, f"ov {pol.label}", precision, lambda s=s, p=precision, pol=pol: _ov(bundle, s, p, pol), (b,))
+                                for pol in ov_candidates(b)]
     if not targets:
-        raise MMDeployError(f"nothing to tune in {bundle.root}: no per-size ONNX with a dynamic batch",
+        raise MMDeployError(f"nothing to tune in {bundle.root}: no per-size ONNX with a dynamic batch, no gated ov engine",
                             f"run `mmdeploy export {bundle.root} --engine ort` first")
     results, seen = measure_with_interference(targets, batches, warmup, iters, progress, noise_budget_s)
     by_point: dict[tuple, dict[ThreadPolicy, float]] = {}
     for r in results:
         policy = ThreadPolicy.from_dict(r.policy, source="tuned")
-        by_point.setdefault(("ort", r.precision, r.size, r.batch), {})[policy] = r.p50_ms
+        by_point.setdefault((r.engine.split()[0], r.precision, r.size, r.batch), {})[policy] = r.p50_ms
     chosen = {k: choose(v) for k, v in by_point.items()}
     timings = {"/".join(map(str, k[:3])) + f"/b{k[3]}": {p.label: round(ms, 4) for p, ms in v.items()} for k, v in by_point.items()}
     store_settings(bundle_dir, chosen, {"timings_p50_ms": timings, "interference": seen.to_dict()})
     return TuneResult({"/".join(map(str, k[:3])) + f"/b{k[3]}": p for k, p in chosen.items()}, timings, seen.busy, seen.summary())
+
+
+def _ort(bundle, size: int, precision: str, policy: ThreadPolicy):
+    from mmdeploy.engines.onnxruntime import OrtEngine
+
+    return OrtEngine.from_bundle(bundle, size, precision, policy=policy)
+
+
+def _ov(bundle, size: int, precision: str, policy: ThreadPolicy):
+    from mmdeploy.engines.openvino import OvEngine
+
+    return OvEngine.from_bundle(bundle, size, precision, policy=policy)

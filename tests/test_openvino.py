@@ -231,3 +231,37 @@ iters = 2
     points = {(p.engine, p.precision) for p in load_report(summary.models[0].files["json"]).points}
     assert {("torch", "fp32"), ("ort", "fp32")} | {("ov", p) for p in _precisions()} <= points
     assert ("ort", "bf16") not in points
+
+
+def test_ov_candidates_split_only_large_batches():
+    from mmdeploy.threads import ThreadPolicy
+    from mmdeploy.tune import ov_candidates
+
+    assert ov_candidates(1, cores=2) == [ThreadPolicy(1, False, "tuned"), ThreadPolicy(2, False, "tuned")]
+    assert ThreadPolicy(2, False, "tuned", 2) in ov_candidates(32, cores=2) and len(ov_candidates(32, cores=4)) == 4 + 3
+    assert ThreadPolicy(2, False, "tuned", 2).label == "2t 2 streams"
+    assert ThreadPolicy.from_dict({"threads": 2, "spinning": False}).streams == 1  # records from before streams existed
+
+
+@needs_ov
+def test_tune_stores_ov_threads_and_streams_and_the_engine_loads_them(ov_bundle):
+    from mmdeploy.bench import bench_bundle
+    from mmdeploy.engines.openvino import OvEngine
+    from mmdeploy.threads import ov_default_policy
+    from mmdeploy.tune import tune_bundle
+
+    out, _ = ov_bundle
+    result = tune_bundle(out, ["fp32"], [16], [1, 8], warmup=1, iters=2, noise_budget_s=0, engines=("ov",))
+    assert set(result.chosen) == {"ov/fp32/16/b1", "ov/fp32/16/b8"}
+    assert set(result.timings["ov/fp32/16/b1"]) == {"1t", "2t"} if ov_default_policy().threads == 2 else True
+    bundle = Bundle.open(out)
+    for batch in (1, 8):
+        chosen = result.chosen[f"ov/fp32/16/b{batch}"]
+        engine = OvEngine.from_bundle(bundle, 16, "fp32", tuned_batch=batch)
+        assert engine.policy == chosen and (engine.threads, engine.streams) == (chosen.threads, chosen.streams)
+    assert OvEngine.from_bundle(bundle, 24, "fp32").policy == ov_default_policy(), "an untuned size keeps the default"
+    assert OvEngine.from_bundle(bundle, 16, "fp32", threads=1).policy.source == "default", "explicit options win"
+    results, _, _ = bench_bundle(out, ["ov"], ["fp32"], [16], [1, 8], warmup=1, iters=2, noise_budget_s=0)
+    by_batch = {r.batch: r for r in results}
+    assert by_batch[8].policy["streams"] == result.chosen["ov/fp32/16/b8"].streams, "bench records what ran per batch"
+    assert by_batch[1].policy["source"] == "tuned"

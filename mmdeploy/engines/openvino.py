@@ -21,6 +21,7 @@ import torch
 from mmdeploy.engines.base import Engine, InputMeta
 from mmdeploy.engines.onnxruntime import usable_cores
 from mmdeploy.errors import MMDeployError
+from mmdeploy.threads import ThreadPolicy, ov_default_policy
 
 PRECISIONS = ("fp32", "bf16")
 CACHE_DIR = "ov_cache"  # in the bundle; OpenVINO owns the blob files in it
@@ -76,25 +77,36 @@ class OvEngine(Engine):
     name = "ov"
 
     def __init__(self, onnx_path: Path, size: int, precision: str = "fp32", threads: int | None = None,
-                 cache_dir: Path | None = None, streams: int | None = None, throughput_min_batch: int = THROUGHPUT_MIN_BATCH):
+                 cache_dir: Path | None = None, streams: int | None = None, throughput_min_batch: int = THROUGHPUT_MIN_BATCH,
+                 policy: ThreadPolicy | None = None):
         super().__init__(size, precision, "cpu")
         self.onnx_path = Path(onnx_path)
+        if policy is not None:  # tuned settings (or a candidate the tuner times): threads and streams together
+            threads, streams = policy.threads, policy.streams
         self.threads = threads or usable_cores()
         self.streams = streams or self.threads
+        self.policy = policy or ThreadPolicy(self.threads, False, "default", self.streams)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.throughput_min_batch = throughput_min_batch
 
     @classmethod
     def from_bundle(cls, bundle, size: int, precision: str = "fp32", *, batch: int | None = None, threads: int | None = None,
-                    streams: int | None = None, throughput_min_batch: int = THROUGHPUT_MIN_BATCH, **unknown) -> OvEngine:
-        """The gated ov engine of one size. ``batch`` is accepted like every engine's: each batch shape compiles on first use."""
+                    streams: int | None = None, throughput_min_batch: int = THROUGHPUT_MIN_BATCH, tuned_batch: int | None = None,
+                    policy: ThreadPolicy | None = None, **unknown) -> OvEngine:
+        """The gated ov engine of one size. ``batch`` is accepted like every engine's: each batch shape compiles on first use.
+        Unless ``policy``, ``threads`` or ``streams`` is given, threads and streams are the ones `mmdeploy bench --tune`
+        stored for the batch nearest ``tuned_batch`` (or ``batch``)."""
         cls.refuse_unknown(unknown)
+        if policy is None and threads is None and streams is None:
+            from mmdeploy.tune import stored_policy
+
+            policy = stored_policy(bundle.engine_settings, "ov", precision, size, tuned_batch or batch, default=ov_default_policy())
         record = ov_record(bundle, size, precision)
         hint = f"run `mmdeploy export {bundle.root} --engine ov --precision {precision}`"
         if not record or not bundle.path(record.file).exists():
             raise MMDeployError(f"no gated ov {precision} engine for size {size} in {bundle.root}", hint)
         return cls(bundle.artifact_path(record, hint), size, precision, threads=threads, cache_dir=bundle.path(record.cache_dir or CACHE_DIR),
-                   streams=streams, throughput_min_batch=throughput_min_batch)
+                   streams=streams, throughput_min_batch=throughput_min_batch, policy=policy)
 
     def compile_config(self, throughput: bool) -> dict:
         """The OpenVINO properties of one compiled model (also what the model cache keys on)."""
