@@ -125,6 +125,22 @@ def parse_floats(text: str | None):
         raise MMDeployError(f"{text!r} is not a comma-separated list of numbers", "e.g. --mean 0.485,0.456,0.406") from None
 
 
+def library_kwargs() -> dict:
+    """The running command's flags as keywords of its library call, through the one mapping the run config uses too
+    (:data:`mmdeploy.config.SCHEMA`, see :mod:`mmdeploy.flagmap`); flags not given keep the library's defaults."""
+    import click
+
+    from mmdeploy.flagmap import flag_keywords
+
+    ctx = click.get_current_context()
+    given = {}
+    for param in ctx.command.params:
+        long = next((o for o in param.opts if o.startswith("--")), None)
+        if long is not None:
+            given[long] = ctx.params.get(param.name)
+    return flag_keywords(ctx.command.name, given, parsers={"--mean": parse_floats, "--std": parse_floats})
+
+
 def main() -> None:
     app()
 

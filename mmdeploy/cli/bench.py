@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmdeploy.cli.app import command, console, emit_json, err_console, make_progress, parse_sizes
+from mmdeploy.cli.app import command, console, emit_json, err_console, library_kwargs, make_progress, parse_sizes
 from mmdeploy.cli.options import ArchOpt, EngineOpt, JsonOpt, NoWaitOpt, PrecisionOpt, SizesOpt, TrustOpt
 
 
@@ -38,8 +38,8 @@ def bench(
         from mmdeploy.tune import tune_bundle
 
         tuned = tune_bundle(bundle, precision, parse_sizes(size), batch, noise_budget_s=noise_budget, progress=make_progress(json_out))
-    results, env, skipped = bench_bundle(bundle, engine, precision, parse_sizes(size), batch, warmup, iters,
-                                         progress=make_progress(json_out), noise_budget_s=noise_budget)
+    # --batch, --warmup, --iters, --noise-budget: keywords through the mapping [bench] shares
+    results, env, skipped = bench_bundle(bundle, engine, precision, parse_sizes(size), progress=make_progress(json_out), **library_kwargs())
     if json_out:
         return emit_json({"results": results, "environment": env, "skipped": skipped, "tuned": tuned})
     for line in skipped:

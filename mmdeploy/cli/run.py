@@ -9,7 +9,7 @@ import typer
 
 from mmdeploy.cli.app import command, console, emit_json, err_console, make_progress
 from mmdeploy.cli.options import JsonOpt, NoWaitOpt, TrustOpt
-from mmdeploy.cli.tables import compare_models_table
+from mmdeploy.cli.tables import compare_models_table, deploy_line
 
 
 @command
@@ -35,7 +35,7 @@ def run(
     summary = run_pipeline(config, gate=gate, progress=make_progress(json_out), log=log, fresh=fresh)
     if json_out:
         emit_json({"models": [{"name": m.name, "bundle": m.bundle, "steps": m.steps, "files": m.files,
-                                "gate": None if m.gate is None else m.gate.passed} for m in summary.models],
+                                "gate": None if m.gate is None else m.gate.passed, "pick": m.pick} for m in summary.models],
                     "engines": summary.engines, "skipped_engines": summary.skipped_engines,
                     "method_alone": None if summary.method_alone is None else summary.method_alone.to_dict()})
     else:
@@ -45,6 +45,8 @@ def run(
             console.print(render_table(m.report))
             console.print(f"{m.name}: steps: " + ", ".join(f"{k} {v}" for k, v in m.steps.items()))
             console.print(f"{m.name}: report: {m.files['md']}  plot: {m.files['png']}")
+            if m.pick is not None:
+                console.print(f"{m.name}: {deploy_line(m.pick)}")
             if m.gate is not None:
                 console.print(format_gate(m.gate), markup=False)
         if len(summary.models) > 1:
