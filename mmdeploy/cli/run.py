@@ -14,7 +14,7 @@ from mmdeploy.cli.tables import compare_models_table, deploy_line
 
 @command
 def run(
-    config: Annotated[Optional[Path], typer.Argument(help="TOML config (checkpoint(s), data, sizes, engines, thresholds, output). None: the embedded demo.")] = None,
+    config: Annotated[Optional[Path], typer.Argument(help="TOML config: \\[\\[model]], \\[data], and one section per step (\\[calibrate] \\[export] \\[eval] \\[bench] \\[report]) with a key for each of that command's options (bench --noise-budget is \\[bench] noise_budget_s; see the README). None: the embedded demo.")] = None,
     gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help="Gate each model's report against its baseline (exit 1 on regression).")] = None,
     fresh: Annotated[Optional[list[str]], typer.Option("--fresh", help="Re-run this step even if reusable: eval, tune, bench or all (repeatable).")] = None,
     trust_code_from_files: TrustOpt = False,
@@ -23,7 +23,7 @@ def run(
 ):
     """Calibrate, export, eval, tune, bench and report in one go; reuses unchanged steps.
 
-    The whole config is checked first (unknown keys, types, ranges, duplicate model names), each problem on its own line. Reuse is keyed by content (image bytes, hashed once per file and cached in $MMDEPLOY_CACHE_DIR, default ~/.cache/mmdeploy).
+    The whole config is checked first (unknown keys, types, ranges, duplicate model names), each problem on its own line. With \\[report] pick = true (or latency_budget_ms / min_accuracy) each model's point to deploy is printed. Reuse is keyed by content (image bytes, hashed once per file and cached in $MMDEPLOY_CACHE_DIR, default ~/.cache/mmdeploy).
 
     Example: [bold]mmdeploy run[/] (the demo: shipped models on shipped images), [bold]mmdeploy run my.toml[/], or
     [bold]mmdeploy run --fresh bench[/] (measure latency again)
