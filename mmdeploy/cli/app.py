@@ -49,7 +49,7 @@ def command(fn=None, *, name: str | None = None):
         from mmdeploy.models.trust import user_code_policy
 
         warnings.showwarning = _warn_one_line
-        _invocation.set((name or fn.__name__, kwargs))
+        invocation = _invocation.set((name or fn.__name__, kwargs))
         try:
             from mmdeploy.bundle import lock_policy
 
@@ -73,6 +73,8 @@ def command(fn=None, *, name: str | None = None):
             text = " ".join(str(exc).split())[:300]
             err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {text} (hint: rerun with MMDEPLOY_DEBUG=1 for the traceback and report it)", soft_wrap=True)
             raise typer.Exit(1) from None
+        finally:
+            _invocation.reset(invocation)
 
     return app.command(name=name)(wrapper)
 
