@@ -7,9 +7,16 @@ hint at batch 1, batch split over streams with the throughput hint at large batc
 bf16 with the latency hint only; and OpenVINO with its own defaults (``compile_model(onnx,
 "CPU")``: its default precision, which is bf16 on CPUs that have it). Prints p50 ms per
 configuration and, per cell, mmdeploy's best point over the fastest configuration of any kind
-(1.00 = mmdeploy offers the fastest). Usage (from a checkout, with openvino installed):
+(1.00 = mmdeploy offers the fastest). ONNX Runtime's settings are first tuned by measurement
+(``mmdeploy bench --tune``: threads x spinning per size and batch), as ``mmdeploy run`` does.
 
-    python benchmarks/bench_engines.py --sizes 16 24 32 48 --batches 1 32
+With ``--int8``, the per-size QDQ INT8 ONNX (``mmdeploy export --precision int8``) is timed
+twice: under ONNX Runtime (mmdeploy's ``ort int8`` point, tuned) and under OpenVINO reading the
+same file (``ov int8-qdq``, latency hint), and the top-1 agreement of the two on random inputs is
+printed; the summary says which runtime was faster in each cell. Usage (from a checkout, with
+openvino installed):
+
+    python benchmarks/bench_engines.py --sizes 16 24 32 48 --batches 1 32 [--int8]
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ from mmdeploy.engines.base import Engine
 from mmdeploy.engines.openvino import OvEngine, native_bf16
 from mmdeploy.engines.torch_engine import TorchEngine
 from mmdeploy.export.workflow import export_bundle
+from mmdeploy.tune import tune_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-MMDEPLOY_POINTS = ("torch", "ort", "ov fp32", "ov bf16")  # what mmdeploy measures and may pick
+MMDEPLOY_POINTS = ("torch", "ort", "ort int8", "ov fp32", "ov bf16")  # what mmdeploy measures and may pick
 
 
 class _OrtDefault(Engine):
@@ -80,6 +88,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--int8", action="store_true", help="also compare ORT INT8 with OpenVINO on the same QDQ ONNX")
+    ap.add_argument("--no-tune", action="store_true", help="keep the bundle's stored ORT settings (or the defaults)")
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="threads for torch eager (default: torch's); on an oversubscribed machine its OpenMP threads thrash")
     args = ap.parse_args()
@@ -91,13 +101,26 @@ def main() -> None:
         calibrate_to_bundle(args.checkpoint, args.sizes, ROOT / "calib/train", bundle_dir, batches=4)
     precisions = ["fp32", "bf16"] if native_bf16() else ["fp32"]
     export_bundle(bundle_dir, "ov", precisions, sizes=args.sizes, dynamic=False)
+    ort_precisions = ["fp32", "int8"] if args.int8 else ["fp32"]
+    if args.int8:
+        export_bundle(bundle_dir, "ort", ["int8"], sizes=args.sizes, dynamic=False)
+    if not args.no_tune:
+        tuned = tune_bundle(bundle_dir, ort_precisions, args.sizes, args.batches)
+        print(f"tuned ORT settings ({'busy machine: ' + tuned.interference if tuned.busy else 'quiet'}): "
+              + ", ".join(f"{k} {p.label}" for k, p in tuned.chosen.items()))
     bundle = Bundle.open(bundle_dir)
     targets = []
     for s in args.sizes:
         onnx = bundle.path(f"sizes/{s}/model.onnx")
         targets.append(BenchTarget(s, "torch", "fp32", lambda s=s: TorchEngine(bundle.build_model(s), s, device="cpu")))
         targets.append(BenchTarget(s, "ort-default", "fp32", lambda s=s, o=onnx: _OrtDefault(o, s)))
-        targets.append(BenchTarget(s, "ort", "fp32", lambda s=s: bundle.engine("ort", s)))
+        for b in args.batches:  # ORT's settings are tuned per batch: one session per batch
+            for p in ort_precisions:
+                name = "ort" if p == "fp32" else f"ort {p}"
+                targets.append(BenchTarget(s, name, p, lambda s=s, p=p, b=b: bundle.engine("ort", s, p, tuned_batch=b), (b,)))
+        if args.int8:
+            qdq = bundle.path(f"sizes/{s}/model.int8.onnx")
+            targets.append(BenchTarget(s, "ov int8-qdq", "int8", lambda s=s, o=qdq: OvEngine(o, s, "fp32", throughput_min_batch=10**9)))
         for p in precisions:
             targets.append(BenchTarget(s, f"ov {p}", p, lambda s=s, p=p: bundle.engine("ov", s, p)))
         if "bf16" in precisions:
@@ -118,6 +141,21 @@ def main() -> None:
             cells = " ".join(f"{row[n]:>{max(9, len(n))}.3f}" for n in names)
             print(f"{s:>4} {b:>5} {cells}   {row[best] / row[fastest]:.2f} ({best} vs {fastest})")
     print("p50 ms; mmdeploy's points: " + ", ".join(MMDEPLOY_POINTS))
+    if args.int8:
+        _int8_agreement(bundle, args.sizes)
+        for b in args.batches:
+            print(f"batch {b}: OpenVINO / ORT on the same QDQ INT8 ONNX: " + ", ".join(
+                f"{s} px {by[(s, 'ov int8-qdq', b)] / by[(s, 'ort int8', b)]:.2f}" for s in args.sizes) + "  (< 1: OpenVINO faster)")
+
+
+def _int8_agreement(bundle, sizes) -> None:
+    """Top-1 agreement of ORT and OpenVINO on the same INT8 file (random inputs; accuracy is eval's job)."""
+    gen = torch.Generator().manual_seed(0)
+    for s in sizes:
+        x = torch.randn(64, 3, s, s, generator=gen)
+        with bundle.engine("ort", s, "int8") as ort_run, OvEngine(bundle.path(f"sizes/{s}/model.int8.onnx"), s, "fp32") as ov_run:
+            agree = (ort_run(x).argmax(1) == ov_run(x).argmax(1)).float().mean().item()
+        print(f"int8 {s} px: ORT and OpenVINO agree on top-1 for {agree:.0%} of 64 random inputs")
 
 
 if __name__ == "__main__":

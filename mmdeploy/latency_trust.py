@@ -46,8 +46,24 @@ def speedup_warning(report) -> str:
     return f"UNRELIABLE ({' and '.join(which)} {verb} timed on a busy machine: {_busy_phrase(report)}; re-run `mmdeploy bench` on a quiet machine)"
 
 
+def _not_comparable(new, baseline) -> str:
+    """Why two reports' relative latencies cannot be compared ("" if they can): ratios between engines
+    depend on the CPU (its vector units decide how much faster ONNX Runtime is than torch) and on
+    the timing protocol."""
+    for field, what in (("cpu", "CPU"), ("cpu_count", "core count"), ("bench_protocol", "timing protocol")):
+        old, cur = baseline.environment.get(field), new.environment.get(field)
+        if old != cur and not (old is None and cur is None):
+            return (f"latency comparison skipped: the baseline was benchmarked with {what} {old if old is not None else 'unknown'}, "
+                    f"this run with {cur if cur is not None else 'unknown'} (relative latencies are not comparable; "
+                    "regenerate the baseline on this kind of machine); accuracy still gated")
+    return ""
+
+
 def latency_skip_reason(new, baseline) -> str:
     """"" if relative latencies may be gated, else one line saying why the latency comparison is skipped."""
+    different = _not_comparable(new, baseline)
+    if different:
+        return different
     for report, which in ((new, "this run"), (baseline, "the baseline")):
         bad = [p for p in report.points if is_unreliable(p)]
         if bad:

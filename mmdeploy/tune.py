@@ -29,7 +29,7 @@ def machine_fingerprint() -> dict:
     from mmdeploy.bench import environment
 
     env = environment()
-    return {"host": platform.node(), "cpu": env.get("cpu"), "usable_cores": usable_cores(), "torch": env.get("torch"),
+    return {"bench_protocol": env.get("bench_protocol"), "host": platform.node(), "cpu": env.get("cpu"), "usable_cores": usable_cores(), "torch": env.get("torch"),
             "onnxruntime": env.get("onnxruntime"), "openvino": env.get("openvino"), "gpu": env.get("gpu")}
 
 

@@ -93,6 +93,31 @@ def test_bench_keeps_points_reliable_when_the_detector_sees_a_quiet_machine(monk
     assert not seen.busy and all(r.reliable and r.noise["passes"] == 1 for r in results)
 
 
+class _Counting(_Spin):
+    calls = 0
+
+    def infer(self, x):
+        type(self).calls += 1
+        return super().infer(x)
+
+
+def test_short_calls_are_timed_in_back_to_back_blocks_and_long_ones_singly():
+    from mmdeploy.bench import BLOCK_MS, MAX_CALLS_PER_SAMPLE, calls_per_sample
+
+    assert calls_per_sample(0.1) == 20 and calls_per_sample(BLOCK_MS) == 1 and calls_per_sample(30.0) == 1
+    assert calls_per_sample(1e-6) == MAX_CALLS_PER_SAMPLE and calls_per_sample(0.0) == 1
+    _Counting.calls = 0
+    fast = [BenchTarget(16, "spin", "fp32", lambda: _Counting(16, per_image_s=0.0002))]
+    (r,), _ = measure_with_interference(fast, [1], warmup=3, iters=4)
+    k = r.noise["calls_per_sample"]
+    assert 4 <= k <= 12, k  # about 2 ms / 0.2 ms (the busy-wait never runs shorter than asked)
+    assert _Counting.calls == 3 + 4 * (k + 1), "warm-up, then per sample one untimed wake-up call and k timed calls"
+    assert 0.2 <= r.p50_ms < 1.5 and r.iters == 4  # per call, not per block of k calls
+    slow = [BenchTarget(16, "spin", "fp32", lambda: _Spin(16, per_image_s=0.003))]
+    (r,), _ = measure_with_interference(slow, [1], warmup=1, iters=3)
+    assert r.noise["calls_per_sample"] == 1 and r.p50_ms >= 3.0
+
+
 # ---------------------------------------------------------------------------- report and gate
 
 
@@ -166,3 +191,21 @@ def test_torch_reference_runs_one_thread_and_restores_the_users_count():
         assert run.policy == ThreadPolicy(1, False, "default") and torch.get_num_threads() == 1
         run(torch.zeros(1, 3, 8, 8))
     assert torch.get_num_threads() == before
+
+
+def test_gate_skips_latency_when_the_baseline_ran_on_another_cpu_or_timing_protocol():
+    import dataclasses
+
+    from mmdeploy.bench import BENCH_PROTOCOL
+
+    points = _points()
+    slower = [dataclasses.replace(p, latency_ms=p.latency_ms * (1 if p.engine == "torch" else 3)) for p in points]
+    env = {"cpu": "Some CPU", "cpu_count": 2, "bench_protocol": BENCH_PROTOCOL}
+    base, new = _report(points), _report(slower)
+    base.environment, new.environment = dict(env), dict(env)
+    assert not compare_reports(new, base, 0.5, 0.15).passed, "same CPU and protocol: a 3x slower engine fails"
+    for field, other in (("cpu", "Another CPU"), ("bench_protocol", BENCH_PROTOCOL - 1), ("cpu_count", 16)):
+        new.environment = {**env, field: other}
+        result = compare_reports(new, base, 0.5, 0.15)
+        assert result.passed and result.latency_skipped.startswith("latency comparison skipped: the baseline was benchmarked with")
+        assert "accuracy still gated" in format_gate(result).splitlines()[-2]
