@@ -3,8 +3,12 @@
 :data:`SCHEMA` maps each section (and top-level key) to its fields; :func:`config_problems`
 checks a parsed TOML document against it and returns every problem, one line each, so a
 config is refused as a whole before any work starts (a typo such as ``size = [16]`` inside
-``[calibrate]`` must not silently run the defaults). The table is meant to be shared with the
-CLI's flags later, so each field also says what it means.
+``[calibrate]`` must not silently run the defaults).
+
+The same table is the one mapping between a config and the CLI: each field lists the command
+flags it stands for (:class:`Flag`) and, where the value goes straight into the step's library
+call, that call's keyword. :mod:`mmdeploy.flagmap` builds the library keywords from it for both
+``mmdeploy run`` and the commands, and tests/test_flagmap.py fails when a flag has no field.
 """
 
 from __future__ import annotations
@@ -19,21 +23,39 @@ from mmdeploy.export.quantize import METHODS as INT8_METHODS
 
 
 @dataclass(frozen=True)
-class Field:
-    """One config value: its kind, bounds, allowed choices, and whether it must be given."""
+class Flag:
+    """A command's flag that a config field stands for; ``keyword``: the argument of the command's library call
+    (see :data:`mmdeploy.flagmap.STEP_FUNCTIONS`) that takes the value as is, None where the caller combines it."""
 
-    kind: str  # "str", "int", "number", "bool", "fraction", "list[int]", "list[str]"
+    command: str
+    flag: str
+    keyword: str | None = None
+
+
+def flags(*specs: str, keyword: str | None = None) -> tuple[Flag, ...]:
+    """``flags("eval --limit", keyword="limit")``: one :class:`Flag` per ``"command --flag"``."""
+    return tuple(Flag(*spec.split(), keyword) for spec in specs)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config value: its kind, bounds, allowed choices, whether it must be given, and the CLI flags it stands for."""
+
+    kind: str  # "str", "int", "number", "bool", "fraction", "list[int]", "list[number]", "list[str]"
     help: str
     minimum: float | None = None
     choices: tuple[str, ...] = ()
     required: bool = False
     non_empty: bool = False
+    maximum: float | None = None
+    positive: bool = False  # strictly above 0 (a divisor, a budget)
+    flags: tuple[Flag, ...] = ()
 
     def problems(self, value: Any, where: str) -> list[str]:
         items = value if self.kind.startswith("list[") else [value]
         if self.kind.startswith("list["):
             if not isinstance(value, list):
-                example = "[16, 24]" if "int" in self.kind else '["fp32"]'
+                example = {"list[int]": "[16, 24]", "list[number]": "[0.5, 0.25]"}.get(self.kind, '["fp32"]')
                 return [f"{where} must be a list of {self.kind[5:-1]}s, e.g. {example} (got {_show(value)})"]
             if self.non_empty and not value:
                 return [f"{where} must not be empty"]
@@ -59,6 +81,10 @@ class Field:
             return [f"{where} = {_show(v)} is not one of {', '.join(self.choices)}"]
         if self.minimum is not None and v < self.minimum:
             return [f"{where} must be >= {self.minimum:g} (got {_show(v)})"]
+        if self.maximum is not None and v > self.maximum:
+            return [f"{where} must be <= {self.maximum:g} (got {_show(v)})"]
+        if self.positive and v <= 0:
+            return [f"{where} must be > 0 (got {_show(v)})"]
         return []
 
 
@@ -88,37 +114,76 @@ class ModelList:
 ENGINE_CHOICES = ("auto", "ort", "trt", "ov")
 PRECISION_CHOICES = PRECISIONS
 
+_COMMANDS = ("calibrate", "export", "eval", "bench", "report", "run")  # each has --trust-code-from-files
+
 SCHEMA: dict[str, Any] = {
-    "out": Field("str", "folder of the bundles, one per model"),
+    "out": Field("str", "folder of the bundles, one per model (out/<name>)"),
     "data": {
-        "calibration": Field("str", "image folder for BN calibration (and the export parity gate)"),
-        "validation": Field("str", "image folder for accuracy"),
+        "calibration": Field("str", "image folder for BN calibration (and the export parity gate)",
+                             flags=flags("calibrate --data", "export --data")),
+        "validation": Field("str", "image folder for accuracy", flags=flags("eval --data")),
     },
     "model": ModelList({
         "name": Field("str", "the bundle's folder name under out", required=True),
         "checkpoint": Field("str", "the checkpoint file", required=True),
-        "baseline": Field("str", "report.json the CI gate compares with"),
-        "arch": Field("str", "architecture name or module:factory"),
+        "baseline": Field("str", "report.json the CI gate compares with", flags=flags("report --baseline")),
+        "arch": Field("str", "architecture name or module:factory",
+                      flags=flags("calibrate --arch", "eval --arch", keyword="arch") + flags("export --arch", "bench --arch", "report --arch")),
+        "preprocess": Field("str", "cifar (resize whole image) or imagenet (resize S/0.875, center-crop)", choices=("cifar", "imagenet"),
+                            flags=flags("calibrate --preprocess", "eval --preprocess", keyword="preprocess")),
+        "mean": Field("list[number]", "per-channel mean, e.g. [0.485, 0.456, 0.406]", non_empty=True,
+                      flags=flags("calibrate --mean", "eval --mean", keyword="mean")),
+        "std": Field("list[number]", "per-channel std, e.g. [0.229, 0.224, 0.225]", non_empty=True, positive=True,
+                     flags=flags("calibrate --std", "eval --std", keyword="std")),
+        "train_size": Field("int", "the size the checkpoint was trained at (the reports' reference point)", minimum=1,
+                            flags=flags("calibrate --train-size", keyword="training_size")),
+        "unsafe_allow_pickle": Field("bool", "allow arbitrary unpickling of the checkpoint (only for files you trust)",
+                                     flags=flags("calibrate --unsafe-allow-pickle", "eval --unsafe-allow-pickle", keyword="allow_pickle")),
     }),
     "calibrate": {
-        "sizes": Field("list[int]", "input sizes to calibrate and deploy", minimum=1, non_empty=True),
-        "batches": Field("int", "calibration batches", minimum=1),
-        "batch_size": Field("int", "images per calibration batch", minimum=2),
-        "augment": Field("bool", "training augmentation while calibrating"),
-        "seed": Field("int", "seed of the batch plan and augmentation", minimum=0),
+        "sizes": Field("list[int]", "input sizes to calibrate and deploy (every later step uses them all)", minimum=1, non_empty=True,
+                       flags=flags(*(f"{c} --size" for c in ("calibrate", "export", "eval", "bench")))),
+        "batches": Field("int", "calibration batches", minimum=1, flags=flags("calibrate --batches", keyword="batches")),
+        "batch_size": Field("int", "images per calibration batch", minimum=2, flags=flags("calibrate --batch-size", keyword="batch_size")),
+        "augment": Field("bool", "training augmentation while calibrating", flags=flags("calibrate --augment", keyword="augment")),
+        "seed": Field("int", "seed of the batch plan and augmentation", minimum=0, flags=flags("calibrate --seed", keyword="seed")),
+        "device": Field("str", "device calibrating BN: cpu or cuda (default cpu)", flags=flags("calibrate --device", keyword="device")),
     },
     "export": {
-        "engines": Field("list[str]", "engines to export for (auto: all usable)", choices=ENGINE_CHOICES, non_empty=True),
-        "precisions": Field("list[str]", "precisions to export", choices=PRECISION_CHOICES, non_empty=True),
-        "int8_method": Field("str", "int8 activation range calibration (default percentile)", choices=INT8_METHODS),
-        "int8_images": Field("int", "int8 calibration images per size (default 256)", minimum=1),
+        "engines": Field("list[str]", "engines to export for (auto: all usable); eval and bench measure them and torch",
+                         choices=ENGINE_CHOICES, non_empty=True, flags=flags("export --engine", "eval --engine", "bench --engine")),
+        "precisions": Field("list[str]", "precisions to export (each engine takes those it serves), evaluate and bench",
+                            choices=PRECISION_CHOICES, non_empty=True, flags=flags("export --precision", "eval --precision", "bench --precision")),
+        "int8_method": Field("str", "int8 activation range calibration (default percentile)", choices=INT8_METHODS,
+                             flags=flags("export --int8-method", keyword="int8_method")),
+        "int8_images": Field("int", "int8 calibration images per size (default 256)", minimum=1,
+                             flags=flags("export --int8-images", keyword="int8_images")),
+        # The three parity tolerances replace the defaults of every exported precision (mmdeploy.export.parity.tolerances_for).
+        "atol": Field("number", "parity gate: absolute logit tolerance", minimum=0, flags=flags("export --atol")),
+        "rtol": Field("number", "parity gate: tolerance relative to the largest logit", minimum=0, flags=flags("export --rtol")),
+        "min_agreement": Field("number", "parity gate: minimum top-1 agreement (0-1)", minimum=0, maximum=1,
+                               flags=flags("export --min-agreement")),
+        "dynamic": Field("bool", "also export the dynamic (N, H, W) ONNX (default true)", flags=flags("export --dynamic", keyword="dynamic")),
+        "static_batch": Field("int", "fix the batch dimension of the per-size ONNX (default: dynamic batch)", minimum=1,
+                              flags=flags("export --static-batch", keyword="static_batch")),
+        "trt_batches": Field("list[int]", "TensorRT static profile batch sizes (default [1, 32])", minimum=1, non_empty=True,
+                             flags=flags("export --trt-batch", keyword="trt_batches")),
+        "workspace_gb": Field("number", "TensorRT builder workspace limit in GiB (default 4)", positive=True,
+                              flags=flags("export --workspace-gb", keyword="trt_workspace_gb")),
+    },
+    "eval": {
+        "batch_size": Field("int", "images per eval batch (default 256)", minimum=1, flags=flags("eval --batch-size", keyword="batch_size")),
+        "limit": Field("int", "evaluate a fixed random subset of this many images (default: all)", minimum=1,
+                       flags=flags("eval --limit", keyword="limit")),
+        "device": Field("str", "device of the torch engine (default: cuda if available)", flags=flags("eval --device", keyword="device")),
     },
     "bench": {
-        "batches": Field("list[int]", "batch sizes to time", minimum=1, non_empty=True),
-        "warmup": Field("int", "untimed rounds first", minimum=0),
-        "iters": Field("int", "timed rounds", minimum=1),
-        "tune": Field("bool", "tune ONNX Runtime's threads and spinning before timing"),
-        "noise_budget_s": Field("number", "seconds to spend re-timing a pass that saw interference", minimum=0),
+        "batches": Field("list[int]", "batch sizes to time", minimum=1, non_empty=True, flags=flags("bench --batch", keyword="batches")),
+        "warmup": Field("int", "untimed rounds first", minimum=0, flags=flags("bench --warmup", keyword="warmup")),
+        "iters": Field("int", "timed rounds", minimum=1, flags=flags("bench --iters", keyword="iters")),
+        "tune": Field("bool", "tune ONNX Runtime's threads and spinning before timing", flags=flags("bench --tune")),
+        "noise_budget_s": Field("number", "seconds to spend re-timing a pass that saw interference", minimum=0,
+                                flags=flags("bench --noise-budget", keyword="noise_budget_s")),
     },
     "compare": {
         "baseline": Field("str", "method-alone comparison: the fixed-size model's name (at its training size)"),
@@ -128,13 +193,19 @@ SCHEMA: dict[str, Any] = {
         "tolerance": Field("number", "top-1 points the candidate may be below the baseline", minimum=0),
     },
     "report": {
-        "batch": Field("int", "batch size of the report's latency", minimum=1),
-        "tolerance": Field("number", "top-1 points counted as iso-accuracy", minimum=0),
-        "max_acc_drop": Field("number", "CI gate: top-1 points a point may lose", minimum=0),
-        "max_latency_regress": Field("fraction", "CI gate: relative latency growth allowed, e.g. \"15%\""),
-        "gate": Field("bool", "compare with each model's baseline"),
+        "batch": Field("int", "batch size of the report's latency", minimum=1, flags=flags("report --batch", keyword="batch")),
+        "reference": Field("str", "reference point SIZE/ENGINE/PRECISION (default: torch fp32 at the training size)",
+                           flags=flags("report --reference", keyword="reference")),
+        "tolerance": Field("number", "top-1 points counted as iso-accuracy", minimum=0, flags=flags("report --tolerance", keyword="tolerance")),
+        "pick": Field("bool", "name the point to deploy (under latency_budget_ms and min_accuracy)", flags=flags("report --pick")),
+        "latency_budget_ms": Field("number", "pick: p50 latency budget in ms", positive=True, flags=flags("report --latency-budget")),
+        "min_accuracy": Field("number", "pick: minimum top-1 in %", minimum=0, maximum=100, flags=flags("report --min-accuracy")),
+        "max_acc_drop": Field("number", "CI gate: top-1 points a point may lose", minimum=0, flags=flags("report --max-acc-drop")),
+        "max_latency_regress": Field("fraction", "CI gate: relative latency growth allowed, e.g. \"15%\"", flags=flags("report --max-latency-regress")),
+        "gate": Field("bool", "compare with each model's baseline", flags=flags("run --gate")),
     },
-    "trust_code_from_files": Field("bool", "let checkpoints and bundles name module:factory code (each model's own arch is always allowed)"),
+    "trust_code_from_files": Field("bool", "let checkpoints and bundles name module:factory code (each model's own arch is always allowed)",
+                                   flags=flags(*(f"{c} --trust-code-from-files" for c in _COMMANDS))),
 }
 
 

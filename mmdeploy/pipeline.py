@@ -16,6 +16,7 @@ from pathlib import Path
 from mmdeploy.bundle import Bundle, content_key
 from mmdeploy.config import check_config
 from mmdeploy.errors import MMDeployError
+from mmdeploy.flagmap import step_keywords
 from mmdeploy.progress import Progress
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,7 @@ DEMO_CONFIG: dict = {
     ],
     "calibrate": {"sizes": [16, 20, 24, 28, 32, 40, 48], "batches": 200, "batch_size": 64, "augment": True, "seed": 0},
     "export": {"engines": ["auto"], "precisions": ["fp32", "bf16", "int8"]},  # each engine takes the precisions it serves; int8_method, int8_images: export defaults
+    "eval": {},  # batch_size, limit, device: eval's defaults
     "bench": {"batches": [1, 32], "warmup": 5, "iters": 30, "tune": True, "noise_budget_s": 30},
     "compare": {"baseline": "fixed32", "candidate": "mixsize", "engine": "ort", "precision": "fp32", "tolerance": 0.3},
     "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "gate": False},
@@ -45,6 +47,7 @@ class ModelRun:
     gate: object = None  # mmdeploy.report.GateResult or None
     steps: dict = field(default_factory=dict)  # step -> "ran" | "reused"
     accuracies: list = field(default_factory=list)
+    pick: object = None  # mmdeploy.results.Point to deploy, when [report] asks for a pick
 
 
 @dataclass
@@ -109,6 +112,15 @@ def _excuse_unserved(gate, name: str, skipped: dict):
     return gate
 
 
+def _export_options(export: dict, precisions: list[str]) -> dict:
+    """export_bundle's keywords from [export]: the shared mapping's, and the parity tolerances when any bound is set."""
+    from mmdeploy.export.parity import tolerances_for
+
+    options = step_keywords("export", export)
+    tolerances = tolerances_for(precisions, export.get("atol"), export.get("rtol"), export.get("min_agreement"))
+    return {**options, "tolerances": tolerances} if tolerances else options
+
+
 def _export_int8_per_size(name: str, bundle_dir: Path, engine: str, calib_data: Path, export: dict, skipped: dict, progress, log) -> bool:
     """INT8 one size at a time: a size whose INT8 fails its parity gate is skipped with its reason instead of failing the run.
 
@@ -122,14 +134,16 @@ def _export_int8_per_size(name: str, bundle_dir: Path, engine: str, calib_data: 
     for size in bundle.sizes:
         step = f"int8-refused/{size}"
         fp32 = bundle.artifact(size, KIND_OF_ENGINE["ort"], "fp32")  # what INT8 is made from, with the calibration
+        # Settings beyond the defaults (a looser gate, a static batch, ...) may let a refused size pass: part of the key when set.
+        changed = {k: v for k, v in export.items() if k not in ("engines", "precisions", "int8_method", "int8_images")}
         key = _key(fp32 and (fp32.key or fp32.sha256), bundle.size(size).calibration.key, engine, export.get("int8_method"),
-                   export.get("int8_images"))
+                   export.get("int8_images"), *([changed] if changed else []))
         if _step_done(bundle, step, key):
             skipped[f"{name} int8 at {size}"] = "refused by its parity gate in an earlier run (inputs unchanged)"
             continue
         try:
-            ex = export_bundle(bundle_dir, engine, ["int8"], sizes=[size], data=calib_data, dynamic=False, progress=progress,
-                               int8_method=export.get("int8_method"), int8_images=export.get("int8_images"))
+            ex = export_bundle(bundle_dir, engine, ["int8"], sizes=[size], data=calib_data, progress=progress,
+                               **{**_export_options(export, ["int8"]), "dynamic": False})
         except MMDeployError as exc:
             skipped[f"{name} int8 at {size}"] = exc.message
             log(f"{name}: int8 at size {size} not deployed: {exc.message}")
@@ -187,6 +201,7 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
     from mmdeploy.engines import available_engines, serves
     from mmdeploy.evaluate import evaluate_target
     from mmdeploy.export.workflow import export_bundle
+    from mmdeploy.pareto import pick
     from mmdeploy.report import compare_reports, load_report, parse_fraction, report_bundle
     from mmdeploy.tune import machine_fingerprint, tune_bundle
 
@@ -218,8 +233,8 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
         bundle_dir = out / name
         run = ModelRun(name, bundle_dir)
         log(f"{name}: calibrate {ckpt.name} at sizes {c['sizes']}")
-        summary = calibrate_to_bundle(ckpt, c["sizes"], calib_data, bundle_dir, batches=c["batches"], batch_size=c["batch_size"],
-                                      augment=c["augment"], seed=c["seed"], arch=spec.get("arch"), progress=progress)
+        summary = calibrate_to_bundle(ckpt, c["sizes"], calib_data, bundle_dir, progress=progress,
+                                      **step_keywords("calibrate", c), **step_keywords("model", spec))
         run.steps["calibrate"] = "reused" if summary.reused == summary.sizes else "ran"
         bundle = Bundle.open(bundle_dir)
         export_engines = [e for e in engines if e in ("ort", "trt")] or (["ort"] if "ov" in engines else [])
@@ -227,23 +242,26 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
             onnx_precisions = [p for p in precisions if serves("ort", p)] or ["fp32"]
             export_engine = "trt" if "trt" in export_engines else "ort"
             log(f"{name}: export {', '.join(export_engines)} {', '.join(onnx_precisions)}")
-            ex = export_bundle(bundle_dir, export_engine, [p for p in onnx_precisions if p != "int8"] or ["fp32"], data=calib_data,
-                               progress=progress)
+            float_precisions = [p for p in onnx_precisions if p != "int8"] or ["fp32"]
+            ex = export_bundle(bundle_dir, export_engine, float_precisions, data=calib_data, progress=progress,
+                               **_export_options(config["export"], float_precisions))
             ran = bool(ex.written or ex.trt)
             if "int8" in onnx_precisions:
                 ran = _export_int8_per_size(name, bundle_dir, export_engine, calib_data, config["export"], skipped, progress, log) or ran
             run.steps["export"] = "ran" if ran else "reused"
         if ov_precisions:
             log(f"{name}: export ov {', '.join(ov_precisions)}")
-            ex = export_bundle(bundle_dir, "ov", ov_precisions, data=calib_data, progress=progress)
+            ex = export_bundle(bundle_dir, "ov", ov_precisions, data=calib_data, progress=progress,
+                               **_export_options(config["export"], ov_precisions))
             run.steps["export"] = "ran" if ex.written or ex.ov or run.steps.get("export") == "ran" else "reused"
         bundle = Bundle.open(bundle_dir)
-        eval_key = _key(bundle.artifact_keys(), val_key, engines, precisions)
+        eval_key = _key(bundle.artifact_keys(), val_key, engines, precisions, *([config["eval"]] if config["eval"] else []))
         if _step_done(bundle, "eval", eval_key) and "eval" not in fresh_steps:
             run.steps["eval"] = "reused"
         else:
             log(f"{name}: eval on {val_data}")
-            evaluate_target(bundle_dir, val_data, engines=["torch", *engines], precisions=precisions, progress=progress)
+            evaluate_target(bundle_dir, val_data, engines=["torch", *engines], precisions=precisions, progress=progress,
+                            **step_keywords("eval", config["eval"]))
             _mark(bundle_dir, "eval", eval_key)
             run.steps["eval"] = "ran"
         _tune_and_bench(run, bundle_dir, engines, precisions, b, fresh_steps, machine_fingerprint(), progress, log, bench_bundle, tune_bundle)
@@ -253,7 +271,12 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
             if not baseline.exists():
                 raise MMDeployError(f"model {name}: baseline {baseline} does not exist", "commit one, or set report.gate = false")
             old = load_report(baseline)  # before the report is written: the baseline may be the bundle's own report.json
-        run.report, run.files = report_bundle(bundle_dir, batch=r["batch"], tolerance=r["tolerance"])
+        run.report, run.files = report_bundle(bundle_dir, **step_keywords("report", r))
+        if r.get("pick") or r.get("latency_budget_ms") is not None or r.get("min_accuracy") is not None:
+            try:
+                run.pick = pick(run.report.points, r.get("latency_budget_ms"), r.get("min_accuracy"))
+            except MMDeployError as exc:
+                raise MMDeployError(f"model {name}: {exc.message}", exc.hint) from None
         run.accuracies = Bundle.open(bundle_dir).accuracies()
         if old is not None:
             run.gate = _excuse_unserved(compare_reports(run.report, old, float(r["max_acc_drop"]), parse_fraction(r["max_latency_regress"])),
@@ -290,7 +313,7 @@ def _tune_and_bench(run: ModelRun, bundle_dir: Path, engines: list[str], precisi
         if _step_done(bundle, "tune", tune_key) and "tune" not in fresh:
             run.steps["tune"] = "reused"
         else:
-            log(f"{run.name}: tune ort threads and spinning, batches {b['batches']}")
+            log(f"{run.name}: tune engine settings (ort threads x spinning, ov threads x streams), batches {b['batches']}")
             tuned = tune_bundle(bundle_dir, precisions, batches=b["batches"], progress=progress)
             if tuned.busy:
                 log(f"{run.name}: tuning saw a busy machine ({tuned.interference}); its choice may not be the quiet machine's best")
@@ -306,7 +329,6 @@ def _tune_and_bench(run: ModelRun, bundle_dir: Path, engines: list[str], precisi
     if _step_done(bundle, "bench", bench_key) and not reliable and "bench" not in fresh:
         log(f"{run.name}: the stored bench was taken on a busy machine: measuring again")
     log(f"{run.name}: bench batches {b['batches']}")
-    bench_bundle(bundle_dir, ["torch", *engines], precisions, batches=b["batches"], warmup=b["warmup"], iters=b["iters"],
-                 progress=progress, noise_budget_s=float(b.get("noise_budget_s", 30)))
+    bench_bundle(bundle_dir, ["torch", *engines], precisions, progress=progress, **step_keywords("bench", b))
     _mark(bundle_dir, "bench", bench_key)
     run.steps["bench"] = "ran"

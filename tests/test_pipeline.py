@@ -294,3 +294,89 @@ def test_a_baseline_point_this_machine_cannot_serve_is_noted_not_failed():
     assert not excused.passed and "no native bf16" in excused.findings[0].message
     assert _excuse_unserved(gate(), "m", {"ov": "openvino is not installed", "m int8 at 16": "x", "m int8 at 24": "y"}).passed
     assert not _excuse_unserved(gate(), "other", {"m int8 at 16": "x", "m int8 at 24": "y", "ov": "z"}).passed
+
+
+def test_run_config_passes_every_mapped_field_to_the_keyword_its_command_uses(tmp_path, quiet, monkeypatch, cli):
+    """Every config field that a step's command passes to its library call as a keyword reaches that call from `run` too."""
+    import inspect
+
+    from mmdeploy.export.parity import Tolerance
+    from mmdeploy.flagmap import SECTION_STEP, STEP_FUNCTIONS, schema_flags, step_function
+    from mmdeploy.pipeline import load_config
+
+    sections = """arch = "cifar_resnet8"
+preprocess = "cifar"
+mean = [0.49, 0.48, 0.45]
+std = [0.25, 0.24, 0.26]
+train_size = 16
+unsafe_allow_pickle = false
+[calibrate]
+sizes = [16]
+batches = 2
+batch_size = 16
+augment = false
+seed = 1
+device = "cpu"
+[export]
+engines = ["ort"]
+precisions = ["fp32"]
+int8_method = "minmax"
+int8_images = 16
+atol = 0.01
+rtol = 0.01
+min_agreement = 0.9
+dynamic = false
+static_batch = 8
+trt_batches = [1, 8]
+workspace_gb = 1.0
+[eval]
+batch_size = 8
+limit = 40
+device = "cpu"
+[bench]
+batches = [8]
+warmup = 1
+iters = 2
+tune = false
+noise_budget_s = 0
+[report]
+batch = 8
+reference = "16/torch/fp32"
+tolerance = 1.0
+pick = true
+min_accuracy = 0
+"""
+    cfg = _tiny_run(tmp_path, sections, baseline=False)
+    calls: dict[str, list[dict]] = {}
+    for command, path in STEP_FUNCTIONS.items():
+        real = step_function(command)
+
+        def recording(*args, _real=real, _command=command, **kwargs):
+            calls.setdefault(_command, []).append(inspect.signature(_real).bind(*args, **kwargs).arguments)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(path.replace(":", "."), recording)
+    run = run_pipeline(cfg, log=lambda m: None).models[0]
+    config, _ = load_config(cfg)
+    checked = 0
+    for section, key, flag in schema_flags():
+        if flag.keyword and SECTION_STEP.get(section) == flag.command:
+            values = config[section][0] if section == "model" else config[section]
+            assert key in values, f"this test's config should set {section}.{key}"
+            for call in calls[flag.command]:
+                assert call.get(flag.keyword) == values[key], f"{section}.{key} reached {flag.command} as {call.get(flag.keyword)!r}"
+            checked += 1
+    assert checked >= 20
+    assert calls["export"][0]["tolerances"] == {"fp32": Tolerance(0.01, 0.01, 0.9)}
+    # ... and did what it says: no dynamic ONNX, 40 images evaluated, the report's reference and a pick.
+    bundle = Bundle.open(run.bundle)
+    assert bundle.artifact(None, "onnx", "fp32") is None and bundle.artifact(16, "onnx", "fp32") is not None
+    assert {a.images for a in bundle.accuracies()} == {40}
+    assert run.report.reference.label == "16/torch/fp32" and run.pick is not None and run.pick.batch == 8
+
+    again = cli("run", cfg)
+    assert again.exit_code == 0 and "tiny: deploy: size 16" in " ".join(again.stdout.split()), again.stderr
+    cfg.write_text(cfg.read_text().replace("limit = 40", "limit = 48"))
+    changed = run_pipeline(cfg, log=lambda m: None).models[0]
+    assert changed.steps["eval"] == "ran" and changed.steps["calibrate"] == changed.steps["export"] == "reused"
+    assert {a.images for a in Bundle.open(run.bundle).accuracies()} == {48}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import math
@@ -34,6 +35,10 @@ def _warn_one_line(message, category, filename, lineno, file=None, line=None):
     err_console.print(f"[yellow]warning:[/] {message}")
 
 
+# The running command's name and parsed parameters, for library_kwargs().
+_invocation: contextvars.ContextVar[tuple[str, dict]] = contextvars.ContextVar("mmdeploy_invocation")
+
+
 def command(fn=None, *, name: str | None = None):
     """Register a command whose user errors print one line with a hint and exit 1."""
     if fn is None:
@@ -44,6 +49,7 @@ def command(fn=None, *, name: str | None = None):
         from mmdeploy.models.trust import user_code_policy
 
         warnings.showwarning = _warn_one_line
+        invocation = _invocation.set((name or fn.__name__, kwargs))
         try:
             from mmdeploy.bundle import lock_policy
 
@@ -67,6 +73,8 @@ def command(fn=None, *, name: str | None = None):
             text = " ".join(str(exc).split())[:300]
             err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {text} (hint: rerun with MMDEPLOY_DEBUG=1 for the traceback and report it)", soft_wrap=True)
             raise typer.Exit(1) from None
+        finally:
+            _invocation.reset(invocation)
 
     return app.command(name=name)(wrapper)
 
@@ -123,6 +131,21 @@ def parse_floats(text: str | None):
         return [float(v) for v in text.split(",")]
     except ValueError:
         raise MMDeployError(f"{text!r} is not a comma-separated list of numbers", "e.g. --mean 0.485,0.456,0.406") from None
+
+
+def library_kwargs() -> dict:
+    """The running command's flags as keywords of its library call, through the one mapping the run config uses too
+    (:data:`mmdeploy.config.SCHEMA`, see :mod:`mmdeploy.flagmap`); flags not given keep the library's defaults."""
+    from mmdeploy.flagmap import flag_keywords
+
+    name, values = _invocation.get()
+    params = typer.main.get_command(app).commands[name].params  # typer's own parameter -> flag names
+    given = {}
+    for param in params:
+        long = next((o for o in param.opts if o.startswith("--")), None)
+        if long is not None and param.name in values:
+            given[long] = values[param.name]
+    return flag_keywords(name, given, parsers={"--mean": parse_floats, "--std": parse_floats})
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmdeploy.cli.app import command, console, emit_json, err_console, make_progress, parse_sizes
+from mmdeploy.cli.app import command, console, emit_json, err_console, library_kwargs, make_progress, parse_sizes
 from mmdeploy.cli.options import ArchOpt, EngineOpt, JsonOpt, NoWaitOpt, PrecisionOpt, SizesOpt, TrustOpt
 
 
@@ -20,7 +20,7 @@ def bench(
     batch: Annotated[Optional[list[int]], typer.Option("--batch", help="Batch size (repeatable; default 1 and 32).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed calls per point first.")] = 10,
     iters: Annotated[int, typer.Option(help="Timed calls per point (round-robin over points).")] = 50,
-    tune: Annotated[bool, typer.Option("--tune", help="First time ONNX Runtime at threads 1..cores, spinning on/off, per size and batch; store the fastest in the bundle (engines then use it).")] = False,
+    tune: Annotated[bool, typer.Option("--tune", help="First time ONNX Runtime at threads 1..cores x spinning on/off and OpenVINO at threads 1..cores x one stream or one per thread, per size and batch; store the fastest in the bundle (engines then use it).")] = False,
     noise_budget: Annotated[float, typer.Option("--noise-budget", help="Seconds to spend re-timing when the machine is busy; points still noisy are marked unreliable.")] = 30.0,
     arch: ArchOpt = None,
     trust_code_from_files: TrustOpt = False,
@@ -33,8 +33,8 @@ def bench(
     """
     from mmdeploy.bench import tune_and_bench
 
-    run = tune_and_bench(bundle, engine, precision, parse_sizes(size), batch, warmup, iters, tune=tune, noise_budget_s=noise_budget,
-                         progress=make_progress(json_out))
+    # --batch, --warmup, --iters, --noise-budget: keywords through the mapping [bench] shares
+    run = tune_and_bench(bundle, engine, precision, parse_sizes(size), tune=tune, progress=make_progress(json_out), **library_kwargs())
     if json_out:
         return emit_json(run)  # {"results", "environment", "skipped", "tuned"}
     for line in run.skipped:

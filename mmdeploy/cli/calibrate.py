@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmdeploy.cli.app import command, console, emit_json, make_progress, parse_floats
+from mmdeploy.cli.app import command, console, emit_json, library_kwargs, make_progress
 from mmdeploy.cli.options import ArchOpt, DataOpt, JsonOpt, NoWaitOpt, PickleOpt, SizesOpt, TrustOpt
 
 
@@ -40,11 +40,8 @@ def calibrate(
     from mmdeploy.calib.workflow import calibrate_to_bundle
 
     distributed.init_from_env()
-    summary = calibrate_to_bundle(
-        checkpoint, size or [], data, out, batches=batches, batch_size=batch_size, augment=augment, seed=seed, arch=arch,
-        preprocess=preprocess, mean=parse_floats(mean), std=parse_floats(std), training_size=train_size, allow_pickle=unsafe_allow_pickle,
-        device=device, progress=make_progress(json_out),
-    )
+    # --batches, --seed, --arch, --mean, ...: keywords through the mapping a run config's [calibrate] and [[model]] share
+    summary = calibrate_to_bundle(checkpoint, size or [], data, out, progress=make_progress(json_out), **library_kwargs())
     if not distributed.is_main():
         return
     if json_out:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmdeploy.cli.app import command, console, emit_json, make_progress, parse_floats, parse_sizes
+from mmdeploy.cli.app import command, console, emit_json, library_kwargs, make_progress, parse_sizes
 from mmdeploy.cli.options import ArchOpt, DataOpt, EngineOpt, JsonOpt, NoWaitOpt, PickleOpt, PrecisionOpt, SizesOpt, TrustOpt
 from mmdeploy.cli.tables import accuracy_table
 
@@ -41,9 +41,8 @@ def eval_(
     from mmdeploy.evaluate import evaluate_target
 
     distributed.init_from_env()
-    results = evaluate_target(target, data, parse_sizes(size), engine, precision, batch_size=batch_size, limit=limit, arch=arch,
-                              allow_pickle=unsafe_allow_pickle, device=device, progress=make_progress(json_out),
-                              preprocess=preprocess, mean=parse_floats(mean), std=parse_floats(std))
+    # --batch-size, --limit, --device, --arch, --preprocess, ...: keywords through the mapping [eval] and [[model]] share
+    results = evaluate_target(target, data, parse_sizes(size), engine, precision, progress=make_progress(json_out), **library_kwargs())
     if not distributed.is_main():
         return
     if json_out:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmdeploy.cli.app import command, console, emit_json, make_progress, parse_sizes
+from mmdeploy.cli.app import command, console, emit_json, library_kwargs, make_progress, parse_sizes
 from mmdeploy.cli.options import ArchOpt, JsonOpt, NoWaitOpt, PrecisionOpt, SizesOpt, TrustOpt
 from mmdeploy.cli.tables import parity_table
 
@@ -46,19 +46,15 @@ def export(
     """
     from mmdeploy import distributed
     from mmdeploy.export.from_checkpoint import bundle_for_export
-    from mmdeploy.export.parity import DEFAULT_TOLERANCES, Tolerance
+    from mmdeploy.export.parity import tolerances_for
     from mmdeploy.export.workflow import export_bundle
 
     distributed.init_from_env()  # under torchrun the TensorRT builds spread over the ranks
-    tolerances = {}
-    for p in precision or ["fp32"]:
-        base = DEFAULT_TOLERANCES.get(p, DEFAULT_TOLERANCES["fp32"])
-        tolerances[p] = Tolerance(atol if atol is not None else base.atol, rtol if rtol is not None else base.rtol,
-                                  min_agreement if min_agreement is not None else base.min_top1_agreement)
+    tolerances = tolerances_for(precision, atol, rtol, min_agreement)
     bundle = bundle_for_export(bundle, parse_sizes(size), data, out, arch=arch, progress=make_progress(json_out))  # a checkpoint: a new bundle
-    summary = export_bundle(bundle, engine, precision, parse_sizes(size), data, tolerances, dynamic=dynamic,
-                            static_batch=static_batch, trt_batches=tuple(trt_batch or (1, 32)), trt_workspace_gb=workspace_gb,
-                            progress=make_progress(json_out), int8_method=int8_method, int8_images=int8_images)
+    # --dynamic, --static-batch, --trt-batch, --workspace-gb, --int8-*: keywords through the mapping [export] shares
+    summary = export_bundle(bundle, engine, precision, parse_sizes(size), data, tolerances, progress=make_progress(json_out),
+                            **library_kwargs())
     if not distributed.is_main():
         return
     if json_out:

@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmdeploy.cli.app import command, console, emit_json
+from mmdeploy.cli.app import command, console, emit_json, library_kwargs
 from mmdeploy.cli.options import ArchOpt, JsonOpt, NoWaitOpt, TrustOpt
+from mmdeploy.cli.tables import deploy_line
 
 
 @command
@@ -39,7 +40,7 @@ def report(
     # Read the baseline (and check the options) before writing: the baseline may be this bundle's own report.json.
     old = load_report(baseline) if baseline else None
     regress = parse_fraction(max_latency_regress)
-    rep, written = report_bundle(bundle, batch, reference, tolerance, out)
+    rep, written = report_bundle(bundle, out_dir=out, **library_kwargs())  # --batch, --reference, --tolerance, as [report] has them
     chosen = pick_point(rep.points, latency_budget, min_accuracy) if pick or latency_budget is not None or min_accuracy is not None else None
     gate = compare_reports(rep, old, max_acc_drop, regress) if old is not None else None
     if json_out:
@@ -49,8 +50,7 @@ def report(
         console.print(render_table(rep))
         console.print("files: " + ", ".join(str(p) for p in written.values()))
         if chosen is not None:
-            console.print(f"[bold]deploy:[/] size {chosen.size}, engine {chosen.engine}, {chosen.precision}: top-1 {chosen.top1:.2f}%, "
-                          f"p50 {chosen.latency_ms:.3f} ms at batch {chosen.batch}")
+            console.print(deploy_line(chosen))
         if gate is not None:
             console.print(format_gate(gate), markup=False)
     if gate is not None and not gate.passed:

@@ -9,12 +9,12 @@ import typer
 
 from mmdeploy.cli.app import command, console, emit_json, err_console, make_progress
 from mmdeploy.cli.options import JsonOpt, NoWaitOpt, TrustOpt
-from mmdeploy.cli.tables import compare_models_table
+from mmdeploy.cli.tables import compare_models_table, deploy_line
 
 
 @command
 def run(
-    config: Annotated[Optional[Path], typer.Argument(help="TOML config (checkpoint(s), data, sizes, engines, thresholds, output). None: the embedded demo.")] = None,
+    config: Annotated[Optional[Path], typer.Argument(help="TOML config: \\[\\[model]], \\[data], and one section per step (\\[calibrate] \\[export] \\[eval] \\[bench] \\[report]) with a key for each of that command's options (bench --noise-budget is \\[bench] noise_budget_s; see the README). None: the embedded demo.")] = None,
     gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help="Gate each model's report against its baseline (exit 1 on regression).")] = None,
     fresh: Annotated[Optional[list[str]], typer.Option("--fresh", help="Re-run this step even if reusable: eval, tune, bench or all (repeatable).")] = None,
     trust_code_from_files: TrustOpt = False,
@@ -23,7 +23,7 @@ def run(
 ):
     """Calibrate, export, eval, tune, bench and report in one go; reuses unchanged steps.
 
-    The whole config is checked first (unknown keys, types, ranges, duplicate model names), each problem on its own line. Reuse is keyed by content (image bytes, hashed once per file and cached in $MMDEPLOY_CACHE_DIR, default ~/.cache/mmdeploy).
+    The whole config is checked first (unknown keys, types, ranges, duplicate model names), each problem on its own line. With \\[report] pick = true (or latency_budget_ms / min_accuracy) each model's point to deploy is printed. Reuse is keyed by content (image bytes, hashed once per file and cached in $MMDEPLOY_CACHE_DIR, default ~/.cache/mmdeploy).
 
     Example: [bold]mmdeploy run[/] (the demo: shipped models on shipped images), [bold]mmdeploy run my.toml[/], or
     [bold]mmdeploy run --fresh bench[/] (measure latency again)
@@ -35,7 +35,7 @@ def run(
     summary = run_pipeline(config, gate=gate, progress=make_progress(json_out), log=log, fresh=fresh)
     if json_out:
         emit_json({"models": [{"name": m.name, "bundle": m.bundle, "steps": m.steps, "files": m.files,
-                                "gate": None if m.gate is None else m.gate.passed} for m in summary.models],
+                                "gate": None if m.gate is None else m.gate.passed, "pick": m.pick} for m in summary.models],
                     "engines": summary.engines, "skipped_engines": summary.skipped_engines,
                     "method_alone": None if summary.method_alone is None else summary.method_alone.to_dict()})
     else:
@@ -45,6 +45,8 @@ def run(
             console.print(render_table(m.report))
             console.print(f"{m.name}: steps: " + ", ".join(f"{k} {v}" for k, v in m.steps.items()))
             console.print(f"{m.name}: report: {m.files['md']}  plot: {m.files['png']}")
+            if m.pick is not None:
+                console.print(f"{m.name}: {deploy_line(m.pick)}")
             if m.gate is not None:
                 console.print(format_gate(m.gate), markup=False)
         if len(summary.models) > 1:

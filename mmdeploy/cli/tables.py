@@ -1,10 +1,17 @@
-"""Rich tables the commands print: accuracy (eval), parity gate (export), models side by side (run), architectures (archs).
+"""Rich tables the commands print: accuracy (eval), parity gate (export), models side by side (run), architectures (archs),
+and the pick's one line (report, run).
 
 The report's own table is :func:`mmdeploy.report.render_table`, next to its other renderings."""
 
 from __future__ import annotations
 
 from rich.table import Table
+
+
+def deploy_line(chosen) -> str:
+    """The point ``--pick`` (or a run config's ``[report] pick``) chose, as one line."""
+    return (f"[bold]deploy:[/] size {chosen.size}, engine {chosen.engine}, {chosen.precision}: top-1 {chosen.top1:.2f}%, "
+            f"p50 {chosen.latency_ms:.3f} ms at batch {chosen.batch}")
 
 
 def accuracy_table(results) -> Table:

@@ -33,6 +33,20 @@ DEFAULT_TOLERANCES = {
 }
 
 
+def tolerances_for(precisions: list[str] | None, atol: float | None = None, rtol: float | None = None,
+                   min_agreement: float | None = None) -> dict[str, Tolerance] | None:
+    """Each precision's default tolerance with the given bounds replacing its own (``export --atol``, a config's
+    ``[export] atol``); None when no bound is given, so every precision keeps its default."""
+    if atol is None and rtol is None and min_agreement is None:
+        return None
+    out = {}
+    for p in precisions or ["fp32"]:
+        base = DEFAULT_TOLERANCES.get(p, DEFAULT_TOLERANCES["fp32"])
+        out[p] = Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol,
+                           base.min_top1_agreement if min_agreement is None else min_agreement)
+    return out
+
+
 @dataclass
 class ParityCheck:
     artifact: str  # "dynamic" or "per-size" (or "trt")
