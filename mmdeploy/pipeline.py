@@ -303,18 +303,19 @@ def _method_alone(config: dict, runs: list[ModelRun], out: Path):
 
 def _tune_and_bench(run: ModelRun, bundle_dir: Path, engines: list[str], precisions: list[str], b: dict, fresh: set[str],
                     machine: dict, progress, log, bench_bundle, tune_bundle) -> None:
-    """Tune ONNX Runtime's settings, then bench. A bench is reused only when taken on this machine (host, CPU,
+    """Tune ONNX Runtime's and OpenVINO's settings, then bench. A bench is reused only when taken on this machine (host, CPU,
     cores, library versions), with the same thread policies and settings, and on a quiet machine."""
     from mmdeploy.threads import torch_policy
 
     bundle = Bundle.open(bundle_dir)
-    if b.get("tune", True) and "ort" in engines:
+    tunable = tuple(e for e in engines if e in ("ort", "ov"))
+    if b.get("tune", True) and tunable:
         tune_key = _key(bundle.artifact_keys(), machine, b["batches"], precisions)
         if _step_done(bundle, "tune", tune_key) and "tune" not in fresh:
             run.steps["tune"] = "reused"
         else:
             log(f"{run.name}: tune engine settings (ort threads x spinning, ov threads x streams), batches {b['batches']}")
-            tuned = tune_bundle(bundle_dir, precisions, batches=b["batches"], progress=progress)
+            tuned = tune_bundle(bundle_dir, precisions, batches=b["batches"], progress=progress, engines=tunable)
             if tuned.busy:
                 log(f"{run.name}: tuning saw a busy machine ({tuned.interference}); its choice may not be the quiet machine's best")
             _mark(bundle_dir, "tune", tune_key)

@@ -236,7 +236,7 @@ def test_bench_cli_tunes_then_times_each_point_under_its_recorded_settings(demo_
     manifest = json.loads((bundle / "manifest.json").read_text())
     ort = manifest["sizes"]["16"]["metrics"]["latency"]["ort/fp32/b1"]
     tuned = manifest["engine_settings"]["ort/fp32"]["16"]["1"]
-    assert ort["policy"] == {**tuned, "source": "tuned"}, "the engine loaded the settings --tune stored"
+    assert ort["policy"] == {"streams": 1, **tuned, "source": "tuned"}, "the engine loaded the settings --tune stored"
     assert manifest["sizes"]["16"]["metrics"]["latency"]["torch/fp32/b1"]["policy"] == {"threads": 1, "spinning": False, "source": "default", "streams": 1}
     assert {"spread", "others_cpu", "load1", "passes"} <= set(ort["noise"]) and isinstance(ort["reliable"], bool)
 
