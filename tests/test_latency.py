@@ -209,3 +209,12 @@ def test_gate_skips_latency_when_the_baseline_ran_on_another_cpu_or_timing_proto
         result = compare_reports(new, base, 0.5, 0.15)
         assert result.passed and result.latency_skipped.startswith("latency comparison skipped: the baseline was benchmarked with")
         assert "accuracy still gated" in format_gate(result).splitlines()[-2]
+
+
+def test_ort_sessions_spin_only_inside_a_run():
+    from mmdeploy.engines.onnxruntime import session_options
+
+    spinning = session_options(2, spinning=True)
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert spinning.get_session_config_entry("session.force_spinning_stop") == "1", "workers must not spin between runs"
+    assert session_options(2, spinning=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -75,10 +75,14 @@ def session_options(threads: int | None = None, fixed_dims: dict[str, int] | Non
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = threads or usable_cores()
     so.inter_op_num_threads = 1
-    # ORT's worker threads spin-wait after each run by default; on a few cores that steals the CPU
-    # from whatever runs next (another engine in a round-robin benchmark, the rest of the app), so
-    # spinning is off unless `mmdeploy bench --tune` measured it to be faster here.
+    # ORT's worker threads spin-wait between the operators of a run, and by default for a while after
+    # it; on a few cores the spinning after a run steals the CPU from whatever runs next (another
+    # engine in a round-robin benchmark, the rest of the app: p90/p50 of 3-10x measured here). So
+    # spinning is off unless `mmdeploy bench --tune` measured it to be faster, and even then it stops
+    # the moment a run returns.
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if spinning:
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     so.log_severity_level = 3
     for name, value in (fixed_dims or {}).items():
         so.add_free_dimension_override_by_name(name, value)
