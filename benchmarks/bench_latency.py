@@ -18,7 +18,14 @@ quiet vs busy. Needs a bundle that `mmdeploy run` (or calibrate, export, eval) m
     python benchmarks/bench_latency.py --bundle runs/demo/mixsize [--tune] [--sizes 16 24 32 48]
 """
 
+# ruff: noqa: E402  (OMP_WAIT_POLICY must be set before torch is imported)
 from __future__ import annotations
+
+import os
+
+# torch-2t's OpenMP workers would otherwise spin after each call (libgomp's default) and steal the
+# cores from whichever engine the round-robin times next; set before torch starts OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import subprocess
