@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmdeploy.bundle import Bundle, content_key
+from mmdeploy.bundle import ONNX, Bundle, content_key
 from mmdeploy.config import check_config
 from mmdeploy.errors import MMDeployError
 from mmdeploy.flagmap import step_keywords
@@ -157,7 +157,7 @@ def _ov_precisions(precisions: list[str], skipped: dict) -> list[str]:
     """The config's precisions the ov engine serves on this CPU; bf16 without native bf16 is skipped with its reason."""
     from mmdeploy.engines.openvino import native_bf16
 
-    chosen = [p for p in precisions if p in ("fp32", "bf16")]
+    chosen = [p for p in precisions if p in ("fp32", "bf16", "int8")]
     if "bf16" in chosen and not native_bf16():
         chosen.remove("bf16")
         skipped["ov bf16"] = "this CPU has no native bf16 (AVX-512 BF16 or AMX)"
@@ -251,9 +251,16 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
             run.steps["export"] = "ran" if ran else "reused"
         if ov_precisions:
             log(f"{name}: export ov {', '.join(ov_precisions)}")
-            ex = export_bundle(bundle_dir, "ov", ov_precisions, data=calib_data, progress=progress,
-                               **_export_options(config["export"], ov_precisions))
-            run.steps["export"] = "ran" if ex.written or ex.ov or run.steps.get("export") == "ran" else "reused"
+            float_ov = [p for p in ov_precisions if p != "int8"]
+            ex = export_bundle(bundle_dir, "ov", float_ov, data=calib_data, progress=progress, **_export_options(config["export"], float_ov))
+            ran = bool(ex.written or ex.ov)
+            current = Bundle.open(bundle_dir)
+            int8_sizes = [s for s in current.sizes if current.artifact(s, ONNX, "int8")]
+            if "int8" in ov_precisions and int8_sizes:  # the QDQ ONNX of each size whose INT8 passed its gate
+                ex = export_bundle(bundle_dir, "ov", ["int8"], sizes=int8_sizes, data=calib_data, progress=progress,
+                                   **{**_export_options(config["export"], ["int8"]), "dynamic": False})
+                ran = ran or bool(ex.written or ex.ov)
+            run.steps["export"] = "ran" if ran or run.steps.get("export") == "ran" else "reused"
         bundle = Bundle.open(bundle_dir)
         eval_key = _key(bundle.artifact_keys(), val_key, engines, precisions, *([config["eval"]] if config["eval"] else []))
         if _step_done(bundle, "eval", eval_key) and "eval" not in fresh_steps:

@@ -231,6 +231,7 @@ iters = 2
     points = {(p.engine, p.precision) for p in load_report(summary.models[0].files["json"]).points}
     assert {("torch", "fp32"), ("ort", "fp32")} | {("ov", p) for p in _precisions()} <= points
     assert ("ort", "bf16") not in points
+    assert ("ort", "int8") not in points or ("ov", "int8") in points, "a size with a QDQ ONNX gets an ov int8 point too"
 
 
 def test_ov_candidates_split_only_large_batches():
@@ -265,3 +266,30 @@ def test_tune_stores_ov_threads_and_streams_and_the_engine_loads_them(ov_bundle)
     by_batch = {r.batch: r for r in results}
     assert by_batch[8].policy["streams"] == result.chosen["ov/fp32/16/b8"].streams, "bench records what ran per batch"
     assert by_batch[1].policy["source"] == "tuned"
+
+
+@needs_ov
+def test_ov_int8_runs_the_qdq_onnx_in_int8_gated_like_ort_int8(ov_bundle, tmp_path):
+    from mmdeploy.engines.openvino import OvEngine
+
+    src, _ = ov_bundle
+    out = tmp_path / "bundle"
+    shutil.copytree(src, out)  # the module's bundle stays as the other tests expect it
+    summary = export_bundle(out, "ov", ["int8"], parity_count=8, dynamic=False)  # makes the per-size QDQ ONNX first
+    assert set(summary.ov) == {"16/int8", "24/int8"}
+    bundle = Bundle.open(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for s in (16, 24):
+        rec = manifest["sizes"][str(s)]["artifacts"]["ov/int8"]
+        qdq = manifest["sizes"][str(s)]["artifacts"]["onnx/int8"]
+        assert rec["path"] == qdq["path"] and rec["sha256"] == qdq["sha256"], "ov int8 is gated on the QDQ ONNX"
+        assert all(c["passed"] for c in rec["parity"])
+    x = torch.randn(16, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    with bundle.engine("ov", 24, "int8") as ov_run, bundle.engine("ort", 24, "int8") as ort_run:
+        agree = (ov_run(x).argmax(1) == ort_run(x).argmax(1)).float().mean().item()
+        compiled = ov_run._compiled[16][0]
+    assert agree >= 0.9
+    kinds = {(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
+             for op in compiled.get_runtime_model().get_ordered_ops()}
+    assert {("Convolution", "u8"), ("Convolution", "i8")} & kinds, "the convolutions run in int8, not dequantized to f32"
+    assert isinstance(OvEngine.from_bundle(bundle, 16, "int8"), OvEngine)

@@ -9,7 +9,7 @@ ENGINES = ("torch", "ort", "trt", "ov")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # What each engine can serve; a (engine, precision) outside this is skipped, not measured under a wrong name.
 # int8 is an exported-graph precision (QDQ ONNX), so eager torch has none.
-ENGINE_PRECISIONS = {"torch": ("fp32", "fp16"), "ort": ("fp32", "fp16", "int8"), "trt": ("fp32", "fp16", "int8"), "ov": ("fp32", "bf16")}
+ENGINE_PRECISIONS = {"torch": ("fp32", "fp16"), "ort": ("fp32", "fp16", "int8"), "trt": ("fp32", "fp16", "int8"), "ov": ("fp32", "bf16", "int8")}
 
 
 def serves(engine: str, precision: str) -> bool:

@@ -23,7 +23,7 @@ from mmdeploy.engines.onnxruntime import usable_cores
 from mmdeploy.errors import MMDeployError
 from mmdeploy.threads import ThreadPolicy, ov_default_policy
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")  # int8: the per-size QDQ INT8 ONNX, quantized ops in int8, the rest in f32
 CACHE_DIR = "ov_cache"  # in the bundle; OpenVINO owns the blob files in it
 THROUGHPUT_MIN_BATCH = 8  # from this batch on, split the batch over streams (throughput hint)
 
@@ -60,7 +60,7 @@ def native_bf16() -> bool:
 def check_precision(precision: str) -> None:
     """Refuse, in one line, a precision the ov engine cannot serve well on this CPU."""
     if precision not in PRECISIONS:
-        raise MMDeployError(f"the ov engine has no precision {precision!r}", "use --precision fp32 or bf16 with --engine ov")
+        raise MMDeployError(f"the ov engine has no precision {precision!r}", "use --precision fp32, bf16 or int8 with --engine ov")
     if precision == "bf16" and not native_bf16():
         raise MMDeployError("this CPU has no native bf16 (AVX-512 BF16 or AMX), so OpenVINO bf16 would be emulated and slow",
                             "use --precision fp32 with --engine ov on this machine")

@@ -120,15 +120,15 @@ def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, pari
     ensure_writable(bundle.root)  # before minutes of export work, not after
     precisions = precisions or ["fp32"]
     for p in precisions:
-        allowed = ("fp32", "bf16") if engine == "ov" else tuple(x for x in PRECISIONS if x != "bf16")
+        allowed = ("fp32", "bf16", "int8") if engine == "ov" else tuple(x for x in PRECISIONS if x != "bf16")
         if p not in allowed:
-            raise MMDeployError(f"unknown precision {p!r} for --engine {engine}", "use --precision fp32 or bf16 with ov; fp32, fp16 or int8 otherwise")
+            raise MMDeployError(f"unknown precision {p!r} for --engine {engine}", "use --precision fp32, bf16 or int8 with ov; fp32, fp16 or int8 otherwise")
     ov_precisions = None
-    if engine == "ov":  # OpenVINO reads the per-size fp32 ONNX and applies its own precision
+    if engine == "ov":  # OpenVINO reads the per-size fp32 ONNX and applies its own precision; int8 reads the per-size QDQ ONNX
         from mmdeploy.export.openvino import check_ov_available
 
         check_ov_available(precisions)
-        ov_precisions, precisions = precisions, ["fp32"]
+        ov_precisions, precisions = precisions, ["fp32"] + (["int8"] if "int8" in precisions else [])
     # TensorRT takes only symmetric int8 scales; ONNX Runtime is fastest with uint8 activations (export/quantize.py).
     int8 = int8_settings(int8_method or DEFAULT_METHOD, DEFAULT_IMAGES if int8_images is None else int8_images, symmetric=engine == "trt") \
         if "int8" in precisions else None
