@@ -24,6 +24,7 @@ from mmdeploy.progress import Progress
 from mmdeploy.threads import ThreadPolicy, ort_default_policy, usable_cores
 
 SIMPLER_WITHIN = 0.02  # a setting this much slower than the fastest still wins if it is simpler
+SPIN_PENALTY = 0.10  # spinning wins only when more than this much faster (see choose)
 
 
 def machine_fingerprint() -> dict:
@@ -80,10 +81,16 @@ def ov_candidates(batch: int, cores: int | None = None) -> list[ThreadPolicy]:
 
 
 def choose(timings: dict[ThreadPolicy, float]) -> ThreadPolicy:
-    """The simplest setting within SIMPLER_WITHIN of the fastest (``timings``: p50 ms by setting)."""
-    fastest = min(timings.values())
+    """The simplest setting within SIMPLER_WITHIN of the fastest (``timings``: p50 ms by setting), a spinning
+    setting counted SPIN_PENALTY slower: spin-waiting workers take the cores from everything else between
+    operators, and on a 2-core machine their gain turned into 5-10x slower runs whenever another engine or
+    process ran beside them (measured in the round-robin bench), so spinning must win clearly to be chosen."""
+    def cost(p: ThreadPolicy) -> float:
+        return timings[p] * (1 + SPIN_PENALTY if p.spinning else 1)
+
+    fastest = min(cost(p) for p in timings)
     simplest_first = sorted(timings, key=lambda p: (p.spinning, p.streams, p.threads))
-    return next(p for p in simplest_first if timings[p] <= fastest * (1 + SIMPLER_WITHIN))
+    return next(p for p in simplest_first if cost(p) <= fastest * (1 + SIMPLER_WITHIN))
 
 
 @dataclass

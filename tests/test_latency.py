@@ -165,7 +165,8 @@ def test_report_marks_unreliable_points_and_warns_on_the_headline():
 def test_choose_prefers_the_simplest_setting_within_two_percent():
     one, one_spin, two = ThreadPolicy(1, False), ThreadPolicy(1, True), ThreadPolicy(2, False)
     assert choose({one: 1.01, one_spin: 1.0, two: 1.5}) == one
-    assert choose({one: 1.10, one_spin: 1.0, two: 1.5}) == one_spin
+    assert choose({one: 1.08, one_spin: 1.0, two: 1.5}) == one, "spinning must win by more than SPIN_PENALTY"
+    assert choose({one: 1.20, one_spin: 1.0, two: 1.5}) == one_spin
     assert choose({one: 2.0, one_spin: 1.9, two: 1.0}) == two
 
 
