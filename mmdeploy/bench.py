@@ -120,7 +120,7 @@ def measure_with_interference(
 # machine); blocks measure what a caller issuing requests back to back gets.
 BLOCK_MS = 2.0
 MAX_CALLS_PER_SAMPLE = 64
-BENCH_PROTOCOL = 3  # bump when the timing protocol changes: older benches are not reused
+BENCH_PROTOCOL = 4  # bump when the timing protocol changes: older benches are not reused
 
 
 def calls_per_sample(warm_ms: float) -> int:
