@@ -77,7 +77,7 @@ def _render_markdown(report: Report) -> str:
             f"Batch {report.batch}, device {_device(report.environment)}, "
             f"created {report.created}, mmdeploy {report.mmdeploy_version}. "
             f"{FRONT_MARKER} marks the accuracy/latency Pareto front; 'before calib.' is the torch top-1 with the checkpoint's own BN statistics; "
-            f"'{UNRELIABLE_MARK}' marks a latency timed while the machine was busy; 'settings' are each engine's intra-op threads and spinning."
+            f"'{UNRELIABLE_MARK}' marks a latency timed while the machine was busy; 'settings' are each engine's intra-op threads and spinning (OpenVINO: threads and streams)."
         ),
         "",
         "| " + " | ".join(_COLUMNS) + " |",
