@@ -9,16 +9,16 @@ from pathlib import Path
 import torch
 
 from mmdeploy import distributed as dist
-from mmdeploy.bundle import Bundle, bundle_lock, check_writable_dir, content_key, save_safetensors, sha256_file
-from mmdeploy.calib.bn import BNSums, bn_layers, calibrate_bn, finalize_bn_state, plan_batches
-from mmdeploy.classes import checkpoint_label_space
+from mmdeploy.bundle import Bundle, check_writable_dir, content_key
+from mmdeploy.calib.bn import BNSums, bn_layers, calibrate_bn, plan_batches
+from mmdeploy.calib.writer import DEFAULT_TRAINING_SIZE, MeasuredSizes, bundle_preprocess, write_calibration
 from mmdeploy.data import Preprocess, decode_for_sizes, decoding_key, native_resolution, scan_image_folder
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import LoadedCheckpoint, arch_info, load_checkpoint
 from mmdeploy.models.fit import check_model_fits
 from mmdeploy.progress import Progress
 
-DEFAULT_TRAINING_SIZE = {"cifar": 32, "imagenet": 224}
+__all__ = ["DEFAULT_TRAINING_SIZE", "CalibrationSummary", "calibrate_to_bundle", "resolve_preprocess", "validate_sizes"]
 
 
 @dataclass
@@ -123,7 +123,7 @@ def calibrate_to_bundle(
         if existing is not None and (existing.source.sha256, existing.arch) != (ckpt.sha256, ckpt.arch):
             existing = None  # another checkpoint (or arch): start over; the old bundle's files are removed
         if existing is not None:
-            pre = _bundle_preprocess(existing, pre, explicit=bool(preprocess or mean or std))
+            pre = bundle_preprocess(existing, pre, explicit=bool(preprocess or mean or std))
         # How inputs are made from files (native resolution + batched resize, or one resize per
         # size at decode time) changes the result, so it is part of every size's key.
         store = decoding_key(folder, pre.kind)
@@ -177,10 +177,10 @@ def calibrate_to_bundle(
                                 "give --data a folder with more images")
 
     summary = CalibrationSummary(out, sizes, reused, images_used, n_skipped, n_layers)
+    measured = MeasuredSizes(todo, sums, keys, settings, folder.root, data_key, len(plan), images_used, n_skipped)
     with dist.agreed():  # every rank learns whether rank 0 published the bundle
         if dist.is_main():
-            _write_bundle(out, ckpt, model, pre, bool(preprocess or mean or std), training_size, todo, sums, keys, settings, data_key, folder,
-                          plan, images_used, n_skipped, summary)
+            summary.records.update(write_calibration(out, ckpt, model, pre, bool(preprocess or mean or std), training_size, measured))
     return summary
 
 
@@ -204,16 +204,6 @@ def _chunks(batches: list, bytes_per_image: int, budget: int | None = None) -> l
         current.append(item)
         n += len(item[1])
     return chunks + [current] if current or not chunks else chunks
-
-
-def _bundle_preprocess(bundle: Bundle, asked: Preprocess, explicit: bool) -> Preprocess:
-    """One preprocessing per bundle: export, eval and bench read the bundle's, so every size
-    must be calibrated with it. Without options a call keeps the bundle's; other options fail."""
-    have = bundle.preprocess()
-    if not explicit or asked == have:
-        return have
-    raise MMDeployError(f"bundle {bundle.root} uses preprocessing {have.to_dict()}, this call asks for {asked.to_dict()}",
-                        "calibrate into a new --out, or leave out --preprocess/--mean/--std to keep the bundle's")
 
 
 def _decode_own_images(folder, indices: list[int], kind: str, sizes: list[int], progress: Progress):
@@ -252,55 +242,3 @@ def _all_reduce_sums(sums: dict[int, dict[str, BNSums]], model, images: int, ski
             out[s][n] = BNSums(flat[pos].item(), flat[pos + 1 : pos + 1 + c].clone(), flat[pos + 1 + c : pos + 1 + 2 * c].clone())
             pos += 1 + 2 * c
     return out, images, skipped
-
-
-def _write_bundle(out, ckpt, model, pre, preprocess_explicit, training_size, todo, sums, keys, settings, data_key, folder, plan,
-                  images_used, n_skipped, summary):
-    """Read-modify-write of the bundle under its lock: new weights under names the committed
-    manifest does not list, then the manifest (the commit point), then the sweep of what it no
-    longer lists. A concurrent calibrate of other sizes keeps its sizes; a crash leaves the old bundle."""
-    try:
-        with bundle_lock(out):
-            current = Bundle.open(out) if Bundle.is_bundle(out) else None
-            if current is not None and (current.source.sha256, current.arch) != (ckpt.sha256, ckpt.arch):
-                current = None  # another checkpoint (or arch): start over; the old bundle's files are swept
-            if current is None:
-                source = {
-                    "path": str(Path(ckpt.path).resolve()), "sha256": ckpt.sha256, "format": ckpt.format, "arch": ckpt.arch,
-                    "arch_kwargs": ckpt.arch_kwargs, "config": {k: v for k, v in ckpt.config.items() if isinstance(v, (str, int, float, bool, list))},
-                    "weights": "source/weights.safetensors",
-                }
-                classes = checkpoint_label_space(ckpt)[0]
-                if classes:  # eval maps data folder names onto these indices
-                    source["classes"] = classes
-                bundle = Bundle.create(out, source, pre.to_dict(), training_size or _training_size(ckpt))
-                started_over = Bundle.is_bundle(out)
-            else:
-                bundle, started_over = current, False
-                _bundle_preprocess(bundle, pre, preprocess_explicit)  # a concurrent writer may have set another
-                if training_size:
-                    bundle.set_training_size(training_size)
-            src = bundle.source
-            if src.weights_sha256 is None or not bundle.file_ok(src.weights, src.weights_sha256):  # new, deleted or changed by hand
-                rel = bundle.fresh_name(src.weights)
-                save_safetensors(bundle.path(rel), dict(ckpt.state_dict), {"arch": ckpt.arch})
-                bundle.set_source_weights(rel, sha256_file(bundle.path(rel)))
-            for s in todo:
-                state = finalize_bn_state(model, sums[s], len(plan)) if sums.get(s) else {k: v.clone() for k, v in model.state_dict().items()}
-                rel = bundle.fresh_name(f"sizes/{s}/weights.safetensors")
-                save_safetensors(bundle.path(rel), state, {"arch": ckpt.arch, "size": str(s)})
-                record = {"key": keys[s], **settings, "images": images_used, "batches_used": len(plan), "skipped_files": n_skipped,
-                          "data": str(folder.root.resolve()), "data_fingerprint": data_key}
-                bundle.set_size(s, rel, sha256_file(bundle.path(rel)), record)
-                summary.records[s] = record
-            bundle.commit()
-            if started_over:
-                for name in ("report.json", "report.csv", "report.md", "pareto.png"):
-                    (Path(out) / name).unlink(missing_ok=True)
-    except OSError as exc:
-        raise MMDeployError(f"cannot write bundle {out}: {exc.strerror or exc}", "choose a writable --out with free space") from None
-
-
-def _training_size(ckpt: LoadedCheckpoint) -> int:
-    mm = ckpt.meta.get("mmdeploy", {}) if isinstance(ckpt.meta.get("mmdeploy"), dict) else {}
-    return int(mm.get("training_size") or DEFAULT_TRAINING_SIZE.get(ckpt.dataset, 224))
