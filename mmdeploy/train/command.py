@@ -20,6 +20,9 @@ class _LineMonitor(TrainMonitor):
     def __init__(self, out):
         self.out = out
 
+    def note(self, text: str) -> None:
+        self.out.print(text, markup=False, highlight=False)
+
     def end_epoch(self, r: EpochRecord) -> None:
         val = f", val acc {r.val_acc:.2f}%" if r.val_acc is not None else ""
         self.out.print(f"epoch {r.epoch}: {r.steps} steps, loss {r.loss:.4f}, train acc {r.train_acc:.2f}%{val}, "
@@ -71,7 +74,7 @@ def train(
     grad_smoothing: Annotated[Optional[bool], typer.Option("--grad-smoothing/--no-grad-smoothing",
                                                            help="Running gradient-norm rescaling (default: on for D+/B+, off for fixed).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA and bf16-capable CPUs), fp32 or bf16.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto: bf16 autocast on CUDA; on a CPU with native bf16, whichever of fp32 and bf16 a few timed train steps show faster (remembered per machine; a resume keeps its checkpoint's); else fp32. Or fp32, bf16.")] = "auto",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Checkpoint .pth (default models/<arch>_<regime>.pth); a .safetensors is written beside it.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for initialization, epoch order and augmentation.")] = 0,

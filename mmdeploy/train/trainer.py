@@ -36,7 +36,8 @@ from mmdeploy.progress import Progress
 from mmdeploy.train.batches import _decode_val, _val_accuracy, make_batch
 from mmdeploy.train.checkpoint_io import _cpu_state, _cpu_tree, _read_resume, reference_model_config, save_training_checkpoint
 from mmdeploy.train.optim import GradSmoother, lr_at, param_groups
-from mmdeploy.train.options import _check_fits, _check_options, _check_out, _device, resolve_precision
+from mmdeploy.train.options import _check_fits, _check_options, _check_out, _device
+from mmdeploy.train.precision import cache_key, check_precision, choose_precision, step_timer
 from mmdeploy.train.regime import Regime, make_regime
 from mmdeploy.train.sampler import Step, derived_seed, epoch_steps, steps_per_epoch
 
@@ -90,6 +91,9 @@ class TrainMonitor:
     def end_epoch(self, record: EpochRecord) -> None: ...
 
     def finish(self) -> None: ...
+
+    def note(self, text: str) -> None:
+        """One line about a decision the run made (e.g. the precision ``auto`` chose)."""
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -154,7 +158,7 @@ def train_model(
     _check_out(out, resume, overwrite)
     state = _read_resume(resume, arch) if resume is not None else None  # before decoding: a bad path fails fast
     smoothing = plan_regime.kind != "fixed" if grad_smoothing is None else grad_smoothing
-    prec = resolve_precision(precision, dev)
+    check_precision(precision)
 
     folder = scan_image_folder(data)
     pre = Preprocess(info.dataset)
@@ -191,6 +195,9 @@ def train_model(
             smoother.load_state_dict(ts["grad_smoothing"], dev)
     images = train_set.images.to(dev)
     labels = train_set.labels.to(dev)
+    choice = _choose_precision(precision, dev, state, model, images, labels, n, plan_regime, pre, seed, arch, batch_size, memory_format)
+    prec = choice.precision
+    monitor.note(choice.reason)
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if prec == "bf16" else nullcontext
     aug_gen = torch.Generator()
 
@@ -211,6 +218,7 @@ def train_model(
             "seed": seed,
             "device": str(dev),
             "precision": prec,
+            "precision_choice": choice.to_dict(),
             "channels_last": True,
             "threads": torch.get_num_threads(),
             "train_images": n,
@@ -321,6 +329,25 @@ def train_model(
         loss=last.loss if last else float("nan"), train_acc=last.train_acc if last else float("nan"),
         val_acc=last.val_acc if last else None, best_prec1=run.best_prec1, stopped_early=stopped, history=records,
     )
+
+
+_PROBE_STEPS = 2  # steps of the first epoch's plan timed per precision and round by --precision auto
+
+
+def _choose_precision(precision, dev, state, model, images, labels, n, plan_regime, pre, seed, arch, batch_size, memory_format):
+    """--precision auto on a native-bf16 CPU times the run's own first steps in fp32 and bf16 (see train/precision.py)."""
+    from mmdeploy.bench import _cpu_name
+
+    gen = torch.Generator()
+    steps = epoch_steps(n, plan_regime, seed, 0)[:_PROBE_STEPS]
+
+    def run_step(m, optimizer, st, autocast):
+        _train_step(m, optimizer, None, images, labels, st, pre, gen, seed, memory_format, autocast)
+
+    key = cache_key(_cpu_name(), f"{torch.get_num_threads()} threads", f"torch {torch.__version__}", arch, plan_regime.describe(),
+                    f"batch {batch_size}")
+    return choose_precision(precision, dev, resumed=state["mmdeploy"] if state is not None else None, cache_key=key,
+                            time_steps=step_timer(model, run_step, steps, dev))
 
 
 def _train_step(model, optimizer, smoother, images, labels, st: Step, pre, gen, aug_seed, memory_format, autocast):
