@@ -197,6 +197,7 @@ def _conv_mean_onnx(path: Path, batch="N") -> Path:
         [weight],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # onnx >= 1.23 writes IR 14 by default, which ONNX Runtime 1.30 cannot read
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path

@@ -90,6 +90,7 @@ def test_a_resume_keeps_its_checkpoints_precision_on_the_same_device_type(native
 
 def test_the_probe_leaves_the_run_untouched(image_dir, tmp_path, monkeypatch):
     """auto times real steps on a copy: the trained weights equal an explicit fp32 run's, bit for bit."""
+    monkeypatch.setenv("MMDEPLOY_CACHE_DIR", str(tmp_path / "cache"))  # nothing remembered from other tests: the probe runs
     monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(P, "BF16_MARGIN", 0.0)  # the probe runs, and fp32 is chosen whatever it measures
     common = dict(arch="cifar_resnet8", regime="D+", batch_size=4, steps=5, seed=3)
