@@ -30,6 +30,9 @@ class MethodAlone:
     flops_ratio: float | None = None  # baseline FLOPs / candidate FLOPs (per image)
     latency_ratio: dict[int, float] = field(default_factory=dict)  # batch -> baseline p50 / candidate p50
     latency_reliable: dict[int, bool] = field(default_factory=dict)  # batch -> both latencies taken on a quiet machine
+    # batch -> the candidate's own p50 at the baseline's size / at its chosen size, where one bench timed both (same
+    # architecture only): no spread between two bundles' benches in it
+    same_bench_ratio: dict[int, float] = field(default_factory=dict)
     note: str = ""
 
     def to_dict(self) -> dict:
@@ -83,6 +86,10 @@ def method_alone(baseline_dir: Path, candidate_dir: Path, baseline: str = "basel
     for batch in sorted(base_p.keys() & cand_p.keys()):
         result.latency_ratio[batch] = base_p[batch].p50_ms / cand_p[batch].p50_ms
         result.latency_reliable[batch] = bool(base_p[batch].reliable and cand_p[batch].reliable)
+    if base_bundle.arch == cand_bundle.arch and best.size != size:
+        own = {r.batch: r for r in cand_lat if (r.size, r.engine, r.precision) == (size, engine, precision)}
+        for batch in sorted(own.keys() & cand_p.keys()):
+            result.same_bench_ratio[batch] = own[batch].p50_ms / cand_p[batch].p50_ms
     if not result.latency_ratio:
         result.note = "no batch was benched for both points"
     return result
@@ -95,8 +102,11 @@ def describe(m: MethodAlone) -> str:
         return f"{head}; {m.note}."
     lat = ", ".join(f"{r:.2f}x at batch {b}" + ("" if m.latency_reliable.get(b, True) else " (busy machine: unreliable)")
                     for b, r in m.latency_ratio.items()) or m.note
+    same = ", ".join(f"{r:.2f}x at batch {b}" for b, r in m.same_bench_ratio.items())
+    same = (f" In {m.candidate}'s own bench, which timed {m.baseline_size} and {m.candidate_size} px together: {same}."
+            if same else "")
     return (f"{head}, vs {m.candidate} calibrated at {m.candidate_size} px, {m.candidate_top1:.2f}% "
-            f"(within {m.tolerance:g} pt): {m.flops_ratio:.2f}x fewer FLOPs, latency {lat}.")
+            f"(within {m.tolerance:g} pt): {m.flops_ratio:.2f}x fewer FLOPs, latency {lat}.{same}")
 
 
 def write_method_alone(m: MethodAlone, out_dir: Path) -> dict[str, Path]:

@@ -47,7 +47,7 @@ def _with_metrics(src: Path, dst: Path, top1: dict[int, float], p50: dict[tuple[
 def test_the_smallest_size_within_tolerance_is_compared_with_the_baseline(calibrated, tmp_path):
     base = _with_metrics(calibrated, tmp_path / "fixed", {16: 50.0, 24: 80.0, 32: 85.0}, {(32, 1): 2.0, (32, 32): 40.0})
     cand = _with_metrics(calibrated, tmp_path / "mixed", {16: 84.0, 24: 84.8, 32: 85.5},
-                         {(16, 1): 1.0, (16, 32): 10.0, (24, 1): 1.5, (24, 32): 20.0})
+                         {(16, 1): 1.0, (16, 32): 10.0, (24, 1): 1.5, (24, 32): 20.0, (32, 32): 30.0})
     m = method_alone(base, cand, "fixed", "mixed", tolerance=0.3)
     assert m.baseline_size == 32 and m.baseline_top1 == 85.0
     assert (m.candidate_size, m.candidate_top1) == (24, 84.8)  # 16 px is 1 pt below: not within 0.3
@@ -55,8 +55,10 @@ def test_the_smallest_size_within_tolerance_is_compared_with_the_baseline(calibr
     assert m.latency_reliable == {1: True, 32: True}
     # FLOPs counted on the model: 32 px costs about (32/24)^2 of 24 px (the classifier adds a little)
     assert 1.6 < m.flops_ratio < (32 / 24) ** 2 + 0.01
+    # the candidate's own bench timed 32 and 24 px together at batch 32 (same architecture): 30 / 20
+    assert m.same_bench_ratio == {32: pytest.approx(1.5)}
     text = describe(m)
-    assert "24 px" in text and "2.00x at batch 32" in text
+    assert "24 px" in text and "2.00x at batch 32" in text and "own bench" in text and "1.50x at batch 32" in text
     paths = write_method_alone(m, tmp_path / "out")
     assert json.loads(paths["json"].read_text())["candidate_size"] == 24
 
