@@ -58,7 +58,7 @@ def main() -> None:
         f"- **Regime**: {regime['kind']} ({mix}); SGD momentum 0.9, lr {mm['optimizer']['lr']} {mm['optimizer']['schedule']} with {mm['optimizer']['warmup_steps']} warm-up steps, "
         f"weight decay {mm['optimizer']['weight_decay']} on conv/linear weights only, gradient smoothing {'on' if mm['optimizer']['grad_smoothing'] else 'off'}",
         f"- **Training**: {mm['steps']} optimizer steps = {mm['epochs']} epochs of the 50,000 CIFAR-10 training images; {mm['wall_s'] / 60:.1f} min of training steps "
-        f"on {mm['device']} ({mm['threads']} threads, {mm['precision']}), {mm['images_per_s']:.0f} network inputs/s",
+        f"on {mm['device']} ({mm['threads']} thread{'s' if mm['threads'] > 1 else ''}, {mm['precision']}), {mm['images_per_s']:.0f} network inputs/s",
         f"- **Command**: `{mm['command']}`",
         *_segments(ckpt),
         f"- **Files**: `{ckpt_path.name}` (reference-code dict, loads with `torch.load(weights_only=True)`), `{ckpt_path.with_suffix('.safetensors').name}`",
