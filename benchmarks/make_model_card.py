@@ -74,7 +74,7 @@ def main() -> None:
     for s in args.sizes:
         lines.append(f"| {s} | {before[s]:.2f} | {after[s]:.2f} | {after[s] - before[s]:+.2f} |")
     lines += ["", f"Measured by: `python benchmarks/make_model_card.py {ckpt_path} --train {args.train} --test {args.test}` "
-              f"({(time.time() - t0) / 60:.1f} min on {torch.get_num_threads()} CPU thread{"s" if torch.get_num_threads() > 1 else ""}).", ""]
+              f"({(time.time() - t0) / 60:.1f} min on {torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''}).", ""]
     if args.baseline:
         lines += _comparison(after, json.loads(Path(args.baseline).read_text()), args.tolerance, Path(args.baseline).name)
     if args.notes:
