@@ -47,25 +47,26 @@ def _valid_entry(value: object) -> bool:
             and isinstance(value[4], str) and len(value[4]) == 64 and set(value[4]) <= _HEX)
 
 
-def _read_cache(path: Path) -> dict[str, list]:
-    """The entries of a cache file; anything unreadable or malformed is dropped, never trusted."""
+def read_versioned_entries(path: Path, version: int, valid) -> dict:
+    """The ``entries`` of a per-user cache file whose ``version`` matches; anything unreadable, malformed or failing
+    ``valid(value)`` is dropped, never trusted."""
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict) or data.get("version") != _VERSION or not isinstance(data.get("entries"), dict):
+    if not isinstance(data, dict) or data.get("version") != version or not isinstance(data.get("entries"), dict):
         return {}
-    return {k: v for k, v in data["entries"].items() if isinstance(k, str) and _valid_entry(v)}
+    return {k: v for k, v in data["entries"].items() if isinstance(k, str) and valid(v)}
 
 
-def _write_cache(path: Path, entries: dict[str, list]) -> bool:
-    """Replace the cache file atomically; False (and nothing changed) where that is impossible."""
+def write_versioned_entries(path: Path, version: int, entries: dict) -> bool:
+    """Replace a per-user cache file atomically; False (and nothing changed) where that is impossible."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".file-hashes-", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": _VERSION, "entries": entries}, f, separators=(",", ":"))
+            json.dump({"version": version, "entries": entries}, f, separators=(",", ":"))
         os.replace(tmp, path)
         return True
     except OSError:  # read-only folder, full disk, no home: the cache is optional
@@ -75,6 +76,14 @@ def _write_cache(path: Path, entries: dict[str, list]) -> bool:
             except OSError:
                 pass
         return False
+
+
+def _read_cache(path: Path) -> dict[str, list]:
+    return read_versioned_entries(path, _VERSION, _valid_entry)
+
+
+def _write_cache(path: Path, entries: dict[str, list]) -> bool:
+    return write_versioned_entries(path, _VERSION, entries)
 
 
 def _sha256(path: str) -> str:

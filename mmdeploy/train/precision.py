@@ -19,10 +19,7 @@ authority: an entry that is malformed is ignored, and it is measured again.
 from __future__ import annotations
 
 import copy
-import json
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -171,26 +168,12 @@ def _valid(entry: object) -> bool:
 
 
 def _read_cache() -> dict[str, dict]:
-    try:
-        data = json.loads(_cache_path().read_bytes())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("version") != _VERSION or not isinstance(data.get("entries"), dict):
-        return {}
-    return {k: v for k, v in data["entries"].items() if isinstance(k, str) and _valid(v)}
+    from mmdeploy.filehash import read_versioned_entries
+
+    return read_versioned_entries(_cache_path(), _VERSION, _valid)
 
 
 def _write_cache(entries: dict[str, dict]) -> None:
-    path, tmp = _cache_path(), None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".train-precision-", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": _VERSION, "entries": entries}, f, indent=1)
-        os.replace(tmp, path)
-    except OSError:  # a cache that cannot be written is not written
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+    from mmdeploy.filehash import write_versioned_entries
+
+    write_versioned_entries(_cache_path(), _VERSION, entries)
