@@ -86,6 +86,8 @@ def test_a_resume_keeps_its_checkpoints_precision_on_the_same_device_type(native
     assert kept.precision == "bf16" and "resumed" in kept.reason and steps.calls == []
     moved = P.choose_precision("auto", CPU, resumed={"precision": "bf16", "device": "cuda:0"}, cache_key="", time_steps=steps)
     assert moved.precision == "fp32" and steps.calls  # a CUDA checkpoint resumed on a CPU is measured here
+    garbled = P.choose_precision("auto", CPU, resumed={"precision": "bf16", "device": "not a device"}, cache_key="", time_steps=steps)
+    assert garbled.precision == "fp32"  # an unparsable device in an (untrusted) checkpoint is measured, not trusted
 
 
 def test_the_probe_leaves_the_run_untouched(image_dir, tmp_path, monkeypatch):

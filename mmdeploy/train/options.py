@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from mmdeploy.errors import MMDeployError
-from mmdeploy.train.precision import PRECISIONS, resolve_precision  # noqa: F401  (re-exported)
 from mmdeploy.train.regime import Regime
 
 SCHEDULES = ("cosine", "step")

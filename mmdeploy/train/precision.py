@@ -58,17 +58,6 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision without measuring: explicit ones as given, ``auto`` as bf16 on CUDA and on native-bf16 CPUs.
-
-    ``choose_precision`` is what training uses; this is its guess before any measurement.
-    """
-    check_precision(precision)
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
-
-
 def choose_precision(
     precision: str,
     device: torch.device,
@@ -89,7 +78,7 @@ def choose_precision(
         return PrecisionChoice(precision, f"--precision {precision}")
     if device.type == "cuda":
         return PrecisionChoice("bf16", "auto: bf16 autocast on CUDA")
-    if resumed and resumed.get("precision") in ("fp32", "bf16") and torch.device(str(resumed.get("device", "cpu"))).type == device.type:
+    if resumed and resumed.get("precision") in ("fp32", "bf16") and _device_type(resumed.get("device")) == device.type:
         return PrecisionChoice(resumed["precision"], f"auto: {resumed['precision']} as the resumed checkpoint trained (keeps the resume exact)")
     if not cpu_has_native_bf16():
         return PrecisionChoice("fp32", "auto: fp32 (this CPU has no native bf16)")
@@ -106,6 +95,14 @@ def choose_precision(
         entries[cache_key] = {"precision": choice, "fp32_ms": fp32_ms, "bf16_ms": bf16_ms}
         _write_cache(entries)
     return PrecisionChoice(choice, _measured_reason(fp32_ms, bf16_ms, "measured"), fp32_ms, bf16_ms)
+
+
+def _device_type(name: object) -> str | None:
+    """The device type a checkpoint records (untrusted data: anything unparsable is None)."""
+    try:
+        return torch.device(str(name)).type
+    except (RuntimeError, TypeError, ValueError):
+        return None
 
 
 def measure(time_steps: Callable[[str], float], rounds: int) -> tuple[float, float]:

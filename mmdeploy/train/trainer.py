@@ -187,7 +187,7 @@ def train_model(
         if ts.get("rng") is not None:
             torch.set_rng_state(ts["rng"])
 
-    memory_format = torch.channels_last  # faster for these convnets on CUDA and on the CPUs measured (resolve_precision)
+    memory_format = torch.channels_last  # faster for these convnets on CUDA and on the CPUs measured (train/precision.py)
     model.to(dev, memory_format=memory_format).train()
     if state is not None:
         optimizer.load_state_dict(state["optim_state_dict"])  # after .to(): state follows the params' device
