@@ -250,6 +250,7 @@ def bench_bundle(
                     targets.append(BenchTarget(s, name, prec, lambda s=s, n=name, p=prec: bundle.engine(n, s, p), None if fixed is None else (fixed,)))
     if not targets:
         raise MMDeployError(f"nothing to benchmark in {bundle.root}", "; ".join(skipped) or "export the bundle first")
+    check_bench_fits(bundle, targets, batches)
     results, seen = measure_with_interference(targets, batches, warmup, iters, progress, noise_budget_s)
     env = {**environment(), "interference": seen.to_dict(), "interference_summary": seen.summary()}
     with Bundle.update(bundle_dir) as current:  # read-modify-write under the lock: a concurrent eval keeps its results
@@ -258,6 +259,20 @@ def bench_bundle(
                 current.record_latency(r)
         current.set_bench_environment(env)
     return results, env, skipped
+
+
+def check_bench_fits(bundle, targets: list[BenchTarget], batches: list[int]) -> None:
+    """Refuse, before any timing, batches that would not fit in memory (``--batch 1000000`` is otherwise killed by the
+    kernel): every point's random input batch is held at once, and one forward pass at the largest batch runs at a time.
+    The same estimate as calibrate's and eval's (:func:`mmdeploy.models.fit.check_model_fits`), against host memory."""
+    from mmdeploy.models.fit import check_model_fits
+
+    batches = [b for b in batches if b >= 1]  # the others are refused by the timing's own checks
+    if not batches or not targets:
+        return
+    largest = max(batches)
+    held = sum(4 * 3 * t.size * t.size * b for t in targets for b in batches if t.only_batches is None or b in t.only_batches)
+    check_model_fits(bundle.build_model(None), sorted({t.size for t in targets}), largest, "cpu", held_per_image=-(-held // largest))
 
 
 def _static_batch(bundle, engine: str, size: int, precision: str) -> int | None:

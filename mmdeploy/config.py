@@ -209,6 +209,16 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+def normalization_problem(name: str, value: Any) -> str:
+    """The first problem of a ``mean`` or ``std`` read from anywhere (a flag, checkpoint metadata, a manifest),
+    checked by the run config's own field (finite numbers; std > 0), or "". Also one value per RGB channel (or one)."""
+    value = list(value) if isinstance(value, tuple) else value
+    problems = SCHEMA["model"].fields[name].problems(value, name)
+    if not problems and len(value) not in (1, 3):
+        problems = [f"{name} has {len(value)} values (one per RGB channel, or one for all)"]
+    return problems[0] if problems else ""
+
+
 def config_problems(config: dict) -> list[str]:
     """Every way ``config`` (a parsed TOML document) breaks :data:`SCHEMA`, one line each."""
     problems = []

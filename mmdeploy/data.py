@@ -33,6 +33,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_FRACTION = 0.875
 
 
+NORMALIZATION_HINT = "mean needs finite numbers and std finite numbers > 0, one per RGB channel, e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225"
+
+
+def normalization_problem(name: str, value) -> str:
+    """What is wrong with a ``mean`` or ``std`` from any source ("" if nothing): the run config's own check."""
+    from mmdeploy.config import normalization_problem as problem  # the config schema imports the engines: only when needed
+
+    return problem(name, value)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes a network input at a given size; recorded in every bundle."""
@@ -44,6 +54,10 @@ class Preprocess:
     def __post_init__(self):
         if self.kind not in ("cifar", "imagenet"):
             raise MMDeployError(f"unknown preprocessing {self.kind!r}", "use --preprocess cifar or --preprocess imagenet")
+        # A zero, NaN or infinite std (or NaN mean) gives non-finite inputs, BN statistics and a believable 10% top-1.
+        problem = normalization_problem("mean", self.mean) or normalization_problem("std", self.std)
+        if problem:
+            raise MMDeployError(f"normalization {problem}", NORMALIZATION_HINT)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std)}

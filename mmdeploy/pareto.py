@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from mmdeploy.errors import MMDeployError
+from mmdeploy.report_values import check_threshold
 from mmdeploy.results import AccuracyResult, LatencyResult, Point, PointKey
 
 REFERENCE_ENGINE = "torch"
@@ -87,8 +88,7 @@ def speedup_at_iso_accuracy(
 
     ``reference`` defaults to :func:`default_reference` (using ``training_size``).
     """
-    if tolerance < 0:
-        raise MMDeployError(f"accuracy tolerance must not be negative, got {tolerance}", "use e.g. 0.5")
+    check_threshold(tolerance, "--tolerance", "0.5")
     ref = _find(points, reference) if reference is not None else default_reference(points, training_size)
     _check_latencies(points)
     # The reference itself qualifies, so there is always a candidate.

@@ -1,4 +1,5 @@
-"""Range checks of the numbers in a ``report.json``, so a baseline cannot pass the CI gate on garbage.
+"""Range checks of the numbers in a ``report.json`` and of the thresholds compared with them, so a baseline
+cannot pass the CI gate on garbage.
 
 The JSON schema check in :mod:`mmdeploy.report` makes sure each field has the right type; a
 NaN top-1 compares false with everything (so it never "dropped"), a relative latency of 0
@@ -8,6 +9,8 @@ divides by zero, and negative accuracies are nonsense: each is refused here, nam
 from __future__ import annotations
 
 import math
+
+from mmdeploy.errors import MMDeployError
 
 # field -> (lowest, highest, lowest allowed itself?); None = unbounded
 _POINT_RANGES = {
@@ -48,3 +51,11 @@ def report_problem(report: dict) -> str | None:
     speedup = report.get("speedup") if isinstance(report.get("speedup"), dict) else {}
     checks += [(speedup.get(k), r, f"speedup.{k}") for k, r in _SPEEDUP_RANGES.items()]
     return next((p for p in (_problem(*c) for c in checks) if p), None)
+
+
+def check_threshold(value: float, flag: str, example: str) -> float:
+    """``value`` if it is a finite number >= 0, else a one-line error naming ``flag``: a NaN threshold compares false
+    with everything (so nothing ever fails the gate), an infinite one passes anything."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise MMDeployError(f"{flag} must be a finite number >= 0 (got {value!r})", f"e.g. {flag} {example}")
+    return value

@@ -106,7 +106,7 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
                 progress: Progress | None = None, engines: tuple[str, ...] = ("ort", "ov")) -> TuneResult:
     """Time every setting of each engine in ``engines`` that runs here and has artifacts, per (precision, size, batch),
     and store the best in the bundle (ONNX Runtime: threads x spinning; OpenVINO: threads x streams)."""
-    from mmdeploy.bench import BenchTarget, measure_with_interference
+    from mmdeploy.bench import BenchTarget, check_bench_fits, measure_with_interference
     from mmdeploy.bundle import ONNX, OV, Bundle
     from mmdeploy.engines import available_engines, serves
 
@@ -131,6 +131,7 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
     if not targets:
         raise MMDeployError(f"nothing to tune in {bundle.root}: no per-size ONNX with a dynamic batch, no gated ov engine",
                             f"run `mmdeploy export {bundle.root} --engine ort` first")
+    check_bench_fits(bundle, targets, batches)
     results, seen = measure_with_interference(targets, batches, warmup, iters, progress, noise_budget_s)
     by_point: dict[tuple, dict[ThreadPolicy, float]] = {}
     for r in results:

@@ -12,7 +12,15 @@ from mmdeploy import distributed as dist
 from mmdeploy.bundle import Bundle, check_writable_dir, content_key
 from mmdeploy.calib.bn import BNSums, bn_layers, calibrate_bn, plan_batches
 from mmdeploy.calib.writer import DEFAULT_TRAINING_SIZE, MeasuredSizes, bundle_preprocess, write_calibration
-from mmdeploy.data import Preprocess, decode_for_sizes, decoding_key, native_resolution, scan_image_folder
+from mmdeploy.data import (
+    NORMALIZATION_HINT,
+    Preprocess,
+    decode_for_sizes,
+    decoding_key,
+    native_resolution,
+    normalization_problem,
+    scan_image_folder,
+)
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import LoadedCheckpoint, arch_info, load_checkpoint
 from mmdeploy.models.fit import check_model_fits
@@ -78,9 +86,21 @@ def smallest_working_size(model: torch.nn.Module | None, limit: int = 1024) -> i
 
 
 def resolve_preprocess(ckpt: LoadedCheckpoint, kind: str | None = None, mean=None, std=None) -> Preprocess:
+    """The caller's --preprocess/--mean/--std, else the checkpoint's ``mmdeploy.preprocess`` metadata, else the defaults.
+    A bad mean or std is refused naming where it came from (the flag or the checkpoint)."""
     card = ckpt.meta.get("mmdeploy", {}).get("preprocess", {}) if isinstance(ckpt.meta.get("mmdeploy"), dict) else {}
-    base = Preprocess(card.get("kind", ckpt.dataset), *(tuple(card[k]) for k in ("mean", "std") if k in card))
-    return Preprocess(kind or base.kind, tuple(mean) if mean else base.mean, tuple(std) if std else base.std)
+    in_file = f"the 'mmdeploy' preprocess entry of {ckpt.path}"
+    if not isinstance(card, dict):
+        raise MMDeployError(f"{in_file} is a {type(card).__name__}, not an object", "it must be like {'kind': 'cifar', 'mean': [...], 'std': [...]}")
+    values = {}
+    for name, given in (("mean", mean), ("std", std)):
+        value, origin = (list(given), f"--{name}") if given else (card[name], in_file) if name in card else (None, "")
+        problem = normalization_problem(name, value) if origin else ""
+        if problem:
+            raise MMDeployError(f"{origin}: {problem}", NORMALIZATION_HINT)
+        if origin:
+            values[name] = tuple(value)
+    return Preprocess(kind or card.get("kind", ckpt.dataset), **values)
 
 
 def calibrate_to_bundle(

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from mmdeploy.bundle import Bundle, bundle_lock, save_safetensors, sha256_file
 from mmdeploy.calib.bn import BNSums, finalize_bn_state
 from mmdeploy.classes import checkpoint_label_space
@@ -62,6 +64,7 @@ def write_calibration(out: str | Path, ckpt: LoadedCheckpoint, model, pre: Prepr
                       training_size: int | None, measured: MeasuredSizes) -> dict[int, dict]:
     """Read-modify-write of the bundle under its lock (see the module's docstring). Returns the written records by size."""
     records = {}
+    _check_finite_statistics(measured)
     try:
         with bundle_lock(out):
             bundle, started_over = _open_or_start(out, ckpt, pre, preprocess_explicit, training_size)
@@ -82,6 +85,19 @@ def write_calibration(out: str | Path, ckpt: LoadedCheckpoint, model, pre: Prepr
     except OSError as exc:
         raise MMDeployError(f"cannot write bundle {out}: {exc.strerror or exc}", "choose a writable --out with free space") from None
     return records
+
+
+def _check_finite_statistics(measured: MeasuredSizes) -> None:
+    """Refuse, before anything is written, BN statistics that are NaN or Inf (as float32 buffers): weights made
+    from them score like chance (a believable 10% on CIFAR-10) and cannot be exported."""
+    for size in measured.sizes:
+        sums = measured.sums.get(size) or {}
+        bad = [name for name, s in sums.items() if not all(bool(torch.isfinite(t.float()).all()) for t in s.mean_var())]
+        if bad:
+            raise MMDeployError(f"calibration at size {size} gave NaN/Inf BatchNorm statistics in {len(bad)} of {len(sums)} layers "
+                                f"(first: {bad[0]}); nothing was written",
+                                "the network's activations overflow or are NaN: check the normalization (--mean, --std: std far from 0) "
+                                "and the images")
 
 
 def _open_or_start(out, ckpt: LoadedCheckpoint, pre: Preprocess, preprocess_explicit: bool, training_size: int | None) -> tuple[Bundle, bool]:

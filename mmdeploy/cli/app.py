@@ -54,7 +54,7 @@ def command(fn=None, *, name: str | None = None):
             from mmdeploy.bundle import lock_policy
 
             with lock_policy(wait=not kwargs.get("no_wait", False)), \
-                    user_code_policy(kwargs.get("arch"), kwargs.get("trust_code_from_files", False)):  # what files may name
+                    user_code_policy(kwargs.get("arch"), kwargs.get("trust_code_from_files", False), "--trust-code-from-files was given"):
                 return explain_disk_errors(fn)(*args, **kwargs)  # a full disk or read-only folder: one line, not "internal error"
         except MMDeployError as exc:
             if os.environ.get("MMDEPLOY_DEBUG") == "1":

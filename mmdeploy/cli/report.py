@@ -36,10 +36,12 @@ def report(
     """
     from mmdeploy.pareto import pick as pick_point
     from mmdeploy.report import compare_reports, format_gate, load_report, parse_fraction, render_table, report_bundle
+    from mmdeploy.report.gate import check_gate_thresholds
 
     # Read the baseline (and check the options) before writing: the baseline may be this bundle's own report.json.
     old = load_report(baseline) if baseline else None
     regress = parse_fraction(max_latency_regress)
+    check_gate_thresholds(max_acc_drop, regress)
     rep, written = report_bundle(bundle, out_dir=out, **library_kwargs())  # --batch, --reference, --tolerance, as [report] has them
     chosen = pick_point(rep.points, latency_budget, min_accuracy) if pick or latency_budget is not None or min_accuracy is not None else None
     gate = compare_reports(rep, old, max_acc_drop, regress) if old is not None else None

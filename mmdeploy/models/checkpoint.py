@@ -87,15 +87,47 @@ def _read_torch(path: Path, allow_pickle: bool):
     if is_zip and not zipfile.is_zipfile(path):
         raise MMDeployError(f"{path} is truncated or corrupt (its zip archive has no central directory)", "copy the checkpoint again; its sha256 should match the source")
     try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except pickle.UnpicklingError as exc:
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if unsafe:
-            raise MMDeployError(f"{path} needs arbitrary unpickling to load ({unsafe.group(1)}), which is refused for safety", _UNSAFE_HINT) from None
-        raise MMDeployError(f"{path} is truncated or corrupt (its pickle cannot be read)", "copy the checkpoint again; its sha256 should match the source") from None
+        try:
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            refused = _refused_global(str(exc))
+            if refused is None:
+                raise MMDeployError(f"{path} is truncated or corrupt (its pickle cannot be read)",
+                                    "copy the checkpoint again; its sha256 should match the source") from None
+            name, blocked_module = refused
+            if not allow_pickle:
+                raise _unsafe_error(path, name, blocked_module) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, struct.error, UnicodeDecodeError) as exc:
         raise MMDeployError(f"{path} is truncated or corrupt ({_first_line(exc)})", "copy the checkpoint again; its sha256 should match the source") from None
+    # Only a file that needs it is unpickled without limits, and never silently (it may come from a run config's
+    # unsafe_allow_pickle as well as the flag, so the warning names neither as "given").
+    warnings.warn(f"unpickling {path} with arbitrary code allowed, as asked (it needs {name}): whatever its author put in it runs now",
+                  stacklevel=3)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # the file's own classes and functions run here: any failure is theirs
+        raise MMDeployError(f"{path} could not be unpickled ({type(exc).__name__}: {_first_line(exc)})",
+                            "the code its pickle names must be importable here; or re-save it as a plain state_dict or safetensors") from None
+
+
+def _refused_global(text: str) -> tuple[str, str | None] | None:
+    """From torch's weights-only refusal: the global it refused and, if torch blocks its module outright (os, posix,
+    subprocess, ...: it could run commands), that module. None: the pickle is broken, not unsafe."""
+    blocked = re.search(r"unsupported GLOBAL (\S+) whose module (\S+?)\.? is blocked", text)
+    if blocked:
+        return blocked.group(1), blocked.group(2)
+    other = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    return (other.group(1), None) if other else None
+
+
+def _unsafe_error(path: Path, name: str, blocked_module: str | None) -> MMDeployError:
+    if blocked_module:  # no hint offers to load it anyway
+        return MMDeployError(f"{path} was refused as unsafe: its pickle references {name} (module {blocked_module} can run commands), "
+                             "so it was not loaded",
+                             "a checkpoint needs only tensors and plain data: do not use this file; ask its author for a plain state_dict "
+                             "or safetensors (--unsafe-allow-pickle would run that code)")
+    return MMDeployError(f"{path} was refused as unsafe: it needs arbitrary unpickling to load ({name})", _UNSAFE_HINT)
 
 
 def _numpy_scalar_globals() -> list:
@@ -135,8 +167,8 @@ def _read_safetensors(path: Path) -> tuple[dict, dict, str]:
     if sidecar.exists():
         try:
             side = json.loads(sidecar.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MMDeployError(f"sidecar {sidecar} is not valid JSON ({exc})", "fix or delete the sidecar") from None
+        except (ValueError, RecursionError) as exc:  # also an undecodable file, a 5,000-digit integer, deep nesting
+            raise MMDeployError(f"sidecar {sidecar} is not valid JSON ({_first_line(exc)[:100]})", "fix or delete the sidecar") from None
         if not isinstance(side, dict):
             raise MMDeployError(f"sidecar {sidecar} is not a JSON object", "fix or delete the sidecar")
         meta.update(side)
@@ -148,17 +180,25 @@ def _read_safetensors(path: Path) -> tuple[dict, dict, str]:
     return state, meta, origin
 
 
+MAX_CONFIG_CHARS = 20_000  # a model config is a few dozen keys; parsing a huge string exhausts memory (MemoryError)
+
+
 def _parse_config(text, path: Path) -> dict:
     if isinstance(text, dict):
         return text
     if not text:
         return {}
+    if not isinstance(text, str):
+        raise MMDeployError(f"{path}: config is a {type(text).__name__}, not a string or dict", "the config must be like \"{'depth': 44}\"")
+    if len(text) > MAX_CONFIG_CHARS:
+        raise MMDeployError(f"{path}: config string has {len(text):,} characters (at most {MAX_CONFIG_CHARS:,} are read)",
+                            "the config must be a short literal dict like \"{'depth': 44}\"")
     try:
         value = ast.literal_eval(text)  # the reference code stores the --model-config string; never eval()
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         try:
             value = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError, an over-long integer, deep nesting
             raise MMDeployError(f"{path}: config {text[:80]!r} is not a literal dict", "the config must be like \"{'depth': 44}\"") from None
     if not isinstance(value, dict):
         raise MMDeployError(f"{path}: config {text[:80]!r} is not a dict", "the config must be like \"{'depth': 44}\"")
@@ -254,6 +294,8 @@ def load_checkpoint(
     info = arch_info(resolved)
     kwargs = dict(kwargs)
     n_classes = _infer_num_classes(state)
+    if "num_classes" in kwargs:  # before building: 10**13 classes would ask for petabytes
+        _check_num_classes(kwargs["num_classes"], n_classes, mm_origin)
     if n_classes is not None and ":" not in resolved:
         kwargs.setdefault("num_classes", n_classes)
     model = create_model(info.name, **kwargs)
@@ -263,6 +305,18 @@ def load_checkpoint(
         warnings.warn(f"{path.name} was saved by PyTorch < 0.4.1 (no num_batches_tracked in {filled} BatchNorm layers); "
                       "loaded with those counters set to 0", stacklevel=2)
     return LoadedCheckpoint(path, sha256_file(path), fmt, info.name, kwargs, state, config, meta)
+
+
+MAX_CLASSES = 1_000_000  # far above any classifier's (ImageNet-21k: 21,841); a bound when the weights do not say
+
+
+def _check_num_classes(value, from_weights: int | None, origin: str) -> None:
+    """A file's ``num_classes`` must be a positive integer, and the width of the classifier in its own weights."""
+    hint = "remove num_classes from the file's arch_kwargs (it is read from the classifier's weights)"
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLASSES:
+        raise MMDeployError(f"{origin}: num_classes = {str(value)[:40]} is not a class count (1 to {MAX_CLASSES:,})", hint)
+    if from_weights is not None and value != from_weights:
+        raise MMDeployError(f"{origin}: num_classes = {value}, but the checkpoint's classifier has {from_weights} outputs", hint)
 
 
 def fill_old_bn_buffers(model: nn.Module, state: dict) -> tuple[dict, int]:

@@ -93,9 +93,10 @@ def available_memory(device: str | torch.device | None = "cpu") -> int | None:
 
 
 def check_model_fits(model: nn.Module, sizes: list[int], batch: int, device: str | None = "cpu", data_classes: int | None = None,
-                     data_root: Path | str | None = None, min_size: int = 1) -> None:
+                     data_root: Path | str | None = None, min_size: int = 1, held_per_image: int = 0) -> None:
     """Refuse, before any work, data with more classes than the model has logits, and sizes
-    whose activations at ``batch`` images would not fit in the memory ``device`` has free."""
+    whose activations at ``batch`` images would not fit in the memory ``device`` has free.
+    ``held_per_image``: bytes per image of ``batch`` the caller holds besides one forward pass (bench: every point's input)."""
     for side in (max(PROBE_SIZE, min_size), 64, 128, 224):  # the first side the network takes
         probe = probe_model(model, side)
         if probe.peak_bytes:
@@ -106,12 +107,21 @@ def check_model_fits(model: nn.Module, sizes: list[int], batch: int, device: str
     free = available_memory(device)
     if not probe.peak_bytes or not free or not sizes:
         return
+    held_bytes = held_per_image * batch
     for size in sorted(sizes):
         need = probe.bytes_at(size, batch)
-        if need > free:
-            fits = int(probe.size * math.sqrt(free / (probe.peak_bytes * batch)))
-            raise MMDeployError(f"size {size} needs at least {_gib(need)} of activation memory at batch {batch} (estimated from a {probe.size} px probe), "
-                                f"more than the {_gib(free)} free on {device or 'cpu'}", f"use sizes up to about {fits} here (or a smaller batch)")
+        if need + held_bytes > free:
+            fits = int(probe.size * math.sqrt(max(0, free - held_bytes) / (probe.peak_bytes * batch)))
+            largest_batch = free // max(1, probe.bytes_at(size, 1) + held_per_image)
+            held = f" besides {_gib(held_bytes)} of input batches" if held_bytes else ""
+            raise MMDeployError(f"size {size} needs at least {_gib(need)} of activation memory at batch {batch} (estimated from a {probe.size} px probe){held}, "
+                                f"more than the {_gib(free)} free on {device or 'cpu'}",
+                                _shrink_hint(fits, largest_batch, size))
+
+
+def _shrink_hint(fits: int, largest_batch: int, size: int) -> str:
+    options = ([f"sizes up to about {fits} here"] if fits else []) + ([f"a batch of at most about {largest_batch:,} at size {size}"] if largest_batch else [])
+    return "use " + ", or ".join(options) if options else "use a machine with more memory"
 
 
 def _gib(n: int) -> str:

@@ -31,7 +31,8 @@ TRUST_FLAG = "--trust-code-from-files"
 @dataclass(frozen=True)
 class CodePolicy:
     user_specs: frozenset[str] = frozenset()  # module:factory specs the user named themselves
-    trust_files: bool = False  # the user passed --trust-code-from-files
+    trust_files: bool = False  # the user passed --trust-code-from-files (or set it in their run config)
+    trust_origin: str = ""  # which of the two, for the warning
 
 
 _POLICY: ContextVar[CodePolicy | None] = ContextVar("mmdeploy_code_policy", default=None)
@@ -49,13 +50,15 @@ def note_user_arch(arch: str | None) -> None:
 
 
 @contextmanager
-def user_code_policy(arch: str | Iterable[str | None] | None = None, trust_files: bool = False):
+def user_code_policy(arch: str | Iterable[str | None] | None = None, trust_files: bool = False, trust_origin: str = "trust_code_from_files=True was passed"):
     """Within this block, the user's own ``arch`` spec(s) and, with ``trust_files``, specs read
-    from files may be imported. Adds to the enclosing policy."""
+    from files may be imported; ``trust_origin`` says where that trust came from (for the warning).
+    Adds to the enclosing policy."""
     specs = [arch] if isinstance(arch, str) or arch is None else list(arch)
     outer = _current()
-    token = _POLICY.set(CodePolicy(outer.user_specs | {s for s in specs if isinstance(s, str) and ":" in s},
-                                   outer.trust_files or bool(trust_files)))
+    trusted = outer.trust_files or bool(trust_files)
+    token = _POLICY.set(CodePolicy(outer.user_specs | {s for s in specs if isinstance(s, str) and ":" in s}, trusted,
+                                   outer.trust_origin if outer.trust_files else trust_origin if trusted else ""))
     try:
         yield
     finally:
@@ -85,11 +88,14 @@ def authorize_arch(name: str, kwargs: dict | None = None, source: str | None = N
     if name in policy.user_specs:
         return
     if policy.trust_files:
-        warnings.warn(f"importing and calling {call} as named by {source} ({TRUST_FLAG} was given)", stacklevel=2)
+        warnings.warn(f"importing and calling {call} as named by {source} ({policy.trust_origin})", stacklevel=2)
         return
+    # The hint never repeats the file's spec: "pass --arch <spec>" would be advice to run whatever the file names.
     raise MMDeployError(
         f"{source} names code to import and call: {call}; files may name only registered architectures, so it was not imported",
-        f"if you trust it, pass --arch {name} (or {TRUST_FLAG}); otherwise use a registered architecture (`mmdeploy archs`)",
+        f"only if you trust this file, pass {TRUST_FLAG}, which lets checkpoints, sidecars and bundles name module:factory code "
+        "that is then imported and run; for a bundle you made with your own --arch, pass that same --arch again; "
+        "otherwise use a registered architecture (`mmdeploy archs`)",
     )
 
 

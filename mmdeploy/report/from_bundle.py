@@ -10,6 +10,7 @@ from mmdeploy.errors import MMDeployError
 from mmdeploy.pareto import build_points
 from mmdeploy.report.model import Report, build_report
 from mmdeploy.report.render import write_report
+from mmdeploy.report_values import check_threshold
 from mmdeploy.results import AccuracyResult, LatencyResult, PointKey
 
 
@@ -29,6 +30,7 @@ def report_bundle(
     from mmdeploy.bundle import Bundle
     from mmdeploy.writable import ensure_writable
 
+    check_threshold(tolerance, "--tolerance", "0.5")  # before any work (a NaN tolerance leaves no point within it)
     bundle = Bundle.open(bundle_dir)
     ensure_writable(out_dir or bundle.root, "report")
     accuracies, latencies = results_from_bundle(bundle)

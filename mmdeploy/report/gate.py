@@ -10,6 +10,7 @@ from mmdeploy.errors import MMDeployError
 from mmdeploy.latency_trust import latency_skip_reason
 from mmdeploy.pareto import point_order
 from mmdeploy.report.model import Report
+from mmdeploy.report_values import check_threshold
 from mmdeploy.results import PointKey
 
 FindingKind = Literal["accuracy-drop", "latency-regression", "missing-point", "new-point", "not-served-here"]
@@ -66,6 +67,12 @@ def _check_comparable(new: Report, baseline: Report) -> None:
                 )
 
 
+def check_gate_thresholds(max_acc_drop: float, max_latency_regress: float) -> None:
+    """Both thresholds finite and >= 0 (checked before any work as well as by :func:`compare_reports`)."""
+    check_threshold(max_acc_drop, "--max-acc-drop", "0.3")
+    check_threshold(max_latency_regress, "--max-latency-regress", "15%")
+
+
 def compare_reports(
     new: Report, baseline: Report, max_acc_drop: float, max_latency_regress: float
 ) -> GateResult:
@@ -75,8 +82,7 @@ def compare_reports(
     relative latency grew by more than the fraction ``max_latency_regress`` (0.15 = 15%), or
     when it is in the baseline but not in the new report. New points are noted, not failed.
     """
-    if max_acc_drop < 0 or max_latency_regress < 0:
-        raise MMDeployError("gate thresholds must not be negative", "e.g. --max-acc-drop 0.5 --max-latency-regress 15%")
+    check_gate_thresholds(max_acc_drop, max_latency_regress)
     _check_comparable(new, baseline)
     skip_latency = latency_skip_reason(new, baseline)
     old_points = {p.key: p for p in baseline.points}

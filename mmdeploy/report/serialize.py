@@ -123,6 +123,11 @@ def _report_from_json(data: object) -> Report:
     if problem := report_problem(data):
         raise _Invalid(problem)
     points = [_point_from_json(p, f"points[{i}]") for i, p in enumerate(data["points"])]
+    first: dict[PointKey, int] = {}
+    for i, point in enumerate(points):  # two entries for one point would gate PASS or FAIL by their order
+        if point.key in first:
+            raise _Invalid(f"points[{i}] repeats {point.key.label} (as points[{first[point.key]}])")
+        first[point.key] = i
     by_key = {p.key: p for p in points}
 
     def measured(key: PointKey, where: str) -> Point:
@@ -166,6 +171,10 @@ def load_report(path: str | os.PathLike) -> Report:
         raise MMDeployError(f"no report at {path}", "run `mmdeploy report BUNDLE` first") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MMDeployError(f"cannot read report {path}: {exc}", regenerate) from None
+    except RecursionError:
+        raise MMDeployError(f"cannot read report {path}: its JSON is nested too deeply", regenerate) from None
+    except ValueError as exc:  # Python's limit on digits in an integer (4300 by default)
+        raise MMDeployError(f"cannot read report {path}: {str(exc).split(':')[0]}", regenerate) from None
     version = data.get("schema_version") if isinstance(data, dict) else None
     if version != SCHEMA_VERSION:
         raise MMDeployError(
