@@ -34,10 +34,9 @@ def manifest_problem(manifest: dict) -> str:
         return "source.arch_kwargs is not an object"
     try:
         Preprocess.from_dict(manifest["preprocess"])
-    except MMDeployError as exc:  # an unknown kind, or a zero/NaN/inf normalization (as from an edited manifest)
-        return f"preprocess: {exc.message}"
-    except (KeyError, TypeError, ValueError):
-        return "preprocess needs kind (cifar or imagenet), mean and std"
+    except (KeyError, TypeError, ValueError, MMDeployError) as exc:  # also a zero/NaN/inf normalization, as in an edited manifest
+        detail = f": {exc.message}" if isinstance(exc, MMDeployError) else ""
+        return "preprocess needs kind (cifar or imagenet), mean and std" + detail
     if not isinstance(manifest["sizes"], dict) or not isinstance(manifest.get("dynamic", {}), dict):
         return "sizes and dynamic must be objects"
     for size, entry in manifest["sizes"].items():
