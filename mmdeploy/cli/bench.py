@@ -17,7 +17,7 @@ def bench(
     engine: EngineOpt = None,
     precision: PrecisionOpt = None,
     size: SizesOpt = None,
-    batch: Annotated[Optional[list[int]], typer.Option("--batch", help="Batch size (repeatable; default 1 and 32).")] = None,
+    batch: Annotated[Optional[list[int]], typer.Option("--batch", help="Batch size (repeatable; default 1 and 32); refused up front if it cannot fit in free memory.")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed calls per point first.")] = 10,
     iters: Annotated[int, typer.Option(help="Timed calls per point (round-robin over points).")] = 50,
     tune: Annotated[bool, typer.Option("--tune", help="First time ONNX Runtime at threads 1..cores x spinning on/off and OpenVINO at threads 1..cores x one stream or one per thread, per size and batch; store the fastest in the bundle (engines then use it).")] = False,

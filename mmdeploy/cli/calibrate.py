@@ -24,7 +24,7 @@ def calibrate(
     arch: ArchOpt = None,
     preprocess: Annotated[Optional[str], typer.Option(help="cifar (resize whole image) or imagenet (resize S/0.875, center-crop).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")] = None,
-    std: Annotated[Optional[str], typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std (finite, > 0), e.g. 0.229,0.224,0.225.")] = None,
     train_size: Annotated[Optional[int], typer.Option("--train-size", help="The size the checkpoint was trained at (reference point of reports).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     unsafe_allow_pickle: PickleOpt = False,

@@ -24,7 +24,7 @@ def eval_(
     arch: ArchOpt = None,
     preprocess: Annotated[Optional[str], typer.Option(help="Checkpoint only: cifar or imagenet (a bundle uses its own).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Checkpoint only: per-channel mean, e.g. 0.485,0.456,0.406.")] = None,
-    std: Annotated[Optional[str], typer.Option(help="Checkpoint only: per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Checkpoint only: per-channel std (finite, > 0), e.g. 0.229,0.224,0.225.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Device for the torch engine (default: cuda if available).")] = None,
     unsafe_allow_pickle: PickleOpt = False,
     trust_code_from_files: TrustOpt = False,

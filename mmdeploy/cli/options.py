@@ -12,7 +12,7 @@ DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder directo
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture name (see `mmdeploy archs`) or package.module:factory (your code; a bundle made from it needs the same spec again).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-code-from-files", help="Let a checkpoint, sidecar or bundle name package.module:factory code to import and call. Only for files you trust; --arch SPEC allows just that one.")]
-PickleOpt = Annotated[bool, typer.Option("--unsafe-allow-pickle", help="Allow arbitrary unpickling of the checkpoint. Only for files you trust.")]
+PickleOpt = Annotated[bool, typer.Option("--unsafe-allow-pickle", help="Allow arbitrary unpickling of the checkpoint (warns when a file needs it). Only for files you trust.")]
 EngineOpt = Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine: torch, ort, trt or ov (OpenVINO, CPU) (repeatable).")]
 PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32, fp16 (ort, trt, torch on CUDA), bf16 (ov, CPUs with native bf16) or int8 (ort, trt; per-size QDQ ONNX) (repeatable).")]
 # Read by the `command` wrapper (one writer per bundle): wait for another writer, or fail at once.

@@ -176,32 +176,33 @@ def _read_safetensors(path: Path) -> tuple[dict, dict, str]:
             origin = f"sidecar {sidecar}"
     for key in ("config", "mmdeploy"):
         if isinstance(meta.get(key), str):
-            meta[key] = _parse_config(meta[key], path)
+            meta[key] = _parse_config(meta[key], path, key)
     return state, meta, origin
 
 
 MAX_CONFIG_CHARS = 20_000  # a model config is a few dozen keys; parsing a huge string exhausts memory (MemoryError)
 
 
-def _parse_config(text, path: Path) -> dict:
+def _parse_config(text, path: Path, entry: str = "config") -> dict:
+    """A dict, or the string of one (``entry``: which entry of the file it is, for the errors)."""
     if isinstance(text, dict):
         return text
     if not text:
         return {}
+    hint = f"the {entry} must be a short literal dict like \"{{'depth': 44}}\""
     if not isinstance(text, str):
-        raise MMDeployError(f"{path}: config is a {type(text).__name__}, not a string or dict", "the config must be like \"{'depth': 44}\"")
+        raise MMDeployError(f"{path}: {entry} is a {type(text).__name__}, not a string or dict", hint)
     if len(text) > MAX_CONFIG_CHARS:
-        raise MMDeployError(f"{path}: config string has {len(text):,} characters (at most {MAX_CONFIG_CHARS:,} are read)",
-                            "the config must be a short literal dict like \"{'depth': 44}\"")
+        raise MMDeployError(f"{path}: the {entry} string has {len(text):,} characters (at most {MAX_CONFIG_CHARS:,} are read)", hint)
     try:
         value = ast.literal_eval(text)  # the reference code stores the --model-config string; never eval()
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         try:
             value = json.loads(text)
         except (ValueError, RecursionError):  # JSONDecodeError, an over-long integer, deep nesting
-            raise MMDeployError(f"{path}: config {text[:80]!r} is not a literal dict", "the config must be like \"{'depth': 44}\"") from None
+            raise MMDeployError(f"{path}: {entry} {text[:80]!r} is not a literal dict", hint) from None
     if not isinstance(value, dict):
-        raise MMDeployError(f"{path}: config {text[:80]!r} is not a dict", "the config must be like \"{'depth': 44}\"")
+        raise MMDeployError(f"{path}: {entry} {text[:80]!r} is not a dict", hint)
     return value
 
 
@@ -275,7 +276,7 @@ def load_checkpoint(
             config = _parse_config(obj.get("config") or {}, path)
             meta = {k: obj[k] for k in ("epoch", "best_prec1") if k in obj}
             if isinstance(obj.get("mmdeploy"), (dict, str)):
-                meta["mmdeploy"] = _parse_config(obj["mmdeploy"], path)
+                meta["mmdeploy"] = _parse_config(obj["mmdeploy"], path, "mmdeploy")
         elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             state, fmt, model_name, config = obj, "state-dict", None, {}
         else:
