@@ -126,7 +126,7 @@ PRECISION_CHOICES = PRECISIONS
 _COMMANDS = ("calibrate", "export", "eval", "bench", "report", "run")  # each has --trust-code-from-files
 
 SCHEMA: dict[str, Any] = {
-    "out": Field("str", "folder of the bundles, one per model (out/<name>)"),
+    "out": Field("str", "folder of the bundles, one per model (out/<name>)", flags=flags("run --out")),
     "data": {
         "calibration": Field("str", "image folder for BN calibration (and the export parity gate)",
                              flags=flags("calibrate --data", "export --data")),
