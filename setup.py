@@ -2,7 +2,7 @@
 
 The repository keeps them at its top level (``models/``, ``calib/``, ``ci/baseline/``, as the design card lays out), so
 a checkout runs the demo from there; an installed package has no checkout, so the files it needs are copied into the
-built package (checkpoints, calibration and validation images, the gate's baseline reports: about 17 MB). Everything
+built package (checkpoints, calibration and validation images, the gate's baseline reports: 7 MB). Everything
 else is configured in pyproject.toml.
 """
 
