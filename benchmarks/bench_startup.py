@@ -8,12 +8,14 @@ load on the machine falls on all of them alike. Prints the median wall time of e
 ``python -c pass``. The report is timed twice: into a new folder (pareto.png drawn) and again into the same folder
 (its inputs unchanged, so pareto.png is kept and only the text files are written). Without ``--bundle`` a tiny bundle is made first in a temporary folder (the shipped mixed-size
 model at 24 and 32 px, a few calibration batches, ONNX Runtime fp32, a short bench), which takes a minute or so.
-The ``mmdeploy`` on PATH is timed (the one of the active environment), else ``python -m mmdeploy``.
+The ``mmdeploy`` on PATH is timed (the one of the active environment), else ``python -m mmdeploy``; ``--cli`` names
+another command line, e.g. an older version for a before/after: ``--cli "env PYTHONPATH=/tmp/old python -m mmdeploy"``.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -51,9 +53,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, help="a bundle with eval and bench results (default: make a tiny one)")
     ap.add_argument("--runs", type=int, default=9, help="runs of each command (median reported)")
+    ap.add_argument("--cli", help="the command line to time (default: mmdeploy on PATH)")
     args = ap.parse_args()
     exe = shutil.which("mmdeploy")
-    cli = [exe] if exe else [sys.executable, "-m", "mmdeploy"]
+    cli = shlex.split(args.cli) if args.cli else [exe] if exe else [sys.executable, "-m", "mmdeploy"]
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle or _tiny_bundle(Path(tmp))
         # The report's files go to the temporary folder, so that timing it does not touch a given bundle's.

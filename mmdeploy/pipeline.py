@@ -2,8 +2,9 @@
 
 With no config, the embedded demo: the shipped models in models/ (mixed-size and fixed
 baseline) on the images in calib/, read from the checkout or, installed from a wheel, from the
-copies it carries (mmdeploy/_demo/, see setup.py); its bundles go to ./runs/demo wherever that is. Each step records a key of its inputs in the bundle's
-manifest; a step whose key did not change is skipped, so a second run reuses everything.
+copies it carries (mmdeploy/_demo/, see setup.py); its bundles go to ./runs/demo under the
+current folder. Each step records a key of its inputs in the bundle's manifest; a step whose
+key did not change is skipped, so a second run reuses everything.
 Every write is atomic, so Ctrl-C leaves each bundle as its last finished step left it.
 """
 
