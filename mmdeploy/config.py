@@ -14,12 +14,12 @@ call, that call's keyword. :mod:`mmdeploy.flagmap` builds the library keywords f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmdeploy.engines import PRECISIONS
 from mmdeploy.errors import MMDeployError
-from mmdeploy.export.quantize import METHODS as INT8_METHODS
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Field:
     kind: str  # "str", "int", "number", "bool", "fraction", "list[int]", "list[number]", "list[str]"
     help: str
     minimum: float | None = None
-    choices: tuple[str, ...] = ()
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] = ()  # a callable: the choices of a module costly to import
     required: bool = False
     non_empty: bool = False
     maximum: float | None = None
@@ -77,8 +77,9 @@ class Field:
             return [f"{where} must be a finite number (got {_show(v)})"]
         if base == "fraction":
             return _fraction_problems(v, where)
-        if self.choices and v not in self.choices:
-            return [f"{where} = {_show(v)} is not one of {', '.join(self.choices)}"]
+        choices = self.choices() if callable(self.choices) else self.choices
+        if choices and v not in choices:
+            return [f"{where} = {_show(v)} is not one of {', '.join(choices)}"]
         if self.minimum is not None and v < self.minimum:
             return [f"{where} must be >= {self.minimum:g} (got {_show(v)})"]
         if self.maximum is not None and v > self.maximum:
@@ -111,13 +112,21 @@ class ModelList:
     fields: dict[str, Field] = field(default_factory=dict)
 
 
+def _int8_methods() -> tuple[str, ...]:
+    # quantize.py imports torch and ONNX Runtime; the schema is read by every command's flags (report, the gate), so
+    # the methods are looked up when a config names one.
+    from mmdeploy.export.quantize import METHODS
+
+    return METHODS
+
+
 ENGINE_CHOICES = ("auto", "ort", "trt", "ov")
 PRECISION_CHOICES = PRECISIONS
 
 _COMMANDS = ("calibrate", "export", "eval", "bench", "report", "run")  # each has --trust-code-from-files
 
 SCHEMA: dict[str, Any] = {
-    "out": Field("str", "folder of the bundles, one per model (out/<name>)"),
+    "out": Field("str", "folder of the bundles, one per model (out/<name>)", flags=flags("run --out")),
     "data": {
         "calibration": Field("str", "image folder for BN calibration (and the export parity gate)",
                              flags=flags("calibrate --data", "export --data")),
@@ -154,7 +163,7 @@ SCHEMA: dict[str, Any] = {
                          choices=ENGINE_CHOICES, non_empty=True, flags=flags("export --engine", "eval --engine", "bench --engine")),
         "precisions": Field("list[str]", "precisions to export (each engine takes those it serves), evaluate and bench",
                             choices=PRECISION_CHOICES, non_empty=True, flags=flags("export --precision", "eval --precision", "bench --precision")),
-        "int8_method": Field("str", "int8 activation range calibration (default percentile)", choices=INT8_METHODS,
+        "int8_method": Field("str", "int8 activation range calibration (default percentile)", choices=_int8_methods,
                              flags=flags("export --int8-method", keyword="int8_method")),
         "int8_images": Field("int", "int8 calibration images per size (default 256)", minimum=1,
                              flags=flags("export --int8-images", keyword="int8_images")),

@@ -19,13 +19,15 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from mmdeploy.classes import folder_labels
 from mmdeploy.errors import MMDeployError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: Preprocess checks a manifest without it (report, the gate)
+    import torch
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -268,6 +270,8 @@ def decode_images(
         )
     if skipped:
         warnings.warn(f"skipped {len(skipped)} unreadable files in {folder.root}, e.g. {skipped[0]}", stacklevel=2)
+    import torch
+
     labels_t = torch.tensor(labels, dtype=torch.long)
     if sizes:
         per_size = {s: torch.from_numpy(np.stack([a[j] for a in arrays])) for j, s in enumerate(sizes)}
@@ -299,6 +303,8 @@ def to_input(batch_u8: torch.Tensor, size: int, pre: Preprocess, augment_gen: to
     Augmentation is the reference code's CIFAR recipe scaled to S: random crop with S/8
     zero padding and a horizontal flip, per image, vectorized.
     """
+    import torch.nn.functional as F
+
     x = batch_u8.float().div_(255.0)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -316,6 +322,8 @@ def normalize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
 def to_device(t: torch.Tensor, device: str | torch.device) -> torch.Tensor:
     """Copy a host tensor to ``device`` without stalling the host: a copy from pageable memory
     to a GPU waits for all queued GPU work first, one from pinned memory does not."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
@@ -325,11 +333,16 @@ def to_device(t: torch.Tensor, device: str | torch.device) -> torch.Tensor:
 @functools.lru_cache(maxsize=32)
 def _normalization(mean: tuple, std: tuple, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std as [1,C,1,1] tensors on ``device``, made once (each creation is a host-to-device copy)."""
+    import torch
+
     return (torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1), torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1))
 
 
 def augment_crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random crop with S/8 zero padding and a horizontal flip per image (calibration and training)."""
+    import torch
+    import torch.nn.functional as F
+
     b, _, h, w = x.shape
     pad = max(1, h // 8)
     padded = F.pad(x, (pad, pad, pad, pad))

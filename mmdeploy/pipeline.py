@@ -1,8 +1,10 @@
 """``mmdeploy run``: calibrate, export, eval, bench and report in one go, from a TOML config.
 
 With no config, the embedded demo: the shipped models in models/ (mixed-size and fixed
-baseline) on the images in calib/. Each step records a key of its inputs in the bundle's
-manifest; a step whose key did not change is skipped, so a second run reuses everything.
+baseline) on the images in calib/, read from the checkout or, installed from a wheel, from the
+copies it carries (mmdeploy/_demo/, see setup.py); its bundles go to ./runs/demo under the
+current folder. Each step records a key of its inputs in the bundle's manifest; a step whose
+key did not change is skipped, so a second run reuses everything.
 Every write is atomic, so Ctrl-C leaves each bundle as its last finished step left it.
 """
 
@@ -38,6 +40,29 @@ DEMO_CONFIG: dict = {
 }
 
 
+# `mmdeploy run --quick`: the demo's whole pipeline in about a minute on 2 cores (a first look, not the demo's figures).
+QUICK_DEMO: dict = {
+    "calibrate": {"sizes": [16, 32], "batches": 4, "batch_size": 32},
+    "export": {"engines": ["ort"], "precisions": ["fp32"]},
+    "eval": {"limit": 400},
+    "bench": {"batches": [1], "warmup": 2, "iters": 10, "tune": False, "noise_budget_s": 0},
+}
+
+
+def demo_root() -> Path:
+    """The folder the demo's relative paths start from: the installed package's copies (``mmdeploy/_demo``, which
+    setup.py puts into the wheel), else the checkout this package runs from (models/ and calib/ at its top level)."""
+    from importlib.resources import files
+
+    packaged = files("mmdeploy") / "_demo"
+    if isinstance(packaged, Path) and (packaged / "calib").is_dir():
+        return packaged
+    if (PROJECT_ROOT / "models").is_dir() and (PROJECT_ROOT / "calib").is_dir():
+        return PROJECT_ROOT
+    raise MMDeployError("the demo's models and images are not installed with this mmdeploy (no mmdeploy/_demo/, no checkout)",
+                        "install mmdeploy from its wheel or a checkout, or pass a CONFIG naming your own models and images")
+
+
 @dataclass
 class ModelRun:
     name: str
@@ -63,10 +88,19 @@ class RunSummary:
         return all(m.gate is None or m.gate.passed for m in self.models)
 
 
-def load_config(path: str | Path | None) -> tuple[dict, Path]:
-    """The config merged over the demo's defaults, and the folder its relative paths start from."""
+def load_config(path: str | Path | None, quick: bool = False) -> tuple[dict, Path]:
+    """The config merged over the demo's defaults, and the folder its relative paths start from (the config's folder).
+
+    No config: the demo, reading its files from :func:`demo_root` and writing under the current folder; ``quick``
+    shrinks it (:data:`QUICK_DEMO`)."""
     if path is None:
-        return copy.deepcopy(DEMO_CONFIG), PROJECT_ROOT
+        config = copy.deepcopy(DEMO_CONFIG)
+        for section, values in (QUICK_DEMO if quick else {}).items():
+            config[section].update(values)
+        config["out"] = str(Path.cwd() / config["out"])  # outputs where the command runs, never beside the installed files
+        return config, demo_root()
+    if quick:
+        raise MMDeployError("--quick shrinks the embedded demo; a config sets its own sizes and batches", "drop --quick, or the CONFIG")
     path = Path(path)
     if not path.is_file():
         raise MMDeployError(f"config {path} does not exist", "pass a TOML file, or no argument for the demo")
@@ -183,12 +217,17 @@ def _fresh_steps(fresh: list[str] | None) -> set[str]:
 
 
 def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None, progress: Progress | None = None, log=print,
-                 fresh: list[str] | None = None) -> RunSummary:
-    """Run every step for every model of the config; ``gate`` overrides ``report.gate``; ``fresh`` steps re-run even if reusable."""
+                 fresh: list[str] | None = None, out: str | Path | None = None, quick: bool = False) -> RunSummary:
+    """Run every step for every model of the config; ``gate`` overrides ``report.gate``; ``fresh`` steps re-run even if reusable;
+    ``out`` replaces the config's ``out`` (relative to the current folder); ``quick``: the reduced demo (no config)."""
     from mmdeploy.models.trust import user_code_policy
 
     fresh_steps = _fresh_steps(fresh)
-    config, base = load_config(config_path)
+    if quick and gate:
+        raise MMDeployError("--quick measures fewer points than the gate's baseline has", "gate the full demo: mmdeploy run --gate")
+    config, base = load_config(config_path, quick)
+    if out is not None:
+        config["out"] = str(Path(out).absolute())
     # The config is the user's own: its `arch` specs may be imported, and it may trust files.
     with user_code_policy([m.get("arch") for m in config["model"]], config["trust_code_from_files"],  # types checked by the schema
                           f"trust_code_from_files = true in {config_path or 'the run config'}"):

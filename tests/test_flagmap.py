@@ -27,6 +27,8 @@ NOT_IN_CONFIG = {
     "export --out": "only with a checkpoint: a run always exports the bundle it calibrated",
     "report --out": "a run writes each report into its model's bundle",
     "run --fresh": "which reusable steps one invocation measures again",
+    "run --quick": "shrinks the embedded demo; a config sets its own sizes and batches",
+    "report --junit": "where one invocation writes its gate's findings as a test report",
 }
 
 

@@ -16,8 +16,10 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # annotations only: reading a bundle (report, gate) must not import torch
+    import torch
 
 from mmdeploy.bundle import records as rec
 from mmdeploy.bundle.files import atomic_write_text, cached_sha256

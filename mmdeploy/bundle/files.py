@@ -12,8 +12,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # annotations only: reading a bundle (report, gate) must not import torch
+    import torch
 
 TEMP_SUFFIX = ".tmp"
 

@@ -30,6 +30,18 @@ app = typer.Typer(
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
+# Lines as long as a table needs where the output is not a terminal (a CI log, a pipe, a file): rich would otherwise
+# wrap at 80 columns and cut cells ("preci…"). COLUMNS, where set, still decides.
+PIPE_WIDTH = 1000
+
+
+def _full_width_when_piped() -> None:
+    if "COLUMNS" in os.environ:
+        return
+    for out in (console, err_console):
+        if not out.is_terminal:
+            out.width = PIPE_WIDTH
+
 
 def _warn_one_line(message, category, filename, lineno, file=None, line=None):
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)  # one line, whatever it quotes
@@ -49,6 +61,7 @@ def command(fn=None, *, name: str | None = None):
         from mmdeploy.models.trust import user_code_policy
 
         warnings.showwarning = _warn_one_line
+        _full_width_when_piped()
         invocation = _invocation.set((name or fn.__name__, kwargs))
         try:
             from mmdeploy.bundle import lock_policy

@@ -13,9 +13,9 @@ def archs(json_out: JsonOpt = False):
 
     Example: [bold]mmdeploy archs[/]
     """
-    from mmdeploy.models import arch_info, list_archs
+    from mmdeploy.models import arch_facts, list_archs
 
-    rows = [{"name": n, "dataset": arch_info(n).dataset, "min_size": arch_info(n).min_size} for n in list_archs()]
+    rows = [{"name": n, "dataset": arch_facts(n)[0], "min_size": arch_facts(n)[1]} for n in list_archs()]
     if json_out:
         return emit_json(rows)
     console.print(archs_table(rows))

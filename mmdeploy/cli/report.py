@@ -25,6 +25,7 @@ def report(
     baseline: Annotated[Optional[Path], typer.Option(help="CI gate: compare with this report.json; exit 1 if a point got worse.")] = None,
     max_acc_drop: Annotated[float, typer.Option(help="CI gate: allowed top-1 drop in points (finite, >= 0).")] = 0.3,
     max_latency_regress: Annotated[str, typer.Option(help="CI gate: allowed growth of latency relative to the reference, e.g. 15%.")] = "15%",
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="CI gate: also write its result as JUnit XML to this file, one test case per point (failed ones with their reasons).")] = None,
     arch: ArchOpt = None,
     trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
@@ -32,11 +33,16 @@ def report(
 ):
     """The accuracy/latency Pareto front, the speed-up at iso-accuracy, a pick, and a CI gate.
 
-    Example: [bold]mmdeploy report bundle/ --baseline ci/baseline/report.json --max-acc-drop 0.3 --max-latency-regress 15%[/]
+    Example: [bold]mmdeploy report bundle/ --baseline ci/baseline/report.json --max-acc-drop 0.3 --max-latency-regress 15% --junit gate.xml[/]
     """
+    from mmdeploy.bundle import atomic_write_bytes
+    from mmdeploy.errors import MMDeployError
     from mmdeploy.pareto import pick as pick_point
-    from mmdeploy.report import compare_reports, format_gate, load_report, parse_fraction, render_table, report_bundle
+    from mmdeploy.report import compare_reports, format_gate, gate_junit, load_report, parse_fraction, render_table, report_bundle
     from mmdeploy.report.gate import check_gate_thresholds
+
+    if junit is not None and baseline is None:
+        raise MMDeployError("--junit writes the gate's result, and there is no gate without --baseline", "add --baseline OLD/report.json")
 
     # Read the baseline (and check the options) before writing: the baseline may be this bundle's own report.json.
     old = load_report(baseline) if baseline else None
@@ -45,6 +51,9 @@ def report(
     rep, written = report_bundle(bundle, out_dir=out, **library_kwargs())  # --batch, --reference, --tolerance, as [report] has them
     chosen = pick_point(rep.points, latency_budget, min_accuracy) if pick or latency_budget is not None or min_accuracy is not None else None
     gate = compare_reports(rep, old, max_acc_drop, regress) if old is not None else None
+    if junit is not None:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(junit, gate_junit(gate, rep, old))
     if json_out:
         emit_json({"report": str(written["json"]), "files": {k: str(v) for k, v in written.items()}, "pick": chosen,
                     "gate": None if gate is None else {"passed": gate.passed, "findings": gate.findings}})

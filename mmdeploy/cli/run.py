@@ -17,6 +17,8 @@ def run(
     config: Annotated[Optional[Path], typer.Argument(help="TOML config: \\[\\[model]], \\[data], and one section per step (\\[calibrate] \\[export] \\[eval] \\[bench] \\[report]) with a key for each of that command's options (bench --noise-budget is \\[bench] noise_budget_s; see the README). None: the embedded demo.")] = None,
     gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help="Gate each model's report against its baseline (exit 1 on regression).")] = None,
     fresh: Annotated[Optional[list[str]], typer.Option("--fresh", help="Re-run this step even if reusable: eval, tune, bench or all (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder of the bundles, one per model (default: the config's out, relative to the config; the demo: ./runs/demo).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="The demo reduced to a first look in about a minute: sizes 16 and 32, a few calibration batches, ONNX Runtime fp32, no tuning, a short bench.")] = False,
     trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,
@@ -25,14 +27,14 @@ def run(
 
     The whole config is checked first (unknown keys, types, ranges, duplicate model names), each problem on its own line. With \\[report] pick = true (or latency_budget_ms / min_accuracy) each model's point to deploy is printed. Reuse is keyed by content (image bytes, hashed once per file and cached in $MMDEPLOY_CACHE_DIR, default ~/.cache/mmdeploy).
 
-    Example: [bold]mmdeploy run[/] (the demo: shipped models on shipped images), [bold]mmdeploy run my.toml[/], or
+    Example: [bold]mmdeploy run[/] (the demo: shipped models on shipped images, bundles in ./runs/demo), [bold]mmdeploy run my.toml[/], or
     [bold]mmdeploy run --fresh bench[/] (measure latency again)
     """
     from mmdeploy.pipeline import run_pipeline
     from mmdeploy.report import format_gate, render_table
 
     log = (lambda msg: None) if json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
-    summary = run_pipeline(config, gate=gate, progress=make_progress(json_out), log=log, fresh=fresh)
+    summary = run_pipeline(config, gate=gate, progress=make_progress(json_out), log=log, fresh=fresh, out=out, quick=quick)
     if json_out:
         emit_json({"models": [{"name": m.name, "bundle": m.bundle, "steps": m.steps, "files": m.files,
                                 "gate": None if m.gate is None else m.gate.passed, "pick": m.pick} for m in summary.models],

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from mmdeploy.engines.base import Engine, InputMeta
+from typing import TYPE_CHECKING
+
 from mmdeploy.errors import MMDeployError
+
+if TYPE_CHECKING:
+    from mmdeploy.engines.base import Engine, InputMeta
 
 ENGINES = ("torch", "ort", "trt", "ov")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -55,6 +59,16 @@ def create_engine(name: str, bundle, size: int, precision: str = "fp32", **optio
 
         return OvEngine.from_bundle(bundle, size, precision, **options)
     raise MMDeployError(f"unknown engine {name!r}", f"use one of {', '.join(ENGINES)}")
+
+
+def __getattr__(name: str):
+    # The lifecycle's classes import torch: loaded on first use, so that the names and precisions above (read by the
+    # config schema, hence by every command's flags) cost no torch import.
+    if name in ("Engine", "InputMeta"):
+        from mmdeploy.engines import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def available_engines() -> dict[str, str]:

@@ -32,7 +32,8 @@ def ov_unavailable_reason() -> str:
     try:
         import openvino  # noqa: F401
     except ImportError:
-        return "openvino is not installed (pip install 'mmdeploy-mixsize[openvino]' or pip install openvino)"
+        # A default dependency where OpenVINO publishes wheels (Linux x86_64/aarch64, Windows x86-64, macOS arm64).
+        return "openvino is not installed (pip install openvino, where it has wheels for this platform)"
     return ""
 
 

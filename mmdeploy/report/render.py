@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import struct
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.table import Table
@@ -174,8 +177,50 @@ def _render_png(report: Report) -> bytes:
     axes.set_title(f"{report.bundle_name or 'mmdeploy'}: accuracy vs latency\n{subtitle}", fontsize=10)
     axes.grid(alpha=0.3)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    figure.savefig(buffer, format="png", metadata={_PLOT_KEY: _plot_key(report)})
     return buffer.getvalue()
+
+
+_PLOT_KEY = "mmdeploy-plot-key"  # a tEXt entry of pareto.png: what it was drawn from
+
+
+def _plot_key(report: Report) -> str:
+    """A key of what the plot shows (every point, the speed-up, batch and name), the code that draws it and matplotlib's
+    version. Drawing is most of a report's time (importing matplotlib alone takes longer than the rest), so an unchanged
+    pareto.png is kept instead of drawn again."""
+    from importlib.metadata import version
+
+    shown = [[p.to_dict() for p in report.points], report.speedup and asdict(report.speedup), report.batch, report.bundle_name,
+             version("matplotlib")]
+    digest = hashlib.sha256(json.dumps(shown, sort_keys=True, default=str).encode())
+    digest.update(Path(__file__).read_bytes())  # this module: the drawing code
+    return digest.hexdigest()
+
+
+def _png_text(path: Path, keyword: str) -> str | None:
+    """The tEXt entry ``keyword`` of a PNG file, or None (no file, not a PNG, no such entry before the image data).
+    Reads chunk headers and small text chunks only: the file is the user's, not trusted to be well formed."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            for _ in range(64):
+                head = f.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND"):
+                    return None
+                if kind == b"tEXt" and length <= 4096:
+                    name, _, text = f.read(length).partition(b"\0")
+                    if name.decode("latin-1") == keyword:
+                        return text.decode("latin-1")
+                    f.seek(4, os.SEEK_CUR)  # the CRC
+                else:
+                    f.seek(length + 4, os.SEEK_CUR)
+    except OSError:
+        return None
+    return None
 
 
 def write_report(report: Report, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -190,10 +235,13 @@ def write_report(report: Report, out_dir: str | os.PathLike) -> dict[str, Path]:
         "json": ("report.json", (json.dumps(report_to_json(report), indent=2, allow_nan=False) + "\n").encode()),
         "csv": ("report.csv", _render_csv(report).encode()),
         "md": ("report.md", _render_markdown(report).encode()),
-        "png": ("pareto.png", _render_png(report)),
     }
+    png = out_dir / "pareto.png"
+    if _png_text(png, _PLOT_KEY) != _plot_key(report):  # drawn from other inputs (or not by this code): draw it again
+        contents["png"] = (png.name, _render_png(report))
     written = {}
     for kind, (name, data) in contents.items():
         atomic_write_bytes(out_dir / name, data)
         written[kind] = out_dir / name
+    written["png"] = png
     return written

@@ -5,15 +5,35 @@
 - :mod:`~mmdeploy.train.trainer`: the loop (``train_model``) and its results;
 - :mod:`~mmdeploy.train.optim`: gradient smoothing, weight-decay groups, the learning-rate schedule;
 - :mod:`~mmdeploy.train.batches`: training and validation batches made on the device;
+- :mod:`~mmdeploy.train.monitor`: what a run reports while it runs (epoch records, the monitor interface), without torch;
 - :mod:`~mmdeploy.train.checkpoint_io`: writing checkpoints and reading one back to resume;
 - :mod:`~mmdeploy.train.options`: option checks before any work;
 - :mod:`~mmdeploy.train.command`: the Typer command (imported by ``mmdeploy.cli``).
 """
 
-from mmdeploy.train.optim import GradSmoother
-from mmdeploy.train.regime import Regime, SizeConfig, make_regime, mixsize_config, parse_sizes
-from mmdeploy.train.sampler import Step, epoch_steps, steps_per_epoch
-from mmdeploy.train.trainer import TrainSummary, train_model
+import importlib
+
+# Where each public name lives. Loaded on first use (PEP 562), so that importing ``mmdeploy.train.command`` (which every
+# CLI start-up does, to register ``mmdeploy train``) does not import torch through the loop's modules.
+_HOME = {
+    "GradSmoother": "optim",
+    "Regime": "regime", "SizeConfig": "regime", "make_regime": "regime", "mixsize_config": "regime", "parse_sizes": "regime",
+    "Step": "sampler", "epoch_steps": "sampler", "steps_per_epoch": "sampler",
+    "TrainSummary": "trainer", "train_model": "trainer",
+}
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})
+
 
 __all__ = [
     "GradSmoother",

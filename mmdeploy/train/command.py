@@ -11,7 +11,7 @@ import typer
 
 from mmdeploy.cli.app import command, console, emit_json, err_console, make_progress
 from mmdeploy.cli.options import JsonOpt
-from mmdeploy.train.trainer import EpochRecord, TrainMonitor
+from mmdeploy.train.monitor import EpochRecord, TrainMonitor  # not the loop's module: that one imports torch
 
 
 class _LineMonitor(TrainMonitor):

@@ -35,6 +35,7 @@ from mmdeploy.models import arch_info, create_model
 from mmdeploy.progress import Progress
 from mmdeploy.train.batches import _decode_val, _val_accuracy, make_batch
 from mmdeploy.train.checkpoint_io import _cpu_state, _cpu_tree, _read_resume, reference_model_config, save_training_checkpoint
+from mmdeploy.train.monitor import EpochRecord, TrainMonitor
 from mmdeploy.train.optim import GradSmoother, lr_at, param_groups
 from mmdeploy.train.options import _check_fits, _check_options, _check_out, _device
 from mmdeploy.train.precision import cache_key, check_precision, choose_precision, step_timer
@@ -45,19 +46,6 @@ _REPORT_EVERY = 10  # steps between progress updates (each one waits for the dev
 
 
 # -- results -------------------------------------------------------------------------------
-
-
-@dataclass
-class EpochRecord:
-    """What one epoch (or the part of one that ran) did."""
-
-    epoch: int
-    steps: int
-    loss: float
-    train_acc: float  # % of training samples (all duplicates) classified right, augmented
-    images_per_s: float  # network inputs (duplicates included) per second of training
-    lr: float
-    val_acc: float | None = None
 
 
 @dataclass
@@ -79,21 +67,6 @@ class TrainSummary:
     best_prec1: float
     stopped_early: str | None  # "max-minutes", "interrupted", or None
     history: list[EpochRecord] = field(default_factory=list)
-
-
-class TrainMonitor:
-    """Where training reports progress. The default is silent; the CLI shows a bar or lines."""
-
-    def begin(self, total_steps: int, done_steps: int, description: str) -> None: ...
-
-    def update(self, step: int, loss: float, acc: float, lr: float, size: int) -> None: ...
-
-    def end_epoch(self, record: EpochRecord) -> None: ...
-
-    def finish(self) -> None: ...
-
-    def note(self, text: str) -> None:
-        """One line about a decision the run made (e.g. the precision ``auto`` chose)."""
 
 
 # -- the loop ----------------------------------------------------------------------------------
