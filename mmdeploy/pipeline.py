@@ -189,8 +189,9 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
 
     fresh_steps = _fresh_steps(fresh)
     config, base = load_config(config_path)
-    # The config is the user's own: its `arch` specs may be imported, and it may trust files.
-    with user_code_policy([m.get("arch") for m in config["model"]], config["trust_code_from_files"]):  # types checked by the schema
+    # The config is the user's own: its `arch` specs (with their `arch_kwargs`) may be imported, and it may trust files.
+    with user_code_policy([(m.get("arch"), m.get("arch_kwargs")) for m in config["model"]],  # each model's own call; types checked by the schema
+                          config["trust_code_from_files"]):
         return _run_models(config, base, gate, progress, log, fresh_steps)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mmdeploy.cli.app import command, console, emit_json, library_kwargs, make_progress
-from mmdeploy.cli.options import ArchOpt, DataOpt, JsonOpt, NoWaitOpt, PickleOpt, SizesOpt, TrustOpt
+from mmdeploy.cli.options import ArchKwargsOpt, ArchOpt, DataOpt, JsonOpt, NoWaitOpt, PickleOpt, SizesOpt, TrustOpt
 
 
 @command
@@ -22,6 +22,7 @@ def calibrate(
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentation (random crop + flip) during calibration.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for image order and augmentation.")] = 0,
     arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
     preprocess: Annotated[Optional[str], typer.Option(help="cifar (resize whole image) or imagenet (resize S/0.875, center-crop).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")] = None,
     std: Annotated[Optional[str], typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")] = None,
