@@ -54,37 +54,38 @@ def validate_sizes(sizes: list, arch: str, model: torch.nn.Module | None = None)
         if value <= 0:
             raise MMDeployError(f"size {value} is not a positive integer", "sizes are input sides in pixels, e.g. --size 24")
         out.append(value)
-    smallest = arch_info(arch).min_size if ":" not in arch else smallest_working_size(model)
+    if ":" in arch:  # your own code: probe each size (a patch model takes only multiples of its patch)
+        for size in sorted(set(out)):
+            error = forward_error(model, size) if model is not None else ""
+            if error:
+                smallest = smallest_working_size(model)
+                if smallest is not None and size < smallest:
+                    raise MMDeployError(f"size {size} is too small for {arch}: the smallest size that works is {smallest}", f"use --size {smallest} or larger")
+                raise MMDeployError(f"size {size} does not work with {arch}: {error}", "use sizes your model accepts (a patch model: multiples of its patch size)")
+        return sorted(set(out))
+    smallest = arch_info(arch).min_size
     too_small = [s for s in out if s < smallest]
     if too_small:
         raise MMDeployError(f"size {too_small[0]} is too small for {arch}: the smallest size that works is {smallest}", f"use --size {smallest} or larger")
-    if ":" in arch and model is not None:  # your own code may take only some sizes (a patch model: multiples of the patch)
-        for s in sorted(set(out)):
-            error = forward_error(model, s)
-            if error:
-                raise MMDeployError(f"size {s} does not work with {arch}: {error}", "use sizes your model accepts (a patch model: multiples of its patch size)")
     return sorted(set(out))
 
 
-
-def smallest_working_size(model: torch.nn.Module | None, limit: int = 1024) -> int:
-    """Probe a user architecture for the smallest input side its forward pass accepts."""
+def smallest_working_size(model: torch.nn.Module | None, limit: int = 1024) -> int | None:
+    """Probe a user architecture for the smallest input side its forward pass accepts (None: no power of two up to
+    ``limit`` works, e.g. a patch size that is not one)."""
     if model is None:
         return 1
 
     def ok(s: int) -> bool:
-        try:
-            with torch.no_grad():
-                model.eval()(torch.zeros(1, 3, s, s))
-            return True
-        except Exception:  # any failure means "this size does not work"
-            return False
+        return not forward_error(model, s)
 
     if ok(1):
         return 1
     hi = 2
     while hi <= limit and not ok(hi):
         hi *= 2
+    if hi > limit:
+        return None
     lo = hi // 2
     while lo + 1 < hi:
         mid = (lo + hi) // 2

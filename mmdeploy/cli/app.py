@@ -32,7 +32,7 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def _warn_one_line(message, category, filename, lineno, file=None, line=None):
-    err_console.print(f"[yellow]warning:[/] {message}")
+    err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)  # one line, however long (logs grep it)
 
 
 # The running command's name and parsed parameters, for library_kwargs().

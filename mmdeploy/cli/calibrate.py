@@ -35,7 +35,11 @@ def calibrate(
 ):
     """Recalibrate BatchNorm statistics for each --size and write a bundle.
 
+    Prints the preprocessing and training size in force; your own --arch gets ImageNet's (or its factory's
+    mmdeploy_dataset) unless the flags or the checkpoint say otherwise, with a one-line warning.
+
     Example: [bold]mmdeploy calibrate models/cifar_resnet20_mixsize_dplus.safetensors --size 16 --size 24 --size 48 --data calib/train --out bundle/[/]
+    (a timm model: [bold]mmdeploy calibrate w.pth --arch timm:create_model --arch-kwargs '{"model_name": "resnet18", "num_classes": 10}' --size 160[/])
     """
     from mmdeploy import distributed
     from mmdeploy.calib.workflow import calibrate_to_bundle
@@ -50,3 +54,6 @@ def calibrate(
     console.print(f"bundle [bold]{summary.bundle}[/]: sizes {', '.join(map(str, summary.sizes))}; {summary.images} calibration images, "
                   f"{summary.bn_layers} BN layers" + (f"; reused {summary.reused}" if summary.reused else "")
                   + (f"; skipped {summary.skipped} unreadable files" if summary.skipped else ""))
+    pre = summary.preprocess
+    console.print(f"preprocessing {pre['kind']} (mean {','.join(f'{v:g}' for v in pre['mean'])}; std {','.join(f'{v:g}' for v in pre['std'])}), "
+                  f"training size {summary.training_size}")
