@@ -307,3 +307,100 @@ def test_calibrating_a_patch_model_at_a_size_it_refuses_is_one_line(tmp_path, cl
     line = _one_error_line(cli("calibrate", ckpt, "--arch", SPEC, "--arch-kwargs", json.dumps(kwargs), "--size", "32", "--size", "40",
                                "--data", image_dir, "--out", tmp_path / "b", "--preprocess", "cifar"))
     assert "size 40 does not work with timmlike:create_model: AssertionError: Input height (40) should be divisible by patch size (16)" in line
+
+
+# -- the README's "Bring your own model" block, run as written ---------------------------------------
+
+TIMM_STANDIN = """
+# A stand-in for timm (not installed here, and nothing may be downloaded): create_model(model_name, **kwargs) as timm has it.
+import torch
+import torch.nn as nn
+
+
+class _Vit(nn.Module):
+    def __init__(self, num_classes, patch=16):
+        super().__init__()
+        self.patch = patch
+        self.patch_embed = nn.Conv2d(3, 16, patch, stride=patch)
+        self.norm = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        torch._assert(x.shape[2] % self.patch == 0, f"Input height ({x.shape[2]}) should be divisible by patch size ({self.patch})")
+        torch._assert(x.shape[3] % self.patch == 0, f"Input width ({x.shape[3]}) should be divisible by patch size ({self.patch})")
+        return self.head(torch.relu(self.norm(self.patch_embed(x))).mean((2, 3)))
+
+
+def create_model(model_name, pretrained=False, num_classes=1000, dynamic_img_size=False, **kwargs):
+    if model_name != "vit_tiny_patch16_224" or pretrained:
+        raise RuntimeError(f"Unknown model ({model_name})")
+    return _Vit(num_classes)
+"""
+
+MYNET = """
+import torch.nn as nn
+
+
+def build(num_classes=10):
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1),
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+"""
+
+
+def _readme_block() -> list[str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Bring your own model", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_bring_your_own_model_commands_run_as_written(tmp_path, cli, monkeypatch):
+    import shlex
+
+    from conftest import write_images
+
+    from mmdeploy.models import create_model
+
+    site = tmp_path / "site"  # where an installed timm would be
+    site.mkdir()
+    (site / "timm.py").write_text(TIMM_STANDIN)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mynet.py").write_text(MYNET)
+    write_images(work / "calib" / "train")  # 16 images stand in for the shipped 1,000
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(str(site))
+    for name in ("timm", "mynet"):
+        sys.modules.pop(name, None)
+    import timm
+
+    torch.manual_seed(0)
+    torch.save(create_model("cifar_resnet8").state_dict(), work / "r8.pth")
+    vit_kwargs = {"model_name": "vit_tiny_patch16_224", "num_classes": 10, "dynamic_img_size": True}
+    torch.save(timm.create_model(**vit_kwargs).state_dict(), work / "vit.pth")
+    exec(MYNET, namespace := {})
+    torch.save(namespace["build"]().state_dict(), work / "mynet.pth")
+
+    commands = _readme_block()
+    assert len(commands) == 6 and sum("--arch-kwargs" in c for c in commands) == 2
+    try:
+        for line in commands:
+            words = shlex.split(line)
+            while "=" in words[0]:  # VAR=value before the command
+                var, value = words.pop(0).split("=", 1)
+                assert var == "PYTHONPATH"
+                monkeypatch.syspath_prepend(str(work / value))
+            assert words[0] == "mmdeploy"
+            result = cli(*words[1:])
+            assert result.exit_code == 0, f"{line}\n{result.output}"
+            assert "warning:" not in result.stderr, f"{line}\n{result.stderr}"
+    finally:
+        for name in ("timm", "mynet"):
+            sys.modules.pop(name, None)
+    vit = json.loads((work / "byom/vit" / MANIFEST).read_text())
+    assert vit["source"]["arch_kwargs"] == vit_kwargs
+    assert [sorted({c["size"] for c in art["parity"]}) for art in vit["dynamic"].values()] == [[32, 48, 64]]
+    for name in ("r8", "mynet", "vit"):
+        assert len(list((work / "byom" / name).rglob("*.onnx"))) == 3
