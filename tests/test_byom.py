@@ -404,3 +404,13 @@ def test_readme_bring_your_own_model_commands_run_as_written(tmp_path, cli, monk
     assert [sorted({c["size"] for c in art["parity"]}) for art in vit["dynamic"].values()] == [[32, 48, 64]]
     for name in ("r8", "mynet", "vit"):
         assert len(list((work / "byom" / name).rglob("*.onnx"))) == 3
+
+
+def test_a_policy_holds_each_models_own_call():
+    """A run config may name one factory twice with other kwargs (two timm models): each call is allowed, no other."""
+    from mmdeploy.models.trust import authorize_arch, user_code_policy
+
+    with user_code_policy([(SPEC, {"model_name": "a"}), (SPEC, {"model_name": "b"}), ("cifar_resnet8", None)]):
+        authorize_arch(SPEC, {"model_name": "b"}, source="manifest.json")
+        with pytest.raises(MMDeployError, match=r"you named timmlike:create_model with kwargs \{'model_name': 'a'\}, \{'model_name': 'b'\}"):
+            authorize_arch(SPEC, {"model_name": "c"}, source="manifest.json")

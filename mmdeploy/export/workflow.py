@@ -124,7 +124,6 @@ def choose_check_size(model: torch.nn.Module, sizes: list[int], example: int, gi
                         f"(at {first[0]}: {first[1]})", f"pass --check-size N (a size your model accepts, not a deployment size), {NO_DYNAMIC_HINT}")
 
 
-
 def export_bundle(
     bundle_dir: str | Path,
     engine: str = "ort",

@@ -135,7 +135,7 @@ def authorize_arch(name: str, kwargs: dict | None = None, source: str | None = N
         return
     again = f"--arch {name}" + (f" --arch-kwargs '{json.dumps(kwargs, sort_keys=True)}'" if kwargs else "")
     if name in policy.user_specs:  # the user named this code, with other kwargs
-        named = sorted(json.loads(kw) for spec, kw in policy.user_calls if spec == name)
+        named = [json.loads(kw) for spec, kw in sorted(policy.user_calls) if spec == name]
         raise MMDeployError(
             f"{origin} calls {call}, but you named {name} with kwargs {', '.join(map(repr, named))}; "
             "kwargs reach your code only as you give them, so it was not called",
