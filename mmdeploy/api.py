@@ -11,7 +11,8 @@ is imported (which these functions themselves do), so a function of that name at
 
 Every function takes a :class:`~mmdeploy.bundle.Bundle` or a bundle folder, works on the folder as it is on disk,
 and raises :class:`~mmdeploy.errors.MMDeployError` (a message and a hint) for what the user can fix. A bundle made
-from your own ``package.module:factory`` needs that spec again as ``arch`` (files never choose code), or
+from your own ``package.module:factory`` needs that spec again as ``arch``, with the same ``arch_kwargs``
+(files never choose code), or
 ``trust_code_from_files=True``. Heavy libraries are imported when a function is called, not with ``mmdeploy``.
 """
 
@@ -34,15 +35,15 @@ PathLike = Union[str, os.PathLike]
 BundleLike = Union["Bundle", str, os.PathLike]
 
 
-def load(bundle: PathLike, arch: str | None = None, trust_code_from_files: bool = False) -> Bundle:
+def load(bundle: PathLike, arch: str | None = None, trust_code_from_files: bool = False, arch_kwargs: Mapping[str, object] | None = None) -> Bundle:
     """Open a bundle folder: ``mmdeploy.load("bundle").engine("ort", size=24)`` is an engine for size 24.
 
-    A bundle made from your own ``package.module:factory`` opens only with ``arch`` set to that
-    same spec, or with ``trust_code_from_files=True`` (a manifest is data, not code)."""
+    A bundle made from your own ``package.module:factory`` opens only with ``arch`` (and ``arch_kwargs``) set to
+    that same call, or with ``trust_code_from_files=True`` (a manifest is data, not code)."""
     from mmdeploy.bundle import Bundle
     from mmdeploy.models.trust import user_code_policy
 
-    with user_code_policy(arch, trust_code_from_files):
+    with user_code_policy(arch, trust_code_from_files, _dict(arch_kwargs)):
         return Bundle.open(bundle)
 
 
@@ -57,6 +58,7 @@ def calibrate(
     augment: bool = True,
     seed: int = 0,
     arch: str | None = None,
+    arch_kwargs: Mapping[str, object] | None = None,
     preprocess: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -70,16 +72,17 @@ def calibrate(
     bundle ``out`` (created, or updated where sizes or inputs changed). Returns the bundle.
 
     ``batches`` x ``batch_size`` training images (augmented unless ``augment=False``, order and augmentation from
-    ``seed``) make each size's statistics; ``arch``, ``preprocess``, ``mean``, ``std`` and ``training_size`` override
-    what the checkpoint records; ``allow_pickle`` allows arbitrary unpickling of a checkpoint you trust."""
+    ``seed``) make each size's statistics; ``arch``, ``arch_kwargs`` (the factory's keyword arguments), ``preprocess``,
+    ``mean``, ``std`` and ``training_size`` override what the checkpoint records; ``allow_pickle`` allows arbitrary
+    unpickling of a checkpoint you trust."""
     from mmdeploy.calib.workflow import calibrate_to_bundle
     from mmdeploy.models.trust import user_code_policy
 
-    with user_code_policy(arch, trust_code_from_files):
+    with user_code_policy(arch, trust_code_from_files, _dict(arch_kwargs)):
         calibrate_to_bundle(checkpoint, list(sizes), data, out, batches=batches, batch_size=batch_size, augment=augment, seed=seed,
                             arch=arch, preprocess=preprocess, mean=_floats(mean), std=_floats(std), training_size=training_size,
-                            allow_pickle=allow_pickle, device=device, progress=progress)
-    return load(out, arch, trust_code_from_files)
+                            allow_pickle=allow_pickle, device=device, progress=progress, arch_kwargs=_dict(arch_kwargs))
+    return load(out, arch, trust_code_from_files, arch_kwargs)
 
 
 def export(
@@ -97,7 +100,9 @@ def export(
     trt_workspace_gb: float = 4.0,
     int8_method: str | None = None,
     int8_images: int | None = None,
+    check_size: int | None = None,
     arch: str | None = None,
+    arch_kwargs: Mapping[str, object] | None = None,
     trust_code_from_files: bool = False,
     progress: Progress | None = None,
 ) -> Bundle:
@@ -107,20 +112,21 @@ def export(
 
     ``bundle`` may be a checkpoint file: then ``sizes``, ``data`` and ``out`` make a bundle that keeps the
     checkpoint's own BN statistics at every size. ``data`` is the parity gate's images (default: the calibration
-    folder); ``tolerances`` replaces the gate's default :class:`~mmdeploy.export.parity.Tolerance` per precision.
+    folder); ``tolerances`` replaces the gate's default :class:`~mmdeploy.export.parity.Tolerance` per precision;
+    ``check_size`` is the size (not a deployment size) the dynamic ONNX is also checked at (default: found by trying).
     If any check fails, an :class:`~mmdeploy.errors.MMDeployError` says which, and nothing is written."""
     from mmdeploy.export.from_checkpoint import bundle_for_export
     from mmdeploy.export.workflow import export_bundle
     from mmdeploy.models.trust import user_code_policy
 
     size_list = None if sizes is None else list(sizes)
-    with user_code_policy(arch, trust_code_from_files):
-        root = bundle_for_export(_root(bundle), size_list, data, out, arch=arch, progress=progress)
+    with user_code_policy(arch, trust_code_from_files, _dict(arch_kwargs)):
+        root = bundle_for_export(_root(bundle), size_list, data, out, arch=arch, progress=progress, arch_kwargs=_dict(arch_kwargs))
         export_bundle(root, engine, None if precisions is None else list(precisions), size_list, data,
                       None if tolerances is None else dict(tolerances), dynamic=dynamic, static_batch=static_batch,
                       trt_batches=tuple(trt_batches), trt_workspace_gb=trt_workspace_gb, progress=progress, int8_method=int8_method,
-                      int8_images=int8_images)
-    return load(root, arch, trust_code_from_files)
+                      int8_images=int8_images, check_size=check_size)
+    return load(root, arch, trust_code_from_files, arch_kwargs)
 
 
 def evaluate(
@@ -134,6 +140,7 @@ def evaluate(
     limit: int | None = None,
     device: str | None = None,
     arch: str | None = None,
+    arch_kwargs: Mapping[str, object] | None = None,
     trust_code_from_files: bool = False,
     progress: Progress | None = None,
 ) -> list[AccuracyResult]:
@@ -143,9 +150,9 @@ def evaluate(
     from mmdeploy.evaluate import evaluate_target
     from mmdeploy.models.trust import user_code_policy
 
-    with user_code_policy(arch, trust_code_from_files):
+    with user_code_policy(arch, trust_code_from_files, _dict(arch_kwargs)):
         return evaluate_target(_root(bundle), data, _list(sizes), _list(engines), _list(precisions), batch_size=batch_size, limit=limit,
-                               arch=arch, device=device, progress=progress)
+                               arch=arch, device=device, progress=progress, arch_kwargs=_dict(arch_kwargs))
 
 
 def bench(
@@ -160,6 +167,7 @@ def bench(
     tune: bool = False,
     noise_budget_s: float = 30.0,
     arch: str | None = None,
+    arch_kwargs: Mapping[str, object] | None = None,
     trust_code_from_files: bool = False,
     progress: Progress | None = None,
 ) -> BenchSummary:
@@ -171,7 +179,7 @@ def bench(
     from mmdeploy.bench import tune_and_bench
     from mmdeploy.models.trust import user_code_policy
 
-    with user_code_policy(arch, trust_code_from_files):
+    with user_code_policy(arch, trust_code_from_files, _dict(arch_kwargs)):
         return tune_and_bench(_root(bundle), _list(engines), _list(precisions), _list(sizes), _list(batches), warmup, iters, tune=tune,
                               noise_budget_s=noise_budget_s, progress=progress)
 
@@ -184,6 +192,7 @@ def report(
     tolerance: float = 0.5,
     out: PathLike | None = None,
     arch: str | None = None,
+    arch_kwargs: Mapping[str, object] | None = None,
     trust_code_from_files: bool = False,
 ) -> Report:
     """``mmdeploy report``: the accuracy/latency Pareto front of the stored eval and bench results at batch ``batch``,
@@ -193,7 +202,7 @@ def report(
     from mmdeploy.models.trust import user_code_policy
     from mmdeploy.report import report_bundle
 
-    with user_code_policy(arch, trust_code_from_files):
+    with user_code_policy(arch, trust_code_from_files, _dict(arch_kwargs)):
         rep, _ = report_bundle(_root(bundle), batch, reference, tolerance, out)
     return rep
 
@@ -205,6 +214,10 @@ def _root(bundle: BundleLike) -> Path:
 
 def _list(values: Sequence | None) -> list | None:
     return None if values is None else list(values)
+
+
+def _dict(values: Mapping | None) -> dict | None:
+    return None if values is None else dict(values)
 
 
 def _floats(values: Sequence[float] | None) -> list[float] | None:

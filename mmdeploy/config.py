@@ -41,7 +41,7 @@ def flags(*specs: str, keyword: str | None = None) -> tuple[Flag, ...]:
 class Field:
     """One config value: its kind, bounds, allowed choices, whether it must be given, and the CLI flags it stands for."""
 
-    kind: str  # "str", "int", "number", "bool", "fraction", "list[int]", "list[number]", "list[str]"
+    kind: str  # "str", "int", "number", "bool", "fraction", "list[int]", "list[number]", "list[str]", "table" (of plain values)
     help: str
     minimum: float | None = None
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] = ()  # a callable: the choices of a module costly to import
@@ -52,6 +52,8 @@ class Field:
     flags: tuple[Flag, ...] = ()
 
     def problems(self, value: Any, where: str) -> list[str]:
+        if self.kind == "table":
+            return _plain_table_problems(value, where)
         items = value if self.kind.startswith("list[") else [value]
         if self.kind.startswith("list["):
             if not isinstance(value, list):
@@ -91,6 +93,23 @@ class Field:
 
 def _show(v: Any) -> str:
     return repr(v) if not isinstance(v, (dict, list)) else f"{type(v).__name__} {repr(v)[:40]}"
+
+
+def _plain_table_problems(v: Any, where: str) -> list[str]:
+    """An inline table of plain values (strings, numbers, booleans, lists and tables of them; no dates)."""
+    if not isinstance(v, dict):
+        return [f"{where} must be a table, e.g. {{model_name = \"resnet18\", num_classes = 10}} (got {_show(v)})"]
+
+    def bad(x: Any, at: str) -> list[str]:
+        if isinstance(x, dict):
+            return [p for k, item in x.items() for p in bad(item, f"{at}.{k}")]
+        if isinstance(x, list):
+            return [p for i, item in enumerate(x) for p in bad(item, f"{at}[{i}]")]
+        if isinstance(x, float) and not math.isfinite(x):
+            return [f"{at} must be a finite number (got {_show(x)})"]
+        return [] if isinstance(x, (str, int, float, bool)) else [f"{at} must be plain data: a string, number, boolean, list or table (got {type(x).__name__})"]
+
+    return bad(v, where)
 
 
 def _fraction_problems(v: Any, where: str) -> list[str]:
@@ -138,6 +157,9 @@ SCHEMA: dict[str, Any] = {
         "baseline": Field("str", "report.json the CI gate compares with", flags=flags("report --baseline")),
         "arch": Field("str", "architecture name or module:factory",
                       flags=flags("calibrate --arch", "eval --arch", keyword="arch") + flags("export --arch", "bench --arch", "report --arch")),
+        "arch_kwargs": Field("table", "keyword arguments of the arch factory, e.g. {model_name = \"resnet18\", num_classes = 10}",
+                             flags=flags("calibrate --arch-kwargs", "eval --arch-kwargs", keyword="arch_kwargs")
+                             + flags("export --arch-kwargs", "bench --arch-kwargs", "report --arch-kwargs")),
         "preprocess": Field("str", "cifar (resize whole image) or imagenet (resize S/0.875, center-crop)", choices=("cifar", "imagenet"),
                             flags=flags("calibrate --preprocess", "eval --preprocess", keyword="preprocess")),
         "mean": Field("list[number]", "per-channel mean, e.g. [0.485, 0.456, 0.406]", non_empty=True,
@@ -173,6 +195,8 @@ SCHEMA: dict[str, Any] = {
         "min_agreement": Field("number", "parity gate: minimum top-1 agreement (0-1)", minimum=0, maximum=1,
                                flags=flags("export --min-agreement")),
         "dynamic": Field("bool", "also export the dynamic (N, H, W) ONNX (default true)", flags=flags("export --dynamic", keyword="dynamic")),
+        "check_size": Field("int", "the unseen size the dynamic ONNX is also checked at (default: found by trying)", minimum=1,
+                            flags=flags("export --check-size", keyword="check_size")),
         "static_batch": Field("int", "fix the batch dimension of the per-size ONNX (default: dynamic batch)", minimum=1,
                               flags=flags("export --static-batch", keyword="static_batch")),
         "trt_batches": Field("list[int]", "TensorRT static profile batch sizes (default [1, 32])", minimum=1, non_empty=True,

@@ -105,6 +105,7 @@ def evaluate_target(
     preprocess: str | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    arch_kwargs: dict | None = None,
 ) -> list[AccuracyResult]:
     """Accuracy of a checkpoint (its own BN statistics) or of a bundle: before and after
     calibration, and of each deployed artifact requested. Bundle results go into its manifest.
@@ -156,7 +157,7 @@ def evaluate_target(
         from mmdeploy.calib.workflow import resolve_preprocess, validate_sizes
         from mmdeploy.models import load_checkpoint
 
-        ckpt = load_checkpoint(target, arch=arch, allow_pickle=allow_pickle)
+        ckpt = load_checkpoint(target, arch=arch, allow_pickle=allow_pickle, arch_kwargs=arch_kwargs)
         model = ckpt.build()
         if not sizes:
             raise MMDeployError("evaluating a checkpoint needs --size", "pass e.g. --size 32, or evaluate a bundle")

@@ -228,9 +228,9 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
     config, base = load_config(config_path, quick)
     if out is not None:
         config["out"] = str(Path(out).absolute())
-    # The config is the user's own: its `arch` specs may be imported, and it may trust files.
-    with user_code_policy([m.get("arch") for m in config["model"]], config["trust_code_from_files"],  # types checked by the schema
-                          f"trust_code_from_files = true in {config_path or 'the run config'}"):
+    # The config is the user's own: its `arch` specs (with their `arch_kwargs`) may be imported, and it may trust files.
+    with user_code_policy([(m.get("arch"), m.get("arch_kwargs")) for m in config["model"]],  # each model's own call; types checked by the schema
+                          config["trust_code_from_files"], trust_origin=f"trust_code_from_files = true in {config_path or 'the run config'}"):
         return _run_models(config, base, gate, progress, log, fresh_steps)
 
 

@@ -7,6 +7,7 @@ Every case must end in one MMDeployError line and leave no ONNX and no temp file
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -139,3 +140,20 @@ def test_cli_prints_one_line_and_exits_1(third_party, cli):
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert lines[0].startswith("error: the dynamic ONNX export came out static") and "internal error" not in result.stderr
     assert _debris(bundle) == []
+    # The refusal names the way out (issue 21 item 6), and it works: the per-size files match PyTorch at their own sizes.
+    assert "or pass --no-dynamic to export only the per-size files" in lines[0]
+    per_size = cli("export", bundle, "--engine", "ort", "--no-dynamic", "--json")
+    assert per_size.exit_code == 0, per_size.output
+    checks = json.loads(per_size.stdout)["checks"]
+    assert {(c["artifact"], c["size"]) for c in checks} == {("per-size", 16), ("per-size", 24)} and all(c["passed"] for c in checks)
+    assert _debris(bundle) == ["model.onnx", "model.onnx"]
+
+
+def test_exporter_refusal_and_a_dynamic_only_gate_failure_name_no_dynamic(third_party, monkeypatch):
+    with pytest.raises(MMDeployError) as info:
+        export_bundle(third_party("shape_kernel"), "ort", ["fp32"], parity_count=4)
+    assert "--no-dynamic" in info.value.hint
+    monkeypatch.setattr(onnx_mod, "check_input_dims", lambda *a, **k: None)
+    with pytest.raises(MMDeployError) as info:
+        export_bundle(third_party("size_slice"), "ort", ["fp32"], parity_count=4)
+    assert "the dynamic fp32 ONNX could not run" in info.value.message and "--no-dynamic" in info.value.hint

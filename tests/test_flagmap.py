@@ -74,6 +74,7 @@ CLI_VALUES = {
     "calibrate --augment": ([], False),  # given as --no-augment
     "calibrate --seed": (["5"], 5),
     "calibrate --arch": (["cifar_resnet8"], "cifar_resnet8"),
+    "calibrate --arch-kwargs": (['{"num_classes": 3, "widths": [8, 16]}'], {"num_classes": 3, "widths": [8, 16]}),
     "calibrate --preprocess": (["imagenet"], "imagenet"),
     "calibrate --mean": (["0.5,0.4,0.3"], [0.5, 0.4, 0.3]),
     "calibrate --std": (["0.2,0.25,0.3"], [0.2, 0.25, 0.3]),
@@ -82,6 +83,7 @@ CLI_VALUES = {
     "calibrate --unsafe-allow-pickle": ([], True),
     "export --dynamic": ([], False),  # given as --no-dynamic
     "export --static-batch": (["4"], 4),
+    "export --check-size": (["40"], 40),
     "export --trt-batch": (["2", "8"], [2, 8]),
     "export --workspace-gb": (["1.5"], 1.5),
     "export --int8-method": (["minmax"], "minmax"),
@@ -90,6 +92,7 @@ CLI_VALUES = {
     "eval --limit": (["10"], 10),
     "eval --device": (["cpu"], "cpu"),
     "eval --arch": (["cifar_resnet8"], "cifar_resnet8"),
+    "eval --arch-kwargs": (['{"model_name": "tiny"}'], {"model_name": "tiny"}),
     "eval --preprocess": (["imagenet"], "imagenet"),
     "eval --mean": (["0.5,0.4,0.3"], [0.5, 0.4, 0.3]),
     "eval --std": (["0.2,0.25,0.3"], [0.2, 0.25, 0.3]),

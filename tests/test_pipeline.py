@@ -305,6 +305,7 @@ def test_run_config_passes_every_mapped_field_to_the_keyword_its_command_uses(tm
     from mmdeploy.pipeline import load_config
 
     sections = """arch = "cifar_resnet8"
+arch_kwargs = {num_classes = 10}
 preprocess = "cifar"
 mean = [0.49, 0.48, 0.45]
 std = [0.25, 0.24, 0.26]
@@ -326,6 +327,7 @@ atol = 0.01
 rtol = 0.01
 min_agreement = 0.9
 dynamic = false
+check_size = 40
 static_batch = 8
 trt_batches = [1, 8]
 workspace_gb = 1.0

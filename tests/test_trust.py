@@ -145,7 +145,7 @@ def test_cli_arch_spec_works_and_the_bundle_needs_it_again(tmp_path, cli, image_
     assert user_package.exists() and json.loads((bundle / MANIFEST).read_text())["source"]["arch"] == "userpkg.nets:tiny"
     user_package.unlink()
     refused = cli("eval", bundle, "--data", image_dir)  # the manifest records the spec: it is not taken from there
-    assert refused.exit_code == 1 and "userpkg.nets:tiny()" in refused.stderr and "pass that same --arch again" in refused.stderr
+    assert refused.exit_code == 1 and "userpkg.nets:tiny()" in refused.stderr and "pass those same flags again" in refused.stderr
     assert "--arch userpkg.nets:tiny" not in refused.stderr  # the file's spec is never offered as advice
     assert not user_package.exists()
     assert cli("eval", bundle, "--data", image_dir, "--arch", "userpkg.nets:tiny").exit_code == 0

@@ -9,9 +9,16 @@ from pathlib import Path
 import torch
 
 from mmdeploy import distributed as dist
-from mmdeploy.bundle import Bundle, check_writable_dir, content_key
+from mmdeploy.bundle import check_writable_dir, content_key
 from mmdeploy.calib.bn import BNSums, bn_layers, calibrate_bn, plan_batches
-from mmdeploy.calib.writer import DEFAULT_TRAINING_SIZE, MeasuredSizes, bundle_preprocess, write_calibration
+from mmdeploy.calib.writer import (
+    DEFAULT_TRAINING_SIZE,
+    MeasuredSizes,
+    bundle_preprocess,
+    default_training_size,
+    open_same_source,
+    write_calibration,
+)
 from mmdeploy.data import (
     NORMALIZATION_HINT,
     Preprocess,
@@ -23,7 +30,7 @@ from mmdeploy.data import (
 )
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import LoadedCheckpoint, arch_info, load_checkpoint
-from mmdeploy.models.fit import check_model_fits
+from mmdeploy.models.fit import check_model_fits, forward_error
 from mmdeploy.progress import Progress
 
 __all__ = ["DEFAULT_TRAINING_SIZE", "CalibrationSummary", "calibrate_to_bundle", "resolve_preprocess", "validate_sizes"]
@@ -38,6 +45,8 @@ class CalibrationSummary:
     skipped: int
     bn_layers: int
     records: dict[int, dict] = field(default_factory=dict)
+    preprocess: dict = field(default_factory=dict)  # in force: kind, mean, std (what eval, export and bench use)
+    training_size: int | None = None  # in force: the reports' reference point
 
 
 def validate_sizes(sizes: list, arch: str, model: torch.nn.Module | None = None) -> list[int]:
@@ -53,31 +62,38 @@ def validate_sizes(sizes: list, arch: str, model: torch.nn.Module | None = None)
         if value <= 0:
             raise MMDeployError(f"size {value} is not a positive integer", "sizes are input sides in pixels, e.g. --size 24")
         out.append(value)
-    smallest = arch_info(arch).min_size if ":" not in arch else smallest_working_size(model)
+    if ":" in arch:  # your own code: probe each size (a patch model takes only multiples of its patch)
+        for size in sorted(set(out)):
+            error = forward_error(model, size) if model is not None else ""
+            if error:
+                smallest = smallest_working_size(model)
+                if smallest is not None and size < smallest:
+                    raise MMDeployError(f"size {size} is too small for {arch}: the smallest size that works is {smallest}", f"use --size {smallest} or larger")
+                raise MMDeployError(f"size {size} does not work with {arch}: {error}", "use sizes your model accepts (a patch model: multiples of its patch size)")
+        return sorted(set(out))
+    smallest = arch_info(arch).min_size
     too_small = [s for s in out if s < smallest]
     if too_small:
         raise MMDeployError(f"size {too_small[0]} is too small for {arch}: the smallest size that works is {smallest}", f"use --size {smallest} or larger")
     return sorted(set(out))
 
 
-def smallest_working_size(model: torch.nn.Module | None, limit: int = 1024) -> int:
-    """Probe a user architecture for the smallest input side its forward pass accepts."""
+def smallest_working_size(model: torch.nn.Module | None, limit: int = 1024) -> int | None:
+    """Probe a user architecture for the smallest input side its forward pass accepts (None: no power of two up to
+    ``limit`` works, e.g. a patch size that is not one)."""
     if model is None:
         return 1
 
     def ok(s: int) -> bool:
-        try:
-            with torch.no_grad():
-                model.eval()(torch.zeros(1, 3, s, s))
-            return True
-        except Exception:  # any failure means "this size does not work"
-            return False
+        return not forward_error(model, s)
 
     if ok(1):
         return 1
     hi = 2
     while hi <= limit and not ok(hi):
         hi *= 2
+    if hi > limit:
+        return None
     lo = hi // 2
     while lo + 1 < hi:
         mid = (lo + hi) // 2
@@ -122,15 +138,17 @@ def calibrate_to_bundle(
     device: str = "cpu",
     progress: Progress | None = None,
     recalibrate: bool = True,
+    arch_kwargs: dict | None = None,
 ) -> CalibrationSummary:
     """Calibrate BN for each size and write the bundle. ``recalibrate=False`` keeps the
-    checkpoint's own statistics for every size (``mmdeploy export CKPT``)."""
+    checkpoint's own statistics for every size (``mmdeploy export CKPT``). ``arch_kwargs``: the
+    factory's keyword arguments (``--arch-kwargs``), recorded in the manifest."""
     progress = progress or Progress()
     out = Path(out)
     if batches <= 0 or batch_size <= 1:
         raise MMDeployError("--batches must be >= 1 and --batch-size >= 2", "BN statistics need at least two images per batch")
     with dist.agreed():  # a rank that cannot read the checkpoint or the data stops every rank
-        ckpt = load_checkpoint(checkpoint, arch=arch, dataset=dataset, allow_pickle=allow_pickle)
+        ckpt = load_checkpoint(checkpoint, arch=arch, dataset=dataset, allow_pickle=allow_pickle, arch_kwargs=arch_kwargs)
         model = ckpt.build()
         sizes = validate_sizes(sizes, ckpt.arch, model)
         pre = resolve_preprocess(ckpt, preprocess, mean, std)
@@ -139,11 +157,13 @@ def calibrate_to_bundle(
         folder = scan_image_folder(data)
         # Before any work: classes against the data, activations against memory (export CKPT runs batches up to 8).
         check_model_fits(model, sizes, batch_size if recalibrate else 8, device, len(folder.classes), folder.root)
-        existing = Bundle.open(out) if dist.is_main() and Bundle.is_bundle(out) else None
-        if existing is not None and (existing.source.sha256, existing.arch) != (ckpt.sha256, ckpt.arch):
-            existing = None  # another checkpoint (or arch): start over; the old bundle's files are removed
+        # Another checkpoint, arch or arch kwargs: start over; the old bundle's files are removed.
+        existing = open_same_source(out, ckpt) if dist.is_main() else None
         if existing is not None:
             pre = bundle_preprocess(existing, pre, explicit=bool(preprocess or mean or std))
+        in_force_size = training_size or (existing.training_size if existing is not None else default_training_size(ckpt))
+        if existing is None and dist.is_main():
+            _warn_defaults_for_user_arch(ckpt, pre, bool(preprocess or mean or std), in_force_size, bool(training_size))
         # How inputs are made from files (native resolution + batched resize, or one resize per
         # size at decode time) changes the result, so it is part of every size's key.
         store = decoding_key(folder, pre.kind)
@@ -196,12 +216,34 @@ def calibrate_to_bundle(
             raise MMDeployError(f"only {images_used} readable calibration images in {folder.root} ({n_skipped} files skipped as unreadable)",
                                 "give --data a folder with more images")
 
-    summary = CalibrationSummary(out, sizes, reused, images_used, n_skipped, n_layers)
+    summary = CalibrationSummary(out, sizes, reused, images_used, n_skipped, n_layers, preprocess=pre.to_dict(), training_size=in_force_size)
     measured = MeasuredSizes(todo, sums, keys, settings, folder.root, data_key, len(plan), images_used, n_skipped)
     with dist.agreed():  # every rank learns whether rank 0 published the bundle
         if dist.is_main():
             summary.records.update(write_calibration(out, ckpt, model, pre, bool(preprocess or mean or std), training_size, measured))
     return summary
+
+
+def _warn_defaults_for_user_arch(ckpt: LoadedCheckpoint, pre: Preprocess, pre_given: bool, size: int, size_given: bool) -> None:
+    """Your own architecture with nothing saying how it was trained gets the defaults of its dataset (ImageNet unless the
+    factory sets ``mmdeploy_dataset``): say so in one line, since a CIFAR model on ImageNet preprocessing loses points silently."""
+    if ":" not in ckpt.arch:
+        return  # a registered architecture's defaults are its own
+    mm = ckpt.meta.get("mmdeploy") if isinstance(ckpt.meta.get("mmdeploy"), dict) else {}
+    declared = hasattr(arch_info(ckpt.arch).factory, "mmdeploy_dataset")
+    defaulted = []  # (what is used, the flags that set it)
+    if not (pre_given or declared or mm.get("preprocess")):
+        defaulted.append((f"{pre.kind} preprocessing (mean {_numbers(pre.mean)}, std {_numbers(pre.std)})", "--preprocess/--mean/--std"))
+    if not (size_given or mm.get("training_size")):
+        defaulted.append((f"training size {size}", "--train-size"))
+    if defaulted:
+        used, flags = (" and ".join(part) for part in zip(*defaulted))
+        warnings.warn(f"{ckpt.arch} is your own architecture and neither this command nor the checkpoint says how it was trained: "
+                      f"using {used} by default; pass {flags} if it was trained otherwise", stacklevel=3)
+
+
+def _numbers(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 CHUNK_BYTES = 1 << 30  # decoded uint8 images held at once during calibration

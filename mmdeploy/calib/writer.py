@@ -9,17 +9,19 @@ before the commit leaves the old bundle as it was.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mmdeploy.bundle import Bundle, bundle_lock, save_safetensors, sha256_file
+from mmdeploy.bundle import MANIFEST, Bundle, bundle_lock, save_safetensors, sha256_file
 from mmdeploy.calib.bn import BNSums, finalize_bn_state
 from mmdeploy.classes import checkpoint_label_space
 from mmdeploy.data import Preprocess
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import LoadedCheckpoint
+from mmdeploy.models.trust import canonical_kwargs
 
 DEFAULT_TRAINING_SIZE = {"cifar": 32, "imagenet": 224}
 
@@ -100,11 +102,24 @@ def _check_finite_statistics(measured: MeasuredSizes) -> None:
                                 "and the images")
 
 
+def open_same_source(out, ckpt: LoadedCheckpoint) -> Bundle | None:
+    """The bundle at ``out`` if it was made from this checkpoint, architecture and architecture kwargs, else None
+    (then a calibration starts over). Compared on the manifest's data first, so a bundle of another call of your
+    code is replaced rather than refused as code named by a file."""
+    if not Bundle.is_bundle(out):
+        return None
+    try:
+        recorded = json.loads((Path(out) / MANIFEST).read_text()).get("source", {})
+        same = (recorded.get("sha256"), recorded.get("arch"), canonical_kwargs(recorded.get("arch_kwargs"))) == \
+            (ckpt.sha256, ckpt.arch, canonical_kwargs(ckpt.arch_kwargs))
+    except (OSError, ValueError, TypeError, AttributeError):
+        same = True  # unreadable or odd: Bundle.open says what is wrong with it
+    return Bundle.open(out) if same else None
+
+
 def _open_or_start(out, ckpt: LoadedCheckpoint, pre: Preprocess, preprocess_explicit: bool, training_size: int | None) -> tuple[Bundle, bool]:
-    """The bundle to write into, and whether it starts over (new, or made from another checkpoint or arch)."""
-    current = Bundle.open(out) if Bundle.is_bundle(out) else None
-    if current is not None and (current.source.sha256, current.arch) != (ckpt.sha256, ckpt.arch):
-        current = None  # another checkpoint (or arch): start over; the old bundle's files are swept
+    """The bundle to write into, and whether it starts over (new, or made from another checkpoint, arch or arch kwargs)."""
+    current = open_same_source(out, ckpt)  # another source: start over; the old bundle's files are swept
     if current is not None:
         bundle_preprocess(current, pre, preprocess_explicit)  # a concurrent writer may have set another
         if training_size:
@@ -118,10 +133,10 @@ def _open_or_start(out, ckpt: LoadedCheckpoint, pre: Preprocess, preprocess_expl
     classes = checkpoint_label_space(ckpt)[0]
     if classes:  # eval maps data folder names onto these indices
         source["classes"] = classes
-    bundle = Bundle.create(out, source, pre.to_dict(), training_size or _training_size(ckpt))
+    bundle = Bundle.create(out, source, pre.to_dict(), training_size or default_training_size(ckpt))
     return bundle, Bundle.is_bundle(out)
 
 
-def _training_size(ckpt: LoadedCheckpoint) -> int:
+def default_training_size(ckpt: LoadedCheckpoint) -> int:
     mm = ckpt.meta.get("mmdeploy", {}) if isinstance(ckpt.meta.get("mmdeploy"), dict) else {}
     return int(mm.get("training_size") or DEFAULT_TRAINING_SIZE.get(ckpt.dataset, 224))

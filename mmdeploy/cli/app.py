@@ -58,7 +58,7 @@ def command(fn=None, *, name: str | None = None):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from mmdeploy.models.trust import user_code_policy
+        from mmdeploy.models.trust import parse_arch_kwargs, user_code_policy
 
         warnings.showwarning = _warn_one_line
         _full_width_when_piped()
@@ -67,7 +67,8 @@ def command(fn=None, *, name: str | None = None):
             from mmdeploy.bundle import lock_policy
 
             with lock_policy(wait=not kwargs.get("no_wait", False)), \
-                    user_code_policy(kwargs.get("arch"), kwargs.get("trust_code_from_files", False), "--trust-code-from-files was given"):
+                    user_code_policy(kwargs.get("arch"), kwargs.get("trust_code_from_files", False),
+                                     parse_arch_kwargs(kwargs.get("arch_kwargs")), "--trust-code-from-files was given"):  # what files may name
                 return explain_disk_errors(fn)(*args, **kwargs)  # a full disk or read-only folder: one line, not "internal error"
         except MMDeployError as exc:
             if os.environ.get("MMDEPLOY_DEBUG") == "1":
@@ -158,7 +159,9 @@ def library_kwargs() -> dict:
         long = next((o for o in param.opts if o.startswith("--")), None)
         if long is not None and param.name in values:
             given[long] = values[param.name]
-    return flag_keywords(name, given, parsers={"--mean": parse_floats, "--std": parse_floats})
+    from mmdeploy.models.trust import parse_arch_kwargs
+
+    return flag_keywords(name, given, parsers={"--mean": parse_floats, "--std": parse_floats, "--arch-kwargs": parse_arch_kwargs})
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mmdeploy.cli.app import command, console, emit_json, err_console, library_kwargs, make_progress, parse_sizes
-from mmdeploy.cli.options import ArchOpt, EngineOpt, JsonOpt, NoWaitOpt, PrecisionOpt, SizesOpt, TrustOpt
+from mmdeploy.cli.options import ArchKwargsOpt, ArchOpt, EngineOpt, JsonOpt, NoWaitOpt, PrecisionOpt, SizesOpt, TrustOpt
 
 
 @command
@@ -23,6 +23,7 @@ def bench(
     tune: Annotated[bool, typer.Option("--tune", help="First time ONNX Runtime at threads 1..cores x spinning on/off and OpenVINO at threads 1..cores x one stream or one per thread, per size and batch; store the fastest in the bundle (engines then use it).")] = False,
     noise_budget: Annotated[float, typer.Option("--noise-budget", help="Seconds to spend re-timing when the machine is busy; points still noisy are marked unreliable.")] = 30.0,
     arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
     trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mmdeploy.cli.app import command, console, emit_json, library_kwargs, make_progress
-from mmdeploy.cli.options import ArchOpt, DataOpt, JsonOpt, NoWaitOpt, PickleOpt, SizesOpt, TrustOpt
+from mmdeploy.cli.options import ArchKwargsOpt, ArchOpt, DataOpt, JsonOpt, NoWaitOpt, PickleOpt, SizesOpt, TrustOpt
 
 
 @command
@@ -22,6 +22,7 @@ def calibrate(
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentation (random crop + flip) during calibration.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for image order and augmentation.")] = 0,
     arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
     preprocess: Annotated[Optional[str], typer.Option(help="cifar (resize whole image) or imagenet (resize S/0.875, center-crop).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")] = None,
     std: Annotated[Optional[str], typer.Option(help="Per-channel std (finite, > 0), e.g. 0.229,0.224,0.225.")] = None,
@@ -34,7 +35,11 @@ def calibrate(
 ):
     """Recalibrate BatchNorm statistics for each --size and write a bundle.
 
+    Prints the preprocessing and training size in force; your own --arch gets ImageNet's (or its factory's
+    mmdeploy_dataset) unless the flags or the checkpoint say otherwise, with a one-line warning.
+
     Example: [bold]mmdeploy calibrate models/cifar_resnet20_mixsize_dplus.safetensors --size 16 --size 24 --size 48 --data calib/train --out bundle/[/]
+    (a timm model: [bold]mmdeploy calibrate w.pth --arch timm:create_model --arch-kwargs '{"model_name": "resnet18", "num_classes": 10}' --size 160[/])
     """
     from mmdeploy import distributed
     from mmdeploy.calib.workflow import calibrate_to_bundle
@@ -49,3 +54,6 @@ def calibrate(
     console.print(f"bundle [bold]{summary.bundle}[/]: sizes {', '.join(map(str, summary.sizes))}; {summary.images} calibration images, "
                   f"{summary.bn_layers} BN layers" + (f"; reused {summary.reused}" if summary.reused else "")
                   + (f"; skipped {summary.skipped} unreadable files" if summary.skipped else ""))
+    pre = summary.preprocess
+    console.print(f"preprocessing {pre['kind']} (mean {','.join(f'{v:g}' for v in pre['mean'])}; std {','.join(f'{v:g}' for v in pre['std'])}), "
+                  f"training size {summary.training_size}")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mmdeploy.cli.app import command, console, emit_json, library_kwargs, make_progress, parse_sizes
-from mmdeploy.cli.options import ArchOpt, DataOpt, EngineOpt, JsonOpt, NoWaitOpt, PickleOpt, PrecisionOpt, SizesOpt, TrustOpt
+from mmdeploy.cli.options import ArchKwargsOpt, ArchOpt, DataOpt, EngineOpt, JsonOpt, NoWaitOpt, PickleOpt, PrecisionOpt, SizesOpt, TrustOpt
 from mmdeploy.cli.tables import accuracy_table
 
 
@@ -22,6 +22,7 @@ def eval_(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 256,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate a fixed random subset of this many images.")] = None,
     arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
     preprocess: Annotated[Optional[str], typer.Option(help="Checkpoint only: cifar or imagenet (a bundle uses its own).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Checkpoint only: per-channel mean, e.g. 0.485,0.456,0.406.")] = None,
     std: Annotated[Optional[str], typer.Option(help="Checkpoint only: per-channel std (finite, > 0), e.g. 0.229,0.224,0.225.")] = None,

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mmdeploy.cli.app import command, console, emit_json, library_kwargs, make_progress, parse_sizes
-from mmdeploy.cli.options import ArchOpt, JsonOpt, NoWaitOpt, PrecisionOpt, SizesOpt, TrustOpt
+from mmdeploy.cli.options import ArchKwargsOpt, ArchOpt, JsonOpt, NoWaitOpt, PrecisionOpt, SizesOpt, TrustOpt
 from mmdeploy.cli.tables import parity_table
 
 
@@ -18,6 +18,7 @@ def export(
     engine: Annotated[str, typer.Option("--engine", "-e", help="onnx (files + gate), ort (same, for ONNX Runtime), trt (also TensorRT plans) or ov (also OpenVINO engines, gated per precision: fp32, bf16).")] = "ort",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="With a checkpoint: the bundle folder to create.")] = None,
     arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
     precision: PrecisionOpt = None,
     size: SizesOpt = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Real images for the parity gate (default: the calibration folder).")] = None,
@@ -25,6 +26,7 @@ def export(
     rtol: Annotated[Optional[float], typer.Option(help="Parity gate: tolerance relative to the largest logit (default 1e-3 fp32, 3e-2 fp16, 2e-2 bf16, 0.5 int8).")] = None,
     min_agreement: Annotated[Optional[float], typer.Option(help="Parity gate: minimum top-1 agreement (default 0.99 fp32, 0.95 fp16 and bf16, 0.9 int8).")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic/--no-dynamic", help="Also export the dynamic (N, H, W) ONNX.")] = True,
+    check_size: Annotated[Optional[int], typer.Option("--check-size", help="The size (not a deployment size) the dynamic ONNX is also checked at (default: the first your model accepts of the example size + 8 and the next multiples of 16, 32, 14, 28, 64, 56, 128: patch models need multiples).")] = None,
     static_batch: Annotated[Optional[int], typer.Option(help="Fix the batch dimension of per-size ONNX (default: dynamic batch).")] = None,
     trt_batch: Annotated[Optional[list[int]], typer.Option("--trt-batch", help="TensorRT static profile batch sizes (repeatable; default 1 and 32).")] = None,
     workspace_gb: Annotated[float, typer.Option(help="TensorRT builder workspace limit in GiB.")] = 4.0,
@@ -48,11 +50,13 @@ def export(
     from mmdeploy.export.from_checkpoint import bundle_for_export
     from mmdeploy.export.parity import tolerances_for
     from mmdeploy.export.workflow import export_bundle
+    from mmdeploy.models.trust import parse_arch_kwargs
 
     distributed.init_from_env()  # under torchrun the TensorRT builds spread over the ranks
     tolerances = tolerances_for(precision, atol, rtol, min_agreement)
-    bundle = bundle_for_export(bundle, parse_sizes(size), data, out, arch=arch, progress=make_progress(json_out))  # a checkpoint: a new bundle
-    # --dynamic, --static-batch, --trt-batch, --workspace-gb, --int8-*: keywords through the mapping [export] shares
+    bundle = bundle_for_export(bundle, parse_sizes(size), data, out, arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs),
+                                progress=make_progress(json_out))  # a checkpoint: a new bundle
+    # --dynamic, --check-size, --static-batch, --trt-batch, --workspace-gb, --int8-*: keywords through the mapping [export] shares
     summary = export_bundle(bundle, engine, precision, parse_sizes(size), data, tolerances, progress=make_progress(json_out),
                             **library_kwargs())
     if not distributed.is_main():

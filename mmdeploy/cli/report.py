@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mmdeploy.cli.app import command, console, emit_json, library_kwargs
-from mmdeploy.cli.options import ArchOpt, JsonOpt, NoWaitOpt, TrustOpt
+from mmdeploy.cli.options import ArchKwargsOpt, ArchOpt, JsonOpt, NoWaitOpt, TrustOpt
 from mmdeploy.cli.tables import deploy_line
 
 
@@ -27,6 +27,7 @@ def report(
     max_latency_regress: Annotated[str, typer.Option(help="CI gate: allowed growth of latency relative to the reference, e.g. 15%.")] = "15%",
     junit: Annotated[Optional[Path], typer.Option("--junit", help="CI gate: also write its result as JUnit XML to this file, one test case per point (failed ones with their reasons).")] = None,
     arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
     trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,

@@ -29,6 +29,8 @@ OPSET = 20
 BATCH_DIM, HEIGHT_DIM, WIDTH_DIM = "batch", "height", "width"
 _BAKE_HINT = ("operations that turn a tensor's size into a constant at export time (pooling whose kernel comes from x.size(), "
               "fixed-size adaptive pooling) bake the example's size into the graph; use x.mean((2, 3)) or AdaptiveAvgPool2d(1)")
+# The size-baked export is refused; the per-size files (each fixed at its own size) do not need the dynamic one.
+NO_DYNAMIC_HINT = "or pass --no-dynamic to export only the per-size files (each at its own fixed size)"
 _STATIC_CAUSE = ("the forward likely turns the input's size into a Python int (int(x.shape[3]), x.size()[2:] used as a pooling kernel, "
                  "an adaptive pooling size computed from the shape), which the exporter bakes in")
 
@@ -66,7 +68,8 @@ def export_onnx(
             while root.__cause__ is not None:
                 root = root.__cause__
             text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(root).split()))[:240]
-            raise MMDeployError(f"torch.onnx.export failed at size {size} (dynamic H/W: {dynamic_hw}): {type(root).__name__}: {text}", _BAKE_HINT) from None
+            hint = f"{_BAKE_HINT}; {NO_DYNAMIC_HINT}" if dynamic_hw else _BAKE_HINT
+            raise MMDeployError(f"torch.onnx.export failed at size {size} (dynamic H/W: {dynamic_hw}): {type(root).__name__}: {text}", hint) from None
     proto = program.model_proto
     check_input_dims(proto, size, dynamic_batch=dynamic_batch, dynamic_hw=dynamic_hw)
     set_metadata(proto, metadata or {})
@@ -89,7 +92,8 @@ def check_input_dims(proto, size: int, dynamic_batch: bool, dynamic_hw: bool) ->
     names = ", ".join({0: "batch", 2: "height", 3: "width"}[i] for i in fixed)
     cause = _STATIC_CAUSE if (2 in fixed or 3 in fixed) else "the forward likely reads the batch size as a Python int"
     raise MMDeployError(f"the dynamic ONNX export came out static: input {INPUT_NAME!r} is {shown} (fixed {names}) after exporting at size {size}; {cause}",
-                        "read sizes as tensors (x.mean((2, 3)), AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1)) instead of Python ints")
+                        "read sizes as tensors (x.mean((2, 3)), AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1)) instead of Python ints"
+                        + (f", {NO_DYNAMIC_HINT}" if dynamic_hw and (2 in fixed or 3 in fixed) else ""))
 
 
 def save_onnx(proto, path: Path) -> dict:

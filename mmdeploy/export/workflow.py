@@ -22,7 +22,7 @@ from mmdeploy.data import decode_for_sizes, scan_image_folder
 from mmdeploy.engines import PRECISIONS
 from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.errors import MMDeployError
-from mmdeploy.export.onnx import _BAKE_HINT, convert_fp16, export_onnx, graph_record
+from mmdeploy.export.onnx import _BAKE_HINT, NO_DYNAMIC_HINT, convert_fp16, export_onnx, graph_record
 from mmdeploy.export.parity import DEFAULT_TOLERANCES, ParityCheck, Tolerance, check_parity
 from mmdeploy.export.quantize import (
     DEFAULT_IMAGES,
@@ -34,6 +34,7 @@ from mmdeploy.export.quantize import (
     int8_settings,
     quantize_int8,
 )
+from mmdeploy.models.fit import forward_error
 from mmdeploy.progress import Progress
 from mmdeploy.writable import ensure_writable
 
@@ -83,6 +84,46 @@ def unseen_size(sizes: list[int], example: int) -> int:
     return candidate
 
 
+# Multiples tried for the dynamic ONNX's check size after example+8: patch sizes (ViT 16, 14) and network strides (32, 64).
+CHECK_MULTIPLES = (16, 32, 14, 28, 64, 56, 128)
+
+
+def check_size_candidates(sizes: list[int], example: int) -> list[int]:
+    """Sizes to try for the dynamic ONNX's unseen-size check, first to last: example+8, then the next multiples of
+    common patch sizes and strides above the example; never a deployment size."""
+    out = [unseen_size(sizes, example)]
+    for m in CHECK_MULTIPLES:
+        candidate = (example // m + 1) * m
+        while candidate in sizes:
+            candidate += m
+        if candidate not in out:
+            out.append(candidate)
+    return out
+
+
+def choose_check_size(model: torch.nn.Module, sizes: list[int], example: int, given: int | None = None) -> int:
+    """The size the dynamic ONNX is checked at besides the deployment sizes: ``given`` (``--check-size``), or the first
+    candidate the PyTorch model accepts (a patch model asserts its input is a multiple of the patch). One line if none."""
+    if given is not None:
+        if given in sizes:
+            raise MMDeployError(f"--check-size {given} is a deployment size; the check needs a size the export did not see",
+                                "pick another size your model accepts, e.g. the next multiple of its patch size or stride")
+        error = forward_error(model, given)
+        if error:
+            raise MMDeployError(f"--check-size {given}: the PyTorch model does not run at that size ({error})",
+                                "pick a size your model accepts (e.g. a multiple of its patch size or stride)")
+        return given
+    tried = {}
+    for candidate in check_size_candidates(sizes, example):
+        error = forward_error(model, candidate)
+        if not error:
+            return candidate
+        tried[candidate] = error
+    first = next(iter(tried.items()))
+    raise MMDeployError(f"no size to check the dynamic ONNX at: the PyTorch model refused {', '.join(map(str, tried))} "
+                        f"(at {first[0]}: {first[1]})", f"pass --check-size N (a size your model accepts, not a deployment size), {NO_DYNAMIC_HINT}")
+
+
 def export_bundle(
     bundle_dir: str | Path,
     engine: str = "ort",
@@ -98,7 +139,11 @@ def export_bundle(
     progress: Progress | None = None,
     int8_method: str | None = None,
     int8_images: int | None = None,
+    check_size: int | None = None,
 ) -> ExportSummary:
+    """Export the bundle's ONNX (dynamic and per size), gate each against PyTorch, and build ``engine``'s files.
+    ``check_size``: the unseen size the dynamic ONNX is also checked at (default: the first that the model accepts of
+    example+8 and the next multiples of common patch sizes and strides)."""
     if engine not in ("onnx", "ort", "trt", "ov"):
         raise MMDeployError(f"unknown export engine {engine!r}", "use --engine onnx, ort, trt or ov")
     progress = progress or Progress()
@@ -108,14 +153,14 @@ def export_bundle(
     with bundle_lock(bundle_dir) if dist.is_main() else contextlib.nullcontext():
         try:
             return _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, parity_count, dynamic, static_batch,
-                                  trt_batches, trt_workspace_gb, progress, int8_method, int8_images)
+                                  trt_batches, trt_workspace_gb, progress, int8_method, int8_images, check_size)
         finally:
             if dist.is_main() and Bundle.is_bundle(bundle_dir):
                 Bundle.open(bundle_dir).sweep()
 
 
 def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, parity_count, dynamic, static_batch, trt_batches,
-                   trt_workspace_gb, progress, int8_method, int8_images) -> ExportSummary:
+                   trt_workspace_gb, progress, int8_method, int8_images, check_size) -> ExportSummary:
     bundle = Bundle.open(bundle_dir)
     ensure_writable(bundle.root)  # before minutes of export work, not after
     precisions = precisions or ["fp32"]
@@ -144,13 +189,15 @@ def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, pari
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     pre = bundle.preprocess()
     example = bundle.training_size if bundle.training_size in sizes else sizes[len(sizes) // 2]
-    extra = unseen_size(sizes, example)
+    dyn_bn = bundle.training_size if bundle.has_size(bundle.training_size) else None
+    dynamic_here = dynamic and any(p != "int8" for p in precisions)
+    # The dynamic ONNX is also checked at a size it was not exported at, one the model accepts (patch models need multiples).
+    extra = choose_check_size(bundle.build_model(dyn_bn), sizes, example, check_size) if dynamic_here else None
     # int8 is judged on top-1 agreement: 16 images cannot tell 95% from 85%, so it gets a larger sample.
-    images = parity_images(bundle, data, max(parity_count, INT8_PARITY_IMAGES) if int8 else parity_count, sizes + [extra])
+    images = parity_images(bundle, data, max(parity_count, INT8_PARITY_IMAGES) if int8 else parity_count, sizes + ([extra] if extra else []))
     summary = ExportSummary(bundle.root)
     pending: list[_Pending] = []
     fp32_cache: dict = {}
-    dyn_bn = bundle.training_size if bundle.has_size(bundle.training_size) else None
     with dist.agreed():  # rank 0 exports and gates the ONNX; the other ranks wait here for its outcome
         if dist.is_main():
             try:
@@ -211,10 +258,13 @@ def _raise_on_failed_checks(checks: list[ParityCheck]) -> None:
         (artifact, precision, size), error = next(iter(errors.items()))
         others = sorted({(c.artifact, c.precision, c.size) for c in failed} - {(artifact, precision, size)})
         more = f" (also failing: {', '.join(f'{a} {p} at size {s}' for a, p, s in others)})" if others else ""
+        hint = f"{_BAKE_HINT}; {NO_DYNAMIC_HINT}" if all(c.artifact == "dynamic" for c in failed) else _BAKE_HINT
         raise MMDeployError(f"parity gate failed: the {artifact} {precision} ONNX could not run at size {size} ({error}){more}; "
-                            "nothing was written", _BAKE_HINT)
+                            "nothing was written", hint)
     names = ", ".join(f"{a} {p} at size {s}" for a, s, p in sorted({(c.artifact, c.size, c.precision) for c in failed}))
     hint = INT8_HINT if all(c.precision == "int8" for c in failed) else _BAKE_HINT
+    if all(c.artifact == "dynamic" for c in failed):  # the per-size files passed: they can be exported alone
+        hint = f"{hint}; {NO_DYNAMIC_HINT}"
     raise MMDeployError(f"parity gate failed: {names} differ from PyTorch beyond tolerance; nothing was written", hint)
 
 

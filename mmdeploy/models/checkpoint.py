@@ -26,7 +26,7 @@ import torch.nn as nn
 from mmdeploy.bundle.files import sha256_file
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models.registry import arch_info, create_model
-from mmdeploy.models.trust import authorize_arch, note_user_arch
+from mmdeploy.models.trust import authorize_arch, check_user_kwargs, note_user_arch
 
 _UNSAFE_HINT = "re-save it as a plain state_dict or safetensors, or pass --unsafe-allow-pickle if you trust its author"
 
@@ -248,8 +248,13 @@ def load_checkpoint(
     arch: str | None = None,
     dataset: str | None = None,
     allow_pickle: bool = False,
+    arch_kwargs: dict | None = None,
 ) -> LoadedCheckpoint:
-    """Read any accepted checkpoint format and check it loads strictly into its architecture."""
+    """Read any accepted checkpoint format and check it loads strictly into its architecture.
+
+    ``arch_kwargs`` (the user's ``--arch-kwargs``) are the factory's keyword arguments: for your own
+    ``module:factory`` they replace any the file records (kwargs reach user code only from the user), for a
+    registered architecture they override the file's entries."""
     path = Path(path)
     if not path.exists():
         raise MMDeployError(f"checkpoint {path} does not exist", "check the path")
@@ -284,14 +289,22 @@ def load_checkpoint(
     state = _strip_prefix({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
     _check_finite(state, path)
     mm = meta.get("mmdeploy", {}) if isinstance(meta.get("mmdeploy"), dict) else {}
-    # Where the name comes from decides whether code may be imported (mmdeploy.models.trust).
-    note_user_arch(arch)
+    # Where the name and the kwargs come from decides whether code may be imported (mmdeploy.models.trust).
+    if arch_kwargs is not None:
+        check_user_kwargs(arch_kwargs)
+    note_user_arch(arch, arch_kwargs)
     name, source = (arch, None) if arch else (mm["arch"], mm_origin) if mm.get("arch") else (model_name, origin)
     resolved = _resolve_arch(name, config, state, dataset)
-    kwargs = mm.get("arch_kwargs", {})
-    if not isinstance(kwargs, dict):
-        raise MMDeployError(f"{mm_origin}: arch_kwargs is a {type(kwargs).__name__}, not a dict", "architecture kwargs must be a dict of plain values")
-    authorize_arch(resolved, kwargs, source, kwargs_source=mm_origin if kwargs else None)
+    file_kwargs = mm.get("arch_kwargs", {})
+    if not isinstance(file_kwargs, dict):
+        raise MMDeployError(f"{mm_origin}: arch_kwargs is a {type(file_kwargs).__name__}, not a dict", "architecture kwargs must be a dict of plain values")
+    if arch_kwargs is None:
+        kwargs, kwargs_source = file_kwargs, mm_origin if file_kwargs else None
+    elif ":" in resolved:  # the user's own code gets the user's kwargs only
+        kwargs, kwargs_source = dict(arch_kwargs), None
+    else:
+        kwargs, kwargs_source = {**file_kwargs, **arch_kwargs}, mm_origin if file_kwargs else None
+    authorize_arch(resolved, kwargs, source, kwargs_source=kwargs_source)
     info = arch_info(resolved)
     kwargs = dict(kwargs)
     n_classes = _infer_num_classes(state)

@@ -22,6 +22,17 @@ from mmdeploy.errors import MMDeployError
 PROBE_SIZE = 32  # small enough to be instant for any CNN, large enough to pass most stems
 
 
+def forward_error(model: nn.Module, size: int) -> str:
+    """Why the model cannot run one image at ``size`` ("" if it can): user code may accept only some sizes
+    (a patch model asserts its input is a multiple of the patch)."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    except Exception as exc:  # noqa: BLE001  any failure means "not at this size"
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+    return ""
+
+
 @dataclass(frozen=True)
 class Probe:
     size: int

@@ -108,7 +108,13 @@ def create_model(name: str, **kwargs) -> nn.Module:
     try:
         model = info.factory(**params)
     except TypeError as exc:
-        raise MMDeployError(f"architecture {name!r} does not take {params}: {exc}", "check the checkpoint's config") from None
+        raise MMDeployError(f"architecture {name!r} does not take {params}: {exc}", "check --arch-kwargs and the checkpoint's config") from None
+    except Exception as exc:  # noqa: BLE001  the user's own factory failing is their input's problem, not an internal error
+        if ":" not in name:
+            raise
+        text = " ".join(str(exc).split())[:200]
+        raise MMDeployError(f"--arch {name} raised {type(exc).__name__} when called with {params}: {text}",
+                            "check --arch-kwargs (e.g. the model name your factory knows)") from None
     import torch.nn as nn
 
     if not isinstance(model, nn.Module):
