@@ -102,7 +102,7 @@ def bundle_lock(root: str | os.PathLike, wait: bool | None = None, shared: bool 
             if not hold.modes:
                 del _held[key]
         if not hold.modes:
-            _release(root, hold)
+            _release(root, hold, was)
         elif was == fcntl.LOCK_EX and hold.mode == fcntl.LOCK_SH:
             os.ftruncate(hold.fd, 0)  # no writer now: the pid goes
             fcntl.flock(hold.fd, fcntl.LOCK_SH)
@@ -237,9 +237,9 @@ def _raise_to_exclusive(root: Path, fd: int, wait: bool) -> None:
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
-def _release(root: Path, hold: _Hold) -> None:
+def _release(root: Path, hold: _Hold, mode: int) -> None:
     try:
-        if hold.mode == fcntl.LOCK_EX:
+        if mode == fcntl.LOCK_EX:
             os.ftruncate(hold.fd, 0)  # a pid in the lock file means a live writer
             if hold.created:
                 _remove_if_never_committed(root)
