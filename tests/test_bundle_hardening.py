@@ -161,6 +161,57 @@ def test_a_writer_waits_for_a_reader(made, tmp_path):
     assert Bundle.open(out).step_key("eval") == "y"
 
 
+def _hold_exclusive(out, ready, release):
+    with bundle_lock(out):
+        ready.set()
+        release.wait(30)
+
+
+def test_a_writer_waiting_on_a_new_folder_that_its_first_writer_gave_up_gets_a_fresh_lock(tmp_path):
+    """The first writer made the folder and failed before any commit: it removes folder and lock on release;
+    the waiting writer notices its lock file is gone, makes both again and holds the new one."""
+    import threading
+
+    out = tmp_path / "new"
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    first = ctx.Process(target=_hold_exclusive, args=(out, ready, release))
+    first.start()
+    try:
+        assert ready.wait(60)
+        got = {}
+
+        def second():
+            with bundle_lock(out):
+                lock = out / LOCK_FILE
+                got["pid"] = lock.read_text().strip()
+                fd = os.open(lock, os.O_RDWR)  # the lock this writer holds is the file on disk
+                try:
+                    with pytest.raises(BlockingIOError):
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                finally:
+                    os.close(fd)
+
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive(), "the second writer waits"
+        release.set()
+        waiter.join(30)
+    finally:
+        release.set()
+        first.join(30)
+    assert got == {"pid": str(os.getpid())}
+    assert not out.exists(), "the second writer committed nothing either: the folder is gone again"
+    with bundle_lock(out):
+        pass
+    assert not out.exists()
+    out.mkdir()
+    with bundle_lock(out):  # a folder the user made stays, its lock file is emptied of the pid
+        pass
+    assert (out / LOCK_FILE).read_text() == ""
+
+
 def test_eval_holds_the_bundle_shared_while_it_reads(made, tmp_path, image_dir, monkeypatch):
     """No writer can take the lock (and sweep) while eval measures; another reader can; eval's results still land."""
     from mmdeploy import evaluate

@@ -83,11 +83,11 @@ def bundle_lock(root: str | os.PathLike, wait: bool | None = None, shared: bool 
     with _guard:
         hold = _held.get(key)
     if hold is None:
-        fd = _acquire(root, mode, wait)
+        fd, remade = _acquire(root, mode, wait)
         if fd is None:
             yield
             return
-        hold = _Hold(fd, created=not existed)
+        hold = _Hold(fd, created=not existed or remade)
         with _guard:
             _held[key] = hold
     elif mode == fcntl.LOCK_EX and hold.mode == fcntl.LOCK_SH:
@@ -183,14 +183,16 @@ def _open_lock_file(root: Path, shared: bool) -> int | None:
     return fd
 
 
-def _acquire(root: Path, mode: int, wait: bool) -> int | None:
-    shared = mode == fcntl.LOCK_SH
+def _acquire(root: Path, mode: int, wait: bool) -> tuple[int | None, bool]:
+    """The locked descriptor (None: a reader of a bundle it cannot lock), and whether the folder had to be made again."""
+    shared, remade = mode == fcntl.LOCK_SH, False
     while True:
-        if not shared:
-            root.mkdir(parents=True, exist_ok=True)  # again, if a failed first writer removed its new folder meanwhile
+        if not shared and not root.is_dir():  # a failed first writer removed the new folder while this one waited
+            root.mkdir(parents=True, exist_ok=True)
+            remade = True
         fd = _open_lock_file(root, shared)
         if fd is None:
-            return None
+            return None, remade
         try:
             _flock(root, fd, mode, wait)
             # A writer that gave up a folder it had made removes the lock file: this one is then stale; open the new one.
@@ -202,12 +204,12 @@ def _acquire(root: Path, mode: int, wait: bool) -> int | None:
             if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                 os.close(fd)
                 if shared and not root.is_dir():
-                    return None
+                    return None, remade
                 continue
             if not shared:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            return fd
+            return fd, remade
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)
