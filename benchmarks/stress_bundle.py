@@ -1,7 +1,8 @@
 """Stress test of the bundle's crash and concurrency guarantees, with real processes and SIGKILL.
 
 Kills `mmdeploy calibrate`, `mmdeploy export` and `mmdeploy run` at random instants and right
-before their Nth os.replace (between renames), runs two writers into one bundle at once, and
+before their Nth os.replace (between renames), runs two writers into one bundle at once, two
+`mmdeploy run`s on one new folder at once, refuses a symlinked lock file, and
 after each: the bundle opens and every file its manifest lists matches its sha256; the next
 (uninterrupted) run leaves no temp files and equals an uninterrupted run from scratch (weights
 bit for bit, the same artifact keys, the same accuracies). Prints how many kills it survived.
@@ -125,10 +126,11 @@ def _tensors_hash(state: dict) -> str:
 
 
 def fingerprint(bundle: Path) -> dict:
-    """What an uninterrupted run determines: the weights' tensors, which artifacts exist, the accuracies.
-    (Tensors, not file bytes: safetensors writes its metadata in no fixed order.)"""
+    """What an uninterrupted run determines: the weights' tensors and file bytes (sha256: the writer
+    sorts safetensors' metadata), which artifacts exist, the accuracies."""
     b = Bundle.open(bundle)
     return {"weights": {s: _tensors_hash(b.load_weights(s)) for s in [None, *b.sizes]},
+            "weights_sha256": {s: b.size(s).weights_sha256 for s in b.sizes} | {None: b.source.weights_sha256},
             "artifacts": {s: sorted(b.size(s).artifacts) for s in b.sizes},
             "accuracy": sorted((a.size, a.engine, a.precision, a.calibrated, a.top1) for a in b.accuracies())}
 
@@ -206,6 +208,35 @@ def main() -> None:
         got, expected = fingerprint(both), dict(want["calibrate"])
         assert got["weights"] == expected["weights"], "two writers at once equal one writer"
         print("two calibrate writers at once: both sizes landed, weights equal the uninterrupted run")
+
+        # Two `mmdeploy run`s on one new output folder at once (issue 24): both exit 0, and the bundle equals one run's.
+        twice = work / "twice"
+        write_config(work, twice)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        procs = [subprocess.Popen([sys.executable, "-m", "mmdeploy", "run", str(work / "run.toml")], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        errs = [p.communicate()[1] for p in procs]
+        codes = [p.returncode for p in procs]
+        assert codes == [0, 0], f"two first runs at once: exit codes {codes}: {[e.strip().splitlines()[-1:] for e in errs]}"
+        check_consistent(twice / "m")
+        assert not temp_files(twice / "m"), temp_files(twice / "m")
+        assert fingerprint(twice / "m") == want["run"], "two first runs at once differ from one uninterrupted run"
+        print("two `mmdeploy run`s on one new folder at once: both exit 0, the bundle equals an uninterrupted run")
+
+        # A symlinked lock file: refused in one line by a reader and a writer; the file it points to is untouched.
+        victim = work / "victim.txt"
+        victim.write_text("precious\n")
+        lock = ref / ".mmdeploy.lock"
+        lock.unlink(missing_ok=True)
+        lock.symlink_to(victim)
+        refused = 0
+        for args in (["eval", str(ref), "--data", str(work / "val")], commands(work, ref)["export"]):
+            proc = subprocess.run([sys.executable, "-m", "mmdeploy", *args], env=env, capture_output=True, text=True)
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 1 and len(lines) == 1 and "symbolic link" in lines[0], (proc.returncode, proc.stderr)
+            refused += 1
+        assert victim.read_text() == "precious\n" and lock.is_symlink(), "the lock's target was written"
+        print(f"symlinked lock file: {refused} of 2 commands refused it in one line, its target untouched")
         print(f"survived {survived} of {total} SIGKILLs ({len(plan)} cases: {opts.kills} at random instants, "
               f"{opts.rename_kills} before a random rename); 0 inconsistent bundles, 0 temp files left")
     finally:

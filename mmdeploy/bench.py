@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from mmdeploy.bundle.lock import reading_bundle
 from mmdeploy.errors import MMDeployError
 from mmdeploy.noise import Interference, interference, machine_was_busy, point_is_noisy, sample
 from mmdeploy.progress import Progress
@@ -193,6 +194,7 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+@reading_bundle("bundle_dir")  # no writer sweeps what it reads; results merge under the lock
 def bench_bundle(
     bundle_dir: str | Path,
     engines: list[str] | None = None,

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from mmdeploy import distributed as dist
+from mmdeploy.bundle.lock import reading_bundle
 from mmdeploy.data import Preprocess, decode_for_sizes, scan_image_folder, to_input
 from mmdeploy.errors import MMDeployError
 from mmdeploy.progress import Progress
@@ -90,6 +91,7 @@ def measure_accuracy(
 
 
 
+@reading_bundle("target")  # no writer sweeps what it reads; results merge under the lock
 def evaluate_target(
     target: str | Path,
     data: str | Path,

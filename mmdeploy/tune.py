@@ -19,6 +19,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmdeploy.bundle.lock import reading_bundle
 from mmdeploy.errors import MMDeployError
 from mmdeploy.progress import Progress
 from mmdeploy.threads import ThreadPolicy, ort_default_policy, usable_cores
@@ -101,6 +102,7 @@ class TuneResult:
     interference: str
 
 
+@reading_bundle("bundle_dir")  # no writer sweeps what it reads; results merge under the lock
 def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, sizes: list[int] | None = None,
                 batches: list[int] | None = None, warmup: int = 3, iters: int = 15, noise_budget_s: float = 20.0,
                 progress: Progress | None = None, engines: tuple[str, ...] = ("ort", "ov")) -> TuneResult:

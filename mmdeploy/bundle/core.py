@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # annotations only: reading a bundle (report, gate) must not 
     import torch
 
 from mmdeploy.bundle import records as rec
-from mmdeploy.bundle.files import atomic_write_text, cached_sha256
-from mmdeploy.bundle.lock import TEMP_SUFFIX, bundle_lock, sweep
+from mmdeploy.bundle.files import TEMP_SUFFIX, atomic_write_text, cached_sha256
+from mmdeploy.bundle.lock import bundle_lock, sweep
 from mmdeploy.bundle.measurements import Measurements
 from mmdeploy.bundle.validate import MANIFEST, check_writable_dir, manifest_problem
 from mmdeploy.errors import MMDeployError
@@ -31,6 +31,21 @@ from mmdeploy.errors import MMDeployError
 SCHEMA = "mmdeploy.bundle"
 SCHEMA_VERSION = 1
 _REMAKE = "re-run `mmdeploy calibrate` into a new folder"
+MAX_PATH_CHARS = 1024  # a bundle-relative path; longer ones are edits, not mmdeploy's names
+
+
+def _listed_on_disk(root: Path) -> set[str]:
+    """The files the manifest now in ``root`` lists (none if there is no readable one)."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+        return rec.referenced_files(manifest) if isinstance(manifest, dict) else set()
+    except (OSError, ValueError, TypeError, AttributeError):
+        return set()
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """A manifest value quoted for a one-line message (a 5,000-character path is cut)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 class Bundle(Measurements):
@@ -75,6 +90,7 @@ class Bundle(Measurements):
         bundle = cls(root, manifest)
         for where, rel in rec._path_fields(manifest):
             bundle._confined(rel, where)
+            bundle._in_own_folder(rel, where)
         bundle._committed = rec.referenced_files(manifest)
         return bundle
 
@@ -97,7 +113,9 @@ class Bundle(Measurements):
             "sizes": {},
             "dynamic": {},
         }
-        return cls(Path(root), manifest)
+        bundle = cls(Path(root), manifest)
+        bundle._committed = _listed_on_disk(Path(root))  # starting over: the old manifest's files stay until this one commits
+        return bundle
 
     @classmethod
     @contextlib.contextmanager
@@ -111,15 +129,30 @@ class Bundle(Measurements):
     # -- paths and integrity ---------------------------------------------------------------
     def _confined(self, rel: object, where: str) -> Path:
         """``root/rel`` if ``rel`` is a relative path without ``..`` that resolves (after symlinks) inside the bundle."""
+        if isinstance(rel, str) and ("\0" in rel or len(rel) > MAX_PATH_CHARS or any(len(p.encode()) > 255 for p in rel.split("/"))):
+            what = "has a NUL byte" if "\0" in rel else f"is {len(rel)} characters long (a bundle path is at most {MAX_PATH_CHARS}, 255 bytes a name)"
+            raise MMDeployError(f"bundle {self.root} refused: {where} = {_shown(rel)} {what}", "the manifest was edited or damaged; " + _REMAKE)
         bad = not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or os.path.isabs(rel) \
             or ".." in PurePosixPath(rel.replace("\\", "/")).parts
         path = self.root / rel if isinstance(rel, str) else self.root
         if not bad:
             bad = not path.resolve().is_relative_to(self.root.resolve())
         if bad:
-            raise MMDeployError(f"bundle {self.root} refused: {where} = {rel!r} points outside the bundle",
+            raise MMDeployError(f"bundle {self.root} refused: {where} = {_shown(rel) if isinstance(rel, str) else repr(rel)} points outside the bundle",
                                 "manifest paths must be relative and stay inside the bundle; " + _REMAKE)
         return path
+
+    def _in_own_folder(self, rel: str, where: str) -> None:
+        """A size's files (weights, ONNX, plans) live in ``sizes/<S>/``: a manifest pointing size 16 at
+        size 24's ONNX (sha256 and all) would run it at the wrong input shape. Folders (ov's cache) are shared."""
+        parts = where.split(".")
+        if parts[0] != "sizes" or parts[-1] not in rec.file_fields(dict.fromkeys(parts[-1:])):
+            return
+        size = parts[1]
+        if not rel.startswith(f"sizes/{size}/"):
+            raise MMDeployError(f"bundle {self.root} refused: {where} = {_shown(rel)} is not in size {size}'s folder sizes/{size}/ "
+                                "(each size's weights, ONNX and plans carry its own statistics and input shape)",
+                                "the manifest was edited by hand; " + _REMAKE)
 
     def path(self, rel: str) -> Path:
         return self._confined(rel, "path")
@@ -276,14 +309,17 @@ class Bundle(Measurements):
         atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=False) + "\n")
         self._committed = rec.referenced_files(self.manifest)
 
-    def sweep(self) -> list[str]:
-        """Remove what the manifest on disk does not list (temp files of a failed or crashed writer); under the lock."""
-        return sweep(self.root, self._committed)
+    def sweep(self, expected: set[str] | frozenset = frozenset()) -> list[str]:
+        """Remove what the manifest on disk does not list (temp files of a failed or crashed writer); under the lock.
+        ``expected``: files this writer wrote itself and gives up (removed without a warning)."""
+        return sweep(self.root, self._committed, expected)
 
     def commit(self) -> list[str]:
-        """Save, then sweep what the manifest no longer lists (call under the lock)."""
+        """Save, then sweep what the manifest no longer lists (call under the lock): the files the
+        previous manifest listed and this one replaced go quietly; leftovers of others are reported."""
+        superseded = self._committed
         self.save()
-        return sweep(self.root, rec.referenced_files(self.manifest))
+        return sweep(self.root, self._committed, superseded)
 
 
 __all__ = ["Bundle", "MANIFEST", "SCHEMA", "SCHEMA_VERSION", "TEMP_SUFFIX", "check_writable_dir"]

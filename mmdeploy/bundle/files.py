@@ -56,24 +56,44 @@ def cached_sha256(path: Path) -> str:
     return _HASHES[stamp]
 
 
+_MADE_HERE: set[str] = set()  # temp names this process created: a sweep removes them without reporting them
+
+
 def temp_path_for(path: Path) -> Path:
     """A fresh temp name beside ``path`` for writers that need a file name (onnx, safetensors)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     os.chmod(tmp, _FILE_MODE)
+    _MADE_HERE.add(os.path.abspath(tmp))
     return Path(tmp)
 
 
+def temp_made_here(path: Path) -> bool:
+    """Whether this process made the temp file ``path`` (a leftover of its own, not of a crashed writer)."""
+    return os.path.abspath(path) in _MADE_HERE
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
+    _atomic_write_chunks(Path(path), [data])
+
+
+def _atomic_write_chunks(path: Path, chunks) -> None:
+    """Write ``chunks`` to a temp file beside ``path``, fsync, rename into place. An ``OSError``
+    (a full disk) names ``path``: a failed ``write`` or ``fsync`` carries no file name of its own."""
     tmp = temp_path_for(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -84,13 +104,19 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
+    """Write ``state`` as safetensors, byte for byte the same for the same tensors and metadata.
 
-    tmp = temp_path_for(path)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-        os.chmod(tmp, _FILE_MODE)  # save_file recreates the file with mode 0600
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    safetensors writes its ``__metadata__`` in a per-process hash order, so identical runs would
+    get different bytes (another sha256, a needless re-export); the header is rewritten with
+    sorted metadata keys. The file goes through ``_atomic_write_chunks`` (temp name, fsync,
+    rename), so a full disk is an ``OSError`` naming the file, never a half-written one."""
+    from safetensors.torch import save
+
+    data = memoryview(save({k: v.contiguous() for k, v in state.items()}, metadata=metadata))
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(bytes(data[8 : 8 + n]))
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    size = max(n, -(-len(text) // 8) * 8)  # same length when it fits (it does: only the order changed), padded with spaces
+    _atomic_write_chunks(Path(path), [size.to_bytes(8, "little"), text.ljust(size), data[8 + n :]])

@@ -39,6 +39,8 @@ def manifest_problem(manifest: dict) -> str:
         return "preprocess needs kind (cifar or imagenet), mean and std" + detail
     if not isinstance(manifest["sizes"], dict) or not isinstance(manifest.get("dynamic", {}), dict):
         return "sizes and dynamic must be objects"
+    if _bad_outside_path(source.get("path")):
+        return "source.path " + _bad_outside_path(source.get("path"))
     for size, entry in manifest["sizes"].items():
         if not (isinstance(size, str) and size.isdigit() and int(size) > 0):
             return f"size {size!r} is not a positive integer"
@@ -48,4 +50,22 @@ def manifest_problem(manifest: dict) -> str:
             return f"size {size}: artifacts and metrics must be objects"
         if not all(isinstance(a, dict) for a in entry.get("artifacts", {}).values()):
             return f"size {size}: every artifact must be an object"
+        if _bad_outside_path(entry["calibration"].get("data")):
+            return f"sizes.{size}.calibration.data " + _bad_outside_path(entry["calibration"].get("data"))
+    return ""
+
+
+_MAX_OUTSIDE_PATH = 4096  # PATH_MAX on Linux: the checkpoint's and the calibration images' folders (recorded, reopened by export)
+
+
+def _bad_outside_path(value: object) -> str:
+    """"" if a recorded path outside the bundle (or None) can be opened at all, else why not."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return "is not a string"
+    if "\0" in value:
+        return "has a NUL byte"
+    if len(value) > _MAX_OUTSIDE_PATH:
+        return f"is {len(value)} characters long (at most {_MAX_OUTSIDE_PATH})"
     return ""

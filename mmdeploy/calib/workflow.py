@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +12,7 @@ from pathlib import Path
 import torch
 
 from mmdeploy import distributed as dist
-from mmdeploy.bundle import check_writable_dir, content_key
+from mmdeploy.bundle import bundle_lock, check_writable_dir, content_key
 from mmdeploy.calib.bn import BNSums, bn_layers, calibrate_bn, plan_batches
 from mmdeploy.calib.writer import (
     DEFAULT_TRAINING_SIZE,
@@ -119,6 +122,26 @@ def resolve_preprocess(ckpt: LoadedCheckpoint, kind: str | None = None, mean=Non
     return Preprocess(kind or card.get("kind", ckpt.dataset), **values)
 
 
+def _holding_out_lock(fn):
+    """Rank 0 holds ``--out``'s writer lock for the whole calibration: what to reuse is decided from
+    the manifest as it is under the lock, so a second `calibrate` (or `run`) of the same new folder
+    waits, then reuses the first one's sizes instead of recalibrating and sweeping files a reader
+    of the first one is using. A folder only this call made is removed again if it fails."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        out = signature.bind(*args, **kwargs).arguments["out"]
+        with dist.agreed():  # a folder that cannot become a bundle fails before the lock would make it
+            if dist.is_main():
+                check_writable_dir(Path(out))
+        with bundle_lock(out) if dist.is_main() else contextlib.nullcontext():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_holding_out_lock
 def calibrate_to_bundle(
     checkpoint: str | Path,
     sizes: list,

@@ -22,6 +22,7 @@ from mmdeploy.data import Preprocess
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import LoadedCheckpoint
 from mmdeploy.models.trust import canonical_kwargs
+from mmdeploy.writable import disk_error
 
 DEFAULT_TRAINING_SIZE = {"cifar": 32, "imagenet": 224}
 
@@ -67,25 +68,34 @@ def write_calibration(out: str | Path, ckpt: LoadedCheckpoint, model, pre: Prepr
     """Read-modify-write of the bundle under its lock (see the module's docstring). Returns the written records by size."""
     records = {}
     _check_finite_statistics(measured)
+    written: set[str] = set()  # files this call put into the bundle; removed again if it fails before the commit
     try:
         with bundle_lock(out):
             bundle, started_over = _open_or_start(out, ckpt, pre, preprocess_explicit, training_size)
-            src = bundle.source
-            if src.weights_sha256 is None or not bundle.file_ok(src.weights, src.weights_sha256):  # new, deleted or changed by hand
-                rel = bundle.fresh_name(src.weights)
-                save_safetensors(bundle.path(rel), dict(ckpt.state_dict), {"arch": ckpt.arch})
-                bundle.set_source_weights(rel, sha256_file(bundle.path(rel)))
-            for s in measured.sizes:
-                rel = bundle.fresh_name(f"sizes/{s}/weights.safetensors")
-                save_safetensors(bundle.path(rel), measured.state(model, s), {"arch": ckpt.arch, "size": str(s)})
-                records[s] = measured.record(s)
-                bundle.set_size(s, rel, sha256_file(bundle.path(rel)), records[s])
-            bundle.commit()
+            try:
+                src = bundle.source
+                if src.weights_sha256 is None or not bundle.file_ok(src.weights, src.weights_sha256):  # new, deleted or changed by hand
+                    rel = bundle.fresh_name(src.weights)
+                    written.add(rel)
+                    save_safetensors(bundle.path(rel), dict(ckpt.state_dict), {"arch": ckpt.arch})
+                    bundle.set_source_weights(rel, sha256_file(bundle.path(rel)))
+                for s in measured.sizes:
+                    rel = bundle.fresh_name(f"sizes/{s}/weights.safetensors")
+                    written.add(rel)
+                    save_safetensors(bundle.path(rel), measured.state(model, s), {"arch": ckpt.arch, "size": str(s)})
+                    records[s] = measured.record(s)
+                    bundle.set_size(s, rel, sha256_file(bundle.path(rel)), records[s])
+                bundle.commit()
+            except BaseException:
+                # Nothing was published: what this call wrote goes (quietly), so no unlisted file or empty folder stays.
+                bundle.sweep(expected=written)
+                raise
             if started_over:
                 for name in ("report.json", "report.csv", "report.md", "pareto.png"):
                     (Path(out) / name).unlink(missing_ok=True)
     except OSError as exc:
-        raise MMDeployError(f"cannot write bundle {out}: {exc.strerror or exc}", "choose a writable --out with free space") from None
+        raise disk_error(exc) or MMDeployError(f"cannot write bundle {out}: {exc.strerror or exc}",
+                                                "choose a writable --out with free space") from None
     return records
 
 

@@ -17,4 +17,4 @@ PickleOpt = Annotated[bool, typer.Option("--unsafe-allow-pickle", help="Allow ar
 EngineOpt = Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine: torch, ort, trt or ov (OpenVINO, CPU) (repeatable).")]
 PrecisionOpt = Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32, fp16 (ort, trt, torch on CUDA), bf16 (ov, CPUs with native bf16) or int8 (ort, trt; per-size QDQ ONNX) (repeatable).")]
 # Read by the `command` wrapper (one writer per bundle): wait for another writer, or fail at once.
-NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once if another mmdeploy is writing the bundle (default: wait for it).")]
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once if another mmdeploy is writing the bundle, or (for a writer) reading it (default: wait for it).")]

@@ -155,6 +155,10 @@ class OrtEngine(Engine):
                 self.session = None
                 raise MMDeployError(f"{self.onnx_path.name}: ONNX Runtime did not pin input dim {name!r} to {value} (the input is {shape})",
                                     "re-export the bundle with this mmdeploy (`mmdeploy export BUNDLE`)")
+        if self.variant == "per-size" and len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]) and tuple(shape[2:]) != (self.size, self.size):
+            self.session = None  # a manifest pointing this size at another size's file (ONNX Runtime would say INVALID_ARGUMENT)
+            raise MMDeployError(f"{self.onnx_path.name} takes {shape[2]}x{shape[3]} images, not size {self.size}: the bundle lists another size's ONNX for it",
+                                "re-export the bundle (`mmdeploy export BUNDLE`), or recalibrate into a new folder if its manifest was edited")
         self.fixed_batch = shape[0] if shape and isinstance(shape[0], int) else None
         self._input_shape = tuple(d if isinstance(d, int) else None for d in shape)  # a named free dim is dynamic
         super().activate()
