@@ -167,3 +167,10 @@ def test_failing_int8_gate_keeps_the_fp32_files(fp32_bundle, tmp_path, cli):
     assert f"kept what passed its gate before int8: sizes/{SIZE}/model.onnx" in line
     bundle = Bundle.open(out)
     assert bundle.artifact(SIZE, ONNX, "fp32") is not None and bundle.artifact(SIZE, ONNX, "int8") is None
+
+
+def test_export_help_says_int8_memory_and_what_a_failure_keeps(cli):
+    result = cli("export", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "memory does not grow with it" in text and "keeps the fp32/fp16 files that passed" in text
