@@ -174,3 +174,13 @@ def test_export_help_says_int8_memory_and_what_a_failure_keeps(cli):
     assert result.exit_code == 0
     text = " ".join(result.stdout.replace("│", " ").split())
     assert "memory does not grow with it" in text and "keeps the fp32/fp16 files that passed" in text
+
+
+@pytest.mark.parametrize("method, absolute", [("percentile", True), ("entropy", False)])
+def test_a_value_the_range_pass_did_not_see_is_refused_not_dropped(method, absolute):
+    stats = quantize._RangeStats(method, absolute)
+    stats.add("range", "t", np.array([[0.5, -1.0, 2.0]], dtype=np.float32))
+    stats.add("histogram", "t", np.array([[0.5, -1.0, 2.0]], dtype=np.float32))
+    assert stats.counts["t"].sum() == 3
+    with pytest.raises(MMDeployError, match="non-finite or different on a second identical run"):
+        stats.add("histogram", "t", np.array([[0.5, np.nan, 3.0]], dtype=np.float32))

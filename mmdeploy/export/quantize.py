@@ -236,12 +236,13 @@ def collect_ranges(prepared: Path, batches: Sequence[np.ndarray], method: str, a
     plan = plan_ranges(int(first.shape[-1]), per_image, model_bytes, first.nbytes, len(first), available_memory("cpu"), budget)
     del first
     stats = _RangeStats(method, calibrator.symmetric if method != "minmax" else False)
-    for phase in stats.phases:
+    for phase in stats.phases:  # the same runs (images, order, run size) in both passes: the same activations
         for i in range(len(batches)):
             batch = batches[i]
             for start in range(0, len(batch), plan.images_per_run):
-                values = session.run(outputs, {input_name: batch[start:start + plan.images_per_run]})
-                stats.held = max(stats.held, len(batch[start:start + plan.images_per_run]))
+                run = batch[start:start + plan.images_per_run]
+                values = session.run(outputs, {input_name: run})
+                stats.held = max(stats.held, len(run))
                 for name, value in zip(outputs, values):
                     stats.add(phase, name, value)
                 del values
@@ -289,6 +290,9 @@ class _RangeStats:
             return
         data = np.absolute(flat) if self.absolute else flat
         counts, edges = np.histogram(data, len(self.counts[name]) if name in self.counts else self._bins(), range=self._range(name))
+        if counts.sum() != data.size:  # a value outside the first pass's range (NaN, or a run that did not repeat itself) would be lost
+            raise MMDeployError(f"activation {name!r} came out non-finite or different on a second identical run; its INT8 range cannot be calibrated",
+                                "check the checkpoint for NaN/Inf weights, or export this size without int8")
         if name in self.counts:
             self.counts[name] += counts
         else:
