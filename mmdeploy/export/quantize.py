@@ -155,8 +155,9 @@ _ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percent
 # Bytes of activations one calibration run may return at once (ONNX Runtime's buffers and their numpy
 # copies together): a few images at ImageNet sizes, whole batches at CIFAR sizes.
 ACTIVATION_BUDGET = 1 << 30
-# What else the INT8 step holds, in copies of the model's bytes (session weights, the quantizer's
-# graphs), measured on resnet50 (benchmarks/bench_int8_memory.py), and the interpreter and libraries.
+# What else the INT8 step holds: copies of the model's bytes (session weights, the quantizer's graphs) and
+# the interpreter and libraries. On the safe side: for resnet50 at 224 px RangePlan.need() says 2.1 GB where
+# benchmarks/bench_int8_memory.py measured a 1.6 GB peak for the whole INT8 export.
 MODEL_COPIES = 4
 BASE_BYTES = 600 << 20
 
@@ -202,7 +203,9 @@ def collect_ranges(prepared: Path, batches: Sequence[np.ndarray], method: str, a
 
     The model runs with every tensor to calibrate as an output (the same tensors and session
     settings as ONNX Runtime's calibrator), a few images at a time (``plan_ranges``); only
-    running statistics are kept. ``minmax``: running min/max (ONNX Runtime's result). ``entropy``
+    running statistics are kept. ``minmax``: running min/max over every image (quantize_static's
+    ``CalibMaxIntermediateOutputs``, which this module set to 16 before, drops each 16 runs' outputs
+    unmerged in ONNX Runtime 1.32: equal below 16 BN batches, all images counted from there). ``entropy``
     and ``percentile`` need a histogram whose range is that of *all* the data (ONNX Runtime's
     chunked collection re-bins as ranges grow, so its result depends on the chunking): a first
     pass takes each tensor's range, a second fills fixed-range histograms, and ONNX Runtime's
