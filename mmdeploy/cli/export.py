@@ -31,7 +31,7 @@ def export(
     trt_batch: Annotated[Optional[list[int]], typer.Option("--trt-batch", help="TensorRT static profile batch sizes (repeatable; default 1 and 32).")] = None,
     workspace_gb: Annotated[float, typer.Option(help="TensorRT builder workspace limit in GiB.")] = 4.0,
     int8_method: Annotated[Optional[str], typer.Option(help="int8: activation range calibration, percentile (default, measured best), minmax or entropy.")] = None,
-    int8_images: Annotated[Optional[int], typer.Option(help="int8: calibration images per size, default 256 (whole BN calibration batches: the images BN saw).")] = None,
+    int8_images: Annotated[Optional[int], typer.Option(help="int8: calibration images per size, default 256 (whole BN calibration batches: the images BN saw); memory does not grow with it (ranges are collected streaming, a few images at a time).")] = None,
     trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,
@@ -39,7 +39,8 @@ def export(
     """Export ONNX (dynamic + one per size, BN folded), gate it against PyTorch, and build engines.
 
     A "dynamic" ONNX whose H/W came out fixed (a forward reading x.shape as a Python int) is refused at once;
-    an engine error inside the gate fails it, naming artifact and size. Nothing is written unless all pass.
+    an engine error inside the gate fails it, naming artifact and size. Nothing is written unless all pass; int8 is
+    gated and written after fp32/fp16, so an int8 failure (its gate, not enough memory) keeps the fp32/fp16 files that passed.
 
     Example: [bold]mmdeploy export bundle/ --engine ort --precision fp32 --precision fp16[/]
     (OpenVINO on a CPU: [bold]mmdeploy export bundle/ --engine ov --precision fp32 --precision bf16[/])

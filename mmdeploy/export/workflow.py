@@ -1,7 +1,9 @@
 """``mmdeploy export``: bundle -> dynamic and per-size ONNX (fp32/fp16; int8 per size only), gated; optionally TensorRT plans or OpenVINO engines.
 
 All artifacts of one call are written to temp names and checked; only if every check passes
-are they moved into place and recorded in the manifest. Unchanged inputs reuse artifacts.
+are they moved into place and recorded in the manifest, in two steps: fp32/fp16 first, then
+int8 (which calibrates, and fails for reasons of its own): an int8 failure keeps the fp32/fp16
+files that passed. Unchanged inputs reuse artifacts.
 """
 
 from __future__ import annotations
@@ -202,34 +204,21 @@ def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, pari
         if dist.is_main():
             try:
                 with progress.task("exporting and checking", (len(sizes) + int(dynamic)) * len(precisions)) as advance:
-                    for precision in precisions:
-                        tol = tolerances[precision]
-                        if dynamic and precision != "int8":  # int8 ranges are per size: no dynamic int8 (export/quantize.py)
-                            pending_dyn = _export_one(bundle, summary, dyn_bn, example, True, precision, static_batch, "dynamic", fp32_cache)
-                            if pending_dyn:
-                                pending.append(pending_dyn)  # before the gate: its temp file is removed on every path
-                                ref = bundle.build_model(dyn_bn)
-                                with OrtEngine(pending_dyn.tmp, example, precision) as run:
-                                    for s in sizes + [extra]:
-                                        pending_dyn.checks += check_parity(ref, _Sized(run, s), images, s, PARITY_BATCHES, pre, tol, "dynamic")
-                        advance(int(dynamic))
-                        for s in sizes:
-                            p = _export_one(bundle, summary, s, s, False, precision, static_batch, "per-size", fp32_cache, int8)
-                            if p:
-                                pending.append(p)
-                                ref = bundle.build_model(s)
-                                with OrtEngine(p.tmp, s, precision) as run:
-                                    p.checks += check_parity(ref, run, images, s, PARITY_BATCHES if static_batch is None else (static_batch,), pre, tol, "per-size")
-                            advance(1)
-                for p in pending:
-                    summary.checks += p.checks
-                _raise_on_failed_checks(summary.checks)
-                for p in pending:
-                    os.replace(p.tmp, bundle.path(p.rel))
-                    p.record["parity"] = [c.to_dict() for c in p.checks]
-                    _record(bundle, p)
-                    summary.written.append(p.rel)
-                bundle.commit()
+                    # int8 last, in its own step: what passed its gate before it is committed first, so an int8
+                    # failure (its gate, its memory, its calibration images) leaves the fp32/fp16 files in place.
+                    for step in ([p for p in precisions if p != "int8"], [p for p in precisions if p == "int8"]):
+                        if not step:
+                            continue
+                        start = len(pending)
+                        try:
+                            for precision in step:
+                                _export_precision(bundle, summary, pending, precision, sizes, extra, example, dyn_bn, dynamic,
+                                                  static_batch, fp32_cache, int8, images, pre, tolerances[precision], advance)
+                            _gate_and_commit(bundle, summary, pending[start:], already_written=bool(summary.written))
+                        except MMDeployError as exc:
+                            if "int8" in step and summary.written:  # say what the failure did not undo
+                                raise MMDeployError(f"{exc.message}; kept what passed its gate before int8: {', '.join(summary.written)}", exc.hint) from exc
+                            raise
             finally:
                 for p in pending:
                     p.tmp.unlink(missing_ok=True)
@@ -248,11 +237,47 @@ def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, pari
     return summary
 
 
-def _raise_on_failed_checks(checks: list[ParityCheck]) -> None:
+def _export_precision(bundle, summary, pending, precision, sizes, extra, example, dyn_bn, dynamic, static_batch, fp32_cache, int8, images,
+                      pre, tol, advance) -> None:
+    """Export one precision's artifacts (dynamic, then per size) under temp names and run their checks."""
+    if dynamic and precision != "int8":  # int8 ranges are per size: no dynamic int8 (export/quantize.py)
+        pending_dyn = _export_one(bundle, summary, dyn_bn, example, True, precision, static_batch, "dynamic", fp32_cache)
+        if pending_dyn:
+            pending.append(pending_dyn)  # before the gate: its temp file is removed on every path
+            ref = bundle.build_model(dyn_bn)
+            with OrtEngine(pending_dyn.tmp, example, precision) as run:
+                for s in sizes + [extra]:
+                    pending_dyn.checks += check_parity(ref, _Sized(run, s), images, s, PARITY_BATCHES, pre, tol, "dynamic")
+    advance(int(dynamic))
+    for s in sizes:
+        p = _export_one(bundle, summary, s, s, False, precision, static_batch, "per-size", fp32_cache, int8)
+        if p:
+            pending.append(p)
+            ref = bundle.build_model(s)
+            with OrtEngine(p.tmp, s, precision) as run:
+                p.checks += check_parity(ref, run, images, s, PARITY_BATCHES if static_batch is None else (static_batch,), pre, tol, "per-size")
+        advance(1)
+
+
+def _gate_and_commit(bundle: Bundle, summary: ExportSummary, pending: list[_Pending], already_written: bool = False) -> None:
+    """All of ``pending`` pass their checks and move into place with one manifest commit, or none does."""
+    for p in pending:
+        summary.checks += p.checks
+    _raise_on_failed_checks([c for p in pending for c in p.checks], already_written)
+    for p in pending:
+        os.replace(p.tmp, bundle.path(p.rel))
+        p.record["parity"] = [c.to_dict() for c in p.checks]
+        _record(bundle, p)
+        summary.written.append(p.rel)
+    bundle.save()  # the commit point; no sweep yet: the int8 step still needs its fp32 temp files (export_bundle sweeps at the end)
+
+
+def _raise_on_failed_checks(checks: list[ParityCheck], already_written: bool = False) -> None:
     """One line naming every failed (artifact, precision, size): an engine error first (it is the likelier cause), else the numbers."""
     failed = [c for c in checks if not c.passed]
     if not failed:
         return
+    unwritten = "they were not written" if already_written else "nothing was written"
     errors = {(c.artifact, c.precision, c.size): c.error for c in failed if c.error}
     if errors:
         (artifact, precision, size), error = next(iter(errors.items()))
@@ -260,12 +285,12 @@ def _raise_on_failed_checks(checks: list[ParityCheck]) -> None:
         more = f" (also failing: {', '.join(f'{a} {p} at size {s}' for a, p, s in others)})" if others else ""
         hint = f"{_BAKE_HINT}; {NO_DYNAMIC_HINT}" if all(c.artifact == "dynamic" for c in failed) else _BAKE_HINT
         raise MMDeployError(f"parity gate failed: the {artifact} {precision} ONNX could not run at size {size} ({error}){more}; "
-                            "nothing was written", hint)
+                            f"{unwritten}", hint)
     names = ", ".join(f"{a} {p} at size {s}" for a, s, p in sorted({(c.artifact, c.size, c.precision) for c in failed}))
     hint = INT8_HINT if all(c.precision == "int8" for c in failed) else _BAKE_HINT
     if all(c.artifact == "dynamic" for c in failed):  # the per-size files passed: they can be exported alone
         hint = f"{hint}; {NO_DYNAMIC_HINT}"
-    raise MMDeployError(f"parity gate failed: {names} differ from PyTorch beyond tolerance; nothing was written", hint)
+    raise MMDeployError(f"parity gate failed: {names} differ from PyTorch beyond tolerance; {unwritten}", hint)
 
 
 def _min_size(arch: str) -> int:
