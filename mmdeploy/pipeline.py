@@ -33,7 +33,8 @@ DEMO_CONFIG: dict = {
     "eval": {},  # batch_size, limit, device: eval's defaults
     "bench": {"batches": [1, 32], "warmup": 5, "iters": 30, "tune": True, "noise_budget_s": 30},
     "compare": {"baseline": "fixed32", "candidate": "mixsize", "engine": "ort", "precision": "fp32", "tolerance": 0.3},
-    "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "gate": False},
+    "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "undecided": "pass",
+               "gate": False},
     "trust_code_from_files": False,  # let checkpoints/bundles name module:factory code (the config's own `arch` is always allowed)
 }
 
@@ -286,7 +287,8 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
                 raise MMDeployError(f"model {name}: {exc.message}", exc.hint) from None
         run.accuracies = Bundle.open(bundle_dir).accuracies()
         if old is not None:
-            run.gate = _excuse_unserved(compare_reports(run.report, old, float(r["max_acc_drop"]), parse_fraction(r["max_latency_regress"])),
+            run.gate = _excuse_unserved(compare_reports(run.report, old, float(r["max_acc_drop"]), parse_fraction(r["max_latency_regress"]),
+                                                        r.get("undecided", "pass")),
                                         name, {**{e: why for e, why in reasons.items() if why}, **skipped})
         runs.append(run)
     return RunSummary(config, runs, ["torch", *engines], skipped, _method_alone(config, runs, out))

@@ -107,7 +107,7 @@ def test_load_rejects_another_schema_version(report, tmp_path):
     data = json.loads(path.read_text())
     data["schema_version"] = SCHEMA_VERSION + 1
     _write_json(path, data)
-    with pytest.raises(MMDeployError, match="schema version 2") as info:
+    with pytest.raises(MMDeployError, match=f"schema version {SCHEMA_VERSION + 1}") as info:
         load_report(path)
     assert "regenerate" in info.value.hint
 

@@ -25,6 +25,9 @@ def report(
     baseline: Annotated[Optional[Path], typer.Option(help="CI gate: compare with this report.json; exit 1 if a point got worse.")] = None,
     max_acc_drop: Annotated[float, typer.Option(help="CI gate: allowed top-1 drop in points.")] = 0.3,
     max_latency_regress: Annotated[str, typer.Option(help="CI gate: allowed growth of latency relative to the reference, e.g. 15%.")] = "15%",
+    undecided: Annotated[str, typer.Option("--undecided", help="CI gate: a top-1 drop inside the noise (its 95% interval straddles "
+                                           "-max-acc-drop) passes with a note (pass, the default) or fails (fail). A drop decidedly "
+                                           "beyond the limit always fails.")] = "pass",
     arch: ArchOpt = None,
     trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
@@ -35,14 +38,18 @@ def report(
     Example: [bold]mmdeploy report bundle/ --baseline ci/baseline/report.json --max-acc-drop 0.3 --max-latency-regress 15%[/]
     """
     from mmdeploy.pareto import pick as pick_point
+    from mmdeploy.errors import MMDeployError
     from mmdeploy.report import compare_reports, format_gate, load_report, parse_fraction, render_table, report_bundle
+    from mmdeploy.report.gate import UNDECIDED_CHOICES
 
     # Read the baseline (and check the options) before writing: the baseline may be this bundle's own report.json.
     old = load_report(baseline) if baseline else None
     regress = parse_fraction(max_latency_regress)
+    if undecided not in UNDECIDED_CHOICES:
+        raise MMDeployError(f"--undecided {undecided!r}: not one of {', '.join(UNDECIDED_CHOICES)}", "use --undecided pass or --undecided fail")
     rep, written = report_bundle(bundle, out_dir=out, **library_kwargs())  # --batch, --reference, --tolerance, as [report] has them
     chosen = pick_point(rep.points, latency_budget, min_accuracy) if pick or latency_budget is not None or min_accuracy is not None else None
-    gate = compare_reports(rep, old, max_acc_drop, regress) if old is not None else None
+    gate = compare_reports(rep, old, max_acc_drop, regress, undecided) if old is not None else None
     if json_out:
         emit_json({"report": str(written["json"]), "files": {k: str(v) for k, v in written.items()}, "pick": chosen,
                     "gate": None if gate is None else {"passed": gate.passed, "findings": gate.findings}})
