@@ -115,7 +115,7 @@ def speedup_at_iso_accuracy(
     open_ = [p for p in points if verdicts[p.key][0] == "undecided" and p.latency_ms < best.latency_ms]
     undecided = fastest(open_) if open_ else None
     return IsoAccuracySpeedup(ref, best, ref.latency_ms / best.latency_ms, tolerance, verdicts[best.key][1],
-                              ratio_interval(ref.extra.get("p50_ci_ms"), best.extra.get("p50_ci_ms")),
+                              [1.0, 1.0] if best is ref else ratio_interval(ref.extra.get("p50_ci_ms"), best.extra.get("p50_ci_ms")),
                               undecided, verdicts[undecided.key][1] if undecided else None)
 
 

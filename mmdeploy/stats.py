@@ -147,7 +147,8 @@ def _needed(difference: float, variance: float, tolerance: float, images: int) -
     margin = abs(difference + tolerance)
     if margin < 1e-12:
         return None
-    variance = max(variance, 1.0 / images)  # no discordant image yet: count one image's worth
+    if variance <= 0:  # no discordant image yet: count one image's worth
+        variance = 1.0 / images
     return max(images + 1, math.ceil(Z95 * Z95 * variance / (margin * margin)))
 
 
