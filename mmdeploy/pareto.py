@@ -14,7 +14,7 @@ from operator import attrgetter
 
 from mmdeploy.errors import MMDeployError
 from mmdeploy.results import AccuracyResult, LatencyResult, Point, PointKey
-from mmdeploy.stats import Comparison, compare_points, ratio_interval, significantly_better
+from mmdeploy.stats import Comparison, Top1, at_least, compare_points, ratio_interval, significantly_better
 
 REFERENCE_ENGINE = "torch"
 REFERENCE_PRECISION = "fp32"
@@ -132,7 +132,9 @@ def pick(
 
     - a latency budget only: the most accurate point within it (ties: the faster);
     - a minimum accuracy (with or without a budget): the fastest point meeting every
-      constraint (ties: the more accurate);
+      constraint (ties: the more accurate); where its image count is known, its Wilson interval
+      against the minimum is attached as ``extra["min_accuracy_check"]`` (within: met at 95%;
+      undecided: with the images that would decide it);
     - no constraint: the most accurate point (ties: the faster).
 
     Raises :class:`MMDeployError` when no point meets the constraints.
@@ -160,7 +162,10 @@ def pick(
         )
     if min_accuracy is None:
         return max(feasible, key=lambda p: (p.top1, -p.latency_ms))
-    return min(feasible, key=lambda p: (p.latency_ms, -p.top1))
+    chosen = min(feasible, key=lambda p: (p.latency_ms, -p.top1))
+    if Top1.of(chosen).images > 0:  # does its true top-1 meet the minimum, at 95%? (within / worse / undecided)
+        chosen.extra["min_accuracy_check"] = at_least(Top1.of(chosen), min_accuracy)
+    return chosen
 
 
 def _index_unique(results: list, what: str) -> dict[PointKey, object]:

@@ -166,6 +166,7 @@ def _ov_precisions(precisions: list[str], skipped: dict) -> list[str]:
 
 
 FRESH_STEPS = ("eval", "tune", "bench")
+EVAL_RECORDS = "per-image-1"  # what eval stores besides counts: an eval from before per-image results is not reused
 
 
 def _fresh_steps(fresh: list[str] | None) -> set[str]:
@@ -263,7 +264,8 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
                 ran = ran or bool(ex.written or ex.ov)
             run.steps["export"] = "ran" if ran or run.steps.get("export") == "ran" else "reused"
         bundle = Bundle.open(bundle_dir)
-        eval_key = _key(bundle.artifact_keys(), val_key, engines, precisions, *([config["eval"]] if config["eval"] else []))
+        eval_key = _key(bundle.artifact_keys(), val_key, engines, precisions, *([config["eval"]] if config["eval"] else []),
+                        EVAL_RECORDS)
         if _step_done(bundle, "eval", eval_key) and "eval" not in fresh_steps:
             run.steps["eval"] = "reused"
         else:
