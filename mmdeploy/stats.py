@@ -4,8 +4,8 @@
   keeps its coverage near 0% and 100%, where the textbook +-z*sqrt(p(1-p)/n) does not).
 - "Is B within X points of A?" is asked of two points evaluated on the *same images*: eval keeps which images each
   point got right (:func:`pack_correct`), so the comparison is paired. :func:`compare_top1` puts a 95% interval on the
-  difference B - A (Newcombe's 1998 "method 10": two Wilson intervals combined with the correlation of the paired
-  2x2 table, so images both get right or both get wrong do not add noise) and says one of:
+  difference B - A (Newcombe's 1998 "method 10": two Wilson intervals combined with the continuity-corrected
+  correlation of the paired 2x2 table, so images both get right or both get wrong do not add noise) and says one of:
 
   - ``within``: the whole interval lies above -X (B is at most X points worse, at 95%);
   - ``worse``: the whole interval lies below -X (B is decidedly more than X points worse);
@@ -168,7 +168,10 @@ def compare_top1(reference: Top1, candidate: Top1, tolerance: float) -> Comparis
         l_ref, u_ref = wilson(both + ref_only, n)
         l_cand, u_cand = wilson(both + cand_only, n)
         marginals = (both + cand_only) * (ref_only + neither) * (both + ref_only) * (cand_only + neither)
-        phi = (both * neither - cand_only * ref_only) / math.sqrt(marginals) if marginals else 0.0
+        # Newcombe's continuity-corrected correlation: a positive cross-product is reduced by n/2 (and floored at 0)
+        cross = both * neither - cand_only * ref_only
+        cross = cross - n / 2 if cross > n / 2 else min(cross, 0)
+        phi = cross / math.sqrt(marginals) if marginals else 0.0
         d = p_cand - p_ref
         low = d - math.sqrt(max(0.0, (p_cand - l_cand) ** 2 - 2 * phi * (p_cand - l_cand) * (u_ref - p_ref) + (u_ref - p_ref) ** 2))
         high = d + math.sqrt(max(0.0, (u_cand - p_cand) ** 2 - 2 * phi * (u_cand - p_cand) * (p_ref - l_ref) + (p_ref - l_ref) ** 2))

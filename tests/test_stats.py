@@ -74,6 +74,17 @@ def _results(n: int, right: int, flip: tuple[int, ...] = ()) -> list[bool]:
 
 
 # -- paired comparisons ---------------------------------------------------------------------------------
+def test_paired_interval_on_newcombes_example_table():
+    # A paired table as in Newcombe (1998): 12 both right, 9 first only, 2 second only, 4 neither; method 10 (Wilson
+    # limits combined with the continuity-corrected phi) gives 0.019 to 0.461 for the difference 7/27.
+    ref = [True] * 12 + [False] * 9 + [True] * 2 + [False] * 4
+    cand = [True] * 12 + [True] * 9 + [False] * 2 + [False] * 4
+    cmp = compare_top1(Top1(0, 27, pack_correct(ref), "t"), Top1(0, 27, pack_correct(cand), "t"), 0.0)
+    assert cmp.difference == pytest.approx(100 * 7 / 27)
+    assert (cmp.low, cmp.high) == pytest.approx((1.92, 46.15), abs=0.01)
+    assert cmp.discordant == (2, 9)
+
+
 def test_identical_results_are_within():
     a = _top1(_results(2000, 1760))
     cmp = compare_top1(a, a, 0.3)
