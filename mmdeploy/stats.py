@@ -152,15 +152,22 @@ def _needed(difference: float, variance: float, tolerance: float, images: int) -
     return max(images + 1, math.ceil(Z95 * Z95 * variance / (margin * margin)))
 
 
+def _consistent_bits(*figures: Top1) -> tuple[int, ...] | None:
+    """Each figure's bitset, or None if one disagrees with its own top-1 (an edited report): then the numbers decide, unpaired."""
+    bits = tuple(unpack_correct(f.correct, f.images) for f in figures)
+    agree = all(b.bit_count() == round(f.top1 * f.images / 100) for b, f in zip(bits, figures))
+    return bits if agree else None
+
+
 def compare_top1(reference: Top1, candidate: Top1, tolerance: float) -> Comparison:
     """Is ``candidate`` within ``tolerance`` top-1 points of ``reference``? Paired when both have per-image results
     on the same image set, else as independent samples (see the module docstring)."""
     if tolerance < 0 or not math.isfinite(tolerance):
         raise MMDeployError(f"accuracy tolerance must be a non-negative number, got {tolerance}", "use e.g. 0.5")
     tol = tolerance / 100
-    if reference.pairs_with(candidate):
+    if reference.pairs_with(candidate) and (bits := _consistent_bits(reference, candidate)) is not None:
         n = reference.images
-        ref, cand = unpack_correct(reference.correct, n), unpack_correct(candidate.correct, n)
+        ref, cand = bits
         both = (ref & cand).bit_count()
         ref_only, cand_only = (ref & ~cand).bit_count(), (cand & ~ref).bit_count()
         neither = n - both - ref_only - cand_only

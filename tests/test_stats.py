@@ -79,7 +79,7 @@ def test_paired_interval_on_newcombes_example_table():
     # limits combined with the continuity-corrected phi) gives 0.019 to 0.461 for the difference 7/27.
     ref = [True] * 12 + [False] * 9 + [True] * 2 + [False] * 4
     cand = [True] * 12 + [True] * 9 + [False] * 2 + [False] * 4
-    cmp = compare_top1(Top1(0, 27, pack_correct(ref), "t"), Top1(0, 27, pack_correct(cand), "t"), 0.0)
+    cmp = compare_top1(_top1(ref), _top1(cand), 0.0)
     assert cmp.difference == pytest.approx(100 * 7 / 27)
     assert (cmp.low, cmp.high) == pytest.approx((1.92, 46.15), abs=0.01)
     assert cmp.discordant == (2, 9)
@@ -124,6 +124,8 @@ def test_pairing_beats_independent_samples_and_the_fallback_says_so():
     assert "unpaired (no per-image results)" in unpaired.phrase()
     bare = compare_top1(Top1(88.0, 2000), Top1(87.5, 2000), 0.3)  # counts only (an old bundle)
     assert not bare.paired and bare.verdict == "undecided"
+    edited = Top1(93.0, 2000, _top1(ref).correct, "val")  # a baseline whose top-1 was edited by hand: its bits no longer say it
+    assert not compare_top1(edited, _top1(ref), 0.3).paired
 
 
 def test_at_least_a_minimum_accuracy():
