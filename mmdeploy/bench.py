@@ -22,6 +22,7 @@ from mmdeploy.errors import MMDeployError
 from mmdeploy.noise import Interference, interference, machine_was_busy, point_is_noisy, sample
 from mmdeploy.progress import Progress
 from mmdeploy.results import LatencyResult
+from mmdeploy.stats import median_interval
 from mmdeploy.threads import ThreadPolicy
 
 
@@ -47,7 +48,7 @@ def summarize(size: int, engine: str, precision: str, batch: int, times_ms: list
     s = sorted(times_ms)
     p50 = _percentile(s, 0.5)
     return LatencyResult(size, engine, precision, batch, p50, _percentile(s, 0.9), _percentile(s, 0.99), statistics.fmean(s),
-                         1000.0 * batch / p50, len(s), device, threads)
+                         1000.0 * batch / p50, len(s), device, threads, p50_ci_ms=list(median_interval(s)))
 
 
 def measure_latency(

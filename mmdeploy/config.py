@@ -235,6 +235,8 @@ SCHEMA: dict[str, Any] = {
         "min_accuracy": Field("number", "pick: minimum top-1 in %", minimum=0, maximum=100, flags=flags("report --min-accuracy")),
         "max_acc_drop": Field("number", "CI gate: top-1 points a point may lose", minimum=0, flags=flags("report --max-acc-drop")),
         "max_latency_regress": Field("fraction", "CI gate: relative latency growth allowed, e.g. \"15%\"", flags=flags("report --max-latency-regress")),
+        "undecided": Field("str", "CI gate: a top-1 drop the images cannot decide passes (with a note) or fails",
+                           choices=("pass", "fail"), flags=flags("report --undecided")),
         "gate": Field("bool", "compare with each model's baseline", flags=flags("run --gate")),
     },
     "trust_code_from_files": Field("bool", "let checkpoints and bundles name module:factory code (each model's own arch is always allowed)",

@@ -15,6 +15,7 @@ from mmdeploy.data import Preprocess, decode_for_sizes, scan_image_folder, to_in
 from mmdeploy.errors import MMDeployError
 from mmdeploy.progress import Progress
 from mmdeploy.results import AccuracyResult
+from mmdeploy.stats import pack_correct
 
 
 @dataclass
@@ -49,6 +50,10 @@ def measure_accuracy(
     if limit:
         gen = torch.Generator().manual_seed(0)  # a fixed, class-balanced-in-expectation subset
         indices = sorted(torch.randperm(len(folder), generator=gen)[:limit].tolist())
+    all_indices = indices
+    position = {index: p for p, index in enumerate(indices)}  # where each image's result goes, the same on every rank
+    hits = torch.zeros(len(targets), len(indices), dtype=torch.int32)  # per target and image: top-1 right (1) or not
+    seen = torch.zeros(len(indices), dtype=torch.int32)  # the images that were decoded (unreadable files are left out)
     indices = dist.shard(indices)
     sizes = sorted({t.size for t in targets})
     counts = torch.zeros(len(targets), 3, dtype=torch.float64)  # top1, top5, n
@@ -67,12 +72,16 @@ def measure_accuracy(
                         skipped += len(part)
                         continue
                     skipped += len(decoded.skipped)
+                    unreadable = {s.rsplit(": ", 1)[0] for s in decoded.skipped}
+                    where = torch.tensor([position[i] for i in part if str(folder.files[i]) not in unreadable], dtype=torch.long)
+                    seen[where] = 1
                     for ti, (t, engine) in enumerate(zip(targets, engines)):
                         for b in range(0, len(decoded), batch_size):
                             x = to_input(decoded.at(t.size)[b : b + batch_size], t.size, preprocess)
                             logits = engine(x)
                             y = decoded.labels[b : b + batch_size]
                             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+                            hits[ti, where[b : b + batch_size]] = (top5[:, 0] == y).to(torch.int32)
                             counts[ti, 0] += (top5[:, 0] == y).sum().item()
                             counts[ti, 1] += (top5 == y[:, None]).any(1).sum().item()
                             counts[ti, 2] += len(y)
@@ -81,13 +90,25 @@ def measure_accuracy(
             for e in engines:
                 e.__exit__(None, None, None)
     counts = dist.all_reduce_sum(counts)  # every rank takes part, also one with no images
+    hits, seen = dist.all_reduce_sum(hits), dist.all_reduce_sum(seen)  # each image was scored by one rank only
     if counts[:, 2].min().item() == 0:  # the same on every rank, so all of them take part in this sum
         skipped = int(dist.all_reduce_sum(torch.tensor([skipped], dtype=torch.float64)).item())
         raise MMDeployError(f"no readable images in {folder.root} ({skipped} skipped)", "check the folder holds JPEG/PNG files in DIR/<class>/")
+    evaluated = seen.nonzero().flatten()
+    image_set = _image_set(folder.fingerprint(), [all_indices[p] for p in evaluated.tolist()])
     return [
-        AccuracyResult(t.size, t.engine, t.precision, 100.0 * c[0].item() / c[2].item(), 100.0 * c[1].item() / c[2].item(), int(c[2].item()), t.calibrated)
-        for t, c in zip(targets, counts)
+        AccuracyResult(t.size, t.engine, t.precision, 100.0 * c[0].item() / c[2].item(), 100.0 * c[1].item() / c[2].item(), int(c[2].item()), t.calibrated,
+                       correct=pack_correct(h[evaluated].tolist()), image_set=image_set)
+        for t, c, h in zip(targets, counts, hits)
     ]
+
+
+def _image_set(folder_fingerprint: str, indices: list[int]) -> str:
+    """Which images were scored, in which order: the folder's content key and the chosen files' positions in it.
+    Two points with the same key have per-image results that line up image by image (a paired comparison)."""
+    import hashlib
+
+    return hashlib.sha256(f"{folder_fingerprint}|{','.join(map(str, indices))}".encode()).hexdigest()[:16]
 
 
 

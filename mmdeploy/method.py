@@ -1,7 +1,9 @@
 """The method-alone comparison: what the input size alone buys once a mixed-size model is calibrated.
 
 A fixed-size baseline at its training size is set against the *smallest* calibrated size of the
-mixed-size model whose top-1 is within ``tolerance`` points of it, on the same engine and
+mixed-size model whose top-1 is decidedly within ``tolerance`` points of it (paired on the same images,
+:func:`mmdeploy.stats.compare_top1`; a smaller size the images cannot decide is named, with the images
+that would decide it), on the same engine and
 precision, so the only thing that differs is the input resolution (the MixSize paper's claim:
 ResNet-50 at 160 px matching the 224 px baseline). The latency ratio comes from the two bundles'
 benches at each batch both measured; the FLOPs ratio is counted on the two models.
@@ -14,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mmdeploy.errors import MMDeployError
+from mmdeploy.stats import Comparison, Top1, compare_top1, ratio_interval
 
 
 @dataclass
@@ -34,6 +37,13 @@ class MethodAlone:
     # architecture only): no spread between two bundles' benches in it
     same_bench_ratio: dict[int, float] = field(default_factory=dict)
     note: str = ""
+    images: int = 0  # the baseline's top-1 image count
+    baseline_top1_ci: list[float] | None = None  # 95% Wilson intervals, percent
+    candidate_top1_ci: list[float] | None = None
+    comparison: Comparison | None = None  # candidate - baseline on the same images (mmdeploy.stats.compare_top1)
+    latency_ratio_ci: dict[int, list[float]] = field(default_factory=dict)  # batch -> interval of latency_ratio
+    undecided_size: int | None = None  # the smallest size below candidate_size that the images could not decide
+    undecided_comparison: Comparison | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,19 +82,27 @@ def method_alone(baseline_dir: Path, candidate_dir: Path, baseline: str = "basel
     if not ref:
         raise MMDeployError(f"model {baseline}: no {engine} {precision} accuracy at its training size {size}",
                             f"evaluate it (mmdeploy eval --engine {engine} --precision {precision}), or pick another engine")
-    result = MethodAlone(baseline, candidate, engine, precision, tolerance, size, ref[0].top1)
-    within = sorted((a for a in cand_acc if a.calibrated and (a.engine, a.precision) == (engine, precision)
-                     and a.top1 >= ref[0].top1 - tolerance - 1e-9), key=lambda a: a.size)
+    result = MethodAlone(baseline, candidate, engine, precision, tolerance, size, ref[0].top1, images=ref[0].images,
+                         baseline_top1_ci=ref[0].top1_ci)
+    # Each calibrated size against the baseline on the same images: within, worse or undecided (mmdeploy.stats).
+    verdicts = sorted(((a, compare_top1(Top1.of(ref[0]), Top1.of(a), tolerance)) for a in cand_acc
+                       if a.calibrated and (a.engine, a.precision) == (engine, precision)), key=lambda ac: ac[0].size)
+    within = [(a, c) for a, c in verdicts if c.verdict == "within"]
+    open_ = [(a, c) for a, c in verdicts if c.verdict == "undecided" and (not within or a.size < within[0][0].size)]
+    if open_:
+        result.undecided_size, result.undecided_comparison = open_[0][0].size, open_[0][1]
     if not within:
-        result.note = f"no calibrated {candidate} size is within {tolerance:g} pt of {baseline} at {size} px"
+        result.note = f"no calibrated {candidate} size is decidedly within {tolerance:g} pt of {baseline} at {size} px"
         return result
-    best = within[0]
-    result.candidate_size, result.candidate_top1 = best.size, best.top1
+    best, result.comparison = within[0]
+    result.candidate_size, result.candidate_top1, result.candidate_top1_ci = best.size, best.top1, best.top1_ci
     result.flops_ratio = model_flops(base_bundle, size) / model_flops(cand_bundle, best.size)
     base_p = {r.batch: r for r in base_lat if (r.size, r.engine, r.precision) == (size, engine, precision)}
     cand_p = {r.batch: r for r in cand_lat if (r.size, r.engine, r.precision) == (best.size, engine, precision)}
     for batch in sorted(base_p.keys() & cand_p.keys()):
         result.latency_ratio[batch] = base_p[batch].p50_ms / cand_p[batch].p50_ms
+        if (ci := ratio_interval(base_p[batch].p50_ci_ms, cand_p[batch].p50_ci_ms)) is not None:
+            result.latency_ratio_ci[batch] = list(ci)
         result.latency_reliable[batch] = bool(base_p[batch].reliable and cand_p[batch].reliable)
     if base_bundle.arch == cand_bundle.arch and best.size != size:
         own = {r.batch: r for r in cand_lat if (r.size, r.engine, r.precision) == (size, engine, precision)}
@@ -97,16 +115,23 @@ def method_alone(baseline_dir: Path, candidate_dir: Path, baseline: str = "basel
 
 def describe(m: MethodAlone) -> str:
     """One paragraph for the terminal and the markdown file."""
-    head = (f"Method alone ({m.engine} {m.precision}): {m.baseline} at {m.baseline_size} px, {m.baseline_top1:.2f}% top-1")
+    ci = lambda c: f" [{c[0]:.2f}, {c[1]:.2f}]" if c else ""  # noqa: E731
+    head = (f"Method alone ({m.engine} {m.precision}): {m.baseline} at {m.baseline_size} px, {m.baseline_top1:.2f}%{ci(m.baseline_top1_ci)} "
+            f"top-1 on {m.images} images")
+    undecided = ""
+    if m.undecided_size is not None and m.undecided_comparison is not None:
+        undecided = f" {m.candidate} at {m.undecided_size} px: {m.undecided_comparison.phrase()}."
     if m.candidate_size is None:
-        return f"{head}; {m.note}."
-    lat = ", ".join(f"{r:.2f}x at batch {b}" + ("" if m.latency_reliable.get(b, True) else " (busy machine: unreliable)")
+        return f"{head}; {m.note}.{undecided}"
+    lat = ", ".join(f"{r:.2f}x{ci(m.latency_ratio_ci.get(b))} at batch {b}"
+                    + ("" if m.latency_reliable.get(b, True) else " (busy machine: unreliable)")
                     for b, r in m.latency_ratio.items()) or m.note
     same = ", ".join(f"{r:.2f}x at batch {b}" for b, r in m.same_bench_ratio.items())
     same = (f" In {m.candidate}'s own bench, which timed {m.baseline_size} and {m.candidate_size} px together: {same}."
             if same else "")
-    return (f"{head}, vs {m.candidate} calibrated at {m.candidate_size} px, {m.candidate_top1:.2f}% "
-            f"(within {m.tolerance:g} pt): {m.flops_ratio:.2f}x fewer FLOPs, latency {lat}.{same}")
+    verdict = m.comparison.phrase() if m.comparison else f"within {m.tolerance:g} pt"
+    return (f"{head}, vs {m.candidate} calibrated at {m.candidate_size} px, {m.candidate_top1:.2f}%{ci(m.candidate_top1_ci)} "
+            f"({verdict}): {m.flops_ratio:.2f}x fewer FLOPs, latency {lat}.{same}{undecided}")
 
 
 def write_method_alone(m: MethodAlone, out_dir: Path) -> dict[str, Path]:

@@ -15,6 +15,7 @@ from operator import attrgetter
 from mmdeploy.errors import MMDeployError
 from mmdeploy.report_values import check_threshold
 from mmdeploy.results import AccuracyResult, LatencyResult, Point, PointKey
+from mmdeploy.stats import Comparison, Top1, at_least, compare_points, ratio_interval, significantly_better
 
 REFERENCE_ENGINE = "torch"
 REFERENCE_PRECISION = "fp32"
@@ -29,23 +30,31 @@ class IsoAccuracySpeedup:
     points of top-1 accuracy."""
 
     reference: Point
-    best: Point  # the fastest point with top1 >= reference.top1 - tolerance
+    best: Point  # the fastest point decidedly within tolerance of the reference (see speedup_at_iso_accuracy)
     speedup: float  # reference.latency_ms / best.latency_ms
     tolerance: float  # accuracy points
+    comparison: Comparison | None = None  # best vs reference on the same images; None: no image counts (old report)
+    speedup_ci: list[float] | None = None  # from the two p50 intervals (mmdeploy.stats.ratio_interval)
+    undecided: Point | None = None  # the fastest point, faster than best, that the images could not decide
+    undecided_comparison: Comparison | None = None
 
 
 def _dominates(a: Point, b: Point) -> bool:
-    """``a`` is at least as good as ``b`` in both accuracy and latency and better in one."""
-    at_least_as_good = a.top1 >= b.top1 and a.latency_ms <= b.latency_ms
-    strictly_better = a.top1 > b.top1 or a.latency_ms < b.latency_ms
-    return at_least_as_good and strictly_better
+    """``a`` is no slower than ``b``, ``b`` is not decidedly more accurate (paired, 95%: a gain inside the noise does
+    not pay for latency), and ``a`` is better in one of the two numbers."""
+    if a.latency_ms > b.latency_ms or significantly_better(a, b):
+        return False
+    if a.latency_ms < b.latency_ms:
+        return True
+    return a.top1 > b.top1  # equally fast: the more accurate numbers win
 
 
 def pareto_front(points: list[Point]) -> list[Point]:
     """Mark each point's ``on_front`` and return the front, fastest first.
 
-    Points with identical accuracy and latency do not dominate each other, so all of
-    them stay on the front.
+    A slower point stays on the front only when it is decidedly more accurate (paired on the
+    same images, 95%) than every faster point. Points with identical accuracy and latency do
+    not dominate each other, so all of them stay on the front.
     """
     for point in points:
         point.on_front = not any(_dominates(other, point) for other in points)
@@ -86,15 +95,28 @@ def speedup_at_iso_accuracy(
 ) -> IsoAccuracySpeedup:
     """The fastest point within ``tolerance`` top-1 points of the reference, and its speed-up.
 
+    "Within" is decided on the same images (:func:`mmdeploy.stats.compare_top1`): the 95% interval
+    of the point's top-1 minus the reference's lies above -``tolerance``. A faster point the images
+    cannot decide is kept as ``undecided``, with the images that would decide it. Points without
+    image counts (reports from before they were kept) are compared on the bare numbers.
     ``reference`` defaults to :func:`default_reference` (using ``training_size``).
     """
     check_threshold(tolerance, "--tolerance", "0.5")
     ref = _find(points, reference) if reference is not None else default_reference(points, training_size)
     _check_latencies(points)
+    verdicts = {}
+    for p in points:
+        cmp = None if p is ref else compare_points(ref, p, tolerance)
+        verdict = cmp.verdict if cmp else ("within" if p.top1 >= ref.top1 - tolerance else "worse")
+        verdicts[p.key] = (verdict, cmp)
+    fastest = lambda ps: min(ps, key=lambda p: (p.latency_ms, -p.top1))  # noqa: E731
     # The reference itself qualifies, so there is always a candidate.
-    candidates = [p for p in points if p.top1 >= ref.top1 - tolerance]
-    best = min(candidates, key=lambda p: (p.latency_ms, -p.top1))
-    return IsoAccuracySpeedup(ref, best, ref.latency_ms / best.latency_ms, tolerance)
+    best = fastest([p for p in points if verdicts[p.key][0] == "within"])
+    open_ = [p for p in points if verdicts[p.key][0] == "undecided" and p.latency_ms < best.latency_ms]
+    undecided = fastest(open_) if open_ else None
+    return IsoAccuracySpeedup(ref, best, ref.latency_ms / best.latency_ms, tolerance, verdicts[best.key][1],
+                              [1.0, 1.0] if best is ref else ratio_interval(ref.extra.get("p50_ci_ms"), best.extra.get("p50_ci_ms")),
+                              undecided, verdicts[undecided.key][1] if undecided else None)
 
 
 def _describe(point: Point) -> str:
@@ -110,7 +132,9 @@ def pick(
 
     - a latency budget only: the most accurate point within it (ties: the faster);
     - a minimum accuracy (with or without a budget): the fastest point meeting every
-      constraint (ties: the more accurate);
+      constraint (ties: the more accurate); where its image count is known, its Wilson interval
+      against the minimum is attached as ``extra["min_accuracy_check"]`` (within: met at 95%;
+      undecided: with the images that would decide it);
     - no constraint: the most accurate point (ties: the faster).
 
     Raises :class:`MMDeployError` when no point meets the constraints.
@@ -138,7 +162,10 @@ def pick(
         )
     if min_accuracy is None:
         return max(feasible, key=lambda p: (p.top1, -p.latency_ms))
-    return min(feasible, key=lambda p: (p.latency_ms, -p.top1))
+    chosen = min(feasible, key=lambda p: (p.latency_ms, -p.top1))
+    if Top1.of(chosen).images > 0:  # does its true top-1 meet the minimum, at 95%? (within / worse / undecided)
+        chosen.extra["min_accuracy_check"] = at_least(Top1.of(chosen), min_accuracy)
+    return chosen
 
 
 def _index_unique(results: list, what: str) -> dict[PointKey, object]:
@@ -182,7 +209,9 @@ def build_points(
                 batch=batch,
                 top1=acc.top1,
                 latency_ms=lat.p50_ms,
-                extra={"top5": acc.top5, "p90_ms": lat.p90_ms, "p99_ms": lat.p99_ms}
+                extra={"top5": acc.top5, "p90_ms": lat.p90_ms, "p99_ms": lat.p99_ms, "images": acc.images, "top1_ci": acc.top1_ci}
+                | ({"p50_ci_ms": list(lat.p50_ci_ms)} if lat.p50_ci_ms else {})
+                | ({"image_set": acc.image_set, "correct": acc.correct} if acc.correct else {})
                 | ({"top1_uncalibrated": before[key.size]} if key.size in before else {})
                 | ({"settings": lat.policy} if lat.policy else {})
                 | ({} if lat.reliable else {"unreliable": True, "noise": lat.noise}),
@@ -209,3 +238,8 @@ def set_relative_latency(points: list[Point], reference: Point) -> None:
     _check_latencies(points)
     for point in points:
         point.relative_latency = point.latency_ms / reference.latency_ms
+        ci = ratio_interval(point.extra.get("p50_ci_ms"), reference.extra.get("p50_ci_ms"))
+        if ci is not None and point is not reference:
+            point.extra["relative_latency_ci"] = list(ci)
+        else:
+            point.extra.pop("relative_latency_ci", None)

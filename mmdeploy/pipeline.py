@@ -35,7 +35,8 @@ DEMO_CONFIG: dict = {
     "eval": {},  # batch_size, limit, device: eval's defaults
     "bench": {"batches": [1, 32], "warmup": 5, "iters": 30, "tune": True, "noise_budget_s": 30},
     "compare": {"baseline": "fixed32", "candidate": "mixsize", "engine": "ort", "precision": "fp32", "tolerance": 0.3},
-    "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "gate": False},
+    "report": {"batch": 1, "tolerance": 0.5, "max_acc_drop": 0.3, "max_latency_regress": "100%", "undecided": "pass",
+               "gate": False},
     "trust_code_from_files": False,  # let checkpoints/bundles name module:factory code (the config's own `arch` is always allowed)
 }
 
@@ -199,6 +200,7 @@ def _ov_precisions(precisions: list[str], skipped: dict) -> list[str]:
 
 
 FRESH_STEPS = ("eval", "tune", "bench")
+EVAL_RECORDS = "per-image-1"  # what eval stores besides counts: an eval from before per-image results is not reused
 
 
 def _fresh_steps(fresh: list[str] | None) -> set[str]:
@@ -302,7 +304,8 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
                 ran = ran or bool(ex.written or ex.ov)
             run.steps["export"] = "ran" if ran or run.steps.get("export") == "ran" else "reused"
         bundle = Bundle.open(bundle_dir)
-        eval_key = _key(bundle.artifact_keys(), val_key, engines, precisions, *([config["eval"]] if config["eval"] else []))
+        eval_key = _key(bundle.artifact_keys(), val_key, engines, precisions, *([config["eval"]] if config["eval"] else []),
+                        EVAL_RECORDS)
         if _step_done(bundle, "eval", eval_key) and "eval" not in fresh_steps:
             run.steps["eval"] = "reused"
         else:
@@ -326,7 +329,8 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
                 raise MMDeployError(f"model {name}: {exc.message}", exc.hint) from None
         run.accuracies = Bundle.open(bundle_dir).accuracies()
         if old is not None:
-            run.gate = _excuse_unserved(compare_reports(run.report, old, float(r["max_acc_drop"]), parse_fraction(r["max_latency_regress"])),
+            run.gate = _excuse_unserved(compare_reports(run.report, old, float(r["max_acc_drop"]), parse_fraction(r["max_latency_regress"]),
+                                                        r.get("undecided", "pass")),
                                         name, {**{e: why for e, why in reasons.items() if why}, **skipped})
         runs.append(run)
     return RunSummary(config, runs, ["torch", *engines], skipped, _method_alone(config, runs, out))

@@ -29,6 +29,15 @@ class AccuracyResult:
     top5: float  # percent
     images: int
     calibrated: bool = True  # False: the checkpoint's own BN statistics
+    correct: str = ""  # which images top-1 got right (mmdeploy.stats.pack_correct); "" if not recorded
+    image_set: str = ""  # which images, in which order (equal keys: per-image results line up)
+    top1_ci: list[float] | None = None  # 95% Wilson interval of top1, percent (set from top1 and images)
+
+    def __post_init__(self):
+        if self.top1_ci is None and self.images > 0:
+            from mmdeploy.stats import top1_interval
+
+            self.top1_ci = list(top1_interval(self.top1, self.images))
 
     @property
     def key(self) -> PointKey:
@@ -52,6 +61,7 @@ class LatencyResult:
     policy: dict = field(default_factory=dict)  # mmdeploy.threads.ThreadPolicy as a dict: threads, spinning, source
     reliable: bool = True  # False: measured while the machine was busy, or too spread out (see noise)
     noise: dict = field(default_factory=dict)  # spread p90/p50, others' CPU share, load average, passes
+    p50_ci_ms: list[float] | None = None  # 95% order-statistic interval of the median (mmdeploy.stats.median_interval)
 
     @property
     def key(self) -> PointKey:

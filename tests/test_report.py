@@ -107,7 +107,7 @@ def test_load_rejects_another_schema_version(report, tmp_path):
     data = json.loads(path.read_text())
     data["schema_version"] = SCHEMA_VERSION + 1
     _write_json(path, data)
-    with pytest.raises(MMDeployError, match="schema version 2") as info:
+    with pytest.raises(MMDeployError, match=f"schema version {SCHEMA_VERSION + 1}") as info:
         load_report(path)
     assert "regenerate" in info.value.hint
 
@@ -191,8 +191,10 @@ def test_markdown_and_csv(report, tmp_path):
     assert "1.000 (ref)" in next(row for row in rows if "| 224 | torch | fp32 |" in row)
     assert "Speed-up at iso-accuracy: 3.33x with 160/ort/fp16" in markdown
     csv_lines = written["csv"].read_text(encoding="utf-8").splitlines()
-    assert csv_lines[0] == "size,engine,precision,batch,top1,top1_uncalibrated,latency_ms,relative_latency,on_front"
-    assert csv_lines[1].startswith("128,ort,fp16,1,73.0,,2.0,0.2,True")  # no before-calibration result in this report
+    assert csv_lines[0] == ("size,engine,precision,batch,top1,top1_low,top1_high,images,top1_uncalibrated,latency_ms,latency_low_ms,"
+                            "latency_high_ms,relative_latency,on_front")
+    # no before-calibration result, no image counts and no timing intervals in this report's points
+    assert csv_lines[1].startswith("128,ort,fp16,1,73.0,,,,,2.0,,,0.2,True")
 
 
 def test_render_table_marks_the_front(report):

@@ -32,7 +32,8 @@ class Measurements:
             for kind, calibrated in ((rec.ACCURACY, True), (rec.ACCURACY_UNCALIBRATED, False)):
                 for label, m in metrics.get(kind, {}).items():
                     k = rec.parse_metric_label(s, label)
-                    out.append(AccuracyResult(s, k.engine, k.precision, m["top1"], m["top5"], m["images"], calibrated))
+                    out.append(AccuracyResult(s, k.engine, k.precision, m["top1"], m["top5"], m["images"], calibrated,
+                                              correct=m.get("correct", ""), image_set=m.get("image_set", "")))
         return out
 
     def latencies(self) -> list[LatencyResult]:
@@ -74,7 +75,9 @@ class Measurements:
     def record_accuracy(self, r: AccuracyResult, data: str, data_fingerprint: str) -> None:
         kind = rec.ACCURACY if r.calibrated else rec.ACCURACY_UNCALIBRATED
         metrics = self._entry(r.size).setdefault("metrics", {}).setdefault(kind, {})
-        metrics[rec.metric_label(r.key)] = {"top1": r.top1, "top5": r.top5, "images": r.images, "data": str(data), "data_fingerprint": data_fingerprint}
+        metrics[rec.metric_label(r.key)] = {"top1": r.top1, "top5": r.top5, "images": r.images, "data": str(data), "data_fingerprint": data_fingerprint,
+                                            # per-image top-1 (a bitset) and which images: paired comparisons (mmdeploy.stats)
+                                            **({"image_set": r.image_set, "correct": r.correct} if r.correct else {})}
 
     def record_latency(self, r: LatencyResult) -> None:
         entry = self._entry(r.size).setdefault("metrics", {}).setdefault(rec.LATENCY, {})

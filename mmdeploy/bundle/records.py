@@ -17,7 +17,7 @@ ENGINE_OF_KIND = {ONNX: "ort", TRT: "trt", OV: "ov"}
 KIND_OF_ENGINE = {engine: kind for kind, engine in ENGINE_OF_KIND.items()}
 ACCURACY, ACCURACY_UNCALIBRATED, LATENCY = "accuracy", "accuracy_uncalibrated", "latency"
 LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "iters", "device", "threads")
-LATENCY_OPTIONAL_FIELDS = ("policy", "reliable", "noise")  # bundles benched before noise detection lack them
+LATENCY_OPTIONAL_FIELDS = ("policy", "reliable", "noise", "p50_ci_ms")  # bundles benched before noise detection / intervals lack them
 # Bundle-wide entries besides source, preprocess, sizes and dynamic.
 BENCH_ENVIRONMENT, ENGINE_SETTINGS, RUN_STEPS = "bench_environment", "engine_settings", "run_steps"
 

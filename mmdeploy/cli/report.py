@@ -26,6 +26,9 @@ def report(
     max_acc_drop: Annotated[float, typer.Option(help="CI gate: allowed top-1 drop in points (finite, >= 0).")] = 0.3,
     max_latency_regress: Annotated[str, typer.Option(help="CI gate: allowed growth of latency relative to the reference, e.g. 15%.")] = "15%",
     junit: Annotated[Optional[Path], typer.Option("--junit", help="CI gate: also write its result as JUnit XML to this file, one test case per point (failed ones with their reasons).")] = None,
+    undecided: Annotated[str, typer.Option("--undecided", help="CI gate: a top-1 drop inside the noise (its 95% interval straddles "
+                                           "-max-acc-drop) passes with a note (pass, the default) or fails (fail). A drop decidedly "
+                                           "beyond the limit always fails.")] = "pass",
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust_code_from_files: TrustOpt = False,
@@ -48,10 +51,10 @@ def report(
     # Read the baseline (and check the options) before writing: the baseline may be this bundle's own report.json.
     old = load_report(baseline) if baseline else None
     regress = parse_fraction(max_latency_regress)
-    check_gate_thresholds(max_acc_drop, regress)
+    check_gate_thresholds(max_acc_drop, regress, undecided)
     rep, written = report_bundle(bundle, out_dir=out, **library_kwargs())  # --batch, --reference, --tolerance, as [report] has them
     chosen = pick_point(rep.points, latency_budget, min_accuracy) if pick or latency_budget is not None or min_accuracy is not None else None
-    gate = compare_reports(rep, old, max_acc_drop, regress) if old is not None else None
+    gate = compare_reports(rep, old, max_acc_drop, regress, undecided) if old is not None else None
     if junit is not None:
         junit.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(junit, gate_junit(gate, rep, old))

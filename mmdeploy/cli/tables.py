@@ -10,8 +10,14 @@ from rich.table import Table
 
 def deploy_line(chosen) -> str:
     """The point ``--pick`` (or a run config's ``[report] pick``) chose, as one line."""
-    return (f"[bold]deploy:[/] size {chosen.size}, engine {chosen.engine}, {chosen.precision}: top-1 {chosen.top1:.2f}%, "
-            f"p50 {chosen.latency_ms:.3f} ms at batch {chosen.batch}")
+    ci, check = chosen.extra.get("top1_ci"), chosen.extra.get("min_accuracy_check")
+    line = (f"[bold]deploy:[/] size {chosen.size}, engine {chosen.engine}, {chosen.precision}: top-1 {chosen.top1:.2f}%"
+            + (f" [{ci[0]:.2f}, {ci[1]:.2f}] on {chosen.extra.get('images')} images" if ci else "")
+            + f", p50 {chosen.latency_ms:.3f} ms at batch {chosen.batch}")
+    if check is not None:
+        verdict = {"within": "met", "worse": "NOT met", "undecided": "undecided"}[check.verdict]
+        line += f"; minimum top-1 {verdict} at 95%" + (f" (~{check.images_needed} images would decide it)" if check.images_needed else "")
+    return line
 
 
 def accuracy_table(results) -> Table:

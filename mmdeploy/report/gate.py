@@ -12,9 +12,11 @@ from mmdeploy.pareto import point_order
 from mmdeploy.report.model import Report
 from mmdeploy.report_values import check_threshold
 from mmdeploy.results import PointKey
+from mmdeploy.stats import Comparison, compare_points
 
-FindingKind = Literal["accuracy-drop", "latency-regression", "missing-point", "new-point", "not-served-here"]
+FindingKind = Literal["accuracy-drop", "accuracy-undecided", "latency-regression", "missing-point", "new-point", "not-served-here"]
 _FAILING_KINDS = ("accuracy-drop", "latency-regression", "missing-point")
+UNDECIDED_CHOICES = ("pass", "fail")  # what an accuracy drop the images cannot decide does to the gate
 # Thresholds are compared with a little slack, so a drop of exactly the limit passes
 # despite floating-point rounding (76.1 - 75.6 = 0.5000000000000071).
 _SLACK = 1e-9
@@ -29,10 +31,12 @@ class Finding:
     old: float | None  # baseline top-1 % or relative latency; None if the point is new
     new: float | None  # new top-1 % or relative latency; None if the point is missing
     message: str
+    comparison: Comparison | None = None  # new vs baseline top-1 on the same images (None: no image counts, bare numbers)
+    strict: bool = False  # an accuracy-undecided finding under --undecided fail
 
     @property
     def fails(self) -> bool:
-        return self.kind in _FAILING_KINDS
+        return self.kind in _FAILING_KINDS or (self.kind == "accuracy-undecided" and self.strict)
 
 
 @dataclass
@@ -67,22 +71,52 @@ def _check_comparable(new: Report, baseline: Report) -> None:
                 )
 
 
-def check_gate_thresholds(max_acc_drop: float, max_latency_regress: float) -> None:
-    """Both thresholds finite and >= 0 (checked before any work as well as by :func:`compare_reports`)."""
+def check_gate_thresholds(max_acc_drop: float, max_latency_regress: float, undecided: str = "pass") -> None:
+    """Both thresholds finite and >= 0, and a known --undecided (checked before any work as well as by :func:`compare_reports`)."""
     check_threshold(max_acc_drop, "--max-acc-drop", "0.3")
     check_threshold(max_latency_regress, "--max-latency-regress", "15%")
+    if undecided not in UNDECIDED_CHOICES:
+        raise MMDeployError(f"--undecided {undecided!r}: not one of {', '.join(UNDECIDED_CHOICES)}", "use --undecided pass or --undecided fail")
+
+
+def _accuracy_finding(key, old, current, max_acc_drop: float, undecided: str) -> Finding | None:
+    """The top-1 verdict of one point: paired on the same images where both reports kept per-image results, as
+    independent samples where they did not (said so), on the bare numbers where a report has no image counts."""
+    cmp = compare_points(old, current, max_acc_drop)
+    drop = old.top1 - current.top1
+    if cmp is None:
+        if drop > max_acc_drop + _SLACK:
+            return Finding(key, "accuracy-drop", old.top1, current.top1,
+                           f"top-1 {old.top1:.2f}% -> {current.top1:.2f}% (-{drop:.2f} pt; limit {max_acc_drop:g} pt; "
+                           "no image counts in a report: compared without intervals)")
+        return None
+    change = f"top-1 {old.top1:.2f}% -> {current.top1:.2f}% ({cmp.interval()} at 95%, " + (
+        f"paired on {cmp.images} images)" if cmp.paired else f"unpaired: no per-image results on the same images, {cmp.images} images)")
+    if cmp.verdict == "worse":
+        return Finding(key, "accuracy-drop", old.top1, current.top1, f"{change}: decidedly more than {max_acc_drop:g} pt lost", cmp)
+    if cmp.verdict == "undecided":
+        need = (f"~{cmp.images_needed} images would decide it" if cmp.images_needed
+                else "the drop is exactly the limit, no sample size decides it")
+        return Finding(key, "accuracy-undecided", old.top1, current.top1,
+                       f"{change}: inside the noise for a {max_acc_drop:g} pt limit; {need}"
+                       + ("" if undecided == "fail" else " (passes: --undecided pass)"), cmp, strict=undecided == "fail")
+    return None
 
 
 def compare_reports(
-    new: Report, baseline: Report, max_acc_drop: float, max_latency_regress: float
+    new: Report, baseline: Report, max_acc_drop: float, max_latency_regress: float, undecided: str = "pass"
 ) -> GateResult:
     """Gate ``new`` on ``baseline``.
 
-    A point fails when its top-1 dropped by more than ``max_acc_drop`` points, when its
-    relative latency grew by more than the fraction ``max_latency_regress`` (0.15 = 15%), or
-    when it is in the baseline but not in the new report. New points are noted, not failed.
+    Top-1 is compared on the same images (:func:`mmdeploy.stats.compare_top1`): a point fails when
+    the 95% interval of its top-1 change lies wholly below -``max_acc_drop`` (a drop that is both
+    significant and beyond the limit); a change whose interval lies above it passes; one whose
+    interval straddles it is *undecided*: noted with the images that would decide it, and a
+    failure only with ``undecided="fail"``. A point also fails when its relative latency grew by
+    more than the fraction ``max_latency_regress`` (0.15 = 15%), or when it is in the baseline but
+    not in the new report. New points are noted, not failed.
     """
-    check_gate_thresholds(max_acc_drop, max_latency_regress)
+    check_gate_thresholds(max_acc_drop, max_latency_regress, undecided)
     _check_comparable(new, baseline)
     skip_latency = latency_skip_reason(new, baseline)
     old_points = {p.key: p for p in baseline.points}
@@ -98,18 +132,8 @@ def compare_reports(
         if old is None:
             findings.append(Finding(key, "new-point", None, current.top1, "new in this report (not gated)"))
             continue
-        drop = old.top1 - current.top1
-        if drop > max_acc_drop + _SLACK:
-            findings.append(
-                Finding(
-                    key,
-                    "accuracy-drop",
-                    old.top1,
-                    current.top1,
-                    f"top-1 {old.top1:.2f}% -> {current.top1:.2f}% "
-                    f"(-{drop:.2f} pt; limit {max_acc_drop:g} pt)",
-                )
-            )
+        if (accuracy := _accuracy_finding(key, old, current, max_acc_drop, undecided)) is not None:
+            findings.append(accuracy)
         regress = current.relative_latency / old.relative_latency - 1
         if not skip_latency and regress > max_latency_regress + _SLACK:
             findings.append(
@@ -133,11 +157,13 @@ def format_gate(result: GateResult) -> str:
         f"{'FAIL' if f.fails else 'note'}  {f.kind:<18}  {f.key.label:<{width}}  {f.message}"
         for f in result.findings
     ]
+    undecided = sum(f.kind == "accuracy-undecided" and not f.fails for f in result.findings)
     if result.latency_skipped:
         lines.append(f"skip  {result.latency_skipped}")
     failures = len(result.failures)
     if result.passed:
-        lines.append(f"PASS: {result.compared} points compared, no regressions" + (" (accuracy only)" if result.latency_skipped else ""))
+        lines.append(f"PASS: {result.compared} points compared, no regressions" + (" (accuracy only)" if result.latency_skipped else "")
+                     + (f"; {undecided} accuracy change{'s' if undecided != 1 else ''} undecided (see notes)" if undecided else ""))
     else:
         lines.append(f"FAIL: {failures} finding{'s' if failures != 1 else ''} in {result.compared} points compared")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import mmdeploy
 from mmdeploy.pareto import IsoAccuracySpeedup, pareto_front, set_relative_latency, speedup_at_iso_accuracy
 from mmdeploy.results import Point, PointKey
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: top-1 intervals and image counts, per-image results, p50 and speed-up intervals
 FRONT_MARKER = "★"
 
 

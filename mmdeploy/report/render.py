@@ -21,7 +21,20 @@ from mmdeploy.report.model import FRONT_MARKER, Report
 from mmdeploy.report.serialize import report_to_json
 from mmdeploy.results import Point, PointKey
 
-_COLUMNS = ("size", "engine", "precision", "top-1 %", "before calib.", "p50 ms", "rel. latency", "settings", "front")
+_COLUMNS = ("size", "engine", "precision", "top-1 % [95% CI]", "before calib.", "p50 ms [95% CI]", "rel. latency", "settings", "front")
+
+
+def _ci(interval, digits: int) -> str:
+    """`` [low, high]`` of an interval, "" where none was recorded (reports from before intervals were kept)."""
+    return f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else ""
+
+
+def _images(report: Report) -> str:
+    """How many images each top-1 stands on: one count for all, or the range."""
+    counts = sorted({p.extra.get("images") for p in report.points if p.extra.get("images")})
+    if not counts:
+        return "top-1 image counts not recorded (report from before they were kept)"
+    return f"top-1 on {counts[0]} images" if len(counts) == 1 else f"top-1 on {counts[0]}-{counts[-1]} images"
 
 
 def _sorted_points(report: Report) -> list[Point]:
@@ -33,13 +46,15 @@ def _row_cells(point: Point, reference: PointKey | None) -> list[str]:
     relative = f"{point.relative_latency:.3f}" if math.isfinite(point.relative_latency) else "-"
     if point.key == reference:
         relative += " (ref)"
+    else:
+        relative += _ci(point.extra.get("relative_latency_ci"), 3)
     return [
         str(point.size),
         point.engine,
         point.precision,
-        f"{point.top1:.2f}",
+        f"{point.top1:.2f}{_ci(point.extra.get('top1_ci'), 1)}",
         f"{point.extra['top1_uncalibrated']:.2f}" if "top1_uncalibrated" in point.extra else "-",
-        latency_cell(point),
+        latency_cell(point) + _ci(point.extra.get("p50_ci_ms"), 3),
         relative,
         settings_label(point),
         FRONT_MARKER if point.on_front else "",
@@ -52,17 +67,24 @@ def _speedup_line(report: Report) -> str:
         return "Speed-up at iso-accuracy: n/a (no points measured)"
     ref, best = speedup.reference, speedup.best
     warning = speedup_warning(report)
-    return (
-        f"Speed-up at iso-accuracy: {warning + ': ' if warning else ''}{speedup.speedup:.2f}x with {best.key.label} "
-        f"({best.top1:.2f}%, {best.latency_ms:.3f} ms) over {ref.key.label} "
-        f"({ref.top1:.2f}%, {ref.latency_ms:.3f} ms), within {speedup.tolerance:g} pt top-1"
+    speed_ci = f" [{speedup.speedup_ci[0]:.2f}, {speedup.speedup_ci[1]:.2f}]" if speedup.speedup_ci else ""
+    line = (
+        f"Speed-up at iso-accuracy: {warning + ': ' if warning else ''}{speedup.speedup:.2f}x{speed_ci} with {best.key.label} "
+        f"({best.top1:.2f}%{_ci(best.extra.get('top1_ci'), 1)}, {best.latency_ms:.3f} ms) over {ref.key.label} "
+        f"({ref.top1:.2f}%{_ci(ref.extra.get('top1_ci'), 1)}, {ref.latency_ms:.3f} ms), "
+        + (speedup.comparison.phrase() if speedup.comparison else f"within {speedup.tolerance:g} pt top-1")
     )
+    if speedup.undecided is not None:
+        fast, cmp = speedup.undecided, speedup.undecided_comparison
+        line += (f". Faster but undecided: {fast.key.label} ({ref.latency_ms / fast.latency_ms:.2f}x, {fast.top1:.2f}%): "
+                 + (cmp.phrase() if cmp else "no image counts"))
+    return line
 
 
 def render_table(report: Report) -> Table:
     """The points as a rich table, the Pareto front marked and in bold."""
     table = Table(
-        title=f"{report.bundle_name or 'mmdeploy'}: accuracy vs latency (batch {report.batch})",
+        title=f"{report.bundle_name or 'mmdeploy'}: accuracy vs latency (batch {report.batch}; {_images(report)})",
         caption=_speedup_line(report),
     )
     for column in _COLUMNS:
@@ -78,8 +100,11 @@ def _render_markdown(report: Report) -> str:
         "",
         (
             f"Batch {report.batch}, device {_device(report.environment)}, "
-            f"created {report.created}, mmdeploy {report.mmdeploy_version}. "
-            f"{FRONT_MARKER} marks the accuracy/latency Pareto front; 'before calib.' is the torch top-1 with the checkpoint's own BN statistics; "
+            f"created {report.created}, mmdeploy {report.mmdeploy_version}; {_images(report)}. "
+            "Brackets are 95% intervals: Wilson for top-1, order statistics of the timing samples for p50, the two p50 intervals "
+            "crosswise for ratios. "
+            f"{FRONT_MARKER} marks the accuracy/latency Pareto front (a slower point is on it only if decidedly more accurate, "
+            "paired on the same images, than every faster one); 'before calib.' is the torch top-1 with the checkpoint's own BN statistics; "
             f"'{UNRELIABLE_MARK}' marks a latency timed while the machine was busy; 'settings' are each engine's intra-op threads and spinning (OpenVINO: threads and streams)."
         ),
         "",
@@ -98,14 +123,21 @@ def _device(environment: dict) -> str:
     return f"{device} ({threads} threads)" if threads and not environment.get("gpu") else str(device)
 
 
-_CSV_COLUMNS = ("size", "engine", "precision", "batch", "top1", "top1_uncalibrated", "latency_ms", "relative_latency", "on_front")
+_CSV_COLUMNS = ("size", "engine", "precision", "batch", "top1", "top1_low", "top1_high", "images", "top1_uncalibrated", "latency_ms",
+                "latency_low_ms", "latency_high_ms", "relative_latency", "on_front")
+
+
+def _csv_row(p: Point) -> dict:
+    top1_ci, p50_ci = p.extra.get("top1_ci") or ("", ""), p.extra.get("p50_ci_ms") or ("", "")
+    return {**p.to_dict(), "top1_uncalibrated": p.extra.get("top1_uncalibrated", ""), "images": p.extra.get("images", ""),
+            "top1_low": top1_ci[0], "top1_high": top1_ci[1], "latency_low_ms": p50_ci[0], "latency_high_ms": p50_ci[1]}
 
 
 def _render_csv(report: Report) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=_CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows({**p.to_dict(), "top1_uncalibrated": p.extra.get("top1_uncalibrated", "")} for p in _sorted_points(report))
+    writer.writerows(_csv_row(p) for p in _sorted_points(report))
     return buffer.getvalue()
 
 
@@ -125,6 +157,7 @@ def _render_png(report: Report) -> bytes:
     colours = {engine: f"C{i}" for i, engine in enumerate(sorted({p.engine for p in points}))}
     for engine, precision in sorted({(p.engine, p.precision) for p in points}):
         members = [p for p in points if (p.engine, p.precision) == (engine, precision)]
+        _error_bars(axes, members, colours[engine])
         axes.scatter(
             [p.latency_ms for p in members],
             [p.top1 for p in members],
@@ -155,9 +188,11 @@ def _render_png(report: Report) -> bytes:
         axes.scatter(
             [ref.latency_ms], [ref.top1], s=180, facecolors="none", edgecolors="red", zorder=4, label="reference"
         )
+        speed_ci = f" [{speedup.speedup_ci[0]:.2f}, {speedup.speedup_ci[1]:.2f}]" if speedup.speedup_ci else ""
         subtitle = (
-            f"{speedup.speedup:.2f}x faster at iso-accuracy (within {speedup.tolerance:g} pt): "
-            f"{speedup.best.key.label} vs {ref.key.label}"
+            f"{speedup.speedup:.2f}x{speed_ci} faster at iso-accuracy (within {speedup.tolerance:g} pt"
+            f"{', paired' if speedup.comparison and speedup.comparison.paired else ''}): "
+            f"{speedup.best.key.label} vs {ref.key.label}; bars: 95% intervals"
         )
     else:
         subtitle = "no points measured"
@@ -221,6 +256,20 @@ def _png_text(path: Path, keyword: str) -> str | None:
     except OSError:
         return None
     return None
+
+
+def _error_bars(axes, points: list[Point], colour: str) -> None:
+    """95% intervals: top-1 (Wilson) vertically, p50 (order statistics) horizontally, where recorded."""
+    def spans(values, intervals):
+        return [[v - (i[0] if i else v) for v, i in zip(values, intervals)], [(i[1] if i else v) - v for v, i in zip(values, intervals)]]
+
+    top1_ci = [p.extra.get("top1_ci") for p in points]
+    p50_ci = [p.extra.get("p50_ci_ms") for p in points]
+    if not any(top1_ci) and not any(p50_ci):
+        return
+    x, y = [p.latency_ms for p in points], [p.top1 for p in points]
+    axes.errorbar(x, y, yerr=spans(y, top1_ci), xerr=spans(x, p50_ci), fmt="none", ecolor=colour, alpha=0.45, elinewidth=0.8,
+                  capsize=2, zorder=2.5)
 
 
 def write_report(report: Report, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -13,18 +13,28 @@ from mmdeploy.pareto import IsoAccuracySpeedup
 from mmdeploy.report.model import SCHEMA_VERSION, Report
 from mmdeploy.report_values import point_problem, report_problem
 from mmdeploy.results import Point, PointKey
+from mmdeploy.stats import Comparison
 
 
 def _key_to_json(key: PointKey) -> dict:
     return asdict(key)
 
 
+# Per-image results are kept out of the points (a 1,250-byte bitset per 10,000 images) and written last, by point label.
+_PER_IMAGE_KEYS = ("image_set", "correct")
+
+
 def _point_to_json(point: Point) -> dict:
     data = point.to_dict()
+    data["extra"] = {k: v for k, v in data["extra"].items() if k not in _PER_IMAGE_KEYS}
     # JSON has no NaN; an unset relative latency is written as null.
     if not math.isfinite(data["relative_latency"]):
         data["relative_latency"] = None
     return data
+
+
+def _per_image_to_json(points: list[Point]) -> dict:
+    return {p.key.label: {k: p.extra[k] for k in _PER_IMAGE_KEYS} for p in points if p.extra.get("correct")}
 
 
 def report_to_json(report: Report) -> dict:
@@ -44,9 +54,14 @@ def report_to_json(report: Report) -> dict:
             "best": _key_to_json(speedup.best.key),
             "speedup": speedup.speedup,
             "tolerance": speedup.tolerance,
+            "speedup_ci": speedup.speedup_ci,
+            "comparison": speedup.comparison.to_dict() if speedup.comparison else None,
+            "undecided": _key_to_json(speedup.undecided.key) if speedup.undecided else None,
+            "undecided_comparison": speedup.undecided_comparison.to_dict() if speedup.undecided_comparison else None,
         },
         "environment": report.environment,
         "points": [_point_to_json(p) for p in report.points],
+        "per_image": _per_image_to_json(report.points),
     }
 
 
@@ -71,6 +86,9 @@ _POINT_FIELDS = {
     "extra": dict,
 }
 _SPEEDUP_FIELDS = {"reference": dict, "best": dict, "speedup": _NUMBER, "tolerance": _NUMBER}
+_COMPARISON_FIELDS = {"difference": _NUMBER, "low": _NUMBER, "high": _NUMBER, "tolerance": _NUMBER, "verdict": str,
+                      "paired": bool, "images": int, "images_needed": (int, type(None)), "discordant": (list, type(None))}
+READABLE_VERSIONS = (1, SCHEMA_VERSION)  # version 1: no intervals, no image counts (compared on the bare numbers)
 
 
 class _Invalid(Exception):
@@ -118,6 +136,41 @@ def _point_from_json(data: object, where: str) -> Point:
     )
 
 
+def _comparison_from_json(data: object, where: str) -> Comparison | None:
+    if data is None:
+        return None
+    data = _checked(data, _COMPARISON_FIELDS, where)
+    if data["verdict"] not in ("within", "worse", "undecided"):
+        raise _Invalid(f"{where}.verdict is {data['verdict']!r}")
+    discordant = data["discordant"]
+    if discordant is not None and (len(discordant) != 2 or not all(isinstance(v, int) for v in discordant)):
+        raise _Invalid(f"{where}.discordant is not two counts")
+    return Comparison(float(data["difference"]), float(data["low"]), float(data["high"]), float(data["tolerance"]), data["verdict"],
+                      data["paired"], data["images"], data["images_needed"], tuple(discordant) if discordant else None)
+
+
+def _interval(value: object, where: str) -> list[float] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in value)
+            or not all(math.isfinite(v) for v in value)):
+        raise _Invalid(f"{where} is not an interval [low, high]")
+    return [float(v) for v in value]
+
+
+def _attach_per_image(points: list[Point], per_image: object) -> None:
+    if per_image is None:
+        return
+    if not isinstance(per_image, dict):
+        raise _Invalid("per_image is not a JSON object")
+    by_label = {p.key.label: p for p in points}
+    for label, entry in per_image.items():
+        if label not in by_label:
+            raise _Invalid(f"per_image names {label}, which is not among the points")
+        entry = _checked(entry, {"image_set": str, "correct": str}, f"per_image[{label!r}]")
+        by_label[label].extra.update({k: entry[k] for k in _PER_IMAGE_KEYS})
+
+
 def _report_from_json(data: object) -> Report:
     data = _checked(data, _REPORT_FIELDS, "report")
     if problem := report_problem(data):
@@ -128,6 +181,7 @@ def _report_from_json(data: object) -> Report:
         if point.key in first:
             raise _Invalid(f"points[{i}] repeats {point.key.label} (as points[{first[point.key]}])")
         first[point.key] = i
+    _attach_per_image(points, data.get("per_image"))
     by_key = {p.key: p for p in points}
 
     def measured(key: PointKey, where: str) -> Point:
@@ -144,6 +198,10 @@ def _report_from_json(data: object) -> Report:
             best=measured(_key_from_json(raw["best"], "speedup.best"), "speedup.best"),
             speedup=float(raw["speedup"]),
             tolerance=float(raw["tolerance"]),
+            comparison=_comparison_from_json(raw.get("comparison"), "speedup.comparison"),
+            speedup_ci=_interval(raw.get("speedup_ci"), "speedup.speedup_ci"),
+            undecided=None if raw.get("undecided") is None else measured(_key_from_json(raw["undecided"], "speedup.undecided"), "speedup.undecided"),
+            undecided_comparison=_comparison_from_json(raw.get("undecided_comparison"), "speedup.undecided_comparison"),
         )
     return Report(
         batch=data["batch"],
@@ -176,9 +234,9 @@ def load_report(path: str | os.PathLike) -> Report:
     except ValueError as exc:  # Python's limit on digits in an integer (4300 by default)
         raise MMDeployError(f"cannot read report {path}: {str(exc).split(':')[0]}", regenerate) from None
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise MMDeployError(
-            f"{path} has report schema version {version!r}; this mmdeploy reads version {SCHEMA_VERSION}",
+            f"{path} has report schema version {version!r}; this mmdeploy reads versions {', '.join(map(str, READABLE_VERSIONS))}",
             f"{regenerate} using this version of mmdeploy",
         )
     try:
