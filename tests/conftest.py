@@ -100,9 +100,10 @@ def cli(monkeypatch):
     return invoke
 
 
-def measured_bundle(root: Path, checkpoint: Path, images: Path, points: list[tuple[int, str, float, float]]) -> Path:
+def measured_bundle(root: Path, checkpoint: Path, images: Path, points: list[tuple[int, str, float, float]], evaluated: int = 16) -> Path:
     """A bundle calibrated at 16 and 32 px with made-up (size, engine, top-1 %, p50 ms) fp32 figures at batch 1 in place
-    of eval and bench: what ``report`` and the gate read, without measuring anything."""
+    of eval and bench: what ``report`` and the gate read, without measuring anything. ``evaluated``: the image count
+    each top-1 claims (its interval's width)."""
     from mmdeploy import api
     from mmdeploy.bundle import Bundle
     from mmdeploy.results import AccuracyResult, LatencyResult
@@ -110,6 +111,6 @@ def measured_bundle(root: Path, checkpoint: Path, images: Path, points: list[tup
     api.calibrate(checkpoint, sizes=[16, 32], data=images, out=root, batches=1, batch_size=4)
     with Bundle.update(root) as bundle:
         for size, engine, top1, ms in points:
-            bundle.record_accuracy(AccuracyResult(size, engine, "fp32", top1, 100.0, 16), str(images), "made-up")
+            bundle.record_accuracy(AccuracyResult(size, engine, "fp32", top1, 100.0, evaluated), str(images), "made-up")
             bundle.record_latency(LatencyResult(size, engine, "fp32", 1, ms, ms * 1.1, ms * 1.2, ms, 1000 / ms, 10, threads=1))
     return root

@@ -131,7 +131,8 @@ def test_junit_of_a_passing_gate_and_a_latency_skip(monkeypatch):
 
 def test_report_junit_cli(cli, tmp_path, image_dir, resnet8_checkpoint):
     bundle = measured_bundle(tmp_path / "bundle", resnet8_checkpoint, image_dir,
-                             [(16, "torch", 80.0, 1.0), (16, "ort", 80.0, 0.4), (32, "torch", 88.0, 2.0), (32, "ort", 88.0, 0.8)])
+                             [(16, "torch", 80.0, 1.0), (16, "ort", 80.0, 0.4), (32, "torch", 88.0, 2.0), (32, "ort", 88.0, 0.8)],
+                             evaluated=10_000)  # enough images that a 2-point drop is decided, not inside the noise
     assert cli("report", bundle).exit_code == 0
     baseline = json.loads((bundle / "report.json").read_text())
     for point in baseline["points"]:
