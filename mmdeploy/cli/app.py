@@ -87,9 +87,14 @@ def _report_here(exc: MMDeployError) -> bool:
 
 
 def make_progress(json_out: bool):
-    from mmdeploy.progress import RichProgress
+    """A bar on a terminal; in a pipe or CI log, a plain line every 10 s on stderr; nothing with --json."""
+    from mmdeploy.progress import LineProgress, Progress, RichProgress
 
-    return RichProgress(err_console, enabled=not json_out and err_console.is_terminal)
+    if json_out:
+        return Progress()
+    if err_console.is_terminal:
+        return RichProgress(err_console)
+    return LineProgress(lambda line: err_console.print(escape(line), soft_wrap=True, highlight=False))
 
 
 def emit_json(obj) -> None:
@@ -145,7 +150,13 @@ def library_kwargs() -> dict:
         long = next((o for o in param.opts if o.startswith("--")), None)
         if long is not None and param.name in values:
             given[long] = values[param.name]
-    return flag_keywords(name, given, parsers={"--mean": parse_floats, "--std": parse_floats})
+    return flag_keywords(name, given, parsers={"--mean": parse_floats, "--std": parse_floats, "--batches": int_or_auto})
+
+
+def int_or_auto(text):
+    """``--batches 200`` as the int 200, ``auto`` as is (the library refuses anything else in one line)."""
+    text = str(text).strip()
+    return int(text) if text.lstrip("-").isdigit() else text.lower()
 
 
 def main() -> None:
