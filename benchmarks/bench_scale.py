@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -149,9 +150,11 @@ def main(argv=None) -> int:
     for size in args.sizes:
         bundle = work / f"bundle{size}"
         row = {"size": size, "gflop_per_image": flops_per_image(size) / 1e9}
+        shutil.rmtree(bundle, ignore_errors=True)  # a bundle left by an earlier run would be reused, not timed
         row["calibration"] = calibrate(ckpt, size, data, bundle, args.batches, args.batch_size)
         row["calibration"]["peak_pct"] = 100 * row["calibration"]["img_s"] * row["gflop_per_image"] * 1e9 / peak
         if args.auto:
+            shutil.rmtree(work / f"auto{size}", ignore_errors=True)
             row["auto"] = calibrate(ckpt, size, data, work / f"auto{size}", "auto", args.batch_size)
         if not args.no_export:
             row["export_fp32"] = run_cli(["export", str(bundle), "--engine", "ort", "--precision", "fp32", "--size", str(size), "--no-dynamic"])

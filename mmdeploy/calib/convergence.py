@@ -28,10 +28,11 @@ class StoppingRule:
     """``--batches auto``: stop when every layer's statistics moved less than ``tolerance`` over the last
     ``window`` batches, after at least ``min_batches`` and at most ``max_batches``.
 
-    The default tolerance, 0.01 (1% of a channel's standard deviation for means, 1% of its variance),
-    is where the statistics are as close to the full 200-batch result as two full runs with different
-    seeds are to each other (see README, "How many images"); ``min_batches`` 16 is 1,024 images at
-    batch 64, so a folder of up to 1,024 images (the shipped demo's 1,000) is always used whole."""
+    The tolerance, 0.01, is 1% of a channel's standard deviation for means and 1% of its variance (a 0.5%
+    error in the scale BN applies). It bounds the last window's change, not the distance to an infinite
+    sample: sampling noise shrinks as 1/sqrt(images), so the drift still to come is a few times the last
+    window's (about sqrt(batches / window)). ``min_batches`` 16 is 1,024 images at batch 64, so a folder of
+    up to 1,024 images (the shipped demo's 1,000) is always used whole and auto equals the fixed count there."""
 
     tolerance: float = 0.01
     window: int = 4
