@@ -41,7 +41,7 @@ def flags(*specs: str, keyword: str | None = None) -> tuple[Flag, ...]:
 class Field:
     """One config value: its kind, bounds, allowed choices, whether it must be given, and the CLI flags it stands for."""
 
-    kind: str  # "str", "int", "number", "bool", "fraction", "list[int]", "list[number]", "list[str]", "table" (of plain values)
+    kind: str  # "str", "int", "int|auto" (an int or the string "auto"), "number", "bool", "fraction", "list[int]", "list[number]", "list[str]", "table" (of plain values)
     help: str
     minimum: float | None = None
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] = ()  # a callable: the choices of a module costly to import
@@ -69,6 +69,10 @@ class Field:
 
     def _item_problems(self, v: Any, where: str) -> list[str]:
         base = self.kind.removeprefix("list[").removesuffix("]")
+        if base == "int|auto":
+            if v == "auto":
+                return []
+            base = "int"
         if base == "str" and not isinstance(v, str):
             return [f"{where} must be a string (got {_show(v)})"]
         if base == "bool" and not isinstance(v, bool):
@@ -174,7 +178,8 @@ SCHEMA: dict[str, Any] = {
     "calibrate": {
         "sizes": Field("list[int]", "input sizes to calibrate and deploy (every later step uses them all)", minimum=1, non_empty=True,
                        flags=flags(*(f"{c} --size" for c in ("calibrate", "export", "eval", "bench")))),
-        "batches": Field("int", "calibration batches", minimum=1, flags=flags("calibrate --batches", keyword="batches")),
+        "batches": Field("int|auto", "calibration batches, or \"auto\" (stop once stable, at most 200)", minimum=1,
+                         flags=flags("calibrate --batches", keyword="batches")),
         "batch_size": Field("int", "images per calibration batch", minimum=2, flags=flags("calibrate --batch-size", keyword="batch_size")),
         "augment": Field("bool", "training augmentation while calibrating", flags=flags("calibrate --augment", keyword="augment")),
         "seed": Field("int", "seed of the batch plan and augmentation", minimum=0, flags=flags("calibrate --seed", keyword="seed")),

@@ -14,6 +14,7 @@ import torch
 from mmdeploy import distributed as dist
 from mmdeploy.bundle import bundle_lock, check_writable_dir, content_key
 from mmdeploy.calib.bn import BNSums, bn_layers, calibrate_bn, plan_batches
+from mmdeploy.calib.convergence import AUTO, AUTO_MAX_BATCHES, Convergence, StoppingRule
 from mmdeploy.calib.writer import (
     DEFAULT_TRAINING_SIZE,
     MeasuredSizes,
@@ -50,6 +51,7 @@ class CalibrationSummary:
     records: dict[int, dict] = field(default_factory=dict)
     preprocess: dict = field(default_factory=dict)  # in force: kind, mean, std (what eval, export and bench use)
     training_size: int | None = None  # in force: the reports' reference point
+    convergence: dict | None = None  # how the statistics moved as batches were added (see mmdeploy.calib.convergence)
 
 
 def validate_sizes(sizes: list, arch: str, model: torch.nn.Module | None = None) -> list[int]:
@@ -147,7 +149,7 @@ def calibrate_to_bundle(
     sizes: list,
     data: str | Path,
     out: str | Path,
-    batches: int = 200,
+    batches: int | str = 200,
     batch_size: int = 64,
     augment: bool = True,
     seed: int = 0,
@@ -165,11 +167,16 @@ def calibrate_to_bundle(
 ) -> CalibrationSummary:
     """Calibrate BN for each size and write the bundle. ``recalibrate=False`` keeps the
     checkpoint's own statistics for every size (``mmdeploy export CKPT``). ``arch_kwargs``: the
-    factory's keyword arguments (``--arch-kwargs``), recorded in the manifest."""
+    factory's keyword arguments (``--arch-kwargs``), recorded in the manifest. ``batches="auto"`` stops
+    once the statistics are stable (:class:`mmdeploy.calib.convergence.StoppingRule`), after at most 200 batches."""
     progress = progress or Progress()
     out = Path(out)
-    if batches <= 0 or batch_size <= 1:
-        raise MMDeployError("--batches must be >= 1 and --batch-size >= 2", "BN statistics need at least two images per batch")
+    batches, rule = parse_batches(batches)
+    if batch_size <= 1:
+        raise MMDeployError("--batch-size must be >= 2", "BN statistics need at least two images per batch")
+    if rule is not None and dist.active():
+        raise MMDeployError("--batches auto runs in one process: under torch.distributed each rank sees only its share of the batches",
+                            "give --batches a number, e.g. the count a single-process auto run recorded")
     with dist.agreed():  # a rank that cannot read the checkpoint or the data stops every rank
         ckpt = load_checkpoint(checkpoint, arch=arch, dataset=dataset, allow_pickle=allow_pickle, arch_kwargs=arch_kwargs)
         model = ckpt.build()
@@ -192,6 +199,8 @@ def calibrate_to_bundle(
         store = decoding_key(folder, pre.kind)
         settings = {"batches": batches, "batch_size": batch_size, "augment": augment, "seed": seed, "preprocess": pre.to_dict(),
                     "store_resolution": store, "method": "exact-sums-v1" if recalibrate else "none: checkpoint statistics"}
+        if rule is not None and recalibrate:  # only then: keys of fixed batch counts stay as they were
+            settings["stopping"] = rule.describe()
         data_key = folder.fingerprint()
         keys = {s: content_key({"ckpt": ckpt.sha256, "data": data_key, "size": s, **settings}) for s in sizes}
         reused = [s for s in sizes if existing is not None and existing.has_size(s) and existing.size(s).calibration.key == keys[s]
@@ -208,6 +217,9 @@ def calibrate_to_bundle(
         warnings.warn(f"{ckpt.arch} has no BatchNorm layers: calibration is a no-op, weights are copied as they are", stacklevel=2)
     sums: dict[int, dict[str, BNSums]] = {s: {} for s in todo}
     images_used = n_skipped = 0
+    layers = bn_layers(model)
+    # One process sees every batch in order: it can follow the statistics as they settle (and stop on them).
+    convergence = Convergence([n for n, _ in layers], [m.num_features for _, m in layers], todo, rule) if not dist.active() else None
     if todo and n_layers and recalibrate:
         with dist.agreed():  # the per-rank work; a rank that fails here (decode, out of memory) stops every rank
             if data_key != main_data_key:
@@ -217,8 +229,10 @@ def calibrate_to_bundle(
             # calibration at many sizes would not fit at once); sums add up exactly across chunks.
             skipped: list[str] = []
             model.to(device)
-            with progress.task(f"calibrating BN at sizes {', '.join(map(str, todo))}", len(mine) * len(todo)) as advance:
-                for chunk in _chunks(mine, _bytes_per_image(folder, pre.kind, todo)):
+            title = f"calibrating BN at sizes {', '.join(map(str, todo))}" + (" (auto: stops once stable)" if rule else "")
+            with progress.task(title, sum(len(b) for _, b in mine) * len(todo), unit="images") as advance:
+                # auto decodes a few batches at a time: images after the stop are never decoded
+                for chunk in _chunks(mine, _bytes_per_image(folder, pre.kind, todo), max_batches=AUTO_CHUNK_BATCHES if rule else None):
                     wanted = sorted({i for _, b in chunk for i in b})
                     decoded, chunk_skipped = _decode_own_images(folder, wanted, pre.kind, todo, Progress())
                     skipped += chunk_skipped
@@ -227,11 +241,14 @@ def calibrate_to_bundle(
                     row = {f: r for r, f in enumerate(ok_files)}
                     batches_rows = [(bi, torch.tensor([row[i] for i in b if i in row], dtype=torch.long)) for bi, b in chunk]
                     batches_rows = [(bi, r) for bi, r in batches_rows if len(r) >= 2]
-                    images_used += sum(len(r) for _, r in batches_rows)
                     images = (decoded.per_size or decoded.images) if decoded else torch.empty(0, dtype=torch.uint8)
-                    part = calibrate_bn(model, images, batches_rows, todo, pre, augment, seed, device, advance)
+                    part = calibrate_bn(model, images, batches_rows, todo, pre, augment, seed, device, advance, convergence)
+                    ran = set(convergence.batches) if convergence is not None else {bi for bi, _ in batches_rows}
+                    images_used += sum(len(r) for bi, r in batches_rows if bi in ran)
                     sums = part if not any(sums.values()) else {sz: {n: sums[sz][n].plus(part[sz][n]) for n in part[sz]} for sz in part}
-                    advance((len(chunk) - len(batches_rows)) * len(todo))  # batches left with fewer than 2 readable images
+                    if convergence is not None and convergence.stopped:
+                        break
+                    advance(sum(len(b) for bi, b in chunk if bi not in dict(batches_rows)) * len(todo))  # batches with < 2 readable images
             model.cpu()
         # A rank with no batches (more ranks than batches) adds zeros: every rank takes part.
         sums, images_used, n_skipped = _all_reduce_sums(sums, model, images_used, len(skipped))
@@ -240,7 +257,11 @@ def calibrate_to_bundle(
                                 "give --data a folder with more images")
 
     summary = CalibrationSummary(out, sizes, reused, images_used, n_skipped, n_layers, preprocess=pre.to_dict(), training_size=in_force_size)
-    measured = MeasuredSizes(todo, sums, keys, settings, folder.root, data_key, len(plan), images_used, n_skipped)
+    batches_used = len(plan)
+    if convergence is not None and convergence.trace:
+        summary.convergence = convergence.summary()
+        batches_used = summary.convergence["batches"] if rule else batches_used
+    measured = MeasuredSizes(todo, sums, keys, settings, folder.root, data_key, batches_used, images_used, n_skipped, summary.convergence)
     with dist.agreed():  # every rank learns whether rank 0 published the bundle
         if dist.is_main():
             summary.records.update(write_calibration(out, ckpt, model, pre, bool(preprocess or mean or std), training_size, measured))
@@ -270,6 +291,21 @@ def _numbers(values) -> str:
 
 
 CHUNK_BYTES = 1 << 30  # decoded uint8 images held at once during calibration
+AUTO_CHUNK_BATCHES = 8  # batches decoded at once under --batches auto
+
+
+def parse_batches(batches) -> tuple[int, StoppingRule | None]:
+    """``--batches``: a positive count, or ``auto`` (at most 200 batches, stopping once stable)."""
+    if isinstance(batches, str) and batches.strip().lower() == AUTO:
+        return AUTO_MAX_BATCHES, StoppingRule()
+    try:
+        count = int(str(batches).strip()) if not isinstance(batches, bool) else None
+    except ValueError:
+        count = None
+    if count is None or count <= 0:
+        raise MMDeployError(f"--batches {batches!r} is neither a positive integer nor auto",
+                            "e.g. --batches 200 (the reference code's count) or --batches auto (stop once the statistics are stable)")
+    return count, None
 
 
 def _bytes_per_image(folder, kind: str, sizes: list[int]) -> int:
@@ -277,13 +313,13 @@ def _bytes_per_image(folder, kind: str, sizes: list[int]) -> int:
     return 3 * (native * native if native else sum(s * s for s in sizes))
 
 
-def _chunks(batches: list, bytes_per_image: int, budget: int | None = None) -> list[list]:
-    """Consecutive whole batches, at most ``budget`` bytes of decoded images per chunk (at least one batch).
-    No batches gives one empty chunk, so a rank without work still returns (zero) sums."""
+def _chunks(batches: list, bytes_per_image: int, budget: int | None = None, max_batches: int | None = None) -> list[list]:
+    """Consecutive whole batches, at most ``budget`` bytes of decoded images (and ``max_batches`` batches) per chunk
+    (at least one batch). No batches gives one empty chunk, so a rank without work still returns (zero) sums."""
     per_chunk = max(1, (CHUNK_BYTES if budget is None else budget) // max(1, bytes_per_image))
     chunks, current, n = [], [], 0
     for item in batches:
-        if current and n + len(item[1]) > per_chunk:
+        if current and (n + len(item[1]) > per_chunk or (max_batches and len(current) >= max_batches)):
             chunks.append(current)
             current, n = [], 0
         current.append(item)

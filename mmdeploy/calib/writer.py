@@ -40,11 +40,18 @@ class MeasuredSizes:
     batches_planned: int
     images: int
     skipped_files: int
+    convergence: dict | None = None  # mmdeploy.calib.convergence.Convergence.summary()
 
     def record(self, size: int) -> dict:
-        """The size's calibration record in the manifest."""
-        return {"key": self.keys[size], **self.settings, "images": self.images, "batches_used": self.batches_planned,
-                "skipped_files": self.skipped_files, "data": str(self.data_root.resolve()), "data_fingerprint": self.data_key}
+        """The size's calibration record in the manifest. Under ``--batches auto``, ``batches`` is the count
+        used (INT8 export plans its images from it: the first batches of the same seeded plan)."""
+        record = {"key": self.keys[size], **self.settings, "images": self.images, "batches_used": self.batches_planned,
+                  "skipped_files": self.skipped_files, "data": str(self.data_root.resolve()), "data_fingerprint": self.data_key}
+        if self.convergence:
+            record["convergence"] = self.convergence
+        if "stopping" in self.settings:
+            record["batches"] = self.batches_planned
+        return record
 
     def state(self, model, size: int) -> dict:
         """The model's state with the size's calibrated BN statistics (the checkpoint's own without sums)."""

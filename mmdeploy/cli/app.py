@@ -101,9 +101,14 @@ def _report_here(exc: MMDeployError) -> bool:
 
 
 def make_progress(json_out: bool):
-    from mmdeploy.progress import RichProgress
+    """A bar on a terminal; in a pipe or CI log, a plain line every 10 s on stderr; nothing with --json."""
+    from mmdeploy.progress import LineProgress, Progress, RichProgress
 
-    return RichProgress(err_console, enabled=not json_out and err_console.is_terminal)
+    if json_out:
+        return Progress()
+    if err_console.is_terminal:
+        return RichProgress(err_console)
+    return LineProgress(lambda line: err_console.print(escape(line), soft_wrap=True, highlight=False))
 
 
 def emit_json(obj) -> None:
@@ -161,7 +166,14 @@ def library_kwargs() -> dict:
             given[long] = values[param.name]
     from mmdeploy.models.trust import parse_arch_kwargs
 
-    return flag_keywords(name, given, parsers={"--mean": parse_floats, "--std": parse_floats, "--arch-kwargs": parse_arch_kwargs})
+    return flag_keywords(name, given, parsers={"--mean": parse_floats, "--std": parse_floats, "--arch-kwargs": parse_arch_kwargs,
+                                               "--batches": int_or_auto})
+
+
+def int_or_auto(text):
+    """``--batches 200`` as the int 200, ``auto`` as is (the library refuses anything else in one line)."""
+    text = str(text).strip()
+    return int(text) if text.lstrip("-").isdigit() else text.lower()
 
 
 def main() -> None:

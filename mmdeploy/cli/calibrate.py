@@ -17,7 +17,8 @@ def calibrate(
     size: SizesOpt = None,
     data: DataOpt = Path("calib/train"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to create or update.")] = Path("bundle"),
-    batches: Annotated[int, typer.Option(help="Calibration batches (the reference code uses 200).")] = 200,
+    batches: Annotated[str, typer.Option(help="Calibration batches (the reference code uses 200), or auto: stop once every BN layer's "
+                                               "statistics moved < 1% over the last 4 batches (16 to 200 batches; recorded in the manifest).")] = "200",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per calibration batch.")] = 64,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentation (random crop + flip) during calibration.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for image order and augmentation.")] = 0,
@@ -57,3 +58,17 @@ def calibrate(
     pre = summary.preprocess
     console.print(f"preprocessing {pre['kind']} (mean {','.join(f'{v:g}' for v in pre['mean'])}; std {','.join(f'{v:g}' for v in pre['std'])}), "
                   f"training size {summary.training_size}")
+    if summary.convergence:
+        console.print(convergence_line(summary.convergence))
+
+
+def convergence_line(conv: dict) -> str:
+    """How far the statistics still moved at the end, and (auto) where the stopping rule stopped."""
+    change = conv.get("final_change")
+    moved = (f"statistics moved {change:.2%} (worst layer {conv.get('worst_layer')}) over the last {conv['window_batches']} batches"
+             if change is not None else f"too few batches ({conv['batches']}) to tell how the statistics settle")
+    stop = conv.get("stopping")
+    if stop:
+        how = "stable" if stop["stopped_early"] else f"not below {stop['tolerance']:.0%} by the maximum"
+        return f"--batches auto: {conv['batches']} batches ({conv['images']} images), {how}; {moved}"
+    return f"{conv['batches']} batches ({conv['images']} images); {moved}"
