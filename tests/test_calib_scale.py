@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -186,6 +187,8 @@ def test_batches_parse_counts_and_auto():
 
 def test_auto_is_refused_under_torch_distributed(image_dir, resnet8_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(workflow.dist, "active", lambda: True)
+    monkeypatch.setattr(workflow.dist, "agreed", contextlib.nullcontext)  # no process group here: the rank-agreement steps pass through
+    monkeypatch.setattr(workflow.dist, "is_main", lambda: True)
     with pytest.raises(MMDeployError, match="one process"):
         calibrate_to_bundle(resnet8_checkpoint, [16], image_dir, tmp_path / "b", batches="auto")
 
