@@ -15,8 +15,9 @@ How the engine will be used (``usage``) decides what spinning must prove. ``stre
 back to back in a process of its own; the fastest wins. ``shared`` (the default, and how
 ``mmdeploy bench`` runs every engine in one process): a winner whose workers spin (ONNX
 Runtime's default session spins too) is re-timed against the fastest non-spinning setting with
-another engine called between its calls, and kept only if it still wins there (spinning on few
-cores has turned a 0.3 ms run into 3-4 ms beside OpenVINO). The usage is stored with the choice.
+another engine called between its calls, and kept only if the pair (its call and the other
+engine's next call) still takes less time than with the non-spinning setting (spinning on few
+cores has turned a 0.3 ms run into 3-4 ms beside OpenVINO, and slowed OpenVINO after it). The usage is stored with the choice.
 Engines created from the bundle load these settings unless told otherwise. Settings tuned on another
 machine (CPU model, usable cores, onnxruntime version) are not loaded.
 
@@ -130,9 +131,10 @@ def spinner_and_rival(timings: dict[ThreadPolicy, float]) -> tuple[ThreadPolicy,
 
 
 def choose_for_usage(timings: dict[ThreadPolicy, float], usage: str, shared_ms: dict[ThreadPolicy, float] | None = None) -> ThreadPolicy:
-    """The setting for one point. ``stream``: the fastest back to back. ``shared``: a winner that may spin keeps its
-    place only if, timed with another engine called between its calls (``shared_ms``), it still beats the best
-    non-spinning setting by SIMPLER_WITHIN; without that check, spinning must win by SPIN_PENALTY."""
+    """The setting for one point. ``stream``: the fastest back to back. ``shared``: a winner that spins keeps its
+    place only if, with another engine in the process (``shared_ms``: its call plus the other engine's next call, see
+    :func:`shared_check`), it still beats the best non-spinning setting by SIMPLER_WITHIN; without that check,
+    spinning must win by SPIN_PENALTY."""
     if usage not in USAGES:
         raise MMDeployError(f"unknown usage {usage!r}", f"use one of {', '.join(USAGES)}")
     if usage == "stream":
@@ -146,9 +148,10 @@ def choose_for_usage(timings: dict[ThreadPolicy, float], usage: str, shared_ms: 
 
 
 def shared_check(make: dict[ThreadPolicy, object], companion, size: int, batch: int, iters: int = SHARED_ITERS) -> dict[ThreadPolicy, float]:
-    """Median ms per call of each engine in ``make`` (policy -> () -> Engine) when ``companion`` (() -> Engine: another
-    engine in this process) runs one call between each of its calls, the settings interleaved call by call: the
-    layout of a process serving several models, or of `mmdeploy bench`'s round robin."""
+    """Median ms of one call of each engine in ``make`` (policy -> () -> Engine) plus the call of ``companion`` (() -> Engine:
+    another engine in this process) that follows it, the settings interleaved call by call: the layout of a process
+    serving several models, or of `mmdeploy bench`'s round robin. The pair is timed because a setting that spins after
+    its run slows the next engine more than itself (measured: OpenVINO 2-5x slower after a default ORT session)."""
     import torch
 
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -163,6 +166,7 @@ def shared_check(make: dict[ThreadPolicy, object], companion, size: int, batch: 
                 other(x)
                 start = time.perf_counter()
                 engine(x)
+                other(x)
                 if i >= 2:  # two rounds of warm-up
                     times[policy].append(1000.0 * (time.perf_counter() - start))
         return {p: statistics.median(t) for p, t in times.items()}

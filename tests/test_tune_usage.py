@@ -87,7 +87,7 @@ def test_shared_check_calls_the_other_engine_between_every_timed_call():
                        lambda: _Logged("ov", log), size=8, batch=1, iters=3)
     assert set(out) == {ORT_DEFAULT, QUIET} and all(ms >= 0 for ms in out.values())
     calls = [c for c in log if not c.startswith(("open", "close"))]
-    assert calls == ["ov", "spin", "ov", "quiet"] * (3 + 2), "companion, setting, companion, the other setting: interleaved"
+    assert calls == ["ov", "spin", "ov", "ov", "quiet", "ov"] * (3 + 2), "each setting's call between two of the other engine's"
     assert log[0] == "open ov" and log[-1] == "close ov" and sum(c.startswith("close") for c in log) == 3, "every engine closed"
 
 
@@ -149,6 +149,15 @@ def test_tune_records_its_usage_and_the_shared_check(ort_bundle, monkeypatch):
     assert settings["usage"] == "shared" and "shared_check_ms" in settings["evidence"]
     with pytest.raises(MMDeployError, match="unknown usage"):
         tune.tune_bundle(ort_bundle, ["fp32"], [16], [1], engines=("ort",), usage="batchy")
+
+
+def test_bench_usage_flag_is_stored_and_a_typo_refused(ort_bundle, cli):
+    result = cli("bench", ort_bundle, "--tune", "--engine", "ort", "--usage", "stream", "--size", "16", "--batch", "1",
+                 "--iters", "1", "--warmup", "0", "--noise-budget", "0")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert Bundle.open(ort_bundle).engine_settings["usage"] == "stream" and "for usage stream" in " ".join(result.stdout.split())
+    bad = cli("bench", ort_bundle, "--engine", "ort", "--usage", "batchy", "--iters", "1")
+    assert bad.exit_code == 1 and "unknown usage 'batchy'" in bad.stdout + bad.stderr
 
 
 @pytest.mark.skipif(not HAVE_OV, reason="openvino is not installed")
