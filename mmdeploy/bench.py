@@ -319,15 +319,21 @@ def tune_and_bench(
     tune: bool = False,
     noise_budget_s: float = 30.0,
     progress: Progress | None = None,
+    usage: str = "shared",
 ) -> BenchSummary:
     """``mmdeploy bench``: with ``tune``, first choose ONNX Runtime's threads and spinning and OpenVINO's threads and
     streams per size and batch by measurement (stored in the bundle; engines then use them), then :func:`bench_bundle`."""
+    from mmdeploy.tune import USAGES
+
+    if usage not in USAGES:  # refused with or without --tune: a typo must not pass silently
+        raise MMDeployError(f"unknown usage {usage!r}", f"use --usage {' or --usage '.join(USAGES)}")
     tuned = None
     if tune:
         from mmdeploy.tune import tune_bundle
 
         tunable = tuple(e for e in (engines or ["ort", "ov"]) if e in ("ort", "ov")) or ("ort",)
-        tuned = tune_bundle(bundle_dir, precisions, sizes, batches, noise_budget_s=noise_budget_s, progress=progress, engines=tunable)
+        tuned = tune_bundle(bundle_dir, precisions, sizes, batches, noise_budget_s=noise_budget_s, progress=progress, engines=tunable,
+                            usage=usage)
     results, env, skipped = bench_bundle(bundle_dir, engines, precisions, sizes, batches, warmup, iters, progress=progress,
                                          noise_budget_s=noise_budget_s)
     return BenchSummary(results, env, skipped, tuned)

@@ -13,13 +13,14 @@ def latency_table(results, env: dict, tuned=None) -> Table:
     if seen.get("busy"):
         caption += f"; {UNRELIABLE_MARK} = unreliable ({'; '.join(seen.get('reasons', []))})"
     if tuned is not None:
-        caption += f"\\ntuned ort settings: {', '.join(f'{k} {p.label}' for k, p in sorted(tuned.chosen.items()))}"
+        caption += f"\\ntuned ort settings: {', '.join(f'{k} {p.label}' for k, p in sorted(tuned.chosen.items()))} (for usage {getattr(tuned, 'usage', '?')})"
     table = Table(title=f"latency ({env.get('gpu') or env['cpu']})", caption=caption)
     for col in ("size", "engine", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "images/s", "settings"):
         table.add_column(col, justify="left" if col in ("engine", "precision", "settings") else "right")
     for r in sorted(results, key=lambda r: (r.batch, r.size, r.engine, r.precision)):
         policy = r.policy or {}
-        settings = f"{policy.get('threads', '?')}t{' spin' if policy.get('spinning') else ''} ({policy.get('source', '?')})"
+        shape = policy.get("preset") or f"{policy.get('threads', '?')}t{' spin' if policy.get('spinning') else ''}"  # "default": no options
+        settings = f"{shape}{' cpu precision' if policy.get('precision_hint') == 'cpu' else ''} ({policy.get('source', '?')})"
         table.add_row(str(r.size), r.engine, r.precision, str(r.batch), f"{r.p50_ms:.3f}" + ("" if r.reliable else f" {UNRELIABLE_MARK}"),
                       f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.mean_ms:.3f}", f"{r.throughput:,.0f}", settings)
     return table

@@ -20,6 +20,8 @@ def settings_label(point) -> str:
     s = point.extra.get("settings") or {}
     if "threads" not in s:
         return "-"
+    if s.get("preset"):  # a library's own defaults (or OpenVINO's throughput hint alone), named as such
+        return f"{s['preset']}{' cpu precision' if s.get('precision_hint') == 'cpu' else ''}{' (tuned)' if s.get('source') == 'tuned' else ''}"
     return f"{s['threads']}t{' spin' if s.get('spinning') else ''}{' (tuned)' if s.get('source') == 'tuned' else ''}"
 
 

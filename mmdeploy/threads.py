@@ -31,22 +31,39 @@ class ThreadPolicy:
     spinning: bool
     source: str = "default"  # "default", "tuned" (mmdeploy bench --tune) or "env"
     streams: int = 1  # OpenVINO: a batch split over this many streams side by side (1: one stream, latency hint)
+    # "": threads/spinning/streams above are set explicitly. "default": the library's own defaults, no thread, spinning
+    # or hint option at all (what a user who never heard of tuning gets). "throughput": OpenVINO's throughput hint
+    # alone, the batch split over the infer requests it asks for. ``threads``/``streams`` are then only recorded.
+    preset: str = ""
+    # OpenVINO int8: "" pins the non-quantized parts to f32; "cpu" leaves OpenVINO's default for the CPU (bf16 where native).
+    precision_hint: str = ""
 
     @property
     def label(self) -> str:
-        return (f"{self.threads}t{' spin' if self.spinning else ''}{f' {self.streams} streams' if self.streams > 1 else ''}"
+        hint = " cpu precision" if self.precision_hint == "cpu" else ""
+        if self.preset:
+            return f"{self.preset}{hint}"
+        return (f"{self.threads}t{' spin' if self.spinning else ''}{f' {self.streams} streams' if self.streams > 1 else ''}{hint}"
                 + ("" if self.source == "tuned" else f" ({self.source})"))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        for key in ("preset", "precision_hint"):  # written only when set: untouched policies keep their old form
+            if not data[key]:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict, source: str | None = None) -> ThreadPolicy:
         threads, spinning, streams = data.get("threads"), data.get("spinning"), data.get("streams", 1)
+        preset, hint = data.get("preset", ""), data.get("precision_hint", "")
         counts_ok = all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (threads, streams))
-        if not counts_ok or not isinstance(spinning, bool):
+        if not counts_ok or not isinstance(spinning, bool) or preset not in PRESETS or hint not in ("", "cpu"):
             raise ValueError(f"not a thread policy: {data!r}")
-        return cls(threads, spinning, source or str(data.get("source", "default")), streams)
+        return cls(threads, spinning, source or str(data.get("source", "default")), streams, preset, hint)
+
+
+PRESETS = ("", "default", "throughput")
 
 
 def torch_policy() -> ThreadPolicy:

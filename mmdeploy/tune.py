@@ -3,10 +3,22 @@
 For ONNX Runtime every combination of intra-op threads (1..usable cores) and spinning on/off
 is timed, interleaved in one run, per size, precision and batch; for OpenVINO, threads
 1..usable cores with one stream (latency hint) and, from batch 8, the batch split over one
-stream per thread (throughput hint). The fastest wins, except that
-a simpler setting (fewer threads, no spinning) within ``SIMPLER_WITHIN`` of it is preferred,
-since it leaves more of the machine to everything else for no measurable loss. Engines
-created from the bundle load these settings unless told otherwise. Settings tuned on another
+stream per thread (throughput hint). The settings any user would pick without tuning are
+always among the candidates, so the choice is never slower than them in this measure: ONNX
+Runtime's default session (no options), OpenVINO's defaults (no hints) and, from batch 8, its
+throughput hint alone; for OpenVINO int8, each setting with the non-quantized parts pinned to
+f32 and with the CPU's default precision (bf16 where native). The fastest wins, except that
+a simpler setting (OpenVINO's defaults, fewer threads, no spinning) within ``SIMPLER_WITHIN``
+of it is preferred, since it leaves more of the machine to everything else for no measurable loss.
+
+How the engine will be used (``usage``) decides what spinning must prove. ``stream``: requests
+back to back in a process of its own; the fastest wins. ``shared`` (the default, and how
+``mmdeploy bench`` runs every engine in one process): a winner whose workers spin (ONNX
+Runtime's default session spins too) is re-timed against the fastest non-spinning setting with
+another engine called between its calls, and kept only if the pair (its call and the other
+engine's next call) still takes less time than with the non-spinning setting (spinning on few
+cores has turned a 0.3 ms run into 3-4 ms beside OpenVINO, and slowed OpenVINO after it). The usage is stored with the choice.
+Engines created from the bundle load these settings unless told otherwise. Settings tuned on another
 machine (CPU model, usable cores, onnxruntime version) are not loaded.
 
 The settings live in the bundle (``Bundle.engine_settings`` / ``set_engine_settings``); this
@@ -16,7 +28,9 @@ module reads them only through :func:`stored_policy` and writes them only in :fu
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+import statistics
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mmdeploy.bundle.lock import reading_bundle
@@ -26,6 +40,8 @@ from mmdeploy.threads import ThreadPolicy, ort_default_policy, usable_cores
 
 SIMPLER_WITHIN = 0.02  # a setting this much slower than the fastest still wins if it is simpler
 SPIN_PENALTY = 0.10  # spinning wins only when more than this much faster (see choose)
+USAGES = ("shared", "stream")  # how the tuned engine will run (see the module's docstring); the first is the default
+SHARED_ITERS = 40  # calls per setting in the shared-process check
 
 
 def machine_fingerprint() -> dict:
@@ -53,45 +69,111 @@ def stored_policy(settings: dict, engine: str, precision: str, size: int, batch:
         return default  # a hand-edited or foreign entry: ignore it rather than guess
 
 
-def store_settings(bundle_dir: str | Path, chosen: dict[tuple[str, str, int, int], ThreadPolicy], evidence: dict) -> None:
-    """Record the chosen settings (by engine, precision, size, batch) and how they were measured (under the bundle's lock)."""
+def store_settings(bundle_dir: str | Path, chosen: dict[tuple[str, str, int, int], ThreadPolicy], evidence: dict,
+                   usage: str = USAGES[0]) -> None:
+    """Record the chosen settings (by engine, precision, size, batch), the usage they were chosen for and how they were
+    measured (under the bundle's lock). A setting that is a library's defaults is stored as ``"preset": "default"``."""
     from mmdeploy.bundle import Bundle
 
-    entry = {"machine": machine_fingerprint(), "evidence": evidence}
+    entry = {"machine": machine_fingerprint(), "usage": usage, "evidence": evidence}
     for (engine, precision, size, batch), policy in sorted(chosen.items()):
         entry.setdefault(f"{engine}/{precision}", {}).setdefault(str(size), {})[str(batch)] = {
-            "threads": policy.threads, "spinning": policy.spinning, **({"streams": policy.streams} if policy.streams > 1 else {})}
+            "threads": policy.threads, "spinning": policy.spinning, **({"streams": policy.streams} if policy.streams > 1 else {}),
+            **({"preset": policy.preset} if policy.preset else {}), **({"precision_hint": policy.precision_hint} if policy.precision_hint else {})}
     with Bundle.update(bundle_dir) as bundle:
         bundle.set_engine_settings(entry)
 
 
 def ort_candidates(cores: int | None = None) -> list[ThreadPolicy]:
-    """Threads 1..usable cores, spinning off and on; simplest first."""
+    """ONNX Runtime's default session (no options), then threads 1..usable cores, spinning off and on; simplest first."""
     cores = cores or usable_cores()
-    return [ThreadPolicy(t, spin, "tuned") for t in range(1, cores + 1) for spin in (False, True)]
+    explicit = [ThreadPolicy(t, spin, "tuned") for t in range(1, cores + 1) for spin in (False, True)]
+    # ONNX Runtime's default session spins (session.intra_op.allow_spinning defaults to 1): recorded as spinning
+    return [ThreadPolicy(cores, True, "tuned", preset="default")] + explicit
 
 
-def ov_candidates(batch: int, cores: int | None = None) -> list[ThreadPolicy]:
-    """Threads 1..usable cores in one stream; from batch 8 (the engine's split point) also one stream per thread."""
+def ov_candidates(batch: int, cores: int | None = None, precision: str = "fp32") -> list[ThreadPolicy]:
+    """OpenVINO's defaults; threads 1..usable cores in one stream; from batch 8 (the engine's split point) also one stream
+    per thread and OpenVINO's throughput hint alone. For int8, each with f32 and with the CPU's default precision."""
     from mmdeploy.engines.openvino import THROUGHPUT_MIN_BATCH
 
     cores = cores or usable_cores()
-    single = [ThreadPolicy(t, False, "tuned") for t in range(1, cores + 1)]
-    split = [ThreadPolicy(t, False, "tuned", t) for t in range(2, cores + 1)] if batch >= THROUGHPUT_MIN_BATCH else []
-    return single + split
+    large = batch >= THROUGHPUT_MIN_BATCH
+    explicit = [ThreadPolicy(t, False, "tuned") for t in range(1, cores + 1)]
+    explicit += [ThreadPolicy(t, False, "tuned", t) for t in range(2, cores + 1)] if large else []
+    presets = [ThreadPolicy(cores, False, "tuned", cores, "default")] + ([ThreadPolicy(cores, False, "tuned", cores, "throughput")] if large else [])
+    if precision != "int8":
+        return presets + explicit
+    # a user's int8 model compiles with the CPU's default precision: the presets keep it, explicit settings try both
+    return ([replace(p, precision_hint="cpu") for p in presets] + explicit + [replace(p, precision_hint="cpu") for p in explicit])
 
 
-def choose(timings: dict[ThreadPolicy, float]) -> ThreadPolicy:
-    """The simplest setting within SIMPLER_WITHIN of the fastest (``timings``: p50 ms by setting), a spinning
-    setting counted SPIN_PENALTY slower: spin-waiting workers take the cores from everything else between
+def choose(timings: dict[ThreadPolicy, float], spin_penalty: float = SPIN_PENALTY) -> ThreadPolicy:
+    """The simplest setting within SIMPLER_WITHIN of the fastest (``timings``: p50 ms by setting), a setting that may
+    spin counted ``spin_penalty`` slower: spin-waiting workers take the cores from everything else between
     operators, and on a 2-core machine their gain turned into 5-10x slower runs whenever another engine or
-    process ran beside them (measured in the round-robin bench), so spinning must win clearly to be chosen."""
+    process ran beside them (measured in the round-robin bench), so spinning must win clearly to be chosen
+    (unless the shared-process check of :func:`choose_for_usage` decides instead)."""
     def cost(p: ThreadPolicy) -> float:
-        return timings[p] * (1 + SPIN_PENALTY if p.spinning else 1)
+        return timings[p] * (1 + spin_penalty if p.spinning else 1)
 
     fastest = min(cost(p) for p in timings)
-    simplest_first = sorted(timings, key=lambda p: (p.spinning, p.streams, p.threads))
+    simplest_first = sorted(timings, key=lambda p: (p.spinning, p.preset != "default", p.streams, p.threads, p.precision_hint))
     return next(p for p in simplest_first if cost(p) <= fastest * (1 + SIMPLER_WITHIN))
+
+
+def spinner_and_rival(timings: dict[ThreadPolicy, float]) -> tuple[ThreadPolicy, ThreadPolicy | None]:
+    """The stream winner (no spin penalty) and, if it may spin, the best setting that does not (None if it does not spin
+    or every candidate spins): the two the shared-process check times."""
+    winner = choose(timings, 0.0)
+    quiet = {p: t for p, t in timings.items() if not p.spinning}
+    return winner, (choose(quiet, 0.0) if winner.spinning and quiet else None)
+
+
+def choose_for_usage(timings: dict[ThreadPolicy, float], usage: str, shared_ms: dict[ThreadPolicy, float] | None = None) -> ThreadPolicy:
+    """The setting for one point. ``stream``: the fastest back to back. ``shared``: a winner that spins keeps its
+    place only if, with another engine in the process (``shared_ms``: its call plus the other engine's next call, see
+    :func:`shared_check`), it still beats the best non-spinning setting by SIMPLER_WITHIN; without that check,
+    spinning must win by SPIN_PENALTY."""
+    if usage not in USAGES:
+        raise MMDeployError(f"unknown usage {usage!r}", f"use one of {', '.join(USAGES)}")
+    if usage == "stream":
+        return choose(timings, 0.0)
+    winner, rival = spinner_and_rival(timings)
+    if rival is None:
+        return winner
+    if not shared_ms or winner not in shared_ms or rival not in shared_ms:
+        return choose(timings)
+    return winner if shared_ms[winner] * (1 + SIMPLER_WITHIN) <= shared_ms[rival] else rival
+
+
+def shared_check(make: dict[ThreadPolicy, object], companion, size: int, batch: int, iters: int = SHARED_ITERS) -> dict[ThreadPolicy, float]:
+    """Median ms of one call of each engine in ``make`` (policy -> () -> Engine) plus the call of ``companion`` (() -> Engine:
+    another engine in this process) that follows it, the settings interleaved call by call: the layout of a process
+    serving several models, or of `mmdeploy bench`'s round robin. The pair is timed because a setting that spins after
+    its run slows the next engine more than itself (measured: OpenVINO 2-5x slower after a default ORT session)."""
+    import torch
+
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    engines = {}
+    other = companion().__enter__()
+    try:
+        for policy, factory in make.items():
+            engines[policy] = factory().__enter__()
+        times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
+        for i in range(iters + 2):
+            for policy, engine in engines.items():
+                other(x)
+                start = time.perf_counter()
+                engine(x)
+                other(x)
+                if i >= 2:  # two rounds of warm-up
+                    times[policy].append(1000.0 * (time.perf_counter() - start))
+        return {p: statistics.median(t) for p, t in times.items()}
+    finally:
+        for engine in engines.values():
+            engine.__exit__(None, None, None)
+        other.__exit__(None, None, None)
 
 
 @dataclass
@@ -100,18 +182,23 @@ class TuneResult:
     timings: dict  # "ort/fp32/16/b1" -> {policy label: p50 ms}
     busy: bool  # the tuning run saw interference (its choice may not hold on a quiet machine)
     interference: str
+    usage: str = USAGES[0]  # what the choice was made for (see the module's docstring)
+    shared_ms: dict | None = None  # "ort/fp32/16/b1" -> {policy label: median ms with another engine in the process}
 
 
 @reading_bundle("bundle_dir")  # no writer sweeps what it reads; results merge under the lock
 def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, sizes: list[int] | None = None,
                 batches: list[int] | None = None, warmup: int = 3, iters: int = 15, noise_budget_s: float = 20.0,
-                progress: Progress | None = None, engines: tuple[str, ...] = ("ort", "ov")) -> TuneResult:
+                progress: Progress | None = None, engines: tuple[str, ...] = ("ort", "ov"), usage: str = USAGES[0]) -> TuneResult:
     """Time every setting of each engine in ``engines`` that runs here and has artifacts, per (precision, size, batch),
-    and store the best in the bundle (ONNX Runtime: threads x spinning; OpenVINO: threads x streams)."""
+    and store the best for ``usage`` in the bundle (ONNX Runtime: default session, threads x spinning; OpenVINO:
+    defaults, throughput hint, threads x streams, int8's precision hint)."""
     from mmdeploy.bench import BenchTarget, check_bench_fits, measure_with_interference
     from mmdeploy.bundle import ONNX, OV, Bundle
     from mmdeploy.engines import available_engines, serves
 
+    if usage not in USAGES:
+        raise MMDeployError(f"unknown usage {usage!r}", f"use one of {', '.join(USAGES)}")
     reasons = available_engines()
     if "ort" in engines and reasons["ort"] and not (set(engines) - {"ort"}):
         raise MMDeployError(f"cannot tune ONNX Runtime: {reasons['ort']}", "install onnxruntime, or bench without --tune")
@@ -129,7 +216,7 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
             if "ov" in engines and not reasons["ov"] and serves("ov", precision) and bundle.artifact_usable(bundle.artifact(s, OV, precision)):
                 for b in batches:
                     targets += [BenchTarget(s, f"ov {pol.label}", precision, lambda s=s, p=precision, pol=pol: _ov(bundle, s, p, pol), (b,))
-                                for pol in ov_candidates(b)]
+                                for pol in ov_candidates(b, precision=precision)]
     if not targets:
         raise MMDeployError(f"nothing to tune in {bundle.root}: no per-size ONNX with a dynamic batch, no gated ov engine",
                             f"run `mmdeploy export {bundle.root} --engine ort` first")
@@ -139,10 +226,35 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
     for r in results:
         policy = ThreadPolicy.from_dict(r.policy, source="tuned")
         by_point.setdefault((r.engine.split()[0], r.precision, r.size, r.batch), {})[policy] = r.p50_ms
-    chosen = {k: choose(v) for k, v in by_point.items()}
-    timings = {"/".join(map(str, k[:3])) + f"/b{k[3]}": {p.label: round(ms, 4) for p, ms in v.items()} for k, v in by_point.items()}
-    store_settings(bundle_dir, chosen, {"timings_p50_ms": timings, "interference": seen.to_dict()})
-    return TuneResult({"/".join(map(str, k[:3])) + f"/b{k[3]}": p for k, p in chosen.items()}, timings, seen.busy, seen.summary())
+    name = lambda k: "/".join(map(str, k[:3])) + f"/b{k[3]}"  # noqa: E731
+    chosen, shared = {}, {}
+    for key, timed in by_point.items():
+        winner, rival = spinner_and_rival(timed)
+        if usage == "shared" and rival is not None:  # a spinning winner must hold with another engine in the process
+            engine, precision, size, batch = key
+            factory = _ort if engine == "ort" else _ov
+            checked = shared_check({p: (lambda p=p: factory(bundle, size, precision, p)) for p in (winner, rival)},
+                                   _companion(bundle, engine, precision, size), size, batch)
+            shared[name(key)] = {p.label: round(ms, 4) for p, ms in checked.items()}
+            chosen[key] = choose_for_usage(timed, usage, checked)
+        else:
+            chosen[key] = choose_for_usage(timed, usage)
+    timings = {name(k): {p.label: round(ms, 4) for p, ms in v.items()} for k, v in by_point.items()}
+    store_settings(bundle_dir, chosen, {"timings_p50_ms": timings, "shared_check_ms": shared, "interference": seen.to_dict()}, usage)
+    return TuneResult({name(k): p for k, p in chosen.items()}, timings, seen.busy, seen.summary(), usage, shared)
+
+
+def _companion(bundle, engine: str, precision: str, size: int):
+    """() -> the engine that shares the process in the shared check: OpenVINO's default engine of this size where there
+    is one (the layout that collapsed spinning ONNX Runtime sessions), else a non-spinning ONNX Runtime session."""
+    from mmdeploy.bundle import OV
+    from mmdeploy.threads import ov_default_policy
+
+    if engine == "ort":
+        for p in (precision, "fp32"):
+            if bundle.artifact_usable(bundle.artifact(size, OV, p)):
+                return lambda p=p: _ov(bundle, size, p, ov_default_policy())
+    return lambda: _ort(bundle, size, precision if engine == "ort" else "fp32", ort_default_policy())
 
 
 def _ort(bundle, size: int, precision: str, policy: ThreadPolicy):

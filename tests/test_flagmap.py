@@ -29,6 +29,7 @@ NOT_IN_CONFIG = {
     "run --fresh": "which reusable steps one invocation measures again",
     "run --quick": "shrinks the embedded demo; a config sets its own sizes and batches",
     "report --junit": "where one invocation writes its gate's findings as a test report",
+    "bench --usage": "how one tuning's engines will be used; a run tunes for the default (shared)",
 }
 
 

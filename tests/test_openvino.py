@@ -238,8 +238,9 @@ def test_ov_candidates_split_only_large_batches():
     from mmdeploy.threads import ThreadPolicy
     from mmdeploy.tune import ov_candidates
 
-    assert ov_candidates(1, cores=2) == [ThreadPolicy(1, False, "tuned"), ThreadPolicy(2, False, "tuned")]
-    assert ThreadPolicy(2, False, "tuned", 2) in ov_candidates(32, cores=2) and len(ov_candidates(32, cores=4)) == 4 + 3
+    assert ov_candidates(1, cores=2)[1:] == [ThreadPolicy(1, False, "tuned"), ThreadPolicy(2, False, "tuned")]
+    assert ov_candidates(1, cores=2)[0].preset == "default", "OpenVINO's defaults are always tried"
+    assert ThreadPolicy(2, False, "tuned", 2) in ov_candidates(32, cores=2) and len(ov_candidates(32, cores=4)) == 2 + 4 + 3
     assert ThreadPolicy(2, False, "tuned", 2).label == "2t 2 streams"
     assert ThreadPolicy.from_dict({"threads": 2, "spinning": False}).streams == 1  # records from before streams existed
 
@@ -254,7 +255,7 @@ def test_tune_stores_ov_threads_and_streams_and_the_engine_loads_them(ov_bundle)
     out, _ = ov_bundle
     result = tune_bundle(out, ["fp32"], [16], [1, 8], warmup=1, iters=2, noise_budget_s=0, engines=("ov",))
     assert set(result.chosen) == {"ov/fp32/16/b1", "ov/fp32/16/b8"}
-    assert set(result.timings["ov/fp32/16/b1"]) == {"1t", "2t"} if ov_default_policy().threads == 2 else True
+    assert set(result.timings["ov/fp32/16/b1"]) == {"default", "1t", "2t"} if ov_default_policy().threads == 2 else True
     bundle = Bundle.open(out)
     for batch in (1, 8):
         chosen = result.chosen[f"ov/fp32/16/b{batch}"]

@@ -20,7 +20,8 @@ def bench(
     batch: Annotated[Optional[list[int]], typer.Option("--batch", help="Batch size (repeatable; default 1 and 32); refused up front if it cannot fit in free memory.")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed calls per point first.")] = 10,
     iters: Annotated[int, typer.Option(help="Timed calls per point (round-robin over points).")] = 50,
-    tune: Annotated[bool, typer.Option("--tune", help="First time ONNX Runtime at threads 1..cores x spinning on/off and OpenVINO at threads 1..cores x one stream or one per thread, per size and batch; store the fastest in the bundle (engines then use it).")] = False,
+    tune: Annotated[bool, typer.Option("--tune", help="First time ONNX Runtime's default session and threads 1..cores x spinning on/off, and OpenVINO's defaults, its throughput hint and threads 1..cores x one stream or one per thread (int8: f32 or the CPU's default precision), per size and batch; store the fastest in the bundle (engines then use it; a default is stored as 'default').")] = False,
+    usage: Annotated[str, typer.Option("--usage", help="With --tune: how the engines will run. shared (default): beside other engines in one process, so a spinning setting is kept only if it still wins with another engine called between its calls; stream: back-to-back requests in a process of its own. Stored with the choice.")] = "shared",
     noise_budget: Annotated[float, typer.Option("--noise-budget", help="Seconds to spend re-timing when the machine is busy; points still noisy are marked unreliable.")] = 30.0,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
@@ -35,7 +36,7 @@ def bench(
     from mmdeploy.bench import tune_and_bench
 
     # --batch, --warmup, --iters, --noise-budget: keywords through the mapping [bench] shares
-    run = tune_and_bench(bundle, engine, precision, parse_sizes(size), tune=tune, progress=make_progress(json_out), **library_kwargs())
+    run = tune_and_bench(bundle, engine, precision, parse_sizes(size), tune=tune, usage=usage, progress=make_progress(json_out), **library_kwargs())
     if json_out:
         return emit_json(run)  # {"results", "environment", "skipped", "tuned"}
     for line in run.skipped:

@@ -67,10 +67,18 @@ def _provider_entries(providers: list[str]) -> list:
 _DIM_POSITION = {BATCH_DIM: 0, HEIGHT_DIM: 2, WIDTH_DIM: 3}
 
 
-def session_options(threads: int | None = None, fixed_dims: dict[str, int] | None = None, spinning: bool = False):
+def session_options(threads: int | None = None, fixed_dims: dict[str, int] | None = None, spinning: bool = False,
+                    defaults: bool = False):
+    """``defaults``: ONNX Runtime's own session (its thread count, its spinning), only the free dimensions pinned;
+    the session a user who never tuned gets, so `mmdeploy bench --tune` times it beside the explicit settings."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    so.log_severity_level = 3
+    for name, value in (fixed_dims or {}).items():
+        so.add_free_dimension_override_by_name(name, value)
+    if defaults:
+        return so
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = threads or usable_cores()
@@ -83,9 +91,6 @@ def session_options(threads: int | None = None, fixed_dims: dict[str, int] | Non
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if spinning:
         so.add_session_config_entry("session.force_spinning_stop", "1")
-    so.log_severity_level = 3
-    for name, value in (fixed_dims or {}).items():
-        so.add_free_dimension_override_by_name(name, value)
     return so
 
 
@@ -133,7 +138,7 @@ class OrtEngine(Engine):
     def activate(self) -> None:
         import onnxruntime as ort
 
-        so = session_options(self.policy.threads, self.fixed_dims, self.policy.spinning)
+        so = session_options(self.policy.threads, self.fixed_dims, self.policy.spinning, defaults=self.policy.preset == "default")
         last_error = None
         for i in range(len(self.providers)):
             try:
@@ -204,4 +209,4 @@ class OrtEngine(Engine):
 
     def describe(self) -> dict:
         return {**super().describe(), "provider": getattr(self, "active_provider", self.providers[0]), "variant": self.variant,
-                "threads": self.policy.threads, "spinning": self.policy.spinning}
+                "threads": self.policy.threads, "spinning": self.policy.spinning, **({"preset": self.policy.preset} if self.policy.preset else {})}

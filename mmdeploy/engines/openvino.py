@@ -7,7 +7,10 @@ per compiled model (OpenVINO plans better for fixed shapes); compiled models are
 batch shape, and OpenVINO's model cache (``CACHE_DIR``) makes a recompile a blob load.
 
 ``fp32`` pins OpenVINO's inference precision to f32: on CPUs with native bf16 its default is
-bf16, which would be measured under the wrong name. ``bf16`` is refused where the CPU has no
+bf16, which would be measured under the wrong name. ``int8`` pins its non-quantized parts to f32
+too, unless the tuned policy says ``precision_hint: cpu`` (OpenVINO's default for the CPU). A
+policy with a ``preset`` compiles with OpenVINO's defaults (``default``: no hints) or its
+throughput hint alone (``throughput``: the batch split over the requests OpenVINO asks for). ``bf16`` is refused where the CPU has no
 native bf16 (OpenVINO would emulate it, slower than fp32).
 """
 
@@ -115,13 +118,19 @@ class OvEngine(Engine):
         import openvino.properties as props
         import openvino.properties.hint as hints
 
-        config = {
-            hints.inference_precision: ov.Type.bf16 if self.precision == "bf16" else ov.Type.f32,
-            hints.performance_mode: hints.PerformanceMode.THROUGHPUT if throughput else hints.PerformanceMode.LATENCY,
-            props.inference_num_threads: self.threads,
-        }
-        if throughput:
-            config[props.num_streams] = self.streams
+        preset = self.policy.preset
+        config = {}
+        # fp32 and bf16 are pinned whatever the policy (a bf16 run must not be measured as fp32); int8's non-quantized
+        # parts are pinned to f32 unless the policy leaves OpenVINO's default for this CPU (bf16 where native).
+        if not (self.precision == "int8" and self.policy.precision_hint == "cpu"):
+            config[hints.inference_precision] = ov.Type.bf16 if self.precision == "bf16" else ov.Type.f32
+        if preset == "throughput":  # OpenVINO's throughput hint alone: it picks its streams and threads
+            config[hints.performance_mode] = hints.PerformanceMode.THROUGHPUT
+        elif not preset:  # "default": no hint at all
+            config[hints.performance_mode] = hints.PerformanceMode.THROUGHPUT if throughput else hints.PerformanceMode.LATENCY
+            config[props.inference_num_threads] = self.threads
+            if throughput:
+                config[props.num_streams] = self.streams
         if self.cache_dir is not None:
             config[props.cache_dir] = str(self.cache_dir)
         return config
@@ -156,8 +165,11 @@ class OvEngine(Engine):
             return self._compiled[batch]
         import openvino as ov
 
-        throughput = batch >= self.throughput_min_batch and self.streams > 1
+        preset = self.policy.preset
+        throughput = batch >= self.throughput_min_batch and self.streams > 1 and not preset
         part = -(-batch // self.streams) if throughput else batch
+        if preset == "throughput" and batch > 1:  # split over the infer requests OpenVINO's hint asks for
+            part = -(-batch // self._optimal_requests())
         model = self.core.read_model(str(self.onnx_path))
         model.reshape({model.inputs[0]: ov.PartialShape([part, 3, self.size, self.size])})
         compiled = self.core.compile_model(model, "CPU", self.compile_config(throughput))
@@ -166,6 +178,16 @@ class OvEngine(Engine):
         requests = [compiled.create_infer_request() for _ in range(-(-batch // part))]
         self._compiled[batch] = (compiled, requests, part)
         return self._compiled[batch]
+
+    def _optimal_requests(self) -> int:
+        """How many infer requests OpenVINO's throughput hint wants here (read from a batch-1 compile of the model)."""
+        import openvino as ov
+        import openvino.properties as props
+
+        model = self.core.read_model(str(self.onnx_path))
+        model.reshape({model.inputs[0]: ov.PartialShape([1, 3, self.size, self.size])})
+        compiled = self.core.compile_model(model, "CPU", self.compile_config(False))
+        return max(1, int(compiled.get_property(props.optimal_number_of_infer_requests)))
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
@@ -186,4 +208,5 @@ class OvEngine(Engine):
 
     def describe(self) -> dict:
         return {**super().describe(), "threads": self.threads, "streams": self.streams, "throughput_min_batch": self.throughput_min_batch,
+                **{k: v for k, v in (("preset", self.policy.preset), ("precision_hint", self.policy.precision_hint)) if v},
                 "cache_dir": str(self.cache_dir) if self.cache_dir else None}

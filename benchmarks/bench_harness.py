@@ -1,0 +1,285 @@
+"""Independent harness: is mmdeploy's best point as fast as any configuration a user could pick, and does it hold
+when another engine shares the process?
+
+Not the tuner's timing loop: this script opens the bundle's per-size ONNX files itself, with the plain ONNX Runtime
+and OpenVINO APIs, and times, per (size, batch), in one process:
+
+- ``ort-default P``: ``onnxruntime.InferenceSession(file)``, no options at all;
+- ``ov-default P``: ``Core().compile_model(model, "CPU")``, no hints (its default precision: bf16 on CPUs with it);
+- ``ov-throughput P`` (batch > 1): the throughput hint alone, the batch split over the infer requests it asks for;
+- ``mmdeploy ort P`` / ``mmdeploy ov P``: mmdeploy's own engines loaded from the bundle with their tuned settings;
+
+for P in fp32 and int8 where the bundle has them. Configurations are interleaved: each round times one block of
+back-to-back calls of every configuration (a block lasts at least ``--block-ms``, after one untimed call), in a fresh
+shuffled order, with ``--gap-ms`` of idle between blocks. The median over rounds of a block's mean is the figure.
+
+Then the process layout: each mmdeploy engine is timed (same blocks) once in a process of its own (``isolated``, a
+child process per engine) and once in this process with another mmdeploy engine (the other runtime, same precision)
+running a block right before each of its blocks, no gap (``shared``: the layout of `mmdeploy bench` and of an app
+serving several models). Prints the ratio mmdeploy best / fastest configuration per cell and shared / isolated per
+engine, with the machine's load and CPU.
+
+    python benchmarks/bench_harness.py /tmp/i26/b --batches 1 32 --rounds 7
+
+The bundle needs ``mmdeploy export B --engine ort --precision fp32 --precision int8``, the same with ``--engine ov``,
+and ``mmdeploy bench B --tune --engine ort --engine ov --precision fp32 --precision int8`` for tuned settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def cpu_description() -> str:
+    """Vendor family (AMD EPYC / Intel Xeon / other), model name, cores and the bf16/VNNI flags OpenVINO cares about."""
+    text = Path("/proc/cpuinfo").read_text()
+    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    family = "AMD EPYC" if "EPYC" in name else "Intel Xeon" if "Xeon" in name else "other CPU"
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    features = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    return f"{family} ({name}), {cores} usable cores, {' '.join(features) or 'no AVX-512'}"
+
+
+def load_line() -> str:
+    one, five, fifteen = Path("/proc/loadavg").read_text().split()[:3]
+    busy = float(one) > 1.5
+    return f"load average {one} {five} {fifteen}" + (" - the machine is SHARED and busy: read ratios, not absolute ms" if busy else "")
+
+
+# ----------------------------------------------------------------------------- configurations (plain library calls)
+
+
+class OrtDefault:
+    """A session exactly as a user opens it: no options."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray):
+        return self.session.run(None, {self.name: x})[0]
+
+
+class OvPlain:
+    """OpenVINO compiled for one batch shape, with no hints (``throughput=False``) or the throughput hint alone, the batch
+    split over the infer requests OpenVINO asks for."""
+
+    def __init__(self, path: Path, size: int, batch: int, throughput: bool):
+        import openvino as ov
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        core = ov.Core()
+        config = {hints.performance_mode: hints.PerformanceMode.THROUGHPUT} if throughput else {}
+        parts = 1
+        if throughput:
+            probe = core.compile_model(self._shaped(core, path, 1, size), "CPU", config)
+            parts = max(1, min(batch, int(probe.get_property(props.optimal_number_of_infer_requests))))
+        self.part = -(-batch // parts)
+        self.compiled = core.compile_model(self._shaped(core, path, self.part, size), "CPU", config)
+        self.requests = [self.compiled.create_infer_request() for _ in range(-(-batch // self.part))]
+        kind = self.compiled.get_property(hints.inference_precision)
+        self.precision = kind.get_type_name() if hasattr(kind, "get_type_name") else str(kind)
+
+    @staticmethod
+    def _shaped(core, path: Path, batch: int, size: int):
+        import openvino as ov
+
+        model = core.read_model(str(path))
+        model.reshape({model.inputs[0]: ov.PartialShape([batch, 3, size, size])})
+        return model
+
+    def __call__(self, x: np.ndarray):
+        if len(self.requests) == 1:
+            self.requests[0].infer({0: x}, share_inputs=True)
+            return self.requests[0].get_output_tensor(0).data
+        n = x.shape[0]
+        if len(self.requests) * self.part > n:
+            x = np.concatenate([x, np.zeros((len(self.requests) * self.part - n, *x.shape[1:]), np.float32)])
+        for i, r in enumerate(self.requests):
+            r.start_async({0: x[i * self.part:(i + 1) * self.part]}, share_inputs=True)
+        for r in self.requests:
+            r.wait()
+        return self.requests[-1].get_output_tensor(0).data
+
+
+class Mmdeploy:
+    """One of mmdeploy's engines from the bundle, with the settings `mmdeploy bench --tune` stored for this batch."""
+
+    def __init__(self, bundle, engine: str, size: int, precision: str, batch: int):
+        import torch
+
+        self.engine = bundle.engine(engine, size, precision, tuned_batch=batch).__enter__()
+        self.settings = self.engine.policy.label if self.engine.policy else "?"
+        self.torch = torch
+
+    def __call__(self, x: np.ndarray):
+        return self.engine(self.torch.from_numpy(x))
+
+    def close(self):
+        self.engine.__exit__(None, None, None)
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_blocks(runs: dict, x: np.ndarray, rounds: int, block_ms: float, gap_ms: float, before: dict | None = None,
+                seed: int = 0) -> dict[str, float]:
+    """Median over ``rounds`` of the mean ms per call in a block of back-to-back calls, configurations interleaved.
+    ``before``: name -> a callable run (untimed, one block's worth) right before that configuration's block."""
+    for run in runs.values():  # warm-up: compile caches, thread pools
+        for _ in range(3):
+            run(x)
+    calls = {}
+    for name, run in runs.items():
+        start = time.perf_counter()
+        run(x)
+        calls[name] = max(1, int(block_ms / max(1e-3, 1000 * (time.perf_counter() - start))))
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    order = list(runs)
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            if before and name in before:
+                before[name](x)
+            else:
+                runs[name](x)  # untimed: wakes the configuration's threads
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                runs[name](x)
+            samples[name].append(1000 * (time.perf_counter() - start) / calls[name])
+            if gap_ms and not before:
+                time.sleep(gap_ms / 1000)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def _inputs(size: int, batch: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+
+
+def _files(bundle, size: int, precision: str) -> tuple[Path | None, Path | None]:
+    from mmdeploy.bundle import ONNX
+    from mmdeploy.engines.openvino import ov_record
+
+    art = bundle.artifact(size, ONNX, precision)
+    onnx = bundle.path(art.file) if art and bundle.path(art.file).exists() else None
+    rec = ov_record(bundle, size, precision)
+    ov = bundle.path(rec.file) if rec and bundle.path(rec.file).exists() else None
+    return onnx, ov
+
+
+def isolated_child(bundle_dir: str, engine: str, precision: str, cells: list[tuple[int, int]], rounds: int, block_ms: float) -> None:
+    """In a process of its own: one mmdeploy engine per cell, timed alone; prints JSON {"size/batch": ms}."""
+    from mmdeploy.bundle import Bundle
+
+    bundle = Bundle.open(bundle_dir)
+    out = {}
+    for size, batch in cells:
+        run = Mmdeploy(bundle, engine, size, precision, batch)
+        out[f"{size}/{batch}"] = time_blocks({"e": run}, _inputs(size, batch), rounds, block_ms, 0.0)["e"]
+        run.close()
+    print(json.dumps(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle")
+    ap.add_argument("--sizes", type=int, nargs="*")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--block-ms", type=float, default=5.0)
+    ap.add_argument("--gap-ms", type=float, default=10.0)
+    ap.add_argument("--isolated-child", nargs=2, metavar=("ENGINE", "PRECISION"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    from mmdeploy.bundle import Bundle
+
+    bundle = Bundle.open(args.bundle)
+    sizes = args.sizes or bundle.sizes
+    cells = [(s, b) for s in sizes for b in args.batches]
+    if args.isolated_child:
+        isolated_child(args.bundle, *args.isolated_child, cells, args.rounds, args.block_ms)
+        return
+
+    print(f"CPU: {cpu_description()}")
+    print(f"before: {load_line()}")
+    print(f"bundle {bundle.root}, tuned for usage {bundle.engine_settings.get('usage', '(not recorded)')}; rounds {args.rounds}, "
+          f"blocks >= {args.block_ms} ms, {args.gap_ms} ms apart\n")
+    summary, layout = [], []
+    for size, batch in cells:
+        x = _inputs(size, batch)
+        runs, mine, notes = {}, {}, {}
+        for p in args.precisions:
+            onnx, ov = _files(bundle, size, p)
+            if onnx:
+                runs[f"ort-default {p}"] = OrtDefault(onnx)
+                mine[f"mmdeploy ort {p}"] = Mmdeploy(bundle, "ort", size, p, batch)
+            if ov:
+                runs[f"ov-default {p}"] = plain = OvPlain(ov, size, batch, throughput=False)
+                notes[f"ov-default {p}"] = f"runs {plain.precision}"
+                if batch > 1:
+                    runs[f"ov-throughput {p}"] = tp = OvPlain(ov, size, batch, throughput=True)
+                    notes[f"ov-throughput {p}"] = f"{len(tp.requests)} requests, {tp.precision}"
+                mine[f"mmdeploy ov {p}"] = Mmdeploy(bundle, "ov", size, p, batch)
+        for name, m in mine.items():
+            notes[name] = f"tuned: {m.settings}"
+        ms = time_blocks({**runs, **mine}, x, args.rounds, args.block_ms, args.gap_ms, seed=size * 1000 + batch)
+        fastest = min(ms, key=ms.get)
+        best = min(mine, key=lambda n: ms[n])
+        print(f"== {size} px, batch {batch}: mmdeploy best {best} {ms[best]:.3f} ms / fastest {fastest} {ms[fastest]:.3f} ms "
+              f"= {ms[best] / ms[fastest]:.2f}")
+        for name in sorted(ms, key=ms.get):
+            print(f"   {name:<24} {ms[name]:9.3f} ms  {notes.get(name, '')}")
+        summary.append((size, batch, ms[best] / ms[fastest], fastest))
+        # shared: each mmdeploy engine with the other runtime's engine of the same precision running right before it
+        for name, m in mine.items():
+            kind, p = name.split()[1:]
+            other = f"mmdeploy {'ov' if kind == 'ort' else 'ort'} {p}"
+            if other in mine:
+                shared = time_blocks({name: m}, x, args.rounds, args.block_ms, 0.0, before={name: mine[other]}, seed=batch)
+                layout.append((name, size, batch, shared[name]))
+        for m in mine.values():
+            m.close()
+
+    isolated = {}
+    for engine in ("ort", "ov"):
+        for p in args.precisions:
+            cmd = [sys.executable, __file__, args.bundle, "--sizes", *map(str, sizes), "--batches", *map(str, args.batches),
+                   "--rounds", str(args.rounds), "--block-ms", str(args.block_ms), "--isolated-child", engine, p]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode == 0 and done.stdout.strip():
+                for key, value in json.loads(done.stdout.strip().splitlines()[-1]).items():
+                    isolated[(f"mmdeploy {engine} {p}", key)] = value
+
+    print("\nmmdeploy's best point / fastest configuration of any kind")
+    print("| size | " + " | ".join(f"batch {b}" for b in args.batches) + " |")
+    print("|---:|" + "---:|" * len(args.batches))
+    for s in sizes:
+        row = [f"{r:.2f} ({f})" if r > 1.05 else f"{r:.2f}" for (sz, b, r, f) in summary if sz == s]
+        print(f"| {s} | " + " | ".join(row) + " |")
+    print("\nprocess layout: each tuned engine's ms per call, isolated (own process) vs shared (another engine's block right before)")
+    print("| engine | size | batch | isolated ms | shared ms | shared / isolated |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, s, b, shared in layout:
+        iso = isolated.get((name, f"{s}/{b}"))
+        print(f"| {name} | {s} | {b} | {iso:.3f} | {shared:.3f} | {shared / iso:.2f} |" if iso else f"| {name} | {s} | {b} | - | {shared:.3f} | - |")
+    print(f"\nafter: {load_line()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Tuning for how the engine is used: the defaults a user would pick are candidates, "default" is stored and loaded as
+a session with no options, a spinning winner must survive the shared-process check. Mechanisms only: no timing asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmdeploy.bundle import Bundle
+from mmdeploy.errors import MMDeployError
+from mmdeploy.threads import ThreadPolicy
+from mmdeploy.tune import (
+    SPIN_PENALTY,
+    choose_for_usage,
+    ort_candidates,
+    ov_candidates,
+    shared_check,
+    spinner_and_rival,
+    store_settings,
+    stored_policy,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_OV = importlib.util.find_spec("openvino") is not None
+
+ORT_DEFAULT = ThreadPolicy(2, True, "tuned", preset="default")
+QUIET = ThreadPolicy(1, False, "tuned")
+SPIN = ThreadPolicy(2, True, "tuned")
+
+
+def test_the_defaults_a_user_would_pick_are_always_candidates():
+    ort = ort_candidates(cores=2)
+    assert ort[0].preset == "default" and ort[0].spinning, "ONNX Runtime's default session spins, and is recorded so"
+    assert ort[0].label == "default" and sum(p.preset == "default" for p in ort) == 1 and len(ort) == 1 + 4
+    one = ov_candidates(1, cores=2)
+    assert [p.preset for p in one] == ["default", "", ""], "batch 1: OpenVINO's defaults, no throughput split"
+    big = ov_candidates(32, cores=2)
+    assert {"default", "throughput"} <= {p.preset for p in big} and ThreadPolicy(2, False, "tuned", 2) in big
+    assert not any(p.precision_hint for p in big), "fp32 stays pinned to f32 whatever the setting"
+    int8 = ov_candidates(32, cores=2, precision="int8")
+    assert {(p.preset, p.precision_hint) for p in int8 if p.preset} == {("default", "cpu"), ("throughput", "cpu")}
+    explicit = [p for p in int8 if not p.preset]
+    assert {p.precision_hint for p in explicit} == {"", "cpu"} and len(explicit) == 2 * 3, "each setting with f32 and the CPU's default"
+
+
+def test_policy_round_trips_its_preset_and_hint_and_old_records_still_load():
+    p = ThreadPolicy(2, False, "tuned", 2, "throughput", "cpu")
+    assert ThreadPolicy.from_dict(p.to_dict()) == p and p.label == "throughput cpu precision"
+    assert "preset" not in QUIET.to_dict(), "a policy without a preset keeps its old recorded form"
+    assert ThreadPolicy.from_dict({"threads": 2, "spinning": False}).preset == ""
+    with pytest.raises(ValueError):
+        ThreadPolicy.from_dict({"threads": 2, "spinning": False, "preset": "fastest"})
+
+
+def test_usage_decides_what_spinning_must_prove():
+    stream = {ORT_DEFAULT: 0.30, QUIET: 0.32, SPIN: 0.33}  # the default session wins back to back by 6%
+    assert choose_for_usage(stream, "stream") == ORT_DEFAULT
+    assert spinner_and_rival(stream) == (ORT_DEFAULT, QUIET)
+    collapsed = {ORT_DEFAULT: 4.1, QUIET: 0.35}
+    assert choose_for_usage(stream, "shared", collapsed) == QUIET, "a spinner that collapses beside another engine loses"
+    held = {ORT_DEFAULT: 0.31, QUIET: 0.35}
+    assert choose_for_usage(stream, "shared", held) == ORT_DEFAULT, "a spinner that still wins when shared keeps its place"
+    assert 0.06 < SPIN_PENALTY and choose_for_usage(stream, "shared") == QUIET, "unchecked, spinning must win by SPIN_PENALTY"
+    quiet_wins = {ORT_DEFAULT: 0.40, QUIET: 0.30}
+    assert spinner_and_rival(quiet_wins) == (QUIET, None), "no check needed when nothing spins"
+    with pytest.raises(MMDeployError, match="unknown usage"):
+        choose_for_usage(stream, "batchy")
+
+
+class _Logged:
+    """A fake engine that logs its calls in a shared list."""
+
+    def __init__(self, name: str, log: list):
+        self.name, self.log = name, log
+
+    def __enter__(self):
+        self.log.append(f"open {self.name}")
+        return self
+
+    def __exit__(self, *exc):
+        self.log.append(f"close {self.name}")
+        return False
+
+    def __call__(self, x):
+        self.log.append(self.name)
+        return x
+
+
+def test_shared_check_calls_the_other_engine_between_every_timed_call():
+    log: list[str] = []
+    out = shared_check({ORT_DEFAULT: lambda: _Logged("spin", log), QUIET: lambda: _Logged("quiet", log)},
+                       lambda: _Logged("ov", log), size=8, batch=1, iters=3)
+    assert set(out) == {ORT_DEFAULT, QUIET} and all(ms >= 0 for ms in out.values())
+    calls = [c for c in log if not c.startswith(("open", "close"))]
+    assert calls == ["ov", "spin", "ov", "ov", "quiet", "ov"] * (3 + 2), "each setting's call between two of the other engine's"
+    assert log[0] == "open ov" and log[-1] == "close ov" and sum(c.startswith("close") for c in log) == 3, "every engine closed"
+
+
+@pytest.fixture(scope="module")
+def ort_bundle(tmp_path_factory):
+    from conftest import randomize_bn
+
+    from mmdeploy.calib.workflow import calibrate_to_bundle
+    from mmdeploy.export.workflow import export_bundle
+    from mmdeploy.models import create_model
+
+    pytest.importorskip("onnxruntime")
+    tmp = tmp_path_factory.mktemp("tune_usage")
+    torch.manual_seed(0)
+    ckpt = tmp / "r8.pth"
+    torch.save({"model": "resnet", "config": "{'depth': 8}", "state_dict": randomize_bn(create_model("cifar_resnet8")).state_dict()}, ckpt)
+    out = tmp / "bundle"
+    calibrate_to_bundle(ckpt, [16], ROOT / "calib" / "train", out, batches=2, batch_size=16)
+    export_bundle(out, "ort", ["fp32"], parity_count=8, dynamic=False)
+    return out
+
+
+def test_a_stored_default_loads_a_session_with_no_thread_or_spinning_option(ort_bundle):
+    from mmdeploy.engines.onnxruntime import OrtEngine, session_options
+
+    store_settings(ort_bundle, {("ort", "fp32", 16, 1): ORT_DEFAULT, ("ort", "fp32", 16, 32): QUIET}, {"timings_p50_ms": {}}, "stream")
+    bundle = Bundle.open(ort_bundle)
+    assert bundle.engine_settings["ort/fp32"]["16"]["1"]["preset"] == "default" and bundle.engine_settings["usage"] == "stream"
+    assert stored_policy(bundle.engine_settings, "ort", "fp32", 16, 1) == ORT_DEFAULT
+    engine = OrtEngine.from_bundle(bundle, 16, "fp32", tuned_batch=1)
+    assert engine.policy.preset == "default" and engine.describe()["preset"] == "default"
+    plain = session_options(2, {"batch": 1}, True, defaults=True)
+    assert plain.intra_op_num_threads == 0 and plain.inter_op_num_threads == 0, "ONNX Runtime chooses its own threads"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # no spinning entry: ONNX Runtime's default applies
+        plain.get_session_config_entry("session.intra_op.allow_spinning")
+    tuned = session_options(1, None, False)
+    assert tuned.intra_op_num_threads == 1 and tuned.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with engine:
+        assert engine(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
+    assert OrtEngine.from_bundle(bundle, 16, "fp32", tuned_batch=32).policy == QUIET
+
+
+def test_tune_records_its_usage_and_the_shared_check(ort_bundle, monkeypatch):
+    import mmdeploy.tune as tune
+
+    calls = []
+
+    def fake_check(make, companion, size, batch, iters=tune.SHARED_ITERS):
+        calls.append((sorted(p.label for p in make), size, batch))
+        return {p: (5.0 if p.spinning else 1.0) for p in make}  # spinning collapses when shared
+
+    monkeypatch.setattr(tune, "shared_check", fake_check)
+    monkeypatch.setattr(tune, "spinner_and_rival", lambda timed: (ORT_DEFAULT if ORT_DEFAULT in timed else SPIN, QUIET))
+    result = tune.tune_bundle(ort_bundle, ["fp32"], [16], [1], warmup=0, iters=1, noise_budget_s=0, engines=("ort",))
+    assert result.usage == "shared" and calls == [(["1t", "default"], 16, 1)]
+    assert result.chosen["ort/fp32/16/b1"] == QUIET and result.shared_ms["ort/fp32/16/b1"] == {"default": 5.0, "1t": 1.0}
+    assert "default" in result.timings["ort/fp32/16/b1"], "the default session was timed with the rest"
+    settings = Bundle.open(ort_bundle).engine_settings
+    assert settings["usage"] == "shared" and "shared_check_ms" in settings["evidence"]
+    with pytest.raises(MMDeployError, match="unknown usage"):
+        tune.tune_bundle(ort_bundle, ["fp32"], [16], [1], engines=("ort",), usage="batchy")
+
+
+def test_bench_usage_flag_is_stored_and_a_typo_refused(ort_bundle, cli):
+    result = cli("bench", ort_bundle, "--tune", "--engine", "ort", "--usage", "stream", "--size", "16", "--batch", "1",
+                 "--iters", "1", "--warmup", "0", "--noise-budget", "0")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert Bundle.open(ort_bundle).engine_settings["usage"] == "stream" and "for usage stream" in " ".join(result.stdout.split())
+    bad = cli("bench", ort_bundle, "--engine", "ort", "--usage", "batchy", "--iters", "1")
+    assert bad.exit_code == 1 and "unknown usage 'batchy'" in bad.stdout + bad.stderr
+
+
+@pytest.mark.skipif(not HAVE_OV, reason="openvino is not installed")
+def test_ov_presets_compile_with_no_hints_or_the_throughput_hint_alone(tmp_path):
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    from mmdeploy.engines.openvino import OvEngine
+
+    def config(precision, policy):
+        return OvEngine(tmp_path / "m.onnx", 16, precision, policy=policy).compile_config(False)
+
+    plain = config("int8", ThreadPolicy(2, False, "tuned", 2, "default", "cpu"))
+    assert plain == {}, "OpenVINO's defaults: no hint, no threads, the CPU's own precision"
+    assert config("fp32", ThreadPolicy(2, False, "tuned", 2, "default")) == {hints.inference_precision: ov.Type.f32}
+    hinted = config("int8", ThreadPolicy(2, False, "tuned", 2, "throughput", "cpu"))
+    assert hinted == {hints.performance_mode: hints.PerformanceMode.THROUGHPUT}, "the hint alone picks streams and threads"
+    pinned = config("int8", ThreadPolicy(1, False, "tuned"))
+    assert pinned[hints.inference_precision] == ov.Type.f32 and pinned[props.inference_num_threads] == 1
