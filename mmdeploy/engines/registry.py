@@ -2,7 +2,7 @@
 
 Config choices, the CLI's help, the pipeline's routing, export dispatch, eval, bench and tune read it. Everything heavy
 (the runner class, the exporter, the availability probe) is named as ``"package.module:attribute"`` and imported only
-when asked for, so reading the registry costs no torch import (the CLI's start-up depends on it).
+when asked for (code that has them imported already may pass them directly), so reading the registry costs no torch import (the CLI's start-up depends on it).
 
 A new engine is its runner module (an ``Engine`` subclass with a ``from_bundle`` loader), optionally an export step,
 and one :func:`register_engine` call.
@@ -42,13 +42,13 @@ class EngineSpec:
     name: str
     precisions: tuple[str, ...]
     artifact: str | None
-    runner: str
-    unavailable: str | None = None
-    exporter: str | None = None
+    runner: str | type
+    unavailable: str | Callable[[], str] | None = None
+    exporter: str | Callable | None = None
     onnx_float: str | None = None
     int8_symmetric: bool = False
     tunable: bool = False
-    check: str | None = None
+    check: str | Callable | None = None
     title: str = ""
     help: str = ""
 
@@ -76,8 +76,11 @@ class EngineSpec:
         return [self.onnx_float] + (["int8"] if "int8" in precisions else [])  # the float ONNX is always built and gated
 
 
-def _resolve(dotted: str):
-    module, _, attr = dotted.partition(":")
+def _resolve(ref):
+    """A ``"module:attribute"`` name, imported now; anything else (a class or function given directly) as it is."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
