@@ -25,7 +25,7 @@ from mmdeploy.errors import MMDeployError
 @dataclass(frozen=True)
 class Flag:
     """A command's flag that a config field stands for; ``keyword``: the argument of the command's library call
-    (see :data:`mmdeploy.flagmap.STEP_FUNCTIONS`) that takes the value as is, None where the caller combines it."""
+    (calibrate_to_bundle, export_bundle, evaluate_target, bench_bundle, report_bundle) that takes the value as is, None where the caller combines it."""
 
     command: str
     flag: str
