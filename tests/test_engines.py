@@ -1,4 +1,4 @@
-"""What every engine shares (issue 11 §3): one lifecycle, typed options with one meaning each, unknown
+"""What every engine shares, so one latency and one accuracy harness serve all: one lifecycle, typed options with one meaning each, unknown
 options refused by name, and one input-metadata accessor.
 
 The engines that run on this machine (torch, ONNX Runtime, OpenVINO where installed) run a tiny

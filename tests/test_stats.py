@@ -1,4 +1,4 @@
-"""Numbers with their uncertainty (issue 25): Wilson intervals, paired top-1 comparisons, the gate's three outcomes,
+"""Numbers with their uncertainty (no figure is compared or gated without its error bar): Wilson intervals, paired top-1 comparisons, the gate's three outcomes,
 median and ratio intervals, and per-image results through report.json."""
 
 from __future__ import annotations
