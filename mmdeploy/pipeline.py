@@ -187,15 +187,21 @@ def _export_int8_per_size(name: str, bundle_dir: Path, engine: str, calib_data: 
     return wrote
 
 
-def _ov_precisions(precisions: list[str], skipped: dict) -> list[str]:
-    """The config's precisions the ov engine serves on this CPU; bf16 without native bf16 is skipped with its reason."""
-    from mmdeploy.engines import serves
-    from mmdeploy.engines.openvino import native_bf16
+def _served_here(engine: str, precisions: list[str], skipped: dict) -> list[str]:
+    """The config's precisions ``engine`` serves on this machine; one its registry check refuses here (ov bf16 without
+    native bf16) is skipped with its reason."""
+    from mmdeploy.engines.registry import engine_spec, serves
 
-    chosen = [p for p in precisions if serves("ov", p)]
-    if "bf16" in chosen and not native_bf16():
-        chosen.remove("bf16")
-        skipped["ov bf16"] = "this CPU has no native bf16 (AVX-512 BF16 or AMX)"
+    chosen = []
+    for p in precisions:
+        if not serves(engine, p):
+            continue
+        try:
+            engine_spec(engine).check_here([p])
+        except MMDeployError as exc:
+            skipped[f"{engine} {p}"] = exc.message
+            continue
+        chosen.append(p)
     return chosen
 
 
@@ -263,8 +269,9 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
         raise MMDeployError(f"unknown engine in config: {wanted}", f"use {', '.join(deployed_engines())} (torch is always measured)")
     engines = [e for e in wanted if not reasons[e]]
     precisions = config["export"]["precisions"]
-    ov_precisions = _ov_precisions(precisions, skipped) if "ov" in engines else []
-    precisions = [p for p in precisions if p != "bf16" or p in ov_precisions]  # only ov serves bf16
+    # Engines that read the gated fp32 ONNX and apply their own precision (ov) export after it; what they serve here.
+    after_onnx = {e: _served_here(e, precisions, skipped) for e in engines if engine_spec(e).onnx_float}
+    precisions = [p for p in precisions if p in ONNX_PRECISIONS or any(p in ps for ps in after_onnx.values())]  # bf16: ov's alone
     val_key = scan_image_folder(val_data).fingerprint()
     c, b, r = config["calibrate"], config["bench"], config["report"]
     runs = []
@@ -280,8 +287,7 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
                                       **step_keywords("calibrate", c), **step_keywords("model", spec))
         run.steps["calibrate"] = "reused" if summary.reused == summary.sizes else "ran"
         bundle = Bundle.open(bundle_dir)
-        # Engines that run the ONNX or build from it in the same pass (ort, trt); those that read the gated fp32 ONNX
-        # and apply their own precision (ov) export after it, and need it exported first.
+        # Engines that run the ONNX or build from it in the same pass (ort, trt); the others (after_onnx) need it first.
         export_engines = [e for e in engines if not engine_spec(e).onnx_float] or (["ort"] if engines else [])
         if export_engines:
             onnx_precisions = [p for p in precisions if p in ONNX_PRECISIONS] or ["fp32"]
@@ -295,17 +301,19 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
             if "int8" in onnx_precisions:
                 ran = _export_int8_per_size(name, bundle_dir, export_engine, calib_data, config["export"], skipped, progress, log) or ran
             run.steps["export"] = "ran" if ran else "reused"
-        if ov_precisions:
-            log(f"{name}: export ov {', '.join(ov_precisions)}")
-            float_ov = [p for p in ov_precisions if p != "int8"]
-            ex = export_bundle(bundle_dir, "ov", float_ov, data=calib_data, progress=progress, **_export_options(config["export"], float_ov))
-            ran = bool(ex.written or ex.ov)
+        for engine, served in after_onnx.items():
+            if not served:
+                continue
+            log(f"{name}: export {engine} {', '.join(served)}")
+            floats = [p for p in served if p != "int8"]
+            ex = export_bundle(bundle_dir, engine, floats, data=calib_data, progress=progress, **_export_options(config["export"], floats))
+            ran = bool(ex.written or ex.ov or ex.trt)
             current = Bundle.open(bundle_dir)
             int8_sizes = [s for s in current.sizes if current.artifact(s, ONNX, "int8")]
-            if "int8" in ov_precisions and int8_sizes:  # the QDQ ONNX of each size whose INT8 passed its gate
-                ex = export_bundle(bundle_dir, "ov", ["int8"], sizes=int8_sizes, data=calib_data, progress=progress,
+            if "int8" in served and int8_sizes:  # the QDQ ONNX of each size whose INT8 passed its gate
+                ex = export_bundle(bundle_dir, engine, ["int8"], sizes=int8_sizes, data=calib_data, progress=progress,
                                    **{**_export_options(config["export"], ["int8"]), "dynamic": False})
-                ran = ran or bool(ex.written or ex.ov)
+                ran = ran or bool(ex.written or ex.ov or ex.trt)
             run.steps["export"] = "ran" if ran or run.steps.get("export") == "ran" else "reused"
         bundle = Bundle.open(bundle_dir)
         eval_key = _key(bundle.artifact_keys(), val_key, engines, precisions, *([config["eval"]] if config["eval"] else []),
