@@ -4,7 +4,7 @@
 #   2. calibration of the shipped mixed-size model on CUDA and on the CPU: BN statistics compared;
 #   3. eval of the CUDA-calibrated bundle (torch on CUDA vs ONNX Runtime) on the shipped images;
 #   4. torch-on-CUDA latency (fp32, fp16) beside ONNX Runtime, batch 1 and 32, in one interleaved bench;
-#   5. training throughput on CUDA of the issue-15 recipe (D+ and fixed-32, 300 steps each, one at a time).
+#   5. training throughput on CUDA of the CIFAR model-card recipe (D+ and fixed-32, 300 steps each, one at a time).
 # Usage, from the repository root: bash benchmarks/device_checks.sh  (writes a copy of its output to $OUT/ if set)
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 COLUMNS=200
@@ -41,7 +41,7 @@ log "4. latency: torch on CUDA fp32/fp16 beside ONNX Runtime (CPU), one interlea
 python3 -m mmdeploy bench /tmp/b_cuda --engine torch --engine ort --precision fp32 --precision fp16 --size 16 --size 32 \
   --batch 1 --batch 32 --iters 50 --warmup 10 --noise-budget 10 2>&1 | tail -24
 
-log "5. training throughput on CUDA (issue-15 recipe, batch 64, 300 steps each)"
+log "5. training throughput on CUDA (CIFAR model-card recipe, batch 64, 300 steps each)"
 for regime in D+ fixed; do
   python3 -m mmdeploy train --data calib/train --arch cifar_resnet20 --regime $regime --steps 300 --lr 0.1 --schedule cosine \
     --warmup-steps 50 --device cuda --seed 0 --out /tmp/probe_$regime.pth --overwrite --json > /tmp/probe_$regime.json 2>/tmp/probe_$regime.log \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's install commands, from scratch, in fresh virtual environments (issue 13 §2). Not part of CI: it
+# The README's install commands, from scratch, in fresh virtual environments (a mixed onnxruntime/onnxruntime-gpu
+# install, a missing extra). Not part of CI: it
 # downloads and installs torch, onnxruntime and onnxruntime-gpu (several minutes on 2 cores).
 #   bash benchmarks/install_check.sh [WORKDIR]     (default: a temp dir, removed at the end)
 # 1. CPU: `pip install torch==2.13.0 && pip install -e .` -> onnxruntime only, CPU provider, `mmdeploy archs` works.

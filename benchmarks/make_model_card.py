@@ -6,7 +6,7 @@ at many sizes, with and without BN calibration (calibration on training images).
         --baseline models/cifar_resnet20_fixed32.results.json
 
 --baseline (the results.json this script wrote for a fixed-size baseline) adds the paper's comparison: the calibrated
-mixed-size model against the baseline at every size, and issue 15's two goals (within 0.3 pt of the baseline at its
+mixed-size model against the baseline at every size, and the method's two goals (within 0.3 pt of the baseline at its
 training size; a smaller size within 0.3 pt of the baseline's best).
 """
 

@@ -209,7 +209,7 @@ def main() -> None:
         assert got["weights"] == expected["weights"], "two writers at once equal one writer"
         print("two calibrate writers at once: both sizes landed, weights equal the uninterrupted run")
 
-        # Two `mmdeploy run`s on one new output folder at once (issue 24): both exit 0, and the bundle equals one run's.
+        # Two `mmdeploy run`s on one new output folder at once (concurrent creation of the same bundles): both exit 0, and the bundle equals one run's.
         twice = work / "twice"
         write_config(work, twice)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

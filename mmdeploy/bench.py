@@ -216,6 +216,7 @@ def bench_bundle(
     Returns (results, environment, skipped-with-reason lines)."""
     from mmdeploy.bundle import Bundle
     from mmdeploy.engines import available_engines, check_choices, serves
+    from mmdeploy.engines.registry import engine_names, engine_spec
     from mmdeploy.writable import ensure_writable
 
     check_choices(engines, precisions)
@@ -226,7 +227,7 @@ def bench_bundle(
         bundle.size(s)  # refuses a size the bundle lacks
     batches = batches or [1, 32]
     reasons = available_engines()
-    wanted = engines or ["torch", "ort", "trt"]
+    wanted = engines or list(engine_names())
     targets, skipped = [], []
     for name in wanted:
         if reasons[name]:
@@ -246,7 +247,7 @@ def bench_bundle(
                 if fixed is not None and fixed not in batches:
                     skipped.append(f"{name} {prec} at {s}: its ONNX has a fixed batch of {fixed} (pass --batch {fixed})")
                     continue
-                if name in ("ort", "ov") and fixed is None:  # settings are tuned per batch: one engine per batch
+                if engine_spec(name).tunable and fixed is None:  # settings are tuned per batch: one engine per batch
                     targets += [BenchTarget(s, name, prec, lambda s=s, n=name, p=prec, b=b: bundle.engine(n, s, p, tuned_batch=b), (b,))
                                 for b in batches]
                 else:
@@ -281,8 +282,9 @@ def check_bench_fits(bundle, targets: list[BenchTarget], batches: list[int]) -> 
 def _static_batch(bundle, engine: str, size: int, precision: str) -> int | None:
     """The fixed batch of an ONNX exported with --static-batch (other batches would be padded), else None."""
     from mmdeploy.bundle import ONNX
+    from mmdeploy.engines.registry import artifact_of
 
-    art = bundle.artifact(size, ONNX, precision) if engine == "ort" else None
+    art = bundle.artifact(size, ONNX, precision) if artifact_of(engine) == ONNX else None
     return art.static_batch if art else None
 
 
@@ -291,9 +293,9 @@ def has_artifact(bundle, engine: str, size: int, precision: str) -> bool:
         from mmdeploy.engines import torch_runs
 
         return torch_runs(precision)
-    from mmdeploy.bundle.records import KIND_OF_ENGINE  # ort runs the ONNX itself; trt and ov have their own entries
+    from mmdeploy.engines.registry import artifact_of  # ort runs the ONNX itself; trt and ov have their own entries
 
-    art = bundle.artifact(size, KIND_OF_ENGINE[engine], precision)
+    art = bundle.artifact(size, artifact_of(engine), precision)
     return art is not None and bundle.path(art.file).exists()
 
 
@@ -329,9 +331,10 @@ def tune_and_bench(
         raise MMDeployError(f"unknown usage {usage!r}", f"use --usage {' or --usage '.join(USAGES)}")
     tuned = None
     if tune:
+        from mmdeploy.engines.registry import tunable_engines
         from mmdeploy.tune import tune_bundle
 
-        tunable = tuple(e for e in (engines or ["ort", "ov"]) if e in ("ort", "ov")) or ("ort",)
+        tunable = tuple(e for e in (engines or tunable_engines()) if e in tunable_engines()) or ("ort",)
         tuned = tune_bundle(bundle_dir, precisions, sizes, batches, noise_budget_s=noise_budget_s, progress=progress, engines=tunable,
                             usage=usage)
     results, env, skipped = bench_bundle(bundle_dir, engines, precisions, sizes, batches, warmup, iters, progress=progress,

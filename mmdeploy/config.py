@@ -18,14 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmdeploy.engines import PRECISIONS
+from mmdeploy.engines.registry import PRECISIONS, deployed_engines, engine_names
 from mmdeploy.errors import MMDeployError
 
 
 @dataclass(frozen=True)
 class Flag:
     """A command's flag that a config field stands for; ``keyword``: the argument of the command's library call
-    (see :data:`mmdeploy.flagmap.STEP_FUNCTIONS`) that takes the value as is, None where the caller combines it."""
+    (calibrate_to_bundle, export_bundle, evaluate_target, bench_bundle, report_bundle) that takes the value as is, None where the caller combines it."""
 
     command: str
     flag: str
@@ -143,7 +143,11 @@ def _int8_methods() -> tuple[str, ...]:
     return METHODS
 
 
-ENGINE_CHOICES = ("auto", "ort", "trt", "ov")
+def _engine_choices() -> tuple[str, ...]:
+    """What ``[export] engines`` takes: auto (every usable one) or a registered engine that runs exported files."""
+    return ("auto", *deployed_engines())
+
+
 PRECISION_CHOICES = PRECISIONS
 
 _COMMANDS = ("calibrate", "export", "eval", "bench", "report", "run")  # each has --trust-code-from-files
@@ -187,7 +191,7 @@ SCHEMA: dict[str, Any] = {
     },
     "export": {
         "engines": Field("list[str]", "engines to export for (auto: all usable); eval and bench measure them and torch",
-                         choices=ENGINE_CHOICES, non_empty=True, flags=flags("export --engine", "eval --engine", "bench --engine")),
+                         choices=_engine_choices, non_empty=True, flags=flags("export --engine", "eval --engine", "bench --engine")),
         "precisions": Field("list[str]", "precisions to export (each engine takes those it serves), evaluate and bench",
                             choices=PRECISION_CHOICES, non_empty=True, flags=flags("export --precision", "eval --precision", "bench --precision")),
         "int8_method": Field("str", "int8 activation range calibration (default percentile)", choices=_int8_methods,
@@ -226,7 +230,7 @@ SCHEMA: dict[str, Any] = {
     "compare": {
         "baseline": Field("str", "method-alone comparison: the fixed-size model's name (at its training size)"),
         "candidate": Field("str", "method-alone comparison: the mixed-size model's name (smallest size within tolerance)"),
-        "engine": Field("str", "engine both points run on", choices=("torch", "ort", "trt", "ov")),
+        "engine": Field("str", "engine both points run on", choices=engine_names),
         "precision": Field("str", "precision both points run in", choices=PRECISION_CHOICES),
         "tolerance": Field("number", "top-1 points the candidate may be below the baseline", minimum=0),
     },

@@ -188,12 +188,6 @@ def agreed() -> Iterator[None]:
         raise _rank_failed(failures)
 
 
-def barrier() -> None:
-    """Wait for every rank (a one-value all-reduce: works on every backend without device hints)."""
-    if active():
-        all_reduce_sum(torch.zeros(1))
-
-
 def _describe(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, MMDeployError):
         return exc.message.replace("\n", " "), exc.hint

@@ -137,14 +137,15 @@ def evaluate_target(
     from mmdeploy.bench import has_artifact
     from mmdeploy.bundle import Bundle
     from mmdeploy.classes import bundle_label_space, checkpoint_label_space
-    from mmdeploy.engines import ENGINE_PRECISIONS, check_choices, serves, torch_runs
+    from mmdeploy.engines import check_choices, serves, torch_runs
+    from mmdeploy.engines.registry import names_serving
     from mmdeploy.engines.torch_engine import TorchEngine
     from mmdeploy.writable import ensure_writable
 
     check_choices(engines, precisions)
     for prec in precisions or []:  # a precision no chosen engine serves would be measured by nothing, silently
         if not any(serves(name, prec) for name in engines or ["torch"]):
-            servers = [name for name in ENGINE_PRECISIONS if serves(name, prec)]
+            servers = names_serving(prec)
             raise MMDeployError(f"precision {prec} is served by none of the engines {', '.join(engines or ['torch'])}",
                                 f"add --engine {' or --engine '.join(servers)}")
     if batch_size < 1 or (limit is not None and limit < 1):

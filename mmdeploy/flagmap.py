@@ -8,28 +8,13 @@ parsed flags), so a setting added to one without the other is caught by tests/te
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from mmdeploy.config import SCHEMA, Field, Flag, ModelList
 
-# The library function each command (and each run step) calls with the keywords.
-STEP_FUNCTIONS = {
-    "calibrate": "mmdeploy.calib.workflow:calibrate_to_bundle",
-    "export": "mmdeploy.export.workflow:export_bundle",
-    "eval": "mmdeploy.evaluate:evaluate_target",
-    "bench": "mmdeploy.bench:bench_bundle",
-    "report": "mmdeploy.report:report_bundle",
-}
-
 # The step a config section configures: [[model]] entries describe the checkpoint that calibrate reads.
 SECTION_STEP = {"model": "calibrate", "calibrate": "calibrate", "export": "export", "eval": "eval", "bench": "bench", "report": "report"}
-
-
-def step_function(command: str) -> Callable:
-    module, name = STEP_FUNCTIONS[command].split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def schema_fields() -> Iterator[tuple[str, str, Field]]:

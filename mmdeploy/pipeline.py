@@ -161,14 +161,13 @@ def _export_int8_per_size(name: str, bundle_dir: Path, engine: str, calib_data: 
 
     A failure is remembered under its inputs' key (that size's fp32 ONNX, calibration and INT8 settings), so an unchanged
     bundle does not quantize and gate it again on every run. Returns whether anything was written."""
-    from mmdeploy.bundle.records import KIND_OF_ENGINE
     from mmdeploy.export.workflow import export_bundle
 
     wrote = False
     bundle = Bundle.open(bundle_dir)
     for size in bundle.sizes:
         step = f"int8-refused/{size}"
-        fp32 = bundle.artifact(size, KIND_OF_ENGINE["ort"], "fp32")  # what INT8 is made from, with the calibration
+        fp32 = bundle.artifact(size, ONNX, "fp32")  # what INT8 is made from, with the calibration
         # Settings beyond the defaults (a looser gate, a static batch, ...) may let a refused size pass: part of the key when set.
         changed = {k: v for k, v in export.items() if k not in ("engines", "precisions", "int8_method", "int8_images")}
         key = _key(fp32 and (fp32.key or fp32.sha256), bundle.size(size).calibration.key, engine, export.get("int8_method"),
@@ -188,14 +187,21 @@ def _export_int8_per_size(name: str, bundle_dir: Path, engine: str, calib_data: 
     return wrote
 
 
-def _ov_precisions(precisions: list[str], skipped: dict) -> list[str]:
-    """The config's precisions the ov engine serves on this CPU; bf16 without native bf16 is skipped with its reason."""
-    from mmdeploy.engines.openvino import native_bf16
+def _served_here(engine: str, precisions: list[str], skipped: dict) -> list[str]:
+    """The config's precisions ``engine`` serves on this machine; one its registry check refuses here (ov bf16 without
+    native bf16) is skipped with its reason."""
+    from mmdeploy.engines.registry import engine_spec, serves
 
-    chosen = [p for p in precisions if p in ("fp32", "bf16", "int8")]
-    if "bf16" in chosen and not native_bf16():
-        chosen.remove("bf16")
-        skipped["ov bf16"] = "this CPU has no native bf16 (AVX-512 BF16 or AMX)"
+    chosen = []
+    for p in precisions:
+        if not serves(engine, p):
+            continue
+        try:
+            engine_spec(engine).check_here([p])
+        except MMDeployError as exc:
+            skipped[f"{engine} {p}"] = exc.message
+            continue
+        chosen.append(p)
     return chosen
 
 
@@ -240,7 +246,8 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
     from mmdeploy.bench import bench_bundle
     from mmdeploy.calib.workflow import calibrate_to_bundle
     from mmdeploy.data import scan_image_folder
-    from mmdeploy.engines import available_engines, serves
+    from mmdeploy.engines import available_engines
+    from mmdeploy.engines.registry import ONNX_PRECISIONS, deployed_engines, engine_spec
     from mmdeploy.evaluate import evaluate_target
     from mmdeploy.export.workflow import export_bundle
     from mmdeploy.pareto import pick
@@ -256,14 +263,15 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
     reasons = available_engines()
     wanted = config["export"]["engines"]
     if "auto" in wanted:
-        wanted = [e for e in ("ort", "trt", "ov") if not reasons[e]]
+        wanted = [e for e in deployed_engines() if not reasons[e]]
     skipped = {e: reasons[e] for e in wanted if reasons.get(e)}
-    if any(e not in reasons for e in wanted):
-        raise MMDeployError(f"unknown engine in config: {wanted}", "use ort, trt and/or ov (torch is always measured)")
+    if any(e not in deployed_engines() for e in wanted):
+        raise MMDeployError(f"unknown engine in config: {wanted}", f"use {', '.join(deployed_engines())} (torch is always measured)")
     engines = [e for e in wanted if not reasons[e]]
     precisions = config["export"]["precisions"]
-    ov_precisions = _ov_precisions(precisions, skipped) if "ov" in engines else []
-    precisions = [p for p in precisions if p != "bf16" or p in ov_precisions]  # only ov serves bf16
+    # Engines that read the gated fp32 ONNX and apply their own precision (ov) export after it; what they serve here.
+    after_onnx = {e: _served_here(e, precisions, skipped) for e in engines if engine_spec(e).onnx_float}
+    precisions = [p for p in precisions if p in ONNX_PRECISIONS or any(p in ps for ps in after_onnx.values())]  # bf16: ov's alone
     val_key = scan_image_folder(val_data).fingerprint()
     c, b, r = config["calibrate"], config["bench"], config["report"]
     runs = []
@@ -279,10 +287,12 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
                                       **step_keywords("calibrate", c), **step_keywords("model", spec))
         run.steps["calibrate"] = "reused" if summary.reused == summary.sizes else "ran"
         bundle = Bundle.open(bundle_dir)
-        export_engines = [e for e in engines if e in ("ort", "trt")] or (["ort"] if "ov" in engines else [])
+        # Engines that run the ONNX or build from it in the same pass (ort, trt); the others (after_onnx) need it first.
+        export_engines = [e for e in engines if not engine_spec(e).onnx_float] or (["ort"] if engines else [])
         if export_engines:
-            onnx_precisions = [p for p in precisions if serves("ort", p)] or ["fp32"]
-            export_engine = "trt" if "trt" in export_engines else "ort"
+            onnx_precisions = [p for p in precisions if p in ONNX_PRECISIONS] or ["fp32"]
+            # The pass builds the files of the engine with an export step (trt's plans); "ort" alone is the ONNX.
+            export_engine = next((e for e in export_engines if engine_spec(e).exporter), "ort")
             log(f"{name}: export {', '.join(export_engines)} {', '.join(onnx_precisions)}")
             float_precisions = [p for p in onnx_precisions if p != "int8"] or ["fp32"]
             ex = export_bundle(bundle_dir, export_engine, float_precisions, data=calib_data, progress=progress,
@@ -291,17 +301,19 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
             if "int8" in onnx_precisions:
                 ran = _export_int8_per_size(name, bundle_dir, export_engine, calib_data, config["export"], skipped, progress, log) or ran
             run.steps["export"] = "ran" if ran else "reused"
-        if ov_precisions:
-            log(f"{name}: export ov {', '.join(ov_precisions)}")
-            float_ov = [p for p in ov_precisions if p != "int8"]
-            ex = export_bundle(bundle_dir, "ov", float_ov, data=calib_data, progress=progress, **_export_options(config["export"], float_ov))
-            ran = bool(ex.written or ex.ov)
+        for engine, served in after_onnx.items():
+            if not served:
+                continue
+            log(f"{name}: export {engine} {', '.join(served)}")
+            floats = [p for p in served if p != "int8"]
+            ex = export_bundle(bundle_dir, engine, floats, data=calib_data, progress=progress, **_export_options(config["export"], floats))
+            ran = bool(ex.written or ex.ov or ex.trt)
             current = Bundle.open(bundle_dir)
             int8_sizes = [s for s in current.sizes if current.artifact(s, ONNX, "int8")]
-            if "int8" in ov_precisions and int8_sizes:  # the QDQ ONNX of each size whose INT8 passed its gate
-                ex = export_bundle(bundle_dir, "ov", ["int8"], sizes=int8_sizes, data=calib_data, progress=progress,
+            if "int8" in served and int8_sizes:  # the QDQ ONNX of each size whose INT8 passed its gate
+                ex = export_bundle(bundle_dir, engine, ["int8"], sizes=int8_sizes, data=calib_data, progress=progress,
                                    **{**_export_options(config["export"], ["int8"]), "dynamic": False})
-                ran = ran or bool(ex.written or ex.ov)
+                ran = ran or bool(ex.written or ex.ov or ex.trt)
             run.steps["export"] = "ran" if ran or run.steps.get("export") == "ran" else "reused"
         bundle = Bundle.open(bundle_dir)
         eval_key = _key(bundle.artifact_keys(), val_key, engines, precisions, *([config["eval"]] if config["eval"] else []),
@@ -356,10 +368,11 @@ def _tune_and_bench(run: ModelRun, bundle_dir: Path, engines: list[str], precisi
                     machine: dict, progress, log, bench_bundle, tune_bundle) -> None:
     """Tune ONNX Runtime's and OpenVINO's settings, then bench. A bench is reused only when taken on this machine (host, CPU,
     cores, library versions), with the same thread policies and settings, and on a quiet machine."""
+    from mmdeploy.engines.registry import engine_spec
     from mmdeploy.threads import torch_policy
 
     bundle = Bundle.open(bundle_dir)
-    tunable = tuple(e for e in engines if e in ("ort", "ov"))
+    tunable = tuple(e for e in engines if engine_spec(e).tunable)
     if b.get("tune", True) and tunable:
         tune_key = _key(bundle.artifact_keys(), machine, b["batches"], precisions)
         if _step_done(bundle, "tune", tune_key) and "tune" not in fresh:

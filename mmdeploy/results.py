@@ -11,7 +11,7 @@ class PointKey:
     set where a figure depends on it (latency), None where it does not (accuracy, the front)."""
 
     size: int
-    engine: str  # "torch", "ort", "trt"
+    engine: str  # a registered engine's name (mmdeploy/engines/registry.py)
     precision: str  # "fp32", "fp16"
     batch: int | None = None
 

@@ -189,16 +189,18 @@ class TuneResult:
 @reading_bundle("bundle_dir")  # no writer sweeps what it reads; results merge under the lock
 def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, sizes: list[int] | None = None,
                 batches: list[int] | None = None, warmup: int = 3, iters: int = 15, noise_budget_s: float = 20.0,
-                progress: Progress | None = None, engines: tuple[str, ...] = ("ort", "ov"), usage: str = USAGES[0]) -> TuneResult:
-    """Time every setting of each engine in ``engines`` that runs here and has artifacts, per (precision, size, batch),
-    and store the best for ``usage`` in the bundle (ONNX Runtime: default session, threads x spinning; OpenVINO:
-    defaults, throughput hint, threads x streams, int8's precision hint)."""
+                progress: Progress | None = None, engines: tuple[str, ...] | None = None, usage: str = USAGES[0]) -> TuneResult:
+    """Time every setting of each engine in ``engines`` (default: the registry's tunable ones) that runs here and has
+    artifacts, per (precision, size, batch), and store the best for ``usage`` in the bundle (ONNX Runtime: default
+    session, threads x spinning; OpenVINO: defaults, throughput hint, threads x streams, int8's precision hint)."""
     from mmdeploy.bench import BenchTarget, check_bench_fits, measure_with_interference
     from mmdeploy.bundle import ONNX, OV, Bundle
     from mmdeploy.engines import available_engines, serves
+    from mmdeploy.engines.registry import tunable_engines
 
     if usage not in USAGES:
         raise MMDeployError(f"unknown usage {usage!r}", f"use one of {', '.join(USAGES)}")
+    engines = engines or tunable_engines()
     reasons = available_engines()
     if "ort" in engines and reasons["ort"] and not (set(engines) - {"ort"}):
         raise MMDeployError(f"cannot tune ONNX Runtime: {reasons['ort']}", "install onnxruntime, or bench without --tune")

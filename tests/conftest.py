@@ -6,6 +6,7 @@ suite runs in seconds on two CPU cores.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,22 @@ def cli(monkeypatch):
         return runner.invoke(cli_module.app, [str(a) for a in args], env={"COLUMNS": "120", "TERMINAL_WIDTH": "120"})
 
     return invoke
+
+
+# The library function each command (and each run step) calls with the keywords its flags and config fields map to
+# (mmdeploy/flagmap.py): tests/test_flagmap.py and tests/test_pipeline.py check every mapped keyword reaches it.
+STEP_FUNCTIONS = {
+    "calibrate": "mmdeploy.calib.workflow:calibrate_to_bundle",
+    "export": "mmdeploy.export.workflow:export_bundle",
+    "eval": "mmdeploy.evaluate:evaluate_target",
+    "bench": "mmdeploy.bench:bench_bundle",
+    "report": "mmdeploy.report:report_bundle",
+}
+
+
+def step_function(command: str):
+    module, name = STEP_FUNCTIONS[command].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def measured_bundle(root: Path, checkpoint: Path, images: Path, points: list[tuple[int, str, float, float]], evaluated: int = 16) -> Path:

@@ -1,4 +1,4 @@
-"""Bring your own model (issue 21 items 3-6): factory kwargs from the flag and the run config, the trust rule for
+"""Bring your own model (an architecture outside the registry, from the user's own code): factory kwargs from the flag and the run config, the trust rule for
 kwargs, the preprocessing and training size in force, and patch models through the dynamic export's check.
 
 The user code is a module written to tmp_path: ``timmlike.create_model(model_name, **kw)`` mimics timm's factory (timm is

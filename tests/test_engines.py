@@ -1,4 +1,4 @@
-"""What every engine shares (issue 11 §3): one lifecycle, typed options with one meaning each, unknown
+"""What every engine shares, so one latency and one accuracy harness serve all: one lifecycle, typed options with one meaning each, unknown
 options refused by name, and one input-metadata accessor.
 
 The engines that run on this machine (torch, ONNX Runtime, OpenVINO where installed) run a tiny
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mmdeploy.bundle import Bundle
-from mmdeploy.engines import ENGINES, InputMeta, create_engine
+from mmdeploy.engines import InputMeta, create_engine, engine_names
 from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.engines.openvino import OvEngine
 from mmdeploy.engines.tensorrt import TrtEngine
@@ -24,6 +24,7 @@ from mmdeploy.engines.torch_engine import TorchEngine
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.onnx import INPUT_NAME
 
+ENGINES = engine_names()
 CLASSES = {"torch": TorchEngine, "ort": OrtEngine, "trt": TrtEngine, "ov": OvEngine}
 SIZE = 12
 HAVE_OV = importlib.util.find_spec("openvino") is not None

@@ -1,4 +1,5 @@
-"""A "dynamic" export that came out static, and engine errors inside the parity gate (issue 13 §7).
+"""A "dynamic" export that came out static, and engine errors inside the parity gate: both are refused with
+a one-line message, never exported or reported as passing.
 
 Third-party-style model code, written to tmp_path and loaded through ``--arch module:factory``:
 each reads the spatial size as a Python value, which the exporter either refuses or bakes in.
@@ -140,7 +141,7 @@ def test_cli_prints_one_line_and_exits_1(third_party, cli):
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert lines[0].startswith("error: the dynamic ONNX export came out static") and "internal error" not in result.stderr
     assert _debris(bundle) == []
-    # The refusal names the way out (issue 21 item 6), and it works: the per-size files match PyTorch at their own sizes.
+    # The refusal names the way out (--no-dynamic), and it works: the per-size files match PyTorch at their own sizes.
     assert "or pass --no-dynamic to export only the per-size files" in lines[0]
     per_size = cli("export", bundle, "--engine", "ort", "--no-dynamic", "--json")
     assert per_size.exit_code == 0, per_size.output

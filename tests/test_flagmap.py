@@ -10,12 +10,13 @@ import inspect
 
 import pytest
 import typer
+from conftest import STEP_FUNCTIONS, step_function
 
 from mmdeploy.cli import app
 from mmdeploy.config import config_problems
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.parity import DEFAULT_TOLERANCES
-from mmdeploy.flagmap import SECTION_STEP, STEP_FUNCTIONS, schema_flags, step_function, step_keywords
+from mmdeploy.flagmap import SECTION_STEP, schema_flags, step_keywords
 
 COMMANDS = ("calibrate", "export", "eval", "bench", "report", "run")
 

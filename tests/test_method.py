@@ -1,4 +1,4 @@
-"""The method-alone comparison (issue 15 §4): fixed baseline at its training size vs the smallest
+"""The method-alone comparison (the paper's claim, isolated from engine speed-ups): fixed baseline at its training size vs the smallest
 calibrated mixed-size point within tolerance, same engine and precision."""
 
 from __future__ import annotations

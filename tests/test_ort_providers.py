@@ -1,4 +1,4 @@
-"""ONNX Runtime builds and providers (issue 13 §2, §3): a mixed onnxruntime/onnxruntime-gpu install is
+"""ONNX Runtime builds and providers: a mixed onnxruntime/onnxruntime-gpu install is
 named with its fix; a GPU provider that cannot load is dropped after one probe whose native stderr is
 captured, and said once in one line; ``describe()`` reports the device that really runs."""
 

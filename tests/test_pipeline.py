@@ -300,8 +300,10 @@ def test_run_config_passes_every_mapped_field_to_the_keyword_its_command_uses(tm
     """Every config field that a step's command passes to its library call as a keyword reaches that call from `run` too."""
     import inspect
 
+    from conftest import STEP_FUNCTIONS, step_function
+
     from mmdeploy.export.parity import Tolerance
-    from mmdeploy.flagmap import SECTION_STEP, STEP_FUNCTIONS, schema_flags, step_function
+    from mmdeploy.flagmap import SECTION_STEP, schema_flags
     from mmdeploy.pipeline import load_config
 
     sections = """arch = "cifar_resnet8"

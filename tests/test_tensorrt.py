@@ -540,7 +540,7 @@ def test_real_plan_matches_torch(tmp_path, precision, tol):
         assert len(run.describe()["profiles"]) == 3
 
 
-# -- TensorRT failures as one line (issue 13 §4) ----------------------------------------------
+# -- TensorRT failures as one line naming the cause -------------------------------------------
 def test_bindings_without_native_libraries_name_the_library(tmp_path, monkeypatch):
     """What the real tensorrt-cu12-bindings 10.16 wheel raises without its libraries (seen on this machine)."""
     from mmdeploy.engines import trt_errors

@@ -1,4 +1,5 @@
-"""The fake ``tensorrt`` (fake_tensorrt.py) against the real TensorRT 10.x and 11.x Python API (issue 13 §5).
+"""The fake ``tensorrt`` (fake_tensorrt.py) against the real TensorRT 10.x and 11.x Python API, so that tests
+passing on the fake mean the engine works on the real bindings.
 
 The real API is recorded in tests/data/tensorrt_api/tensorrt-<version>.json from NVIDIA's bindings wheels
 (``bash tests/data/tensorrt_api/regenerate.sh``: enum members and values, properties, and the pybind11
@@ -29,7 +30,7 @@ def test_both_majors_are_recorded():
 
 
 def test_recorded_facts_the_engine_relies_on():
-    """The facts issue 13 found the old fake got wrong, read from the real bindings."""
+    """Facts an earlier fake got wrong (enum values, removed calls), read from the real bindings."""
     ten, eleven = _real(10), _real(11)
     assert ten["enums"]["NetworkDefinitionCreationFlag"]["STRONGLY_TYPED"] == 1 and "EXPLICIT_BATCH" in ten["enums"]["NetworkDefinitionCreationFlag"]
     assert eleven["enums"]["NetworkDefinitionCreationFlag"]["STRONGLY_TYPED"] == 0 and "EXPLICIT_BATCH" not in eleven["enums"]["NetworkDefinitionCreationFlag"]
@@ -144,7 +145,7 @@ def test_every_name_and_signature_in_the_fake_is_real(major):
 
 
 def test_the_check_catches_drift():
-    """The check itself fails on the drift issue 13 found (10.x flag values under an 11.x version, a removed API)."""
+    """The check itself fails on drift between fake and real (10.x flag values under an 11.x version, a removed API)."""
     fake = FakeTrt(version="11.4.0")
     problems: list[str] = []
     _check_enum(problems, "NetworkDefinitionCreationFlag", FakeEnum(fake, "N", EXPLICIT_BATCH=0, STRONGLY_TYPED=1),

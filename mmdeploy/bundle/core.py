@@ -26,6 +26,7 @@ from mmdeploy.bundle.files import TEMP_SUFFIX, atomic_write_text, cached_sha256
 from mmdeploy.bundle.lock import bundle_lock, sweep
 from mmdeploy.bundle.measurements import Measurements
 from mmdeploy.bundle.validate import MANIFEST, check_writable_dir, manifest_problem
+from mmdeploy.engines.registry import engines_of_artifact
 from mmdeploy.errors import MMDeployError
 
 SCHEMA = "mmdeploy.bundle"
@@ -297,11 +298,16 @@ class Bundle(Measurements):
             self.manifest.setdefault("dynamic", {})[label] = record
             return
         self._entry(size).setdefault("artifacts", {})[label] = record
-        self._forget_metrics(size, rec.ENGINE_OF_KIND[kind], precision)
+        self._forget_engines(size, kind, precision)
 
     def remove_artifact(self, size: int, kind: str, precision: str) -> None:
         self._entry(size).get("artifacts", {}).pop(rec.artifact_label(kind, precision), None)
-        self._forget_metrics(size, rec.ENGINE_OF_KIND[kind], precision)
+        self._forget_engines(size, kind, precision)
+
+    def _forget_engines(self, size: int, kind: str, precision: str) -> None:
+        """Every engine that runs ``kind`` artifacts loses its figures of (size, precision): they measured the old file."""
+        for engine in engines_of_artifact(kind):
+            self._forget_metrics(size, engine, precision)
 
     def save(self) -> None:
         """Write the manifest atomically: the single commit point of every change."""

@@ -132,10 +132,6 @@ def reading_bundle(param: str):
     return decorate
 
 
-def holds_lock(root: str | os.PathLike) -> bool:
-    return str(Path(root).resolve()) in _held
-
-
 def _refuse(root: Path, path: Path, what: str) -> MMDeployError:
     return MMDeployError(f"bundle {root}: its lock {path} is {what}, not mmdeploy's lock file; refused (nothing was written)",
                          f"remove it (rm {'-r ' if what == 'a directory' else ''}{path}) and run the command again")

@@ -8,6 +8,7 @@ environment, tuned engine settings and ``mmdeploy run``'s step keys.
 from __future__ import annotations
 
 from mmdeploy.bundle import records as rec
+from mmdeploy.engines.registry import artifact_of
 from mmdeploy.results import AccuracyResult, LatencyResult, PointKey
 
 
@@ -21,7 +22,7 @@ class Measurements:
         """What a measured figure of ``key`` depends on: the size's calibration and the engine's artifact."""
         if not self.has_size(key.size):
             return ()
-        kind = rec.KIND_OF_ENGINE.get(key.engine)
+        kind = artifact_of(key.engine)
         art = self.artifact(key.size, kind, key.precision) if kind else None
         return (self.size(key.size).calibration.key, art.sha256 if art else None)
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mmdeploy.engines.registry import ONNX_ARTIFACT, OV_ARTIFACT, TRT_ARTIFACT
 from mmdeploy.results import PointKey
 
-# Artifact kinds and the engine that runs each (ov: an OpenVINO-gated entry that reads the per-size ONNX).
-ONNX, TRT, OV = "onnx", "trt", "ov"
-ENGINE_OF_KIND = {ONNX: "ort", TRT: "trt", OV: "ov"}
-KIND_OF_ENGINE = {engine: kind for kind, engine in ENGINE_OF_KIND.items()}
+# Artifact kinds (ov: an OpenVINO-gated entry that reads the per-size ONNX); which engine runs which is the engine registry's.
+ONNX, TRT, OV = ONNX_ARTIFACT, TRT_ARTIFACT, OV_ARTIFACT
 ACCURACY, ACCURACY_UNCALIBRATED, LATENCY = "accuracy", "accuracy_uncalibrated", "latency"
 LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "iters", "device", "threads")
 LATENCY_OPTIONAL_FIELDS = ("policy", "reliable", "noise", "p50_ci_ms")  # bundles benched before noise detection / intervals lack them

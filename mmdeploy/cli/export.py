@@ -10,12 +10,13 @@ import typer
 from mmdeploy.cli.app import command, console, emit_json, library_kwargs, make_progress, parse_sizes
 from mmdeploy.cli.options import ArchKwargsOpt, ArchOpt, JsonOpt, NoWaitOpt, PrecisionOpt, SizesOpt, TrustOpt
 from mmdeploy.cli.tables import parity_table
+from mmdeploy.engines.registry import deployed_engines, describe_engines
 
 
 @command
 def export(
     bundle: Annotated[Path, typer.Argument(help="A bundle made by `mmdeploy calibrate`, or a checkpoint (then --size, --data and --out are needed; its own BN statistics are used at every size).")],
-    engine: Annotated[str, typer.Option("--engine", "-e", help="onnx (files + gate), ort (same, for ONNX Runtime), trt (also TensorRT plans) or ov (also OpenVINO engines, gated per precision: fp32, bf16).")] = "ort",
+    engine: Annotated[str, typer.Option("--engine", "-e", help=f"onnx (the ONNX files and their gate), or the engine to build for as well, gated per precision: {describe_engines(deployed_engines())}.")] = "ort",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="With a checkpoint: the bundle folder to create.")] = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,

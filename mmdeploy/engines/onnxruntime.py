@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from mmdeploy.engines.base import Engine, InputMeta
+from mmdeploy.engines.tensor_names import BATCH_DIM, HEIGHT_DIM, WIDTH_DIM
 from mmdeploy.errors import MMDeployError
-from mmdeploy.export.onnx import BATCH_DIM, HEIGHT_DIM, WIDTH_DIM
 from mmdeploy.threads import ThreadPolicy, ort_default_policy, usable_cores  # noqa: F401  (usable_cores: re-exported)
 
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")

@@ -23,10 +23,11 @@ import torch
 
 from mmdeploy.engines.base import Engine, InputMeta
 from mmdeploy.engines.onnxruntime import usable_cores
+from mmdeploy.engines.registry import engine_spec
 from mmdeploy.errors import MMDeployError
 from mmdeploy.threads import ThreadPolicy, ov_default_policy
 
-PRECISIONS = ("fp32", "bf16", "int8")  # int8: the per-size QDQ INT8 ONNX, quantized ops in int8, the rest in f32
+PRECISIONS = engine_spec("ov").precisions  # int8: the per-size QDQ INT8 ONNX, quantized ops in int8, the rest in f32
 CACHE_DIR = "ov_cache"  # in the bundle; OpenVINO owns the blob files in it
 THROUGHPUT_MIN_BATCH = 8  # from this batch on, split the batch over streams (throughput hint)
 

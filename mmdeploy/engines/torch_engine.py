@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mmdeploy.engines.base import Engine, InputMeta
+from mmdeploy.engines.tensor_names import INPUT_NAME  # the name the exported graphs give this input
 from mmdeploy.threads import ThreadPolicy, TorchThreads, torch_policy
 
 
@@ -55,7 +56,5 @@ class TorchEngine(Engine):
             torch.cuda.synchronize()
 
     def _input_metadata(self) -> InputMeta:
-        from mmdeploy.export.onnx import INPUT_NAME  # the name the exported graphs give this input
-
         conv = next((m for m in self.model.modules() if isinstance(m, torch.nn.Conv2d)), None)
         return InputMeta(INPUT_NAME, (None, conv.in_channels if conv is not None else 3, self.size, self.size))

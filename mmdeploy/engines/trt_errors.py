@@ -1,4 +1,4 @@
-"""TensorRT failures turned into one line that says what failed and why (issue 13 §4).
+"""TensorRT failures turned into one line that says what failed and why, never a native traceback or a bare code.
 
 * ``import tensorrt`` failing because a *native* library is missing (the Python bindings wheel is there,
   ``libnvinfer.so.10`` & co. are not) is not "TensorRT is not installed": name the library.

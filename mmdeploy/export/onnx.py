@@ -19,14 +19,10 @@ from pathlib import Path
 import torch
 
 from mmdeploy.bundle import temp_path_for
+from mmdeploy.engines.tensor_names import BATCH_DIM, HEIGHT_DIM, INPUT_NAME, OUTPUT_NAME, WIDTH_DIM
 from mmdeploy.errors import MMDeployError
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
 OPSET = 20
-# The names of the dynamic input dims in the exported graph (the dynamo exporter writes the
-# ``Dim`` names as dim_param); ONNX Runtime's free-dimension overrides pin them by these names.
-BATCH_DIM, HEIGHT_DIM, WIDTH_DIM = "batch", "height", "width"
 _BAKE_HINT = ("operations that turn a tensor's size into a constant at export time (pooling whose kernel comes from x.size(), "
               "fixed-size adaptive pooling) bake the example's size into the graph; use x.mean((2, 3)) or AdaptiveAvgPool2d(1)")
 # The size-baked export is refused; the per-size files (each fixed at its own size) do not need the dynamic one.

@@ -48,6 +48,19 @@ def check_ov_available(precisions: list[str]) -> None:
         check_precision(p)
 
 
+def build_ov_step(job) -> None:
+    """The ov engine's export step (``job``: ``mmdeploy.export.workflow.EngineExport``); rank 0 alone compiles and gates."""
+    from mmdeploy import distributed as dist
+
+    if not dist.is_main():
+        return
+    built, checks, reused = build_ov_engines(Bundle.open(job.bundle_dir), job.sizes, job.precisions, job.data, job.tolerances,
+                                             job.parity_count, job.progress)
+    job.summary.ov = built
+    job.summary.checks += checks
+    job.summary.reused += [f"ov {r}" for r in reused]
+
+
 def build_ov_engines(bundle: Bundle, sizes: list[int], precisions: list[str], data, tolerances: dict[str, Tolerance],
                      parity_count: int = 16, progress: Progress | None = None) -> tuple[dict, list[ParityCheck], list[str]]:
     """Gate and record the ov engine of every (size, precision); call under the bundle's lock.

@@ -44,12 +44,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mmdeploy.bundle import ONNX, TRT, atomic_write_bytes
+from mmdeploy.engines.registry import engine_spec
 from mmdeploy.engines.tensorrt import ProfileSpec
 from mmdeploy.engines.trt_errors import create_with_log
 from mmdeploy.engines.trt_probe import import_trt, make_logger, trt_versions
 from mmdeploy.errors import MMDeployError
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = engine_spec("trt").precisions
 TIMING_CACHE = "trt/timing.cache"  # relative to the bundle root; one per bundle, shared by its plans
 _log = logging.getLogger("mmdeploy.trt")
 

@@ -21,8 +21,8 @@ from mmdeploy import __version__
 from mmdeploy import distributed as dist
 from mmdeploy.bundle import ONNX, TRT, Bundle, bundle_lock, content_key, sha256_file, temp_path_for
 from mmdeploy.data import decode_for_sizes, scan_image_folder
-from mmdeploy.engines import PRECISIONS
 from mmdeploy.engines.onnxruntime import OrtEngine
+from mmdeploy.engines.registry import ONNX_PRECISIONS, deployed_engines, engine_spec
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.onnx import _BAKE_HINT, NO_DYNAMIC_HINT, convert_fp16, export_onnx, graph_record
 from mmdeploy.export.parity import DEFAULT_TOLERANCES, ParityCheck, Tolerance, check_parity
@@ -51,6 +51,26 @@ class ExportSummary:
     checks: list[ParityCheck] = field(default_factory=list)
     trt: dict = field(default_factory=dict)
     ov: dict = field(default_factory=dict)
+
+
+@dataclass
+class EngineExport:
+    """What an engine's export step (its registry entry's ``exporter``) is handed once the bundle's ONNX passed its gate."""
+
+    bundle: Bundle  # as this rank sees it after the ONNX commit
+    bundle_dir: Path
+    sizes: list[int]
+    precisions: list[str]  # the engine's own precisions, as asked for
+    onnx_precisions: list[str]  # the gated ONNX precisions they are built from
+    images: object  # the decoded parity images, per size
+    data: str | Path | None
+    pre: object
+    tolerances: dict[str, Tolerance]
+    parity_count: int
+    trt_batches: tuple[int, ...]
+    trt_workspace_gb: float
+    progress: Progress
+    summary: ExportSummary
 
 
 @dataclass
@@ -146,8 +166,8 @@ def export_bundle(
     """Export the bundle's ONNX (dynamic and per size), gate each against PyTorch, and build ``engine``'s files.
     ``check_size``: the unseen size the dynamic ONNX is also checked at (default: the first that the model accepts of
     example+8 and the next multiples of common patch sizes and strides)."""
-    if engine not in ("onnx", "ort", "trt", "ov"):
-        raise MMDeployError(f"unknown export engine {engine!r}", "use --engine onnx, ort, trt or ov")
+    if engine != "onnx" and engine not in deployed_engines():
+        raise MMDeployError(f"unknown export engine {engine!r}", f"use --engine onnx, {', '.join(deployed_engines())}")
     progress = progress or Progress()
     Bundle.open(bundle_dir)  # refuse a non-bundle before the lock would create a folder
     # Rank 0 holds the bundle's lock for the whole export: temp files live in the bundle, and
@@ -165,26 +185,18 @@ def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, pari
                    trt_workspace_gb, progress, int8_method, int8_images, check_size) -> ExportSummary:
     bundle = Bundle.open(bundle_dir)
     ensure_writable(bundle.root)  # before minutes of export work, not after
+    spec = engine_spec(engine) if engine != "onnx" else None  # "onnx": the ONNX files and their gate alone
     precisions = precisions or ["fp32"]
+    allowed = spec.precisions if spec else ONNX_PRECISIONS
     for p in precisions:
-        allowed = ("fp32", "bf16", "int8") if engine == "ov" else tuple(x for x in PRECISIONS if x != "bf16")
         if p not in allowed:
-            raise MMDeployError(f"unknown precision {p!r} for --engine {engine}", "use --precision fp32, bf16 or int8 with ov; fp32, fp16 or int8 otherwise")
-    ov_precisions = None
-    if engine == "ov":  # OpenVINO reads the per-size fp32 ONNX and applies its own precision; int8 reads the per-size QDQ ONNX
-        from mmdeploy.export.openvino import check_ov_available
-
-        check_ov_available(precisions)
-        ov_precisions, precisions = precisions, ["fp32"] + (["int8"] if "int8" in precisions else [])
-    # TensorRT takes only symmetric int8 scales; ONNX Runtime is fastest with uint8 activations (export/quantize.py).
-    int8 = int8_settings(int8_method or DEFAULT_METHOD, DEFAULT_IMAGES if int8_images is None else int8_images, symmetric=engine == "trt") \
-        if "int8" in precisions else None
-    if engine == "trt":
-        from mmdeploy.engines.trt_probe import trt_unavailable_reason
-
-        reason = trt_unavailable_reason()
-        if reason:
-            raise MMDeployError(f"cannot build TensorRT engines here: {reason}", "use --engine ort on this machine")
+            raise MMDeployError(f"unknown precision {p!r} for --engine {engine}", f"use --precision {', '.join(allowed)} with --engine {engine}")
+    engine_precisions = precisions
+    if spec:
+        spec.check_here(precisions)
+        precisions = spec.onnx_precisions(precisions)  # e.g. ov reads the fp32 ONNX and applies its own precision
+    int8 = int8_settings(int8_method or DEFAULT_METHOD, DEFAULT_IMAGES if int8_images is None else int8_images,
+                         symmetric=bool(spec and spec.int8_symmetric)) if "int8" in precisions else None
     sizes = [int(s) for s in sizes] if sizes else bundle.sizes
     for s in sizes:
         bundle.size(s)  # refuses a size the bundle lacks
@@ -224,17 +236,17 @@ def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, pari
                     p.tmp.unlink(missing_ok=True)
                 for f in fp32_cache.values():
                     f.unlink(missing_ok=True)
-    if engine == "trt":
-        if not dist.is_main():
-            bundle = Bundle.open(bundle_dir)  # now with rank 0's gated ONNX
-        summary.trt = _build_trt(bundle, sizes, precisions, images, pre, tolerances, trt_batches, trt_workspace_gb, progress)
-    if ov_precisions and dist.is_main():
-        from mmdeploy.export.openvino import build_ov_engines
-
-        summary.ov, ov_checks, ov_reused = build_ov_engines(Bundle.open(bundle_dir), sizes, ov_precisions, data, tolerances, parity_count, progress)
-        summary.checks += ov_checks
-        summary.reused += [f"ov {r}" for r in ov_reused]
+    step = spec.export_step() if spec else None
+    if step:  # the engine's own files, built from the gated ONNX (on every rank: a step may spread its work over them)
+        step(EngineExport(bundle if dist.is_main() else Bundle.open(bundle_dir), Path(bundle_dir), sizes, engine_precisions, precisions, images,
+                          data, pre, tolerances, parity_count, trt_batches, trt_workspace_gb, progress, summary))
     return summary
+
+
+def build_trt_step(job: EngineExport) -> None:
+    """The trt engine's export step: a TensorRT plan per (size, precision), each gated."""
+    job.summary.trt = _build_trt(job.bundle, job.sizes, job.onnx_precisions, job.images, job.pre, job.tolerances, job.trt_batches,
+                                 job.trt_workspace_gb, job.progress)
 
 
 def _export_precision(bundle, summary, pending, precision, sizes, extra, example, dyn_bn, dynamic, static_batch, fp32_cache, int8, images,
