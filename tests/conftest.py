@@ -131,3 +131,10 @@ def measured_bundle(root: Path, checkpoint: Path, images: Path, points: list[tup
             bundle.record_accuracy(AccuracyResult(size, engine, "fp32", top1, 100.0, evaluated), str(images), "made-up")
             bundle.record_latency(LatencyResult(size, engine, "fp32", 1, ms, ms * 1.1, ms * 1.2, ms, 1000 / ms, 10, threads=1))
     return root
+
+
+def calibrate_small(image_dir, ckpt, out, sizes=(16,), seed=0):
+    """A quick calibration (2 batches of 4 images) into ``out``: the bundle tests' starting point."""
+    from mmdeploy.calib.workflow import calibrate_to_bundle
+
+    return calibrate_to_bundle(ckpt, list(sizes), image_dir, out, batches=2, batch_size=4, seed=seed)

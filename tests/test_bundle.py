@@ -12,17 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import calibrate_small as _calibrate
 
 import mmdeploy
 from mmdeploy.bundle import MANIFEST, Bundle, bundle_lock, content_key, lock_policy
-from mmdeploy.calib.workflow import calibrate_to_bundle
 from mmdeploy.errors import MMDeployError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _calibrate(image_dir, ckpt, out, sizes=(16,), seed=0):
-    return calibrate_to_bundle(ckpt, list(sizes), image_dir, out, batches=2, batch_size=4, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +202,7 @@ def test_calibrate_killed_at_each_rename_leaves_the_old_bundle_and_the_rerun_mat
 
 def _calibrate_in_child(args):
     image_dir, ckpt, out, size = args
-    calibrate_to_bundle(ckpt, [size], image_dir, out, batches=2, batch_size=4)
+    _calibrate(image_dir, ckpt, out, sizes=(size,))
     return size
 
 

@@ -16,17 +16,13 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import calibrate_small as _calibrate
 
 from mmdeploy.bundle import MANIFEST, Bundle, bundle_lock, lock_policy, save_safetensors
 from mmdeploy.bundle.lock import LOCK_FILE
-from mmdeploy.calib.workflow import calibrate_to_bundle
 from mmdeploy.errors import MMDeployError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _calibrate(image_dir, ckpt, out, sizes=(16,), seed=0):
-    return calibrate_to_bundle(ckpt, list(sizes), image_dir, out, batches=2, batch_size=4, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +112,7 @@ def test_a_lock_that_is_not_a_regular_file_is_refused_in_one_line(made, tmp_path
 
 def _calibrate_in_child(args):
     image_dir, ckpt, out = args
-    summary = calibrate_to_bundle(ckpt, [16, 24], image_dir, out, batches=2, batch_size=4)
+    summary = _calibrate(image_dir, ckpt, out, sizes=(16, 24))
     return summary.reused
 
 
