@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmdeploy.bench import BenchTarget, environment, measure_latency
 from mmdeploy.bundle import Bundle
 from mmdeploy.calib.workflow import calibrate_to_bundle
 from mmdeploy.engines.base import Engine
 from mmdeploy.engines.openvino import OvEngine, native_bf16
 from mmdeploy.engines.torch_engine import TorchEngine
 from mmdeploy.export.workflow import export_bundle
-from mmdeploy.tune import tune_bundle
+from mmdeploy.latency.bench import BenchTarget, environment, measure_latency
+from mmdeploy.latency.tune import tune_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 MMDEPLOY_POINTS = ("torch", "ort", "ort int8", "ov fp32", "ov bf16", "ov int8")  # what mmdeploy measures and may pick

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmdeploy.bench import BenchTarget, environment, measure_latency
 from mmdeploy.bundle import Bundle
 from mmdeploy.calib.workflow import calibrate_to_bundle
 from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.engines.torch_engine import TorchEngine
 from mmdeploy.export.workflow import export_bundle
+from mmdeploy.latency.bench import BenchTarget, environment, measure_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 

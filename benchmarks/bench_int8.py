@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mmdeploy.bench import BenchTarget, environment, measure_latency
 from mmdeploy.bundle import ONNX, Bundle
 from mmdeploy.calib.workflow import calibrate_to_bundle
 from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.evaluate import EvalTarget, measure_accuracy
 from mmdeploy.export.quantize import DEFAULT_IMAGES, METHODS, calibration_batches, fp32_nodes, quantize_int8
 from mmdeploy.export.workflow import export_bundle
+from mmdeploy.latency.bench import BenchTarget, environment, measure_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"mixsize": ROOT / "models/cifar_resnet20_mixsize_dplus.pth", "fixed32": ROOT / "models/cifar_resnet20_fixed32.pth"}

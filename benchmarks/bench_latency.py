@@ -33,15 +33,15 @@ import sys
 import time
 from pathlib import Path
 
-from mmdeploy.bench import BenchTarget, environment, measure_with_interference
 from mmdeploy.bundle import ONNX, Bundle
 from mmdeploy.engines.base import Engine
 from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.engines.torch_engine import TorchEngine
-from mmdeploy.pareto import speedup_at_iso_accuracy
+from mmdeploy.latency.bench import BenchTarget, environment, measure_with_interference
+from mmdeploy.latency.threads import ThreadPolicy, usable_cores
+from mmdeploy.latency.tune import ort_candidates, tune_bundle
+from mmdeploy.report.pareto import speedup_at_iso_accuracy
 from mmdeploy.results import Point, PointKey
-from mmdeploy.threads import ThreadPolicy, usable_cores
-from mmdeploy.tune import ort_candidates, tune_bundle
 
 BUSY_LOOP = "while True: pass"
 

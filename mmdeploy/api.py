@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
-    from mmdeploy.bench import BenchSummary
     from mmdeploy.bundle import Bundle
     from mmdeploy.export.parity import Tolerance
+    from mmdeploy.latency.bench import BenchSummary
     from mmdeploy.progress import Progress
     from mmdeploy.report import Report
     from mmdeploy.results import AccuracyResult
@@ -176,7 +176,7 @@ def bench(
 
     ``tune`` first picks ONNX Runtime's threads and spinning per size and batch by measurement. On a busy machine
     each pass is re-timed for up to ``noise_budget_s`` seconds; points still noisy have ``reliable=False``."""
-    from mmdeploy.bench import tune_and_bench
+    from mmdeploy.latency.bench import tune_and_bench
     from mmdeploy.models.trust import user_code_policy
 
     with user_code_policy(arch, trust_code_from_files, _dict(arch_kwargs)):

@@ -134,12 +134,12 @@ def evaluate_target(
     calibration, and of each deployed artifact requested. Bundle results go into its manifest.
 
     ``preprocess``/``mean``/``std`` apply to a checkpoint; a bundle uses the preprocessing it was calibrated with."""
-    from mmdeploy.bench import has_artifact
     from mmdeploy.bundle import Bundle
     from mmdeploy.classes import bundle_label_space, checkpoint_label_space
     from mmdeploy.engines import check_choices, serves, torch_runs
     from mmdeploy.engines.registry import names_serving
     from mmdeploy.engines.torch_engine import TorchEngine
+    from mmdeploy.latency.bench import has_artifact
     from mmdeploy.writable import ensure_writable
 
     check_choices(engines, precisions)

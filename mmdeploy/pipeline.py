@@ -82,7 +82,7 @@ class RunSummary:
     models: list[ModelRun]
     engines: list[str]
     skipped_engines: dict
-    method_alone: object = None  # mmdeploy.method.MethodAlone when the config compares two of its models
+    method_alone: object = None  # mmdeploy.report.method.MethodAlone when the config compares two of its models
 
     @property
     def passed(self) -> bool:
@@ -243,16 +243,16 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
 
 
 def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress | None, log, fresh_steps: set[str]) -> RunSummary:
-    from mmdeploy.bench import bench_bundle
     from mmdeploy.calib.workflow import calibrate_to_bundle
     from mmdeploy.data import scan_image_folder
     from mmdeploy.engines import available_engines
     from mmdeploy.engines.registry import ONNX_PRECISIONS, deployed_engines, engine_spec
     from mmdeploy.evaluate import evaluate_target
     from mmdeploy.export.workflow import export_bundle
-    from mmdeploy.pareto import pick
+    from mmdeploy.latency.bench import bench_bundle
+    from mmdeploy.latency.tune import machine_fingerprint, tune_bundle
     from mmdeploy.report import compare_reports, load_report, parse_fraction, report_bundle
-    from mmdeploy.tune import machine_fingerprint, tune_bundle
+    from mmdeploy.report.pareto import pick
 
     progress = progress or Progress()
     if gate is not None:
@@ -352,7 +352,7 @@ def _method_alone(config: dict, runs: list[ModelRun], out: Path):
     """The fixed baseline vs the smallest calibrated mixed-size point within tolerance, when both models are in this run.
 
     The demo's [compare] names its two models; a user config inherits it only if it has models of those names."""
-    from mmdeploy.method import method_alone, write_method_alone
+    from mmdeploy.report.method import method_alone, write_method_alone
 
     spec = config.get("compare") or {}
     by_name = {r.name: r for r in runs}
@@ -369,7 +369,7 @@ def _tune_and_bench(run: ModelRun, bundle_dir: Path, engines: list[str], precisi
     """Tune ONNX Runtime's and OpenVINO's settings, then bench. A bench is reused only when taken on this machine (host, CPU,
     cores, library versions), with the same thread policies and settings, and on a quiet machine."""
     from mmdeploy.engines.registry import engine_spec
-    from mmdeploy.threads import torch_policy
+    from mmdeploy.latency.threads import torch_policy
 
     bundle = Bundle.open(bundle_dir)
     tunable = tuple(e for e in engines if engine_spec(e).tunable)

@@ -58,7 +58,7 @@ class LatencyResult:
     iters: int
     device: str = "cpu"
     threads: int = 0
-    policy: dict = field(default_factory=dict)  # mmdeploy.threads.ThreadPolicy as a dict: threads, spinning, source
+    policy: dict = field(default_factory=dict)  # mmdeploy.latency.threads.ThreadPolicy as a dict: threads, spinning, source
     reliable: bool = True  # False: measured while the machine was busy, or too spread out (see noise)
     noise: dict = field(default_factory=dict)  # spread p90/p50, others' CPU share, load average, passes
     p50_ci_ms: list[float] | None = None  # 95% order-statistic interval of the median (mmdeploy.stats.median_interval)

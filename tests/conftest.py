@@ -107,7 +107,7 @@ STEP_FUNCTIONS = {
     "calibrate": "mmdeploy.calib.workflow:calibrate_to_bundle",
     "export": "mmdeploy.export.workflow:export_bundle",
     "eval": "mmdeploy.evaluate:evaluate_target",
-    "bench": "mmdeploy.bench:bench_bundle",
+    "bench": "mmdeploy.latency.bench:bench_bundle",
     "report": "mmdeploy.report:report_bundle",
 }
 

@@ -14,9 +14,9 @@ import torch
 
 import mmdeploy
 from mmdeploy import api
-from mmdeploy.bench import BenchSummary
 from mmdeploy.bundle import Bundle
 from mmdeploy.errors import MMDeployError
+from mmdeploy.latency.bench import BenchSummary
 from mmdeploy.report import Report, load_report
 from mmdeploy.results import AccuracyResult, LatencyResult
 
@@ -68,7 +68,7 @@ def test_step_functions_live_in_api_because_submodules_share_their_names():
     """A top-level ``mmdeploy.export`` function would be replaced by the submodule ``mmdeploy.export`` when it is imported."""
     import importlib
 
-    for name in ("export", "evaluate", "bench", "report"):
+    for name in ("export", "evaluate", "report"):
         importlib.import_module(f"mmdeploy.{name}")
         assert isinstance(getattr(mmdeploy, name), types.ModuleType)
         assert isinstance(getattr(api, name), types.FunctionType)

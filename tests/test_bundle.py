@@ -247,7 +247,7 @@ def test_a_second_writer_fails_at_once_with_no_wait_and_waits_by_default(made, t
 
 def test_eval_and_bench_at_once_keep_both_results(exported, tmp_path, monkeypatch):
     """bench measures from a stale view while eval commits; bench's read-modify-write keeps eval's figures."""
-    from mmdeploy import bench
+    from mmdeploy.latency import bench
     from mmdeploy.evaluate import evaluate_target
 
     out = _copy(exported, tmp_path)
@@ -294,9 +294,9 @@ def test_an_ov_cache_folder_outside_the_bundle_is_refused(made, tmp_path):
 
 def test_measurements_round_trip_through_typed_accessors(made, tmp_path):
     """Tuned settings, noise records, step keys and the bench environment survive a locked read-modify-write."""
+    from mmdeploy.latency.threads import ThreadPolicy
+    from mmdeploy.latency.tune import machine_fingerprint, store_settings, stored_policy
     from mmdeploy.results import LatencyResult
-    from mmdeploy.threads import ThreadPolicy
-    from mmdeploy.tune import machine_fingerprint, store_settings, stored_policy
 
     out = _copy(made, tmp_path)
     store_settings(out, {("ort", "fp32", 16, 1): ThreadPolicy(1, True, "tuned")}, {"timings_p50_ms": {}})

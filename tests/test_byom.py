@@ -144,8 +144,8 @@ def test_flag_kwargs_reach_the_factory_are_recorded_and_needed_again(tmp_path, c
 
 
 def test_config_kwargs_reach_the_factory(tmp_path, cli, image_dir, user, monkeypatch):
-    monkeypatch.setattr("mmdeploy.noise.MAX_OTHERS_CPU", 1.0)
-    monkeypatch.setattr("mmdeploy.noise.MAX_SPREAD", float("inf"))
+    monkeypatch.setattr("mmdeploy.latency.noise.MAX_OTHERS_CPU", 1.0)
+    monkeypatch.setattr("mmdeploy.latency.noise.MAX_SPREAD", float("inf"))
     user.checkpoint(**CNN)
     config = tmp_path / "run.toml"
     config.write_text(textwrap.dedent(f"""

@@ -172,7 +172,7 @@ def test_dynamic_dim_names_are_the_ones_ort_overrides_pin(exported, tmp_path):
 def test_static_batch_export_eval_and_bench(exported, tmp_path):
     import shutil
 
-    from mmdeploy.bench import bench_bundle
+    from mmdeploy.latency.bench import bench_bundle
 
     out = tmp_path / "static"
     shutil.copytree(exported[0], out)

@@ -10,13 +10,13 @@ import pytest
 import torch
 from test_report import _points, _report
 
-from mmdeploy.bench import BenchTarget, measure_with_interference
 from mmdeploy.engines.base import Engine
-from mmdeploy.latency_trust import UNRELIABLE_MARK
-from mmdeploy.noise import MAX_OTHERS_CPU, CpuSample, interference, sample
+from mmdeploy.latency.bench import BenchTarget, measure_with_interference
+from mmdeploy.latency.noise import MAX_OTHERS_CPU, CpuSample, interference, sample
+from mmdeploy.latency.threads import ThreadPolicy, usable_cores
+from mmdeploy.latency.trust import UNRELIABLE_MARK
+from mmdeploy.latency.tune import choose, machine_fingerprint, stored_policy
 from mmdeploy.report import compare_reports, format_gate, render_table
-from mmdeploy.threads import ThreadPolicy, usable_cores
-from mmdeploy.tune import choose, machine_fingerprint, stored_policy
 
 BURN = "import time\nend = time.time() + 30\nwhile time.time() < end: pass\n"
 
@@ -86,8 +86,8 @@ def test_bench_marks_points_unreliable_and_retimes_when_a_burner_runs_beside_it(
 def test_bench_keeps_points_reliable_when_the_detector_sees_a_quiet_machine(monkeypatch):
     # The machine this suite runs on may be shared, so "quiet" is synthetic: samples that show no other process.
     clock = iter(range(1000))
-    monkeypatch.setattr("mmdeploy.bench.sample", lambda: CpuSample(float(next(clock)), 0.0, 0, 100 * next(clock), 0.0))
-    monkeypatch.setattr("mmdeploy.noise.MAX_SPREAD", float("inf"))  # spread is the real timer's, which a shared machine widens
+    monkeypatch.setattr("mmdeploy.latency.bench.sample", lambda: CpuSample(float(next(clock)), 0.0, 0, 100 * next(clock), 0.0))
+    monkeypatch.setattr("mmdeploy.latency.noise.MAX_SPREAD", float("inf"))  # spread is the real timer's, which a shared machine widens
     results, seen = measure_with_interference([BenchTarget(16, "spin", "fp32", lambda: _Spin(16))], [1, 2], warmup=1, iters=5,
                                               noise_budget_s=10)
     assert not seen.busy and all(r.reliable and r.noise["passes"] == 1 for r in results)
@@ -102,7 +102,7 @@ class _Counting(_Spin):
 
 
 def test_short_calls_are_timed_in_back_to_back_blocks_and_long_ones_singly():
-    from mmdeploy.bench import BLOCK_MS, MAX_CALLS_PER_SAMPLE, calls_per_sample
+    from mmdeploy.latency.bench import BLOCK_MS, MAX_CALLS_PER_SAMPLE, calls_per_sample
 
     assert calls_per_sample(0.1) == 20 and calls_per_sample(BLOCK_MS) == 1 and calls_per_sample(30.0) == 1
     assert calls_per_sample(1e-6) == MAX_CALLS_PER_SAMPLE and calls_per_sample(0.0) == 1
@@ -197,7 +197,7 @@ def test_torch_reference_runs_one_thread_and_restores_the_users_count():
 def test_gate_skips_latency_when_the_baseline_ran_on_another_cpu_or_timing_protocol():
     import dataclasses
 
-    from mmdeploy.bench import BENCH_PROTOCOL
+    from mmdeploy.latency.bench import BENCH_PROTOCOL
 
     points = _points()
     slower = [dataclasses.replace(p, latency_ms=p.latency_ms * (1 if p.engine == "torch" else 3)) for p in points]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mmdeploy.method import describe, method_alone, model_flops, write_method_alone
+from mmdeploy.report.method import describe, method_alone, model_flops, write_method_alone
 from mmdeploy.stats import pack_correct
 
 FAST = ("--batches", "2", "--batch-size", "4")

@@ -169,8 +169,8 @@ def test_bf16_is_refused_in_one_line_where_the_cpu_lacks_it(ov_bundle, monkeypat
 
 @needs_ov
 def test_eval_bench_and_report_treat_ov_like_the_other_engines(ov_bundle):
-    from mmdeploy.bench import bench_bundle
     from mmdeploy.evaluate import evaluate_target
+    from mmdeploy.latency.bench import bench_bundle
     from mmdeploy.report import report_bundle
 
     out, _ = ov_bundle
@@ -235,8 +235,8 @@ iters = 2
 
 
 def test_ov_candidates_split_only_large_batches():
-    from mmdeploy.threads import ThreadPolicy
-    from mmdeploy.tune import ov_candidates
+    from mmdeploy.latency.threads import ThreadPolicy
+    from mmdeploy.latency.tune import ov_candidates
 
     assert ov_candidates(1, cores=2)[1:] == [ThreadPolicy(1, False, "tuned"), ThreadPolicy(2, False, "tuned")]
     assert ov_candidates(1, cores=2)[0].preset == "default", "OpenVINO's defaults are always tried"
@@ -247,10 +247,10 @@ def test_ov_candidates_split_only_large_batches():
 
 @needs_ov
 def test_tune_stores_ov_threads_and_streams_and_the_engine_loads_them(ov_bundle):
-    from mmdeploy.bench import bench_bundle
     from mmdeploy.engines.openvino import OvEngine
-    from mmdeploy.threads import ov_default_policy
-    from mmdeploy.tune import tune_bundle
+    from mmdeploy.latency.bench import bench_bundle
+    from mmdeploy.latency.threads import ov_default_policy
+    from mmdeploy.latency.tune import tune_bundle
 
     out, _ = ov_bundle
     result = tune_bundle(out, ["fp32"], [16], [1, 8], warmup=1, iters=2, noise_budget_s=0, engines=("ov",))

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from mmdeploy.errors import MMDeployError
-from mmdeploy.pareto import (
+from mmdeploy.report.pareto import (
     build_points,
     default_reference,
     pareto_front,
@@ -182,7 +182,7 @@ def test_build_points_empty_and_bad_input():
 
 
 def test_build_points_carries_the_accuracy_before_calibration():
-    from mmdeploy.pareto import build_points
+    from mmdeploy.report.pareto import build_points
     from mmdeploy.results import AccuracyResult, LatencyResult
 
     accs = [AccuracyResult(24, "torch", "fp32", 80.0, 99.0, 100, True), AccuracyResult(24, "ort", "fp32", 80.0, 99.0, 100, True),

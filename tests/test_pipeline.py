@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmdeploy.bench import BenchTarget, measure_latency, summarize
 from mmdeploy.bundle import Bundle
 from mmdeploy.engines.base import Engine
+from mmdeploy.latency.bench import BenchTarget, measure_latency, summarize
 from mmdeploy.pipeline import run_pipeline
 from mmdeploy.report import load_report
 
@@ -105,8 +105,8 @@ max_latency_regress = "1000%"
 @pytest.fixture
 def quiet(monkeypatch):
     """Judge every bench quiet: these tests are about reuse and gating, and the machine running them may be shared."""
-    monkeypatch.setattr("mmdeploy.noise.MAX_OTHERS_CPU", 1.0)
-    monkeypatch.setattr("mmdeploy.noise.MAX_SPREAD", float("inf"))
+    monkeypatch.setattr("mmdeploy.latency.noise.MAX_OTHERS_CPU", 1.0)
+    monkeypatch.setattr("mmdeploy.latency.noise.MAX_SPREAD", float("inf"))
 
 
 def test_run_pipeline_then_reuse_then_gate(demo_config, quiet):
@@ -150,21 +150,21 @@ def test_run_fresh_reruns_bench_and_a_busy_or_foreign_bench_is_not_reused(demo_c
     assert refused.exit_code == 1 and len(refused.stderr.strip().splitlines()) == 1 and "--fresh calibrate" in refused.stderr
 
     # A bench taken while the machine was busy is stored as unreliable and measured again next time.
-    monkeypatch.setattr("mmdeploy.noise.MAX_OTHERS_CPU", -1.0)
+    monkeypatch.setattr("mmdeploy.latency.noise.MAX_OTHERS_CPU", -1.0)
     busy = run_pipeline(demo_config, log=lambda m: None, fresh=["bench"]).models[0]
     assert all(p.extra.get("unreliable") for p in busy.report.points)
     assert all(p.extra.get("unreliable") is True for p in load_report(busy.files["json"]).points), "the mark survives report.json"
     assert run_pipeline(demo_config, log=lambda m: None).models[0].steps["bench"] == "ran"
-    monkeypatch.setattr("mmdeploy.noise.MAX_OTHERS_CPU", 1.0)
+    monkeypatch.setattr("mmdeploy.latency.noise.MAX_OTHERS_CPU", 1.0)
     run_pipeline(demo_config, log=lambda m: None)
     # Another CPU (or library version, or host): tuned settings and bench are not reused.
-    import mmdeploy.tune
+    import mmdeploy.latency.tune
 
-    real = mmdeploy.tune.machine_fingerprint
-    monkeypatch.setattr("mmdeploy.tune.machine_fingerprint", lambda: {**real(), "cpu": "another CPU"})
+    real = mmdeploy.latency.tune.machine_fingerprint
+    monkeypatch.setattr("mmdeploy.latency.tune.machine_fingerprint", lambda: {**real(), "cpu": "another CPU"})
     moved = run_pipeline(demo_config, log=lambda m: None).models[0]
     assert (moved.steps["tune"], moved.steps["bench"]) == ("ran", "ran")
-    monkeypatch.setattr("mmdeploy.tune.machine_fingerprint", real)
+    monkeypatch.setattr("mmdeploy.latency.tune.machine_fingerprint", real)
     run_pipeline(demo_config, log=lambda m: None, fresh=["tune"])
 
 

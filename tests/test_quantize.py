@@ -117,8 +117,8 @@ def test_bad_int8_options_are_user_errors(int8_bundle, cli):
 
 
 def test_int8_is_one_more_precision_in_eval_bench_and_report(int8_bundle, tmp_path):
-    from mmdeploy.bench import bench_bundle
     from mmdeploy.evaluate import evaluate_target
+    from mmdeploy.latency.bench import bench_bundle
     from mmdeploy.report import report_bundle
 
     out = tmp_path / "bundle"

@@ -282,7 +282,7 @@ def test_parse_fraction_rejects(text):
 
 
 def test_markdown_names_the_device_bench_recorded(tmp_path):
-    env = {"cpu": "Example CPU @ 2GHz", "torch_threads": 2, "torch": "2.13"}  # what mmdeploy.bench.environment() writes
+    env = {"cpu": "Example CPU @ 2GHz", "torch_threads": 2, "torch": "2.13"}  # what mmdeploy.latency.bench.environment() writes
     report = build_report(_points(), batch=1, environment=env, training_size=224)
     markdown = write_report(report, tmp_path)["md"].read_text(encoding="utf-8")
     assert "device Example CPU @ 2GHz (2 threads)" in markdown

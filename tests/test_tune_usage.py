@@ -11,8 +11,8 @@ import torch
 
 from mmdeploy.bundle import Bundle
 from mmdeploy.errors import MMDeployError
-from mmdeploy.threads import ThreadPolicy
-from mmdeploy.tune import (
+from mmdeploy.latency.threads import ThreadPolicy
+from mmdeploy.latency.tune import (
     SPIN_PENALTY,
     choose_for_usage,
     ort_candidates,
@@ -139,7 +139,7 @@ def test_a_stored_default_loads_a_session_with_no_thread_or_spinning_option(ort_
 
 
 def test_tune_records_its_usage_and_the_shared_check(ort_bundle, monkeypatch):
-    import mmdeploy.tune as tune
+    import mmdeploy.latency.tune as tune
 
     calls = []
 

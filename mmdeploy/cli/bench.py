@@ -33,7 +33,7 @@ def bench(
 
     Example: [bold]mmdeploy bench bundle/ --tune --engine torch --engine ort --batch 1 --batch 32[/]
     """
-    from mmdeploy.bench import tune_and_bench
+    from mmdeploy.latency.bench import tune_and_bench
 
     # --batch, --warmup, --iters, --noise-budget: keywords through the mapping [bench] shares
     run = tune_and_bench(bundle, engine, precision, parse_sizes(size), tune=tune, usage=usage, progress=make_progress(json_out), **library_kwargs())
@@ -41,6 +41,6 @@ def bench(
         return emit_json(run)  # {"results", "environment", "skipped", "tuned"}
     for line in run.skipped:
         err_console.print(f"[yellow]skipped:[/] {line}")
-    from mmdeploy.bench_table import latency_table
+    from mmdeploy.latency.table import latency_table
 
     console.print(latency_table(run.results, run.environment, run.tuned))

@@ -41,9 +41,9 @@ def report(
     """
     from mmdeploy.bundle import atomic_write_bytes
     from mmdeploy.errors import MMDeployError
-    from mmdeploy.pareto import pick as pick_point
     from mmdeploy.report import compare_reports, format_gate, gate_junit, load_report, parse_fraction, render_table, report_bundle
     from mmdeploy.report.gate import check_gate_thresholds
+    from mmdeploy.report.pareto import pick as pick_point
 
     if junit is not None and baseline is None:
         raise MMDeployError("--junit writes the gate's result, and there is no gate without --baseline", "add --baseline OLD/report.json")

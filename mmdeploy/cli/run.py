@@ -54,7 +54,7 @@ def run(
         if len(summary.models) > 1:
             console.print(compare_models_table(summary.models))
         if summary.method_alone is not None:
-            from mmdeploy.method import describe
+            from mmdeploy.report.method import describe
 
             console.print(describe(summary.method_alone), markup=False)
     if not summary.passed:

@@ -9,7 +9,7 @@ engine's loader: it finds the files in a bundle and takes the engine's options a
 keyword-only arguments. Options with the same name mean the same thing in every engine:
 ``batch`` (int: the batch the engine will be called with; every engine takes it), ``device``
 (str: "cpu", "cuda", "cuda:N"), ``threads`` (int: intra-op CPU threads), ``policy``
-(``mmdeploy.threads.ThreadPolicy``). An option an engine does not have is refused, naming it.
+(``mmdeploy.latency.threads.ThreadPolicy``). An option an engine does not have is refused, naming it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class InputMeta:
 
 class Engine:
     name = "base"
-    policy = None  # mmdeploy.threads.ThreadPolicy the engine runs under (recorded with each latency)
+    policy = None  # mmdeploy.latency.threads.ThreadPolicy the engine runs under (recorded with each latency)
 
     @classmethod
     def from_bundle(cls, bundle, size: int, precision: str = "fp32", **options) -> Engine:  # pragma: no cover - abstract

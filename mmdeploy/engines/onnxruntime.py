@@ -17,7 +17,7 @@ import torch
 from mmdeploy.engines.base import Engine, InputMeta
 from mmdeploy.engines.tensor_names import BATCH_DIM, HEIGHT_DIM, WIDTH_DIM
 from mmdeploy.errors import MMDeployError
-from mmdeploy.threads import ThreadPolicy, ort_default_policy, usable_cores  # noqa: F401  (usable_cores: re-exported)
+from mmdeploy.latency.threads import ThreadPolicy, ort_default_policy, usable_cores  # noqa: F401  (usable_cores: re-exported)
 
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -129,7 +129,7 @@ class OrtEngine(Engine):
         if not art or not bundle.path(art.file).exists():
             raise MMDeployError(f"no {variant} {precision} ONNX for size {size} in {bundle.root}", hint)
         if policy is None and threads is None:
-            from mmdeploy.tune import stored_policy
+            from mmdeploy.latency.tune import stored_policy
 
             policy = stored_policy(bundle.engine_settings, "ort", precision, size, tuned_batch or batch)
         return cls(bundle.artifact_path(art, hint), size, precision, providers=providers, threads=threads, fixed_dims=fixed,

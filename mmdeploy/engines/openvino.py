@@ -25,7 +25,7 @@ from mmdeploy.engines.base import Engine, InputMeta
 from mmdeploy.engines.onnxruntime import usable_cores
 from mmdeploy.engines.registry import engine_spec
 from mmdeploy.errors import MMDeployError
-from mmdeploy.threads import ThreadPolicy, ov_default_policy
+from mmdeploy.latency.threads import ThreadPolicy, ov_default_policy
 
 PRECISIONS = engine_spec("ov").precisions  # int8: the per-size QDQ INT8 ONNX, quantized ops in int8, the rest in f32
 CACHE_DIR = "ov_cache"  # in the bundle; OpenVINO owns the blob files in it
@@ -103,7 +103,7 @@ class OvEngine(Engine):
         stored for the batch nearest ``tuned_batch`` (or ``batch``)."""
         cls.refuse_unknown(unknown)
         if policy is None and threads is None and streams is None:
-            from mmdeploy.tune import stored_policy
+            from mmdeploy.latency.tune import stored_policy
 
             policy = stored_policy(bundle.engine_settings, "ov", precision, size, tuned_batch or batch, default=ov_default_policy())
         record = ov_record(bundle, size, precision)

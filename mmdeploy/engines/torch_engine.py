@@ -6,7 +6,7 @@ import torch
 
 from mmdeploy.engines.base import Engine, InputMeta
 from mmdeploy.engines.tensor_names import INPUT_NAME  # the name the exported graphs give this input
-from mmdeploy.threads import ThreadPolicy, TorchThreads, torch_policy
+from mmdeploy.latency.threads import ThreadPolicy, TorchThreads, torch_policy
 
 
 class TorchEngine(Engine):

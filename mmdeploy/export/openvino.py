@@ -34,9 +34,9 @@ OV_MIN_PARITY_IMAGES = 64
 def _ov_key(onnx_sha: str, precision: str) -> str:
     import openvino as ov
 
-    from mmdeploy.bench import environment
+    from mmdeploy.latency.machine import cpu_name
 
-    return content_key([onnx_sha, precision, ov.__version__, environment()["cpu"]])
+    return content_key([onnx_sha, precision, ov.__version__, cpu_name()])
 
 
 def check_ov_available(precisions: list[str]) -> None:

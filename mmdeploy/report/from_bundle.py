@@ -7,10 +7,10 @@ from pathlib import Path
 
 from mmdeploy.bundle import bundle_lock
 from mmdeploy.errors import MMDeployError
-from mmdeploy.pareto import build_points
 from mmdeploy.report.model import Report, build_report
+from mmdeploy.report.pareto import build_points
 from mmdeploy.report.render import write_report
-from mmdeploy.report_values import check_threshold
+from mmdeploy.report.values import check_threshold
 from mmdeploy.results import AccuracyResult, LatencyResult, PointKey
 
 

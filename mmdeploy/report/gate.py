@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mmdeploy.errors import MMDeployError
-from mmdeploy.latency_trust import latency_skip_reason
-from mmdeploy.pareto import point_order
+from mmdeploy.latency.trust import latency_skip_reason
 from mmdeploy.report.model import Report
-from mmdeploy.report_values import check_threshold
+from mmdeploy.report.pareto import point_order
+from mmdeploy.report.values import check_threshold
 from mmdeploy.results import PointKey
 from mmdeploy.stats import Comparison, compare_points
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from mmdeploy.pareto import point_order
 from mmdeploy.report.gate import GateResult
 from mmdeploy.report.model import Report
+from mmdeploy.report.pareto import point_order
 
 
 def gate_junit(result: GateResult, new: Report, baseline: Report) -> bytes:

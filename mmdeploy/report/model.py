@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import mmdeploy
-from mmdeploy.pareto import IsoAccuracySpeedup, pareto_front, set_relative_latency, speedup_at_iso_accuracy
+from mmdeploy.report.pareto import IsoAccuracySpeedup, pareto_front, set_relative_latency, speedup_at_iso_accuracy
 from mmdeploy.results import Point, PointKey
 
 SCHEMA_VERSION = 2  # 2: top-1 intervals and image counts, per-image results, p50 and speed-up intervals
@@ -50,7 +50,7 @@ def build_report(
     tolerance: float = 0.5,
 ) -> Report:
     """A report of ``points``: marks the front, sets relative latencies against the reference
-    (``reference``, else :func:`~mmdeploy.pareto.default_reference`) and the speed-up."""
+    (``reference``, else :func:`~mmdeploy.report.pareto.default_reference`) and the speed-up."""
     bundle_path = Path(bundle).resolve() if bundle is not None else None
     speedup = None
     if points:

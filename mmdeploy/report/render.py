@@ -15,9 +15,9 @@ from pathlib import Path
 from rich.table import Table
 
 from mmdeploy.bundle import atomic_write_bytes
-from mmdeploy.latency_trust import UNRELIABLE_MARK, latency_cell, settings_label, speedup_warning
-from mmdeploy.pareto import point_order
+from mmdeploy.latency.trust import UNRELIABLE_MARK, latency_cell, settings_label, speedup_warning
 from mmdeploy.report.model import FRONT_MARKER, Report
+from mmdeploy.report.pareto import point_order
 from mmdeploy.report.serialize import report_to_json
 from mmdeploy.results import Point, PointKey
 

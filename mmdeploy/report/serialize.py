@@ -9,9 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mmdeploy.errors import MMDeployError
-from mmdeploy.pareto import IsoAccuracySpeedup
 from mmdeploy.report.model import SCHEMA_VERSION, Report
-from mmdeploy.report_values import point_problem, report_problem
+from mmdeploy.report.pareto import IsoAccuracySpeedup
+from mmdeploy.report.values import point_problem, report_problem
 from mmdeploy.results import Point, PointKey
 from mmdeploy.stats import Comparison
 

@@ -309,7 +309,7 @@ _PROBE_STEPS = 2  # steps of the first epoch's plan timed per precision and roun
 
 def _choose_precision(precision, dev, state, model, images, labels, n, plan_regime, pre, seed, arch, batch_size, memory_format):
     """--precision auto on a native-bf16 CPU times the run's own first steps in fp32 and bf16 (see train/precision.py)."""
-    from mmdeploy.bench import _cpu_name
+    from mmdeploy.latency.machine import cpu_name
 
     gen = torch.Generator()
     steps = epoch_steps(n, plan_regime, seed, 0)[:_PROBE_STEPS]
@@ -317,7 +317,7 @@ def _choose_precision(precision, dev, state, model, images, labels, n, plan_regi
     def run_step(m, optimizer, st, autocast):
         _train_step(m, optimizer, None, images, labels, st, pre, gen, seed, memory_format, autocast)
 
-    key = cache_key(_cpu_name(), f"{torch.get_num_threads()} threads", f"torch {torch.__version__}", arch, plan_regime.describe(),
+    key = cache_key(cpu_name(), f"{torch.get_num_threads()} threads", f"torch {torch.__version__}", arch, plan_regime.describe(),
                     f"batch {batch_size}")
     return choose_precision(precision, dev, resumed=state["mmdeploy"] if state is not None else None, cache_key=key,
                             time_steps=step_timer(model, run_step, steps, dev))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from mmdeploy.errors import MMDeployError
-from mmdeploy.report_values import check_threshold
+from mmdeploy.report.values import check_threshold
 from mmdeploy.results import AccuracyResult, LatencyResult, Point, PointKey
 from mmdeploy.stats import Comparison, Top1, at_least, compare_points, ratio_interval, significantly_better
 

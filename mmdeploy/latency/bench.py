@@ -7,8 +7,6 @@ hits every point alike, and reports compare latencies as ratios measured in the 
 from __future__ import annotations
 
 import math
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -19,11 +17,12 @@ import torch
 
 from mmdeploy.bundle.lock import reading_bundle
 from mmdeploy.errors import MMDeployError
-from mmdeploy.noise import Interference, interference, machine_was_busy, point_is_noisy, sample
+from mmdeploy.latency.machine import describe_machine
+from mmdeploy.latency.noise import Interference, interference, machine_was_busy, point_is_noisy, sample
+from mmdeploy.latency.threads import ThreadPolicy
 from mmdeploy.progress import Progress
 from mmdeploy.results import LatencyResult
 from mmdeploy.stats import median_interval
-from mmdeploy.threads import ThreadPolicy
 
 
 @dataclass
@@ -171,28 +170,8 @@ def _policy(engine) -> ThreadPolicy:
 
 
 def environment() -> dict:
-    """Where the numbers came from: device, threads, library versions."""
-    env = {"bench_protocol": BENCH_PROTOCOL, "platform": platform.platform(), "python": platform.python_version(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    for mod in ("onnxruntime", "onnx", "tensorrt", "openvino"):
-        try:
-            env[mod] = __import__(mod).__version__
-        except Exception:  # not installed, or broken without a GPU
-            pass
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["cuda"] = torch.version.cuda
-    return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """Where the numbers came from: the timing protocol, the machine, the library versions."""
+    return {"bench_protocol": BENCH_PROTOCOL, **describe_machine()}
 
 
 @reading_bundle("bundle_dir")  # no writer sweeps what it reads; results merge under the lock
@@ -302,7 +281,7 @@ def has_artifact(bundle, engine: str, size: int, precision: str) -> bool:
 @dataclass
 class BenchSummary:
     """What ``mmdeploy bench`` measured: latencies, the machine they were taken on, what was skipped and why, and the
-    ONNX Runtime settings chosen first when tuning was asked for (``mmdeploy.tune.TuneResult``, else None)."""
+    ONNX Runtime settings chosen first when tuning was asked for (``mmdeploy.latency.tune.TuneResult``, else None)."""
 
     results: list[LatencyResult]
     environment: dict
@@ -325,14 +304,14 @@ def tune_and_bench(
 ) -> BenchSummary:
     """``mmdeploy bench``: with ``tune``, first choose ONNX Runtime's threads and spinning and OpenVINO's threads and
     streams per size and batch by measurement (stored in the bundle; engines then use them), then :func:`bench_bundle`."""
-    from mmdeploy.tune import USAGES
+    from mmdeploy.latency.tune import USAGES
 
     if usage not in USAGES:  # refused with or without --tune: a typo must not pass silently
         raise MMDeployError(f"unknown usage {usage!r}", f"use --usage {' or --usage '.join(USAGES)}")
     tuned = None
     if tune:
         from mmdeploy.engines.registry import tunable_engines
-        from mmdeploy.tune import tune_bundle
+        from mmdeploy.latency.tune import tune_bundle
 
         tunable = tuple(e for e in (engines or tunable_engines()) if e in tunable_engines()) or ("ort",)
         tuned = tune_bundle(bundle_dir, precisions, sizes, batches, noise_budget_s=noise_budget_s, progress=progress, engines=tunable,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from mmdeploy.latency_trust import UNRELIABLE_MARK
+from mmdeploy.latency.trust import UNRELIABLE_MARK
 
 
 def latency_table(results, env: dict, tuned=None) -> Table:

@@ -1,7 +1,7 @@
 """Whether a report's latencies can be trusted, and how each point was run: used by the report and the CI gate.
 
 ``mmdeploy bench`` marks a point ``unreliable`` (``Point.extra``) when the machine was busy
-while it was timed or its own p90/p50 was too wide (:mod:`mmdeploy.noise`). Such latencies are
+while it was timed or its own p90/p50 was too wide (:mod:`mmdeploy.latency.noise`). Such latencies are
 shown with a mark, the speed-up headline built on them carries a warning, and the CI gate does
 not pass or fail on them: it says in one line that it skipped latency, and why.
 """

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mmdeploy.threads import usable_cores
+from mmdeploy.latency.threads import usable_cores
 
 # Above these a pass is "busy": other processes used more than this fraction of the usable
 # cores, or a point's p90 was more than this multiple of its p50. A quiet 2-core machine shows

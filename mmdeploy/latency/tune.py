@@ -35,8 +35,8 @@ from pathlib import Path
 
 from mmdeploy.bundle.lock import reading_bundle
 from mmdeploy.errors import MMDeployError
+from mmdeploy.latency.threads import ThreadPolicy, ort_default_policy, usable_cores
 from mmdeploy.progress import Progress
-from mmdeploy.threads import ThreadPolicy, ort_default_policy, usable_cores
 
 SIMPLER_WITHIN = 0.02  # a setting this much slower than the fastest still wins if it is simpler
 SPIN_PENALTY = 0.10  # spinning wins only when more than this much faster (see choose)
@@ -46,7 +46,7 @@ SHARED_ITERS = 40  # calls per setting in the shared-process check
 
 def machine_fingerprint() -> dict:
     """What makes settings (and latencies) transferable: the CPU, the cores, the libraries."""
-    from mmdeploy.bench import environment
+    from mmdeploy.latency.bench import environment
 
     env = environment()
     return {"bench_protocol": env.get("bench_protocol"), "host": platform.node(), "cpu": env.get("cpu"), "usable_cores": usable_cores(), "torch": env.get("torch"),
@@ -193,10 +193,10 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
     """Time every setting of each engine in ``engines`` (default: the registry's tunable ones) that runs here and has
     artifacts, per (precision, size, batch), and store the best for ``usage`` in the bundle (ONNX Runtime: default
     session, threads x spinning; OpenVINO: defaults, throughput hint, threads x streams, int8's precision hint)."""
-    from mmdeploy.bench import BenchTarget, check_bench_fits, measure_with_interference
     from mmdeploy.bundle import ONNX, OV, Bundle
     from mmdeploy.engines import available_engines, serves
     from mmdeploy.engines.registry import tunable_engines
+    from mmdeploy.latency.bench import BenchTarget, check_bench_fits, measure_with_interference
 
     if usage not in USAGES:
         raise MMDeployError(f"unknown usage {usage!r}", f"use one of {', '.join(USAGES)}")
@@ -250,7 +250,7 @@ def _companion(bundle, engine: str, precision: str, size: int):
     """() -> the engine that shares the process in the shared check: OpenVINO's default engine of this size where there
     is one (the layout that collapsed spinning ONNX Runtime sessions), else a non-spinning ONNX Runtime session."""
     from mmdeploy.bundle import OV
-    from mmdeploy.threads import ov_default_policy
+    from mmdeploy.latency.threads import ov_default_policy
 
     if engine == "ort":
         for p in (precision, "fp32"):
