@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import mmdeploy.calib.batching as batching
 import mmdeploy.calib.bn as bn
 import mmdeploy.calib.workflow as workflow
 from mmdeploy.calib import calibrate_bn
@@ -161,7 +162,7 @@ def test_auto_on_a_small_folder_uses_every_image_like_a_fixed_count(image_dir, r
 
 
 def test_auto_stops_early_and_records_what_it_used(image_dir, resnet8_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(workflow, "StoppingRule", lambda: StoppingRule(tolerance=10.0, window=1, min_batches=2))
+    monkeypatch.setattr(batching, "StoppingRule", lambda: StoppingRule(tolerance=10.0, window=1, min_batches=2))
     summary = calibrate_to_bundle(resnet8_checkpoint, [16, 24], image_dir, tmp_path / "auto", batches="auto", batch_size=2)
     assert summary.images == 4 and summary.convergence["stopping"]["stopped_early"]
     record = json.loads((tmp_path / "auto/manifest.json").read_text())["sizes"]["16"]["calibration"]
@@ -206,3 +207,26 @@ def test_the_run_config_takes_auto_or_a_count():
     field = SCHEMA["calibrate"]["batches"]
     assert field.problems("auto", "calibrate.batches") == [] and field.problems(50, "calibrate.batches") == []
     assert field.problems("sometimes", "calibrate.batches") and field.problems(0, "calibrate.batches")
+
+
+def test_default_batches_are_auto_and_a_number_still_forces_a_count(image_dir, resnet8_checkpoint, tmp_path, monkeypatch):
+    """No --batches: the stopping rule, recorded; --batches N: exactly N batches, no rule; under torch.distributed the
+    default is the fixed 200 (no rank sees every batch in order)."""
+    assert parse_batches(None) == (200, StoppingRule()) and parse_batches(None, distributed=True) == (200, None)
+    monkeypatch.setattr(batching, "StoppingRule", lambda: StoppingRule(tolerance=10.0, window=1, min_batches=2))
+    default = calibrate_to_bundle(resnet8_checkpoint, [16], image_dir, tmp_path / "default", batch_size=2)
+    assert default.images == 4 and default.convergence["stopping"]["stopped_early"]
+    record = json.loads((tmp_path / "default/manifest.json").read_text())["sizes"]["16"]["calibration"]
+    assert record["stopping"]["tolerance"] == 10.0 and record["batches_used"] == 2
+    forced = calibrate_to_bundle(resnet8_checkpoint, [16], image_dir, tmp_path / "forced", batches=3, batch_size=2)
+    assert forced.images == 6 and "stopping" not in forced.convergence
+    assert "stopping" not in json.loads((tmp_path / "forced/manifest.json").read_text())["sizes"]["16"]["calibration"]
+
+
+def test_calibrate_help_says_auto_is_the_default():
+    import typer
+
+    from mmdeploy.cli import app
+
+    option = next(p for p in typer.main.get_command(app).commands["calibrate"].params if p.name == "batches")
+    assert option.default is None and option.show_default == "auto" and option.help.startswith("auto (the default)")
