@@ -71,8 +71,7 @@ def calibrate(
     """``mmdeploy calibrate``: recalibrate BatchNorm for each of ``sizes`` on the ImageFolder ``data`` and write the
     bundle ``out`` (created, or updated where sizes or inputs changed). Returns the bundle.
 
-    ``batches`` x ``batch_size`` training images (``batches="auto"``, the default: until the statistics are stable, 16 to 200 batches, or 200 under torch.distributed;
-    a number forces that count;
+    ``batches`` x ``batch_size`` training images (default 200; ``batches="auto"``: until the statistics are stable, 16 to 200 batches;
     augmented unless ``augment=False``, order and augmentation from ``seed``) make each size's statistics; ``arch``,
     ``arch_kwargs`` (the factory's keyword arguments), ``preprocess``, ``mean``, ``std`` and ``training_size`` override
     what the checkpoint records; ``allow_pickle`` allows arbitrary unpickling of a checkpoint you trust."""

@@ -209,24 +209,19 @@ def test_the_run_config_takes_auto_or_a_count():
     assert field.problems("sometimes", "calibrate.batches") and field.problems(0, "calibrate.batches")
 
 
-def test_default_batches_are_auto_and_a_number_still_forces_a_count(image_dir, resnet8_checkpoint, tmp_path, monkeypatch):
-    """No --batches: the stopping rule, recorded; --batches N: exactly N batches, no rule; under torch.distributed the
-    default is the fixed 200 (no rank sees every batch in order)."""
-    assert parse_batches(None) == (200, StoppingRule()) and parse_batches(None, distributed=True) == (200, None)
-    monkeypatch.setattr(batching, "StoppingRule", lambda: StoppingRule(tolerance=10.0, window=1, min_batches=2))
+def test_default_batches_are_the_fixed_200_and_auto_is_opt_in(image_dir, resnet8_checkpoint, tmp_path):
+    """No --batches: the reference code's 200 (here: every image), no rule in the manifest; auto records its rule."""
+    assert parse_batches(None) == (200, None) and parse_batches("auto")[1] == StoppingRule()
     default = calibrate_to_bundle(resnet8_checkpoint, [16], image_dir, tmp_path / "default", batch_size=2)
-    assert default.images == 4 and default.convergence["stopping"]["stopped_early"]
+    assert default.images == 16 and "stopping" not in default.convergence
     record = json.loads((tmp_path / "default/manifest.json").read_text())["sizes"]["16"]["calibration"]
-    assert record["stopping"]["tolerance"] == 10.0 and record["batches_used"] == 2
-    forced = calibrate_to_bundle(resnet8_checkpoint, [16], image_dir, tmp_path / "forced", batches=3, batch_size=2)
-    assert forced.images == 6 and "stopping" not in forced.convergence
-    assert "stopping" not in json.loads((tmp_path / "forced/manifest.json").read_text())["sizes"]["16"]["calibration"]
+    assert "stopping" not in record and record["batches"] == 200
 
 
-def test_calibrate_help_says_auto_is_the_default():
+def test_calibrate_help_says_200_is_the_default():
     import typer
 
     from mmdeploy.cli import app
 
     option = next(p for p in typer.main.get_command(app).commands["calibrate"].params if p.name == "batches")
-    assert option.default is None and option.show_default == "auto" and option.help.startswith("auto (the default)")
+    assert option.default is None and option.show_default == "200" and "default 200" in option.help and "auto" in option.help

@@ -20,10 +20,11 @@ AUTO_CHUNK_BATCHES = 8  # batches decoded at once under --batches auto
 
 def parse_batches(batches, distributed: bool = False) -> tuple[int, StoppingRule | None]:
     """``--batches``: a positive count (exactly that many batches), or ``auto`` (16 to 200 batches, stopping once stable).
-    None (not given) is auto in one process and the reference code's fixed 200 under torch.distributed, where no rank
-    sees every batch in order (an explicit auto is refused there)."""
+    None (not given) is the reference code's fixed 200: at its 1% tolerance auto's variances still differ from a
+    calibration twice as long by up to 5% (resnet50 at 160 px, ``benchmarks/bench_auto_stop.py``), so it is opt-in.
+    ``distributed``: under torch.distributed no rank sees every batch in order, so an explicit auto is refused there."""
     if batches is None:
-        return (AUTO_MAX_BATCHES, None) if distributed else (AUTO_MAX_BATCHES, StoppingRule())
+        return AUTO_MAX_BATCHES, None
     if isinstance(batches, str) and batches.strip().lower() == AUTO:
         return AUTO_MAX_BATCHES, StoppingRule()
     try:

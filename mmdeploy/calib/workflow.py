@@ -169,7 +169,7 @@ def calibrate_to_bundle(
     checkpoint's own statistics for every size (``mmdeploy export CKPT``). ``arch_kwargs``: the
     factory's keyword arguments (``--arch-kwargs``), recorded in the manifest. ``batches="auto"`` stops once the
     statistics are stable (:class:`mmdeploy.calib.convergence.StoppingRule`), after 16 to 200 batches; a number runs
-    exactly that many; None (the default) is auto, or 200 under torch.distributed."""
+    exactly that many; None (the default) is 200."""
     progress = progress or Progress()
     out = Path(out)
     batches, rule = parse_batches(batches, dist.active())

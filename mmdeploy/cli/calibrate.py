@@ -17,11 +17,10 @@ def calibrate(
     size: SizesOpt = None,
     data: DataOpt = Path("calib/train"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to create or update.")] = Path("bundle"),
-    batches: Annotated[Optional[str], typer.Option(help="auto (the default): stop once every BN layer's statistics moved < 1% over the last "
-                                                         "4 batches (16 to 200 batches; the rule and the count used are recorded in the manifest; "
-                                                         "a folder of up to 1,024 images is used whole; under torchrun the default is 200). "
-                                                         "A number runs exactly that many batches (the reference code uses 200).",
-                                                         show_default="auto")] = None,
+    batches: Annotated[Optional[str], typer.Option(help="Calibration batches (default 200, the reference code's count), or auto: stop once every "
+                                                         "BN layer's statistics moved < 1% over the last 4 batches (16 to 200 batches; the rule and "
+                                                         "the count used are recorded in the manifest; a folder of up to 1,024 images is used whole).",
+                                                         show_default="200")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per calibration batch.")] = 64,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentation (random crop + flip) during calibration.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for image order and augmentation.")] = 0,
