@@ -53,7 +53,7 @@ def calibrate(
     data: PathLike,
     out: PathLike,
     *,
-    batches: int | str = 200,
+    batches: int | str | None = None,
     batch_size: int = 64,
     augment: bool = True,
     seed: int = 0,
@@ -71,7 +71,7 @@ def calibrate(
     """``mmdeploy calibrate``: recalibrate BatchNorm for each of ``sizes`` on the ImageFolder ``data`` and write the
     bundle ``out`` (created, or updated where sizes or inputs changed). Returns the bundle.
 
-    ``batches`` x ``batch_size`` training images (``batches="auto"``: until the statistics are stable, at most 200 batches;
+    ``batches`` x ``batch_size`` training images (default 200; ``batches="auto"``: until the statistics are stable, 16 to 200 batches;
     augmented unless ``augment=False``, order and augmentation from ``seed``) make each size's statistics; ``arch``,
     ``arch_kwargs`` (the factory's keyword arguments), ``preprocess``, ``mean``, ``std`` and ``training_size`` override
     what the checkpoint records; ``allow_pickle`` allows arbitrary unpickling of a checkpoint you trust."""

@@ -182,7 +182,7 @@ SCHEMA: dict[str, Any] = {
     "calibrate": {
         "sizes": Field("list[int]", "input sizes to calibrate and deploy (every later step uses them all)", minimum=1, non_empty=True,
                        flags=flags(*(f"{c} --size" for c in ("calibrate", "export", "eval", "bench")))),
-        "batches": Field("int|auto", "calibration batches, or \"auto\" (stop once stable, at most 200)", minimum=1,
+        "batches": Field("int|auto", "calibration batches, or \"auto\" (stop once stable, 16 to 200 batches); default 200", minimum=1,
                          flags=flags("calibrate --batches", keyword="batches")),
         "batch_size": Field("int", "images per calibration batch", minimum=2, flags=flags("calibrate --batch-size", keyword="batch_size")),
         "augment": Field("bool", "training augmentation while calibrating", flags=flags("calibrate --augment", keyword="augment")),

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import mmdeploy.calib.batching as batching
 import mmdeploy.calib.bn as bn
 import mmdeploy.calib.workflow as workflow
 from mmdeploy.calib import calibrate_bn
@@ -161,7 +162,7 @@ def test_auto_on_a_small_folder_uses_every_image_like_a_fixed_count(image_dir, r
 
 
 def test_auto_stops_early_and_records_what_it_used(image_dir, resnet8_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(workflow, "StoppingRule", lambda: StoppingRule(tolerance=10.0, window=1, min_batches=2))
+    monkeypatch.setattr(batching, "StoppingRule", lambda: StoppingRule(tolerance=10.0, window=1, min_batches=2))
     summary = calibrate_to_bundle(resnet8_checkpoint, [16, 24], image_dir, tmp_path / "auto", batches="auto", batch_size=2)
     assert summary.images == 4 and summary.convergence["stopping"]["stopped_early"]
     record = json.loads((tmp_path / "auto/manifest.json").read_text())["sizes"]["16"]["calibration"]
@@ -206,3 +207,21 @@ def test_the_run_config_takes_auto_or_a_count():
     field = SCHEMA["calibrate"]["batches"]
     assert field.problems("auto", "calibrate.batches") == [] and field.problems(50, "calibrate.batches") == []
     assert field.problems("sometimes", "calibrate.batches") and field.problems(0, "calibrate.batches")
+
+
+def test_default_batches_are_the_fixed_200_and_auto_is_opt_in(image_dir, resnet8_checkpoint, tmp_path):
+    """No --batches: the reference code's 200 (here: every image), no rule in the manifest; auto records its rule."""
+    assert parse_batches(None) == (200, None) and parse_batches("auto")[1] == StoppingRule()
+    default = calibrate_to_bundle(resnet8_checkpoint, [16], image_dir, tmp_path / "default", batch_size=2)
+    assert default.images == 16 and "stopping" not in default.convergence
+    record = json.loads((tmp_path / "default/manifest.json").read_text())["sizes"]["16"]["calibration"]
+    assert "stopping" not in record and record["batches"] == 200
+
+
+def test_calibrate_help_says_200_is_the_default():
+    import typer
+
+    from mmdeploy.cli import app
+
+    option = next(p for p in typer.main.get_command(app).commands["calibrate"].params if p.name == "batches")
+    assert option.default is None and option.show_default == "200" and "default 200" in option.help and "auto" in option.help

@@ -353,11 +353,11 @@ def test_bundle_files_are_readable_by_others_and_record_an_absolute_data_path(im
 
 
 def test_calibration_in_memory_bounded_chunks_equals_one_pass(image_dir, resnet8_checkpoint, tmp_path, monkeypatch):
-    import mmdeploy.calib.workflow as workflow
+    import mmdeploy.calib.batching as batching
 
     calibrate_to_bundle(resnet8_checkpoint, [16, 24], image_dir, tmp_path / "one", batches=4, batch_size=4)
-    monkeypatch.setattr(workflow, "CHUNK_BYTES", 3 * 32 * 32 * 5)  # room for one batch of 4 images per chunk
-    assert len(workflow._chunks([(i, [0, 1, 2, 3]) for i in range(4)], 3 * 32 * 32)) == 4
+    monkeypatch.setattr(batching, "CHUNK_BYTES", 3 * 32 * 32 * 5)  # room for one batch of 4 images per chunk
+    assert len(batching.memory_chunks([(i, [0, 1, 2, 3]) for i in range(4)], 3 * 32 * 32)) == 4
     summary = calibrate_to_bundle(resnet8_checkpoint, [16, 24], image_dir, tmp_path / "chunked", batches=4, batch_size=4)
     assert summary.images == 16
     for s in (16, 24):

@@ -13,8 +13,9 @@ import torch
 
 from mmdeploy import distributed as dist
 from mmdeploy.bundle import bundle_lock, check_writable_dir, content_key
+from mmdeploy.calib.batching import AUTO_CHUNK_BATCHES, all_reduce_sums, bytes_per_image, memory_chunks, parse_batches
 from mmdeploy.calib.bn import BNSums, bn_layers, calibrate_bn, plan_batches
-from mmdeploy.calib.convergence import AUTO, AUTO_MAX_BATCHES, Convergence, StoppingRule
+from mmdeploy.calib.convergence import Convergence
 from mmdeploy.calib.writer import (
     DEFAULT_TRAINING_SIZE,
     MeasuredSizes,
@@ -28,7 +29,6 @@ from mmdeploy.data import (
     Preprocess,
     decode_for_sizes,
     decoding_key,
-    native_resolution,
     normalization_problem,
     scan_image_folder,
 )
@@ -149,7 +149,7 @@ def calibrate_to_bundle(
     sizes: list,
     data: str | Path,
     out: str | Path,
-    batches: int | str = 200,
+    batches: int | str | None = None,
     batch_size: int = 64,
     augment: bool = True,
     seed: int = 0,
@@ -167,11 +167,12 @@ def calibrate_to_bundle(
 ) -> CalibrationSummary:
     """Calibrate BN for each size and write the bundle. ``recalibrate=False`` keeps the
     checkpoint's own statistics for every size (``mmdeploy export CKPT``). ``arch_kwargs``: the
-    factory's keyword arguments (``--arch-kwargs``), recorded in the manifest. ``batches="auto"`` stops
-    once the statistics are stable (:class:`mmdeploy.calib.convergence.StoppingRule`), after at most 200 batches."""
+    factory's keyword arguments (``--arch-kwargs``), recorded in the manifest. ``batches="auto"`` stops once the
+    statistics are stable (:class:`mmdeploy.calib.convergence.StoppingRule`), after 16 to 200 batches; a number runs
+    exactly that many; None (the default) is 200."""
     progress = progress or Progress()
     out = Path(out)
-    batches, rule = parse_batches(batches)
+    batches, rule = parse_batches(batches, dist.active())
     if batch_size <= 1:
         raise MMDeployError("--batch-size must be >= 2", "BN statistics need at least two images per batch")
     if rule is not None and dist.active():
@@ -232,7 +233,7 @@ def calibrate_to_bundle(
             title = f"calibrating BN at sizes {', '.join(map(str, todo))}" + (" (auto: stops once stable)" if rule else "")
             with progress.task(title, sum(len(b) for _, b in mine) * len(todo), unit="images") as advance:
                 # auto decodes a few batches at a time: images after the stop are never decoded
-                for chunk in _chunks(mine, _bytes_per_image(folder, pre.kind, todo), max_batches=AUTO_CHUNK_BATCHES if rule else None):
+                for chunk in memory_chunks(mine, bytes_per_image(folder, pre.kind, todo), max_batches=AUTO_CHUNK_BATCHES if rule else None):
                     wanted = sorted({i for _, b in chunk for i in b})
                     decoded, chunk_skipped = _decode_own_images(folder, wanted, pre.kind, todo, Progress())
                     skipped += chunk_skipped
@@ -251,7 +252,7 @@ def calibrate_to_bundle(
                     advance(sum(len(b) for bi, b in chunk if bi not in dict(batches_rows)) * len(todo))  # batches with < 2 readable images
             model.cpu()
         # A rank with no batches (more ranks than batches) adds zeros: every rank takes part.
-        sums, images_used, n_skipped = _all_reduce_sums(sums, model, images_used, len(skipped))
+        sums, images_used, n_skipped = all_reduce_sums(sums, model, images_used, len(skipped))
         if images_used < 2:
             raise MMDeployError(f"only {images_used} readable calibration images in {folder.root} ({n_skipped} files skipped as unreadable)",
                                 "give --data a folder with more images")
@@ -290,43 +291,6 @@ def _numbers(values) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
-CHUNK_BYTES = 1 << 30  # decoded uint8 images held at once during calibration
-AUTO_CHUNK_BATCHES = 8  # batches decoded at once under --batches auto
-
-
-def parse_batches(batches) -> tuple[int, StoppingRule | None]:
-    """``--batches``: a positive count, or ``auto`` (at most 200 batches, stopping once stable)."""
-    if isinstance(batches, str) and batches.strip().lower() == AUTO:
-        return AUTO_MAX_BATCHES, StoppingRule()
-    try:
-        count = int(str(batches).strip()) if not isinstance(batches, bool) else None
-    except ValueError:
-        count = None
-    if count is None or count <= 0:
-        raise MMDeployError(f"--batches {batches!r} is neither a positive integer nor auto",
-                            "e.g. --batches 200 (the reference code's count) or --batches auto (stop once the statistics are stable)")
-    return count, None
-
-
-def _bytes_per_image(folder, kind: str, sizes: list[int]) -> int:
-    native = native_resolution(folder, kind)
-    return 3 * (native * native if native else sum(s * s for s in sizes))
-
-
-def _chunks(batches: list, bytes_per_image: int, budget: int | None = None, max_batches: int | None = None) -> list[list]:
-    """Consecutive whole batches, at most ``budget`` bytes of decoded images (and ``max_batches`` batches) per chunk
-    (at least one batch). No batches gives one empty chunk, so a rank without work still returns (zero) sums."""
-    per_chunk = max(1, (CHUNK_BYTES if budget is None else budget) // max(1, bytes_per_image))
-    chunks, current, n = [], [], 0
-    for item in batches:
-        if current and (n + len(item[1]) > per_chunk or (max_batches and len(current) >= max_batches)):
-            chunks.append(current)
-            current, n = [], 0
-        current.append(item)
-        n += len(item[1])
-    return chunks + [current] if current or not chunks else chunks
-
-
 def _decode_own_images(folder, indices: list[int], kind: str, sizes: list[int], progress: Progress):
     """Decode this rank's images: (decoded or None, skipped file descriptions).
 
@@ -343,23 +307,3 @@ def _decode_own_images(folder, indices: list[int], kind: str, sizes: list[int], 
                 raise
             return None, [f"{folder.files[i]}: unreadable" for i in indices]
     return decoded, decoded.skipped
-
-
-def _all_reduce_sums(sums: dict[int, dict[str, BNSums]], model, images: int, skipped: int) -> tuple[dict[int, dict[str, BNSums]], int, int]:
-    """Add every rank's sums, images used and files skipped (one flat float64 tensor, one
-    all-reduce); exact because batches are whole per rank and counts are small integers."""
-    if not dist.active():
-        return sums, images, skipped
-    names = [n for n, _ in bn_layers(model)]
-    flat = torch.cat([torch.tensor([images, skipped], dtype=torch.float64)]
-                     + [torch.cat([torch.tensor([sums[s][n].count], dtype=torch.float64), sums[s][n].sum, sums[s][n].sumsq]) for s in sorted(sums) for n in names])
-    flat = dist.all_reduce_sum(flat)
-    images, skipped = int(flat[0].item()), int(flat[1].item())
-    out, pos = {}, 2
-    for s in sorted(sums):
-        out[s] = {}
-        for n in names:
-            c = sums[s][n].sum.numel()
-            out[s][n] = BNSums(flat[pos].item(), flat[pos + 1 : pos + 1 + c].clone(), flat[pos + 1 + c : pos + 1 + 2 * c].clone())
-            pos += 1 + 2 * c
-    return out, images, skipped

@@ -17,8 +17,10 @@ def calibrate(
     size: SizesOpt = None,
     data: DataOpt = Path("calib/train"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to create or update.")] = Path("bundle"),
-    batches: Annotated[str, typer.Option(help="Calibration batches (the reference code uses 200), or auto: stop once every BN layer's "
-                                               "statistics moved < 1% over the last 4 batches (16 to 200 batches; recorded in the manifest).")] = "200",
+    batches: Annotated[Optional[str], typer.Option(help="Calibration batches (default 200, the reference code's count), or auto: stop once every "
+                                                         "BN layer's statistics moved < 1% over the last 4 batches (16 to 200 batches; the rule and "
+                                                         "the count used are recorded in the manifest; a folder of up to 1,024 images is used whole).",
+                                                         show_default="200")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per calibration batch.")] = 64,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentation (random crop + flip) during calibration.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for image order and augmentation.")] = 0,
