@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -14,6 +15,7 @@ from mmdeploy.errors import MMDeployError
 from mmdeploy.models import create_model, load_checkpoint
 from mmdeploy.train.batches import make_batch
 from mmdeploy.train.optim import GradSmoother, lr_at, param_groups
+from mmdeploy.train.options import RegimeOptions, RunOptions, StopOptions, TrainOptions
 from mmdeploy.train.regime import CIFAR_SIZES, make_regime, mixsize_config, parse_sizes
 from mmdeploy.train.sampler import epoch_steps, part_sizes, steps_per_epoch
 from mmdeploy.train.trainer import TrainMonitor, train_model
@@ -196,13 +198,13 @@ class _InterruptAfterFirstEpoch(TrainMonitor):
 
 def test_an_interrupted_run_resumes_exactly(image_dir, tmp_path):
     """Ctrl-C saves; resuming replays the same plan, augmentation and schedule as a run never stopped."""
-    common = dict(arch="cifar_resnet8", regime="B+", batch_size=4, steps=7)
-    train_model(image_dir, tmp_path / "straight.pth", **common)
+    common = TrainOptions(arch="cifar_resnet8", regime=RegimeOptions("B+", batch_size=4), stop=StopOptions(steps=7))
+    train_model(image_dir, tmp_path / "straight.pth", common)
     with pytest.raises(KeyboardInterrupt):
-        train_model(image_dir, tmp_path / "resumed.pth", monitor=_InterruptAfterFirstEpoch(), **common)
+        train_model(image_dir, tmp_path / "resumed.pth", common, monitor=_InterruptAfterFirstEpoch())
     stopped = torch.load(tmp_path / "resumed.pth", weights_only=True)
     assert stopped["mmdeploy"]["stopped_early"] == "interrupted" and 0 < stopped["train_state"]["step"] < 7
-    train_model(image_dir, tmp_path / "resumed.pth", resume=tmp_path / "resumed.pth", **common)
+    train_model(image_dir, tmp_path / "resumed.pth", dataclasses.replace(common, resume=tmp_path / "resumed.pth"))
     a = torch.load(tmp_path / "straight.pth", weights_only=True)
     b = torch.load(tmp_path / "resumed.pth", weights_only=True)
     assert b["train_state"]["step"] == 7 and b["epoch"] == a["epoch"]
@@ -211,8 +213,8 @@ def test_an_interrupted_run_resumes_exactly(image_dir, tmp_path):
 
 
 def test_max_minutes_stops_early_and_records_it(image_dir, tmp_path):
-    summary = train_model(image_dir, tmp_path / "m.pth", arch="cifar_resnet8", regime="fixed", size=16, batch_size=4,
-                          epochs=100, max_minutes=1e-9)
+    summary = train_model(image_dir, tmp_path / "m.pth", TrainOptions(arch="cifar_resnet8", regime=RegimeOptions("fixed", size=16, batch_size=4),
+                                                                      stop=StopOptions(epochs=100, max_minutes=1e-9)))
     assert summary.stopped_early == "max-minutes" and summary.steps == 1
     ckpt = torch.load(tmp_path / "m.pth", weights_only=True)
     assert ckpt["mmdeploy"]["stopped_early"] == "max-minutes" and ckpt["mmdeploy"]["regime"]["kind"] == "fixed"
@@ -262,9 +264,11 @@ def test_cuda_training_is_device_safe(image_dir, tmp_path):
     gpu = make_batch(images.cuda(), labels.cuda(), rows, 24, 2, pre, torch.Generator().manual_seed(1))
     torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-4, atol=1e-4)
     assert torch.equal(gpu[1].cpu(), cpu[1])
-    summary = train_model(image_dir, tmp_path / "m.pth", arch="cifar_resnet8", batch_size=4, steps=6, device="cuda")
+    options = TrainOptions(arch="cifar_resnet8", regime=RegimeOptions(batch_size=4), stop=StopOptions(steps=6), run=RunOptions(device="cuda"))
+    summary = train_model(image_dir, tmp_path / "m.pth", options)
     assert summary.precision == "bf16" and math.isfinite(summary.loss)
     loaded = load_checkpoint(tmp_path / "m.pth")
     assert all(v.device.type == "cpu" for v in loaded.state_dict.values())
-    resumed = train_model(image_dir, tmp_path / "m.pth", arch="cifar_resnet8", batch_size=4, steps=8, device="cpu", resume=tmp_path / "m.pth")
+    resumed = train_model(image_dir, tmp_path / "m.pth", dataclasses.replace(options, stop=StopOptions(steps=8), run=RunOptions(device="cpu"),
+                                                                          resume=tmp_path / "m.pth"))
     assert resumed.steps == 8  # a CUDA checkpoint resumes on the CPU
