@@ -149,7 +149,7 @@ class _Trainer:
         trained = Regime.from_dict(state["mmdeploy"]["regime"])
         if trained != self.regime:
             warnings.warn(f"--resume {o.resume} was trained with regime {trained.describe()}; continuing with {self.regime.describe()}",
-                          stacklevel=3)
+                          stacklevel=4)  # the caller of train_model
         if ts.get("rng") is not None:
             torch.set_rng_state(ts["rng"])
 
