@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mmdeploy.models import create_model
-from mmdeploy.models.checkpoint import _check_finite
+from mmdeploy.models.checkpoint import check_finite
 from mmdeploy.models.fit import check_model_fits
 
 
@@ -38,7 +38,7 @@ def main() -> None:
             torch.save(state, path)
             steps = {
                 "load": lambda: torch.load(path, map_location="cpu", weights_only=True),
-                "finite": lambda: _check_finite(state, path),
+                "finite": lambda: check_finite(state, path),
                 "probe": lambda: check_model_fits(model, [32], 64, "cpu", data_classes=10),
             }
             times: dict[str, list[float]] = {k: [] for k in steps}

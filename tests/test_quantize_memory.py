@@ -15,8 +15,9 @@ import pytest
 from mmdeploy.bundle import ONNX, Bundle
 from mmdeploy.calib.workflow import calibrate_to_bundle
 from mmdeploy.errors import MMDeployError
-from mmdeploy.export import quantize
-from mmdeploy.export.quantize import activation_scales, calibration_batches, plan_ranges, quantize_int8
+from mmdeploy.export import ranges
+from mmdeploy.export.quantize import activation_scales, calibration_batches, quantize_int8
+from mmdeploy.export.ranges import plan_ranges
 from mmdeploy.export.workflow import export_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def test_collection_holds_one_run_of_a_few_images_whatever_the_image_count(fp32_
     whole = activation_scales_after(fp32, tmp_path / "whole.onnx", batches)
     # A budget of 3 images' activations (twice: ONNX Runtime's buffers and their numpy copies).
     per_image = quantize_int8(fp32, tmp_path / "probe.onnx", batches[:1], "minmax")["range_collection"]["activation_bytes_per_image"]
-    monkeypatch.setattr(quantize, "ACTIVATION_BUDGET", 3 * 2 * per_image + 1)
+    monkeypatch.setattr(ranges, "ACTIVATION_BUDGET", 3 * 2 * per_image + 1)
     _CountingSession.real, _CountingSession.largest, _CountingSession.runs = onnxruntime.InferenceSession, 0, 0
     monkeypatch.setattr(onnxruntime, "InferenceSession", _CountingSession)
     record = quantize_int8(fp32, tmp_path / "chunked.onnx", batches, "percentile")
@@ -178,7 +179,7 @@ def test_export_help_says_int8_memory_and_what_a_failure_keeps(cli):
 
 @pytest.mark.parametrize("method, absolute", [("percentile", True), ("entropy", False)])
 def test_a_value_the_range_pass_did_not_see_is_refused_not_dropped(method, absolute):
-    stats = quantize._RangeStats(method, absolute)
+    stats = ranges.RangeStats(method, absolute)
     stats.add("range", "t", np.array([[0.5, -1.0, 2.0]], dtype=np.float32))
     stats.add("histogram", "t", np.array([[0.5, -1.0, 2.0]], dtype=np.float32))
     assert stats.counts["t"].sum() == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -14,6 +15,7 @@ from mmdeploy.errors import MMDeployError
 from mmdeploy.models import create_model, load_checkpoint
 from mmdeploy.train.batches import make_batch
 from mmdeploy.train.optim import GradSmoother, lr_at, param_groups
+from mmdeploy.train.options import RegimeOptions, RunOptions, StopOptions, TrainOptions
 from mmdeploy.train.regime import CIFAR_SIZES, make_regime, mixsize_config, parse_sizes
 from mmdeploy.train.sampler import epoch_steps, part_sizes, steps_per_epoch
 from mmdeploy.train.trainer import TrainMonitor, train_model
@@ -196,13 +198,13 @@ class _InterruptAfterFirstEpoch(TrainMonitor):
 
 def test_an_interrupted_run_resumes_exactly(image_dir, tmp_path):
     """Ctrl-C saves; resuming replays the same plan, augmentation and schedule as a run never stopped."""
-    common = dict(arch="cifar_resnet8", regime="B+", batch_size=4, steps=7)
-    train_model(image_dir, tmp_path / "straight.pth", **common)
+    common = TrainOptions(arch="cifar_resnet8", regime=RegimeOptions("B+", batch_size=4), stop=StopOptions(steps=7))
+    train_model(image_dir, tmp_path / "straight.pth", common)
     with pytest.raises(KeyboardInterrupt):
-        train_model(image_dir, tmp_path / "resumed.pth", monitor=_InterruptAfterFirstEpoch(), **common)
+        train_model(image_dir, tmp_path / "resumed.pth", common, monitor=_InterruptAfterFirstEpoch())
     stopped = torch.load(tmp_path / "resumed.pth", weights_only=True)
     assert stopped["mmdeploy"]["stopped_early"] == "interrupted" and 0 < stopped["train_state"]["step"] < 7
-    train_model(image_dir, tmp_path / "resumed.pth", resume=tmp_path / "resumed.pth", **common)
+    train_model(image_dir, tmp_path / "resumed.pth", dataclasses.replace(common, resume=tmp_path / "resumed.pth"))
     a = torch.load(tmp_path / "straight.pth", weights_only=True)
     b = torch.load(tmp_path / "resumed.pth", weights_only=True)
     assert b["train_state"]["step"] == 7 and b["epoch"] == a["epoch"]
@@ -211,8 +213,8 @@ def test_an_interrupted_run_resumes_exactly(image_dir, tmp_path):
 
 
 def test_max_minutes_stops_early_and_records_it(image_dir, tmp_path):
-    summary = train_model(image_dir, tmp_path / "m.pth", arch="cifar_resnet8", regime="fixed", size=16, batch_size=4,
-                          epochs=100, max_minutes=1e-9)
+    summary = train_model(image_dir, tmp_path / "m.pth", TrainOptions(arch="cifar_resnet8", regime=RegimeOptions("fixed", size=16, batch_size=4),
+                                                                      stop=StopOptions(epochs=100, max_minutes=1e-9)))
     assert summary.stopped_early == "max-minutes" and summary.steps == 1
     ckpt = torch.load(tmp_path / "m.pth", weights_only=True)
     assert ckpt["mmdeploy"]["stopped_early"] == "max-minutes" and ckpt["mmdeploy"]["regime"]["kind"] == "fixed"
@@ -262,9 +264,92 @@ def test_cuda_training_is_device_safe(image_dir, tmp_path):
     gpu = make_batch(images.cuda(), labels.cuda(), rows, 24, 2, pre, torch.Generator().manual_seed(1))
     torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-4, atol=1e-4)
     assert torch.equal(gpu[1].cpu(), cpu[1])
-    summary = train_model(image_dir, tmp_path / "m.pth", arch="cifar_resnet8", batch_size=4, steps=6, device="cuda")
+    options = TrainOptions(arch="cifar_resnet8", regime=RegimeOptions(batch_size=4), stop=StopOptions(steps=6), run=RunOptions(device="cuda"))
+    summary = train_model(image_dir, tmp_path / "m.pth", options)
     assert summary.precision == "bf16" and math.isfinite(summary.loss)
     loaded = load_checkpoint(tmp_path / "m.pth")
     assert all(v.device.type == "cpu" for v in loaded.state_dict.values())
-    resumed = train_model(image_dir, tmp_path / "m.pth", arch="cifar_resnet8", batch_size=4, steps=8, device="cpu", resume=tmp_path / "m.pth")
+    resumed = train_model(image_dir, tmp_path / "m.pth", dataclasses.replace(options, stop=StopOptions(steps=8), run=RunOptions(device="cpu"),
+                                                                          resume=tmp_path / "m.pth"))
     assert resumed.steps == 8  # a CUDA checkpoint resumes on the CPU
+
+
+# -- --arch-kwargs: a factory's keyword arguments from the user's command -----------------------------
+
+WIDE_NET = """
+import torch.nn as nn
+
+CALLS = []
+
+
+def build(num_classes=10, width=4):
+    CALLS.append({"num_classes": num_classes, "width": width})
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(width, num_classes))
+
+
+build.mmdeploy_dataset = "cifar"
+"""
+
+
+@pytest.fixture
+def wide_net(tmp_path, monkeypatch):
+    """A user module ``widenet_<test>:build(num_classes, width)`` (a fresh name per test: imported modules are cached)."""
+    name = f"widenet_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(WIDE_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return f"{name}:build"
+
+
+def _train_args(image_dir, spec, out, *extra):
+    return ("train", "--data", image_dir, "--arch", spec, "--regime", "fixed", "--size", "16", "--batch-size", "4", "--steps", "1",
+            "--out", out, *extra)
+
+
+def test_arch_kwargs_reach_the_factory_and_the_checkpoint_records_the_call(cli, image_dir, tmp_path, wide_net):
+    import importlib
+
+    out = tmp_path / "wide.pth"
+    result = cli(*_train_args(image_dir, wide_net, out, "--arch-kwargs", '{"width": 6}', "--json"))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert importlib.import_module(wide_net.split(":")[0]).CALLS[0] == {"num_classes": 2, "width": 6}  # num_classes from --data
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["mmdeploy"]["arch_kwargs"] == {"num_classes": 2, "width": 6}
+    assert ckpt["state_dict"]["0.weight"].shape[0] == 6 and ckpt["mmdeploy"]["command"].count("--arch-kwargs") == 1
+
+    # Later commands rebuild the recorded call only when the user names it again (the checkpoint is data).
+    common = ("--size", "16", "--data", image_dir, "--batches", "1", "--batch-size", "4")
+    alone = cli("calibrate", out, "--arch", wide_net, "--out", tmp_path / "b1", *common)
+    assert alone.exit_code == 1 and "width=6" in alone.stderr and "--arch-kwargs" in alone.stderr
+    again = cli("calibrate", out, "--arch", wide_net, "--arch-kwargs", '{"num_classes": 2, "width": 6}', "--out", tmp_path / "b2", *common)
+    assert again.exit_code == 0, again.stdout + again.stderr
+
+    # A resume must make the same call (its weights fit only that model).
+    other = cli(*_train_args(image_dir, wide_net, out, "--arch-kwargs", '{"width": 8}', "--resume", out))
+    assert other.exit_code == 1 and "--resume" in other.stderr and "--arch-kwargs '{\"width\": 6}'" in other.stderr
+    same = cli(*_train_args(image_dir, wide_net, out, "--arch-kwargs", '{"width": 6}', "--resume", out, "--steps", "2"))
+    assert same.exit_code == 0, same.stdout + same.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{width: 6}", "is not JSON"),
+        ("[6]", "is a JSON list, not an object"),
+        ('{"num_classes": 5}', "num_classes 5, but --data has 2 class folders"),
+        ('{"depth": 3}', "does not take"),
+    ],
+)
+def test_bad_arch_kwargs_are_one_line_and_write_nothing(cli, image_dir, tmp_path, wide_net, text, message):
+    out = tmp_path / "m.pth"
+    result = cli(*_train_args(image_dir, wide_net, out, "--arch-kwargs", text))
+    assert result.exit_code == 1 and message in result.stderr, result.stderr
+    assert "hint:" in result.stderr and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2
+    assert not out.exists() and not out.with_suffix(".safetensors").exists()
+
+
+def test_a_registered_architecture_takes_kwargs_too(image_dir, tmp_path):
+    options = TrainOptions(arch="cifar_resnet8", arch_kwargs={"num_classes": 2}, regime=RegimeOptions("fixed", size=16, batch_size=4),
+                           stop=StopOptions(steps=1))
+    train_model(image_dir, tmp_path / "m.pth", options)
+    assert load_checkpoint(tmp_path / "m.pth").arch_kwargs == {"num_classes": 2}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from mmdeploy.errors import MMDeployError
 from mmdeploy.train import precision as P
+from mmdeploy.train.options import RegimeOptions, RunOptions, StopOptions, TrainOptions
 from mmdeploy.train.trainer import train_model
 
 CPU = torch.device("cpu")
@@ -95,16 +97,16 @@ def test_the_probe_leaves_the_run_untouched(image_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MMDEPLOY_CACHE_DIR", str(tmp_path / "cache"))  # nothing remembered from other tests: the probe runs
     monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(P, "BF16_MARGIN", 0.0)  # the probe runs, and fp32 is chosen whatever it measures
-    common = dict(arch="cifar_resnet8", regime="D+", batch_size=4, steps=5, seed=3)
-    auto = train_model(image_dir, tmp_path / "auto.pth", precision="auto", **common)
-    fp32 = train_model(image_dir, tmp_path / "fp32.pth", precision="fp32", **common)
+    common = TrainOptions(arch="cifar_resnet8", regime=RegimeOptions("D+", batch_size=4), stop=StopOptions(steps=5), run=RunOptions(seed=3))
+    auto = train_model(image_dir, tmp_path / "auto.pth", replace(common, run=RunOptions(precision="auto", seed=3)))
+    fp32 = train_model(image_dir, tmp_path / "fp32.pth", replace(common, run=RunOptions(precision="fp32", seed=3)))
     assert auto.precision == fp32.precision == "fp32"
     a, b = torch.load(tmp_path / "auto.pth", weights_only=True), torch.load(tmp_path / "fp32.pth", weights_only=True)
     choice = a["mmdeploy"]["precision_choice"]
     assert choice["precision"] == "fp32" and choice["fp32_ms"] > 0 and choice["bf16_ms"] > 0 and "measured" in choice["reason"]
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
-    resumed = train_model(image_dir, tmp_path / "auto.pth", precision="auto", resume=tmp_path / "auto.pth", **{**common, "steps": 7})
+    resumed = train_model(image_dir, tmp_path / "auto.pth", replace(common, stop=StopOptions(steps=7), resume=tmp_path / "auto.pth"))
     ckpt = torch.load(tmp_path / "auto.pth", weights_only=True)
     assert resumed.steps == 7 and "resumed" in ckpt["mmdeploy"]["precision_choice"]["reason"]
 

@@ -124,9 +124,9 @@ def check_model_fits(model: nn.Module, sizes: list[int], batch: int, device: str
         if need + held_bytes > free:
             fits = int(probe.size * math.sqrt(max(0, free - held_bytes) / (probe.peak_bytes * batch)))
             largest_batch = free // max(1, probe.bytes_at(size, 1) + held_per_image)
-            held = f" besides {_gib(held_bytes)} of input batches" if held_bytes else ""
-            raise MMDeployError(f"size {size} needs at least {_gib(need)} of activation memory at batch {batch} (estimated from a {probe.size} px probe){held}, "
-                                f"more than the {_gib(free)} free on {device or 'cpu'}",
+            held = f" besides {gib(held_bytes)} of input batches" if held_bytes else ""
+            raise MMDeployError(f"size {size} needs at least {gib(need)} of activation memory at batch {batch} (estimated from a {probe.size} px probe){held}, "
+                                f"more than the {gib(free)} free on {device or 'cpu'}",
                                 _shrink_hint(fits, largest_batch, size))
 
 
@@ -135,5 +135,5 @@ def _shrink_hint(fits: int, largest_batch: int, size: int) -> str:
     return "use " + ", or ".join(options) if options else "use a machine with more memory"
 
 
-def _gib(n: int) -> str:
+def gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB"

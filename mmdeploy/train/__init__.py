@@ -7,7 +7,7 @@
 - :mod:`~mmdeploy.train.batches`: training and validation batches made on the device;
 - :mod:`~mmdeploy.train.monitor`: what a run reports while it runs (epoch records, the monitor interface), without torch;
 - :mod:`~mmdeploy.train.checkpoint_io`: writing checkpoints and reading one back to resume;
-- :mod:`~mmdeploy.train.options`: option checks before any work;
+- :mod:`~mmdeploy.train.options`: the options in groups (``TrainOptions`` and its parts) and their checks before any work;
 - :mod:`~mmdeploy.train.command`: the Typer command (imported by ``mmdeploy.cli``).
 """
 
@@ -20,6 +20,7 @@ _HOME = {
     "Regime": "regime", "SizeConfig": "regime", "make_regime": "regime", "mixsize_config": "regime", "parse_sizes": "regime",
     "Step": "sampler", "epoch_steps": "sampler", "steps_per_epoch": "sampler",
     "TrainSummary": "trainer", "train_model": "trainer",
+    "TrainOptions": "options", "RegimeOptions": "options", "OptimOptions": "options", "StopOptions": "options", "RunOptions": "options",
 }
 
 
@@ -37,9 +38,14 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "GradSmoother",
+    "OptimOptions",
     "Regime",
+    "RegimeOptions",
+    "RunOptions",
     "SizeConfig",
     "Step",
+    "StopOptions",
+    "TrainOptions",
     "TrainSummary",
     "epoch_steps",
     "make_regime",

@@ -37,7 +37,7 @@ def make_batch(
 
 
 @torch.no_grad()
-def _val_accuracy(model, val_set: DecodedImages, regime: Regime, pre, memory_format, autocast, batch: int = 256) -> float:
+def val_accuracy(model, val_set: DecodedImages, regime: Regime, pre, memory_format, autocast, batch: int = 256) -> float:
     """Top-1 (%) at the regime's evaluation size (base size; the fixed size for ``fixed``), eval mode."""
     size = regime.sizes[0].size if regime.kind == "fixed" else regime.base_size
     model.eval()
@@ -53,7 +53,7 @@ def _val_accuracy(model, val_set: DecodedImages, regime: Regime, pre, memory_for
     return 100.0 * hits.item() / len(val_set)
 
 
-def _decode_val(val, classes, pre, regime, workers, progress) -> DecodedImages | None:
+def decode_val(val, classes, pre, regime, workers, progress) -> DecodedImages | None:
     if val is None:
         return None
     folder = scan_image_folder(val)

@@ -16,6 +16,7 @@ import torch
 
 from mmdeploy.bundle import atomic_write_bytes, save_safetensors
 from mmdeploy.errors import MMDeployError
+from mmdeploy.models.trust import canonical_kwargs
 from mmdeploy.train.regime import Regime
 
 
@@ -31,17 +32,17 @@ def reference_model_config(arch: str, num_classes: int, regime: Regime) -> tuple
     return arch, {"regime": regime.reference_name}
 
 
-def _cpu_state(state: dict) -> dict:
+def cpu_state(state: dict) -> dict:
     return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone() for k, v in state.items()}
 
 
-def _cpu_tree(obj):
+def cpu_tree(obj):
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", memory_format=torch.contiguous_format).clone()
     if isinstance(obj, dict):
-        return {k: _cpu_tree(v) for k, v in obj.items()}
+        return {k: cpu_tree(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_cpu_tree(v) for v in obj]
+        return [cpu_tree(v) for v in obj]
     return obj
 
 
@@ -67,7 +68,15 @@ def _literal(text: str) -> dict:
     return ast.literal_eval(text)
 
 
-def _read_resume(path: Path, arch: str) -> dict:
+def _same_call(recorded, arch_kwargs: dict) -> bool:
+    try:
+        return isinstance(recorded, dict) and canonical_kwargs(recorded) == canonical_kwargs(arch_kwargs)
+    except (TypeError, ValueError):  # not plain data (the file is untrusted): not the same call
+        return False
+
+
+def read_resume(path: Path, arch: str, arch_kwargs: dict) -> dict:
+    """The checkpoint to continue, which must hold ``arch`` built with ``arch_kwargs`` (the call this run makes)."""
     if not path.is_file():
         raise MMDeployError(f"--resume {path} does not exist", "pass a checkpoint written by mmdeploy train")
     try:
@@ -80,5 +89,11 @@ def _read_resume(path: Path, arch: str) -> dict:
     if ckpt["mmdeploy"].get("arch") != arch:
         raise MMDeployError(f"--resume {path} holds {ckpt['mmdeploy'].get('arch')}, not --arch {arch}",
                             f"pass --arch {ckpt['mmdeploy'].get('arch')}")
+    recorded = ckpt["mmdeploy"].get("arch_kwargs")
+    if not _same_call(recorded, arch_kwargs):
+        own = {k: v for k, v in (recorded if isinstance(recorded, dict) else {}).items() if k != "num_classes"}
+        again = f"--arch-kwargs '{json.dumps(own, sort_keys=True)}'" if own else "no --arch-kwargs"
+        raise MMDeployError(f"--resume {path} was trained with architecture kwargs {str(recorded)[:200]}, not {arch_kwargs}",
+                            f"resume with the run's own {again} and the same --data (its weights fit only that model)")
     return ckpt
 

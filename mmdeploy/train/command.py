@@ -60,6 +60,7 @@ def _command_line(canonical: list[str]) -> str:
 def train(
     data: Annotated[Path, typer.Option("--data", "-d", help="Training ImageFolder: DIR/<class>/<image>.jpg. Decoded once, kept on the device.")],
     arch: Annotated[str, typer.Option(help="Architecture (see `mmdeploy archs`) or package.module:factory.")] = "cifar_resnet20",
+    arch_kwargs: Annotated[Optional[str], typer.Option("--arch-kwargs", help="Keyword arguments of the --arch factory as a JSON object, e.g. '{\"width\": 16}' (num_classes comes from --data). The checkpoint records the whole call; for your own package.module:factory, later commands need the same --arch and that recorded --arch-kwargs, num_classes included.")] = None,
     regime: Annotated[str, typer.Option(help="D+ (duplicates), B+ (batch scaling) or fixed (one size, the baseline).")] = "D+",
     sizes: Annotated[Optional[str], typer.Option(help="Mixed regimes: SIZE:PROB pairs. Default CIFAR 32:0.3,48:0.2,24:0.3,16:0.2.")] = None,
     size: Annotated[Optional[int], typer.Option("--size", "-s", help="--regime fixed: the one size (default: base size, 32 for CIFAR).")] = None,
@@ -87,10 +88,14 @@ def train(
     """Train a CNN with mixed image sizes (MixSize D+/B+) or a fixed size, and write a checkpoint.
 
     Example: [bold]mmdeploy train --data data/cifar10/train --arch cifar_resnet20 --regime D+ --epochs 200 --out models/cifar_resnet20_mixsize_dplus.pth[/]
+    (your own model: [bold]mmdeploy train --data DIR --arch mynet:build --arch-kwargs '{"width": 16}' --steps 1000[/])
     """
+    from mmdeploy.models.trust import parse_arch_kwargs
+    from mmdeploy.train.options import OptimOptions, RegimeOptions, RunOptions, StopOptions, TrainOptions
     from mmdeploy.train.trainer import train_model
 
-    canonical = ["--data", str(data), "--arch", arch, "--regime", regime, *(["--sizes", sizes] if sizes else []),
+    canonical = ["--data", str(data), "--arch", arch, *(["--arch-kwargs", arch_kwargs] if arch_kwargs is not None else []),
+                 "--regime", regime, *(["--sizes", sizes] if sizes else []),
                  *(["--size", str(size)] if size else []), *(["--epochs", str(epochs)] if epochs else []),
                  *(["--steps", str(steps)] if steps else []), "--batch-size", str(batch_size),
                  *(["--base-size", str(base_size)] if base_size else []), "--lr", repr(lr), "--weight-decay", repr(weight_decay),
@@ -101,14 +106,16 @@ def train(
                  *(["--val", str(val)] if val else [])]
     live = not json_out and err_console.is_terminal
     monitor = _BarMonitor(err_console) if live else _LineMonitor(err_console if json_out else console)
+    options = TrainOptions(
+        arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs),
+        regime=RegimeOptions(kind=regime, sizes=sizes, size=size, base_size=base_size, batch_size=batch_size),
+        optim=OptimOptions(lr=lr, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps, grad_smoothing=grad_smoothing),
+        stop=StopOptions(epochs=epochs, steps=steps, max_minutes=max_minutes),
+        run=RunOptions(device=device, precision=precision, seed=seed, workers=workers),
+        val=val, resume=resume, overwrite=overwrite, command=_command_line(canonical),
+    )
     try:
-        summary = train_model(
-            data=data, out=out, arch=arch, regime=regime, sizes=sizes, size=size, epochs=epochs, steps=steps, batch_size=batch_size,
-            base_size=base_size, lr=lr, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
-            grad_smoothing=grad_smoothing, device=device, precision=precision, seed=seed, resume=resume, overwrite=overwrite,
-            max_minutes=max_minutes, workers=workers, val=val, command=_command_line(canonical), progress=make_progress(json_out),
-            monitor=monitor,
-        )
+        summary = train_model(data, out, options, progress=make_progress(json_out), monitor=monitor)
     except KeyboardInterrupt:
         # train_model saved a checkpoint before letting the interrupt through (if training had started).
         where = out or "the --out checkpoint"

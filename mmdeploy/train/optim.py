@@ -1,4 +1,4 @@
-"""Optimizer pieces of MixSize training: gradient smoothing, weight-decay groups and the learning-rate schedule."""
+"""Optimizer pieces of MixSize training: gradient smoothing, weight-decay groups, the learning-rate schedule and one step."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class GradSmoother:
@@ -61,3 +62,16 @@ def lr_at(step: int, total: int, base: float, schedule: str = "cosine", warmup: 
         return base * 0.5 * (1 + math.cos(math.pi * min(step - warmup, span) / span))
     return base * (0.1 ** ((step >= total // 2) + (step >= (3 * total) // 4)))
 
+
+def train_step(model, optimizer, smoother: GradSmoother | None, batch: tuple[torch.Tensor, torch.Tensor], autocast):
+    """One SGD step on ``batch`` (inputs, labels) under ``autocast``, gradients smoothed first; (loss, hits) stay on the device."""
+    x, y = batch
+    with autocast():
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if smoother is not None:
+        smoother(model.parameters())
+    optimizer.step()
+    return loss.detach(), (logits.detach().argmax(1) == y).sum()

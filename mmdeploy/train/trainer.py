@@ -12,9 +12,9 @@ the augmentation from the global step. A resumed run therefore replays exactly w
 uninterrupted run would have done.
 
 This module is the loop; its pieces live beside it: :mod:`~mmdeploy.train.optim` (gradient smoothing,
-weight-decay groups, learning rate), :mod:`~mmdeploy.train.batches` (batches and validation),
+weight-decay groups, learning rate, one step), :mod:`~mmdeploy.train.batches` (batches and validation),
 :mod:`~mmdeploy.train.checkpoint_io` (writing and resuming checkpoints), :mod:`~mmdeploy.train.options`
-(option checks before any work).
+(the options in groups, and their checks before any work).
 """
 
 from __future__ import annotations
@@ -27,19 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from mmdeploy.data import Preprocess, decode_images, scan_image_folder, store_resolution
 from mmdeploy.errors import MMDeployError
 from mmdeploy.models import arch_info, create_model
 from mmdeploy.progress import Progress
-from mmdeploy.train.batches import _decode_val, _val_accuracy, make_batch
-from mmdeploy.train.checkpoint_io import _cpu_state, _cpu_tree, _read_resume, reference_model_config, save_training_checkpoint
+from mmdeploy.train.batches import decode_val, make_batch, val_accuracy
+from mmdeploy.train.checkpoint_io import cpu_state, cpu_tree, read_resume, reference_model_config, save_training_checkpoint
 from mmdeploy.train.monitor import EpochRecord, TrainMonitor
-from mmdeploy.train.optim import GradSmoother, lr_at, param_groups
-from mmdeploy.train.options import _check_fits, _check_options, _check_out, _device
+from mmdeploy.train.optim import GradSmoother, lr_at, param_groups, train_step
+from mmdeploy.train.options import TrainOptions, check_device, check_fits, check_options, check_out, model_kwargs
 from mmdeploy.train.precision import cache_key, check_precision, choose_precision, step_timer
-from mmdeploy.train.regime import Regime, make_regime
+from mmdeploy.train.regime import Regime
 from mmdeploy.train.sampler import Step, derived_seed, epoch_steps, steps_per_epoch
 
 _REPORT_EVERY = 10  # steps between progress updates (each one waits for the device)
@@ -85,255 +84,266 @@ class _Run:
     history: list = field(default_factory=list)  # commands of earlier segments of this run
 
 
-def train_model(
-    data: str | Path,
-    out: str | Path | None = None,
-    arch: str = "cifar_resnet20",
-    regime: str = "D+",
-    sizes: str | dict | None = None,
-    size: int | None = None,
-    epochs: int | None = None,
-    steps: int | None = None,
-    batch_size: int = 64,
-    base_size: int | None = None,
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 1e-4,
-    schedule: str = "cosine",
-    warmup_steps: int = 0,
-    grad_smoothing: bool | None = None,
-    device: str = "cpu",
-    precision: str = "auto",
-    seed: int = 0,
-    resume: str | Path | None = None,
-    overwrite: bool = False,
-    max_minutes: float | None = None,
-    workers: int | None = None,
-    val: str | Path | None = None,
-    command: str = "",
-    progress: Progress | None = None,
-    monitor: TrainMonitor | None = None,
-) -> TrainSummary:
-    """Train ``arch`` on the ImageFolder ``data`` with a MixSize (or fixed-size) regime and write a checkpoint.
+def train_model(data: str | Path, out: str | Path | None = None, options: TrainOptions | None = None,
+                progress: Progress | None = None, monitor: TrainMonitor | None = None) -> TrainSummary:
+    """Train ``options.arch`` on the ImageFolder ``data`` with a MixSize (or fixed-size) regime and write a checkpoint.
 
-    ``steps`` wins over ``epochs``; ``grad_smoothing`` defaults to on for the mixed regimes and
-    off for ``fixed``, as in the reference code.
+    ``out`` defaults to ``models/<arch>_<regime>.pth``; ``options`` (:class:`~mmdeploy.train.options.TrainOptions`) holds
+    the rest in groups (regime, optimizer, when to stop, device and precision). ``stop.steps`` wins over ``stop.epochs``;
+    ``optim.grad_smoothing`` defaults to on for the mixed regimes and off for ``fixed``, as in the reference code.
     """
     started = time.monotonic()
     progress = progress or Progress()
     monitor = monitor or TrainMonitor()
-    dev = _device(device)
-    info = arch_info(arch)
-    plan_regime = make_regime(regime, sizes, size, info.dataset, base_size, batch_size)
-    epochs_wanted = _check_options(plan_regime, info, epochs, steps, lr, schedule, warmup_steps, max_minutes, seed)
-    out = Path(out) if out else Path("models") / f"{arch}_{plan_regime.slug}.pth"
-    resume = Path(resume) if resume else None
-    _check_out(out, resume, overwrite)
-    state = _read_resume(resume, arch) if resume is not None else None  # before decoding: a bad path fails fast
-    smoothing = plan_regime.kind != "fixed" if grad_smoothing is None else grad_smoothing
-    check_precision(precision)
+    trainer = _Trainer(data, out, options or TrainOptions())
+    trainer.decode(progress)
+    trainer.place(monitor)
+    trainer.fit(monitor, deadline=started + trainer.options.stop.max_minutes * 60 if trainer.options.stop.max_minutes else None)
+    return trainer.summary(started)
 
-    folder = scan_image_folder(data)
-    pre = Preprocess(info.dataset)
-    store = store_resolution(folder, pre.kind, [s.size for s in plan_regime.sizes])
-    _check_fits(len(folder), store, dev)
-    with progress.task(f"decoding {len(folder)} training images", len(folder)) as advance:
-        train_set = decode_images(folder, None, pre.kind, store, workers, progress=advance)
-    val_set = _decode_val(val, folder.classes, pre, plan_regime, workers, progress)
-    n = len(train_set)
-    per_epoch = steps_per_epoch(n, plan_regime)
-    total_steps = steps if steps else epochs_wanted * per_epoch
 
-    torch.manual_seed(seed)
-    model = create_model(arch, num_classes=len(folder.classes))
-    optimizer = torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=False)
-    smoother = GradSmoother() if smoothing else None
-    run = _Run()
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
+_MEMORY_FORMAT = torch.channels_last  # faster for these convnets on CUDA and on the CPUs measured (train/precision.py)
+_PROBE_STEPS = 2  # steps of the first epoch's plan timed per precision and round by --precision auto
+
+
+class _Trainer:
+    """One run, step by step: the checks and the model (construction), the data (``decode``), the device and precision
+    (``place``), the loop (``fit``), checkpoints and the summary. Holds what a checkpoint must save to continue it."""
+
+    def __init__(self, data: str | Path, out: str | Path | None, options: TrainOptions):
+        o = self.options = options
+        self.device = check_device(o.run.device)
+        self.info = arch_info(o.arch)
+        self.regime = o.regime.make(self.info.dataset)
+        self.epochs = check_options(o, self.regime, self.info)
+        self.out = Path(out) if out else Path("models") / f"{o.arch}_{self.regime.slug}.pth"
+        resume = Path(o.resume) if o.resume else None
+        check_out(self.out, resume, o.overwrite)
+        check_precision(o.run.precision)
+        self.folder = scan_image_folder(data)
+        self.kwargs = model_kwargs(o.arch_kwargs, len(self.folder.classes))
+        self.state = read_resume(resume, o.arch, self.kwargs) if resume is not None else None  # before decoding: fail fast
+        self.pre = Preprocess(self.info.dataset)
+        self.store = store_resolution(self.folder, self.pre.kind, [s.size for s in self.regime.sizes])
+        check_fits(len(self.folder), self.store, self.device)
+        self.run = _Run()
+        self._build_model()  # before decoding too: kwargs the factory refuses fail in a moment
+        # What this segment of the run did (the summary's figures); ``run`` counts all segments.
+        self.records: list[EpochRecord] = []
+        self.samples, self.seconds, self.stopped, self.last_lr = 0, 0.0, None, o.optim.lr
+        self.weights: Path | None = None
+
+    def _build_model(self) -> None:
+        o, state = self.options, self.state
+        torch.manual_seed(o.run.seed)
+        self.model = create_model(o.arch, **self.kwargs)
+        self.optimizer = torch.optim.SGD(param_groups(self.model, o.optim.weight_decay), lr=o.optim.lr, momentum=o.optim.momentum,
+                                         nesterov=False)
+        self.smoother = GradSmoother() if o.optim.smoothing(self.regime) else None
+        if state is None:
+            return
+        self.model.load_state_dict(state["state_dict"])
         ts = state["train_state"]
-        run = _Run(int(ts["step"]), int(ts["epoch"]), int(ts["epoch_step"]), float(state.get("best_prec1", 0.0)),
-                   int(ts.get("samples", 0)), float(ts.get("train_s", 0.0)), [*ts.get("history", []), state["mmdeploy"].get("command", "")])
-        if Regime.from_dict(state["mmdeploy"]["regime"]) != plan_regime:
-            warnings.warn(f"--resume {resume} was trained with regime {Regime.from_dict(state['mmdeploy']['regime']).describe()}; "
-                          f"continuing with {plan_regime.describe()}", stacklevel=2)
+        self.run = _Run(int(ts["step"]), int(ts["epoch"]), int(ts["epoch_step"]), float(state.get("best_prec1", 0.0)),
+                        int(ts.get("samples", 0)), float(ts.get("train_s", 0.0)), [*ts.get("history", []), state["mmdeploy"].get("command", "")])
+        trained = Regime.from_dict(state["mmdeploy"]["regime"])
+        if trained != self.regime:
+            warnings.warn(f"--resume {o.resume} was trained with regime {trained.describe()}; continuing with {self.regime.describe()}",
+                          stacklevel=4)  # the caller of train_model
         if ts.get("rng") is not None:
             torch.set_rng_state(ts["rng"])
 
-    memory_format = torch.channels_last  # faster for these convnets on CUDA and on the CPUs measured (train/precision.py)
-    model.to(dev, memory_format=memory_format).train()
-    if state is not None:
-        optimizer.load_state_dict(state["optim_state_dict"])  # after .to(): state follows the params' device
-        if smoother is not None and ts.get("grad_smoothing"):
-            smoother.load_state_dict(ts["grad_smoothing"], dev)
-    images = train_set.images.to(dev)
-    labels = train_set.labels.to(dev)
-    choice = _choose_precision(precision, dev, state, model, images, labels, n, plan_regime, pre, seed, arch, batch_size, memory_format)
-    prec = choice.precision
-    monitor.note(choice.reason)
-    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if prec == "bf16" else nullcontext
-    aug_gen = torch.Generator()
+    def decode(self, progress: Progress) -> None:
+        """The training set decoded once (uint8, at the store resolution), and the validation set; the run's length in steps."""
+        o = self.options
+        with progress.task(f"decoding {len(self.folder)} training images", len(self.folder)) as advance:
+            train_set = decode_images(self.folder, None, self.pre.kind, self.store, o.run.workers, progress=advance)
+        self.val_set = decode_val(o.val, self.folder.classes, self.pre, self.regime, o.run.workers, progress)
+        self.images, self.labels = train_set.images, train_set.labels
+        self.n = len(train_set)
+        self.per_epoch = steps_per_epoch(self.n, self.regime)
+        self.total_steps = o.stop.steps if o.stop.steps else self.epochs * self.per_epoch
 
-    def checkpoint(stopped: str | None) -> Path:
+    def place(self, monitor: TrainMonitor) -> None:
+        """Model, optimizer state and images on the device; the precision chosen (``auto`` may time a few steps)."""
+        self.model.to(self.device, memory_format=_MEMORY_FORMAT).train()
+        if self.state is not None:
+            ts = self.state["train_state"]
+            self.optimizer.load_state_dict(self.state["optim_state_dict"])  # after .to(): state follows the params' device
+            if self.smoother is not None and ts.get("grad_smoothing"):
+                self.smoother.load_state_dict(ts["grad_smoothing"], self.device)
+        self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
+        self.choice = self._choose_precision()
+        monitor.note(self.choice.reason)
+        bf16 = self.choice.precision == "bf16"
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+        self.aug_gen = torch.Generator()
+
+    def _choose_precision(self):
+        """--precision auto on a native-bf16 CPU times the run's own first steps in fp32 and bf16 (see train/precision.py)."""
+        from mmdeploy.latency.machine import cpu_name
+
+        o, gen = self.options, torch.Generator()
+        steps = epoch_steps(self.n, self.regime, o.run.seed, 0)[:_PROBE_STEPS]
+
+        def run_step(m, optimizer, st, autocast):
+            train_step(m, optimizer, None, self._batch(st, gen, o.run.seed), autocast)
+
+        key = cache_key(cpu_name(), f"{torch.get_num_threads()} threads", f"torch {torch.__version__}", o.arch, self.regime.describe(),
+                        f"batch {o.regime.batch_size}")
+        return choose_precision(o.run.precision, self.device, resumed=self.state["mmdeploy"] if self.state is not None else None,
+                                cache_key=key, time_steps=step_timer(self.model, run_step, steps, self.device))
+
+    def _batch(self, st: Step, gen: torch.Generator, aug_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen.manual_seed(aug_seed)
+        x, y = make_batch(self.images, self.labels, st.indices, st.size, st.duplicates, self.pre, gen)
+        return x.contiguous(memory_format=_MEMORY_FORMAT), y
+
+    # -- the loop: losses and hits stay on the device; they are read every few steps ----------------------------
+
+    def fit(self, monitor: TrainMonitor, deadline: float | None) -> None:
+        """Epochs until ``total_steps`` or the deadline, a checkpoint after each; Ctrl-C saves, then lets the interrupt through."""
+        monitor.begin(self.total_steps, self.run.step, f"{self.options.arch} {self.regime.kind}")
+        try:
+            while self.run.step < self.total_steps and self.stopped is None:
+                self._epoch(monitor, deadline)
+        except KeyboardInterrupt:
+            # Keep what was learned: the step counters are consistent (they advance after each whole step).
+            self.stopped = "interrupted"
+            self.checkpoint()
+            monitor.finish()
+            raise
+        monitor.finish()
+        if self.weights is None:  # nothing ran (already at --steps): still write the checkpoint where asked
+            self.weights = self.checkpoint()
+
+    def _epoch(self, monitor: TrainMonitor, deadline: float | None) -> None:
+        """The rest of the epoch in progress (or up to the last step or the deadline), then its record and a checkpoint."""
+        o, run, dev = self.options, self.run, self.device
+        plan = epoch_steps(self.n, self.regime, o.run.seed, run.epoch)
+        loss_sum, hits = torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long)
+        window = _Window(dev)
+        samples, steps_done, seg_start = 0, 0, time.monotonic()
+        for st in plan[run.epoch_step:]:
+            if run.step >= self.total_steps:
+                break
+            self.last_lr = lr_at(run.step, self.total_steps, o.optim.lr, o.optim.schedule, o.optim.warmup_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.last_lr
+            batch = self._batch(st, self.aug_gen, derived_seed(o.run.seed, "augment", run.step))
+            loss, correct = train_step(self.model, self.optimizer, self.smoother, batch, self.autocast)
+            loss_sum += loss * st.samples
+            hits += correct
+            window.add(loss * st.samples, correct, st.samples)
+            samples += st.samples
+            steps_done += 1
+            run.step += 1
+            run.epoch_step += 1
+            if run.step % _REPORT_EVERY == 0 or run.step == self.total_steps:
+                window.report(monitor, run.step, self.last_lr, st.size)
+            if deadline is not None and time.monotonic() > deadline:
+                self.stopped = "max-minutes"
+                break
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds = time.monotonic() - seg_start
+        self.seconds += seconds
+        self.samples += samples
+        run.train_s += seconds
+        run.samples += samples
+        epoch_done = run.epoch_step >= len(plan)
+        record = EpochRecord(run.epoch, steps_done, loss_sum.item() / max(1, samples), 100.0 * hits.item() / max(1, samples),
+                             samples / max(seconds, 1e-9), self.last_lr)
+        if epoch_done:
+            run.epoch += 1
+            run.epoch_step = 0
+        if not steps_done:
+            return
+        if self.val_set is not None and (epoch_done or run.step >= self.total_steps or self.stopped):
+            record.val_acc = val_accuracy(self.model, self.val_set, self.regime, self.pre, _MEMORY_FORMAT, self.autocast)
+            run.best_prec1 = max(run.best_prec1, record.val_acc)
+        self.records.append(record)
+        monitor.end_epoch(record)
+        self.weights = self.checkpoint()
+
+    # -- results ------------------------------------------------------------------------------------------------
+
+    def checkpoint(self) -> Path:
+        """The reference code's dict plus the ``mmdeploy`` record and the training state, written atomically."""
+        o, run, regime, classes = self.options, self.run, self.regime, self.folder.classes
         mm = {
-            "arch": arch,
-            "arch_kwargs": {"num_classes": len(folder.classes)},
-            "classes": list(folder.classes),
-            "preprocess": pre.to_dict(),
-            "training_size": plan_regime.base_size if plan_regime.kind != "fixed" else plan_regime.sizes[0].size,
-            "regime": plan_regime.to_dict(),
+            "arch": o.arch,
+            "arch_kwargs": dict(self.kwargs),  # the factory's whole call: later commands rebuild (and check) exactly this
+            "classes": list(classes),
+            "preprocess": self.pre.to_dict(),
+            "training_size": regime.base_size if regime.kind != "fixed" else regime.sizes[0].size,
+            "regime": regime.to_dict(),
             "steps": run.step,
-            "total_steps": total_steps,
-            "epochs": round(run.epoch + run.epoch_step / per_epoch, 4),
-            "optimizer": {"name": "SGD", "lr": lr, "momentum": momentum, "nesterov": False, "weight_decay": weight_decay,
-                          "weight_decay_on": "conv/linear weights (not BN, not biases)", "schedule": schedule, "warmup_steps": warmup_steps,
-                          "grad_smoothing": smoothing},
-            "seed": seed,
-            "device": str(dev),
-            "precision": prec,
-            "precision_choice": choice.to_dict(),
+            "total_steps": self.total_steps,
+            "epochs": round(run.epoch + run.epoch_step / self.per_epoch, 4),
+            "optimizer": o.optim.record(regime),
+            "seed": o.run.seed,
+            "device": str(self.device),
+            "precision": self.choice.precision,
+            "precision_choice": self.choice.to_dict(),
             "channels_last": True,
             "threads": torch.get_num_threads(),
-            "train_images": n,
+            "train_images": self.n,
             "images_per_s": round(run.samples / max(run.train_s, 1e-9), 2),
             "wall_s": round(run.train_s, 2),
-            "stopped_early": stopped or "",
-            "command": command,
+            "stopped_early": self.stopped or "",
+            "command": o.command,
         }
-        model_name, config = reference_model_config(arch, len(folder.classes), plan_regime)
+        model_name, config = reference_model_config(o.arch, len(classes), regime)
         ckpt = {
             "model": model_name,
             "config": repr(config),
-            "state_dict": _cpu_state(model.state_dict()),
+            "state_dict": cpu_state(self.model.state_dict()),
             "epoch": run.epoch,
             "best_prec1": float(run.best_prec1),
-            "optim_state_dict": _cpu_tree(optimizer.state_dict()),
+            "optim_state_dict": cpu_tree(self.optimizer.state_dict()),
             "mmdeploy": mm,
             "train_state": {
                 "step": run.step,
                 "epoch": run.epoch,
                 "epoch_step": run.epoch_step,
-                "grad_smoothing": smoother.state_dict() if smoother is not None else None,
+                "grad_smoothing": self.smoother.state_dict() if self.smoother is not None else None,
                 "rng": torch.get_rng_state(),
                 "samples": run.samples,
                 "train_s": run.train_s,
                 "history": list(run.history),
             },
         }
-        return save_training_checkpoint(out, ckpt)
+        return save_training_checkpoint(self.out, ckpt)
 
-    # The training loop. Losses and hits stay on the device; they are read every few steps.
-    records: list[EpochRecord] = []
-    samples_run, seconds_run = 0, 0.0  # this segment only (the summary's throughput)
-    stopped: str | None = None
-    deadline = started + max_minutes * 60 if max_minutes else None
-    last_lr = lr
-    monitor.begin(total_steps, run.step, f"{arch} {plan_regime.kind}")
-    weights = None
-    try:
-        while run.step < total_steps and stopped is None:
-            plan = epoch_steps(n, plan_regime, seed, run.epoch)
-            loss_sum = torch.zeros((), device=dev)
-            hits = torch.zeros((), device=dev, dtype=torch.long)
-            epoch_samples, epoch_steps_done, seg_start = 0, 0, time.monotonic()
-            window_loss, window_hits, window_samples = torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long), 0
-            for st in plan[run.epoch_step:]:
-                if run.step >= total_steps:
-                    break
-                last_lr = lr_at(run.step, total_steps, lr, schedule, warmup_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = last_lr
-                loss, correct = _train_step(model, optimizer, smoother, images, labels, st, pre, aug_gen,
-                                            derived_seed(seed, "augment", run.step), memory_format, autocast)
-                loss_sum += loss * st.samples
-                hits += correct
-                window_loss += loss * st.samples
-                window_hits += correct
-                window_samples += st.samples
-                epoch_samples += st.samples
-                epoch_steps_done += 1
-                run.step += 1
-                run.epoch_step += 1
-                if run.step % _REPORT_EVERY == 0 or run.step == total_steps:
-                    wl = window_loss.item() / window_samples
-                    if not math.isfinite(wl):
-                        raise MMDeployError(f"the training loss became {wl} by step {run.step}", "lower --lr, or add --warmup-steps")
-                    monitor.update(run.step, wl, 100.0 * window_hits.item() / window_samples, last_lr, st.size)
-                    window_loss.zero_()
-                    window_hits.zero_()
-                    window_samples = 0
-                if deadline is not None and time.monotonic() > deadline:
-                    stopped = "max-minutes"
-                    break
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            seconds = time.monotonic() - seg_start
-            seconds_run += seconds
-            samples_run += epoch_samples
-            run.train_s += seconds
-            run.samples += epoch_samples
-            epoch_done = run.epoch_step >= len(plan)
-            record = EpochRecord(run.epoch, epoch_steps_done, loss_sum.item() / max(1, epoch_samples),
-                                 100.0 * hits.item() / max(1, epoch_samples), epoch_samples / max(seconds, 1e-9), last_lr)
-            if epoch_done:
-                run.epoch += 1
-                run.epoch_step = 0
-            if epoch_steps_done:
-                if val_set is not None and (epoch_done or run.step >= total_steps or stopped):
-                    record.val_acc = _val_accuracy(model, val_set, plan_regime, pre, memory_format, autocast)
-                    run.best_prec1 = max(run.best_prec1, record.val_acc)
-                records.append(record)
-                monitor.end_epoch(record)
-                weights = checkpoint(stopped)
-    except KeyboardInterrupt:
-        # Keep what was learned: the step counters are consistent (they advance after each whole step).
-        stopped = "interrupted"
-        checkpoint(stopped)
-        monitor.finish()
-        raise
-    monitor.finish()
-    if weights is None:  # nothing ran (already at --steps): still write the checkpoint where asked
-        weights = checkpoint(stopped)
-    last = records[-1] if records else None
-    return TrainSummary(
-        checkpoint=out, safetensors=weights, arch=arch, regime=plan_regime.to_dict(), device=str(dev), precision=prec,
-        steps=run.step, epochs=round(run.epoch + run.epoch_step / per_epoch, 4), images=samples_run,
-        images_per_s=samples_run / max(seconds_run, 1e-9), wall_s=time.monotonic() - started,
-        loss=last.loss if last else float("nan"), train_acc=last.train_acc if last else float("nan"),
-        val_acc=last.val_acc if last else None, best_prec1=run.best_prec1, stopped_early=stopped, history=records,
-    )
+    def summary(self, started: float) -> TrainSummary:
+        run, last = self.run, self.records[-1] if self.records else None
+        return TrainSummary(
+            checkpoint=self.out, safetensors=self.weights, arch=self.options.arch, regime=self.regime.to_dict(), device=str(self.device),
+            precision=self.choice.precision, steps=run.step, epochs=round(run.epoch + run.epoch_step / self.per_epoch, 4),
+            images=self.samples, images_per_s=self.samples / max(self.seconds, 1e-9), wall_s=time.monotonic() - started,
+            loss=last.loss if last else float("nan"), train_acc=last.train_acc if last else float("nan"),
+            val_acc=last.val_acc if last else None, best_prec1=run.best_prec1, stopped_early=self.stopped, history=self.records,
+        )
 
 
-_PROBE_STEPS = 2  # steps of the first epoch's plan timed per precision and round by --precision auto
+class _Window:
+    """Loss and hits since the last progress report, kept on the device (reading them waits for it)."""
 
+    def __init__(self, device: torch.device):
+        self.loss, self.hits, self.samples = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0
 
-def _choose_precision(precision, dev, state, model, images, labels, n, plan_regime, pre, seed, arch, batch_size, memory_format):
-    """--precision auto on a native-bf16 CPU times the run's own first steps in fp32 and bf16 (see train/precision.py)."""
-    from mmdeploy.latency.machine import cpu_name
+    def add(self, loss: torch.Tensor, hits: torch.Tensor, samples: int) -> None:
+        self.loss += loss
+        self.hits += hits
+        self.samples += samples
 
-    gen = torch.Generator()
-    steps = epoch_steps(n, plan_regime, seed, 0)[:_PROBE_STEPS]
-
-    def run_step(m, optimizer, st, autocast):
-        _train_step(m, optimizer, None, images, labels, st, pre, gen, seed, memory_format, autocast)
-
-    key = cache_key(cpu_name(), f"{torch.get_num_threads()} threads", f"torch {torch.__version__}", arch, plan_regime.describe(),
-                    f"batch {batch_size}")
-    return choose_precision(precision, dev, resumed=state["mmdeploy"] if state is not None else None, cache_key=key,
-                            time_steps=step_timer(model, run_step, steps, dev))
-
-
-def _train_step(model, optimizer, smoother, images, labels, st: Step, pre, gen, aug_seed, memory_format, autocast):
-    gen.manual_seed(aug_seed)
-    x, y = make_batch(images, labels, st.indices, st.size, st.duplicates, pre, gen)
-    x = x.contiguous(memory_format=memory_format)
-    with autocast():
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if smoother is not None:
-        smoother(model.parameters())
-    optimizer.step()
-    return loss.detach(), (logits.detach().argmax(1) == y).sum()
+    def report(self, monitor: TrainMonitor, step: int, lr: float, size: int) -> None:
+        loss = self.loss.item() / self.samples
+        if not math.isfinite(loss):
+            raise MMDeployError(f"the training loss became {loss} by step {step}", "lower --lr, or add --warmup-steps")
+        monitor.update(step, loss, 100.0 * self.hits.item() / self.samples, lr, size)
+        self.loss.zero_()
+        self.hits.zero_()
+        self.samples = 0
 
