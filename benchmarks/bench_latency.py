@@ -36,7 +36,6 @@ from pathlib import Path
 from mmdeploy.bundle import ONNX, Bundle
 from mmdeploy.engines.base import Engine
 from mmdeploy.engines.loader import load_engine
-from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.engines.torch_engine import TorchEngine
 from mmdeploy.latency.bench import BenchTarget, environment, measure_with_interference
 from mmdeploy.latency.threads import ThreadPolicy, usable_cores

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
     from mmdeploy.bundle import Bundle
-    from mmdeploy.export.parity import Tolerance
     from mmdeploy.engines.base import Engine
+    from mmdeploy.export.parity import Tolerance
     from mmdeploy.latency.tune import BenchSummary
     from mmdeploy.progress import Progress
     from mmdeploy.report import Report

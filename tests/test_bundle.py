@@ -246,8 +246,8 @@ def test_a_second_writer_fails_at_once_with_no_wait_and_waits_by_default(made, t
 
 def test_eval_and_bench_at_once_keep_both_results(exported, tmp_path, monkeypatch):
     """bench measures from a stale view while eval commits; bench's read-modify-write keeps eval's figures."""
-    from mmdeploy.latency import bench
     from mmdeploy.evaluate import evaluate_target
+    from mmdeploy.latency import bench
 
     out = _copy(exported, tmp_path)
     real = bench.measure_with_interference

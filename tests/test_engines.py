@@ -19,9 +19,9 @@ from conftest import assert_lifecycle_checked
 from mmdeploy.bundle import Bundle
 from mmdeploy.engines import InputMeta, engine_names
 from mmdeploy.engines.loader import load_engine, option_names
-from mmdeploy.engines.registry import engine_spec
 from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.engines.openvino import OvEngine
+from mmdeploy.engines.registry import engine_spec
 from mmdeploy.engines.tensorrt import TrtEngine
 from mmdeploy.engines.torch_engine import TorchEngine
 from mmdeploy.errors import MMDeployError

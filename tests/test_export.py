@@ -97,7 +97,6 @@ def test_ort_engine_matches_torch(exported):
     x = torch.randn(3, 3, 24, 24)
     with load_engine(bundle, "torch", size=24, device="cpu") as ref, load_engine(bundle, "ort", size=24) as run:
         assert torch.allclose(run(x), ref(x), atol=1e-4)
-    from mmdeploy.engines.onnxruntime import OrtEngine
 
     with load_engine(bundle, "ort", 24, variant="dynamic") as dyn:  # dynamic file pinned to 24
         assert dyn(x).shape == (3, 10)

@@ -144,6 +144,29 @@ def test_no_import_cycles_between_mmdeploy_modules_counting_every_import():
     assert found == [], f"import cycles:\n{message}"
 
 
+RUNNERS = ("mmdeploy.engines.onnxruntime", "mmdeploy.engines.openvino", "mmdeploy.engines.tensorrt", "mmdeploy.engines.torch_engine")
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` may import, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_runners_are_handed_their_settings_and_the_bundle_loads_no_engine():
+    """Polygraphy's split: the loader (engines/loader.py) reads the bundle and the tuned settings, runners only run."""
+    graph = import_graph()
+    above = ("mmdeploy.bundle", "mmdeploy.export", "mmdeploy.latency.tune", "mmdeploy.latency.bench", "mmdeploy.latency.settings",
+             "mmdeploy.engines.loader", "mmdeploy.pipeline", "mmdeploy.api")
+    reached = {r: sorted(m for m in _reach(graph, r) if m.startswith(above)) for r in RUNNERS}
+    assert reached == {r: [] for r in RUNNERS}
+    assert not _reach(graph, "mmdeploy.bundle") & {"mmdeploy.engines.loader", *RUNNERS}
+
+
 def _long_modules() -> dict[str, int]:
     lengths = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     return {p: n for p, n in sorted(lengths.items()) if n > MAX_LINES}

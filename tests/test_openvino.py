@@ -248,7 +248,6 @@ def test_ov_candidates_split_only_large_batches():
 
 @needs_ov
 def test_tune_stores_ov_threads_and_streams_and_the_engine_loads_them(ov_bundle):
-    from mmdeploy.engines.openvino import OvEngine
     from mmdeploy.latency.bench import bench_bundle
     from mmdeploy.latency.threads import ov_default_policy
     from mmdeploy.latency.tune import tune_bundle

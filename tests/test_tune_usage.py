@@ -120,7 +120,7 @@ def ort_bundle(tmp_path_factory):
 
 
 def test_a_stored_default_loads_a_session_with_no_thread_or_spinning_option(ort_bundle):
-    from mmdeploy.engines.onnxruntime import OrtEngine, session_options
+    from mmdeploy.engines.onnxruntime import session_options
 
     store_settings(ort_bundle, {("ort", "fp32", 16, 1): ORT_DEFAULT, ("ort", "fp32", 16, 32): QUIET}, {"timings_p50_ms": {}}, "stream")
     bundle = Bundle.open(ort_bundle)

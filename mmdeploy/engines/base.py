@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 @dataclass(frozen=True)
 class InputMeta:
     """The one image input of an engine: its graph name, its NCHW shape (None where any value

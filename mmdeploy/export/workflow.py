@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from mmdeploy.version import __version__
 from mmdeploy import distributed as dist
 from mmdeploy.bundle import ONNX, TRT, Bundle, bundle_lock, content_key, sha256_file, temp_path_for
 from mmdeploy.data import decode_for_sizes, scan_image_folder
@@ -38,6 +37,7 @@ from mmdeploy.export.quantize import (
 )
 from mmdeploy.models.fit import forward_error
 from mmdeploy.progress import Progress
+from mmdeploy.version import __version__
 from mmdeploy.writable import ensure_writable
 
 PARITY_BATCHES = (1, 8)
