@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from mmdeploy.bundle import Bundle
+from mmdeploy.engines.loader import load_engine
 from mmdeploy.evaluate import EvalTarget, measure_accuracy
 
 
@@ -22,7 +23,7 @@ def main() -> None:
     args = ap.parse_args()
     bundle = Bundle.open(args.bundle)
     sizes = args.sizes or bundle.sizes
-    targets = [EvalTarget(s, "ov", p, True, lambda s=s, p=p: bundle.engine("ov", s, p)) for s in sizes for p in ("fp32", "bf16")]
+    targets = [EvalTarget(s, "ov", p, True, lambda s=s, p=p: load_engine(bundle, "ov", s, p)) for s in sizes for p in ("fp32", "bf16")]
     results = {(r.size, r.precision): r for r in measure_accuracy(targets, args.data, bundle.preprocess())}
     print(f"{'size':>4} {'fp32 top-1':>10} {'bf16 top-1':>10} {'bf16-fp32':>9}  images")
     for s in sizes:

@@ -31,6 +31,7 @@ import torch
 from mmdeploy.bundle import Bundle
 from mmdeploy.calib.workflow import calibrate_to_bundle
 from mmdeploy.engines.base import Engine
+from mmdeploy.engines.loader import load_engine
 from mmdeploy.engines.openvino import OvEngine, native_bf16
 from mmdeploy.engines.torch_engine import TorchEngine
 from mmdeploy.export.workflow import export_bundle
@@ -50,13 +51,12 @@ class _OrtDefault(Engine):
         super().__init__(size)
         self.path = path
 
-    def activate(self):
+    def _activate(self):
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        super().activate()
 
-    def infer(self, x):
+    def _infer(self, x):
         return torch.from_numpy(self.session.run(None, {"images": np.ascontiguousarray(x.numpy())})[0])
 
 
@@ -69,13 +69,12 @@ class _OvDefault(Engine):
         super().__init__(size)
         self.path = path
 
-    def activate(self):
+    def _activate(self):
         import openvino as ov
 
         self.request = ov.Core().compile_model(str(self.path), "CPU").create_infer_request()
-        super().activate()
 
-    def infer(self, x):
+    def _infer(self, x):
         self.request.infer({0: x.numpy()})
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
 
@@ -118,14 +117,14 @@ def main() -> None:
         for b in args.batches:  # ORT's settings are tuned per batch: one session per batch
             for p in ort_precisions:
                 name = "ort" if p == "fp32" else f"ort {p}"
-                targets.append(BenchTarget(s, name, p, lambda s=s, p=p, b=b: bundle.engine("ort", s, p, tuned_batch=b), (b,)))
+                targets.append(BenchTarget(s, name, p, lambda s=s, p=p, b=b: load_engine(bundle, "ort", s, p, tuned_batch=b), (b,)))
         if args.int8:  # mmdeploy's ov int8 point (tuned), and OpenVINO on the same file with its own defaults
             for b in args.batches:
-                targets.append(BenchTarget(s, "ov int8", "int8", lambda s=s, b=b: bundle.engine("ov", s, "int8", tuned_batch=b), (b,)))
+                targets.append(BenchTarget(s, "ov int8", "int8", lambda s=s, b=b: load_engine(bundle, "ov", s, "int8", tuned_batch=b), (b,)))
             qdq = bundle.path(f"sizes/{s}/model.int8.onnx")
             targets.append(BenchTarget(s, "ov-default int8", "int8", lambda s=s, o=qdq: _OvDefault(o, s)))
         for p in precisions:
-            targets.append(BenchTarget(s, f"ov {p}", p, lambda s=s, p=p: bundle.engine("ov", s, p)))
+            targets.append(BenchTarget(s, f"ov {p}", p, lambda s=s, p=p: load_engine(bundle, "ov", s, p)))
         if "bf16" in precisions:
             targets.append(BenchTarget(s, "ov bf16 latency-only", "bf16", lambda s=s, o=onnx: OvEngine(o, s, "bf16", throughput_min_batch=10**9)))
         targets.append(BenchTarget(s, "ov-default", "default", lambda s=s, o=onnx: _OvDefault(o, s)))
@@ -156,7 +155,7 @@ def _int8_agreement(bundle, sizes) -> None:
     gen = torch.Generator().manual_seed(0)
     for s in sizes:
         x = torch.randn(64, 3, s, s, generator=gen)
-        with bundle.engine("ort", s, "int8") as ort_run, bundle.engine("ov", s, "int8") as ov_run:
+        with load_engine(bundle, "ort", s, "int8") as ort_run, load_engine(bundle, "ov", s, "int8") as ov_run:
             agree = (ort_run(x).argmax(1) == ov_run(x).argmax(1)).float().mean().item()
         print(f"int8 {s} px: ORT and OpenVINO agree on top-1 for {agree:.0%} of 64 random inputs")
 

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mmdeploy.bundle import Bundle
 from mmdeploy.calib.workflow import calibrate_to_bundle
-from mmdeploy.engines.onnxruntime import OrtEngine
+from mmdeploy.engines.loader import load_engine
 from mmdeploy.engines.torch_engine import TorchEngine
 from mmdeploy.export.workflow import export_bundle
 from mmdeploy.latency.bench import BenchTarget, environment, measure_latency
@@ -69,8 +69,8 @@ def main() -> None:
     targets = []
     for s in args.sizes:
         targets.append(BenchTarget(s, "torch", "fp32", lambda s=s: TorchEngine(bundle.build_model(s), s, device="cpu")))
-        targets.append(BenchTarget(s, "ort-dynamic", "fp32", lambda s=s: OrtEngine.from_bundle(bundle, s, variant="dynamic")))
-        targets.append(BenchTarget(s, "ort-per-size", "fp32", lambda s=s: OrtEngine.from_bundle(bundle, s)))
+        targets.append(BenchTarget(s, "ort-dynamic", "fp32", lambda s=s: load_engine(bundle, "ort", s, variant="dynamic")))
+        targets.append(BenchTarget(s, "ort-per-size", "fp32", lambda s=s: load_engine(bundle, "ort", s)))
     peak = matmul_gflops()
     results = measure_latency(targets, args.batches, args.warmup, args.iters)
     env = environment()

@@ -123,7 +123,9 @@ class Mmdeploy:
     def __init__(self, bundle, engine: str, size: int, precision: str, batch: int):
         import torch
 
-        self.engine = bundle.engine(engine, size, precision, tuned_batch=batch).__enter__()
+        from mmdeploy.engines.loader import load_engine
+
+        self.engine = load_engine(bundle, engine, size, precision, tuned_batch=batch).__enter__()
         self.settings = self.engine.policy.label if self.engine.policy else "?"
         self.torch = torch
 
@@ -174,7 +176,7 @@ def _inputs(size: int, batch: int) -> np.ndarray:
 
 def _files(bundle, size: int, precision: str) -> tuple[Path | None, Path | None]:
     from mmdeploy.bundle import ONNX
-    from mmdeploy.engines.openvino import ov_record
+    from mmdeploy.engines.loader import ov_record
 
     art = bundle.artifact(size, ONNX, precision)
     onnx = bundle.path(art.file) if art and bundle.path(art.file).exists() else None

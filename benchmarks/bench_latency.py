@@ -35,7 +35,7 @@ from pathlib import Path
 
 from mmdeploy.bundle import ONNX, Bundle
 from mmdeploy.engines.base import Engine
-from mmdeploy.engines.onnxruntime import OrtEngine
+from mmdeploy.engines.loader import load_engine
 from mmdeploy.engines.torch_engine import TorchEngine
 from mmdeploy.latency.bench import BenchTarget, environment, measure_with_interference
 from mmdeploy.latency.threads import ThreadPolicy, usable_cores
@@ -56,14 +56,13 @@ class OrtDefaultEngine(Engine):
         self.path = path
         self.policy = ThreadPolicy(usable_cores(), True, "onnxruntime default")
 
-    def activate(self) -> None:
+    def _activate(self) -> None:
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        super().activate()
 
-    def infer(self, x):
+    def _infer(self, x):
         import torch
 
         return torch.from_numpy(self.session.run(None, {self.input_name: x.numpy()})[0])
@@ -77,11 +76,11 @@ def targets_for(bundle: Bundle, sizes: list[int], batches: list[int], candidates
         two = ThreadPolicy(usable_cores(), False, "torch default")
         targets.append(BenchTarget(s, "torch-2t", "fp32", lambda s=s, p=two: TorchEngine(bundle.build_model(s), s, device="cpu", policy=p)))
         for b in batches:
-            targets.append(BenchTarget(s, "ort-mm", "fp32", lambda s=s, b=b: OrtEngine.from_bundle(bundle, s, tuned_batch=b), (b,)))
+            targets.append(BenchTarget(s, "ort-mm", "fp32", lambda s=s, b=b: load_engine(bundle, "ort", s, tuned_batch=b), (b,)))
         targets.append(BenchTarget(s, "ort-default", "fp32", lambda s=s, o=onnx: OrtDefaultEngine(o, s)))
         if candidates:
             for pol in (p for p in ort_candidates() if not p.preset):  # the default session is timed as ort-default
-                targets.append(BenchTarget(s, f"ort-{pol.label}", "fp32", lambda s=s, p=pol: OrtEngine.from_bundle(bundle, s, policy=p)))
+                targets.append(BenchTarget(s, f"ort-{pol.label}", "fp32", lambda s=s, p=pol: load_engine(bundle, "ort", s, policy=p)))
     return targets
 
 

@@ -6,8 +6,7 @@ Python users: :func:`load` opens a bundle; :mod:`mmdeploy.api` has every step of
 stays cheap: torch and the engines load when a function needs them."""
 
 from mmdeploy import api
-from mmdeploy.api import load
+from mmdeploy.api import load, load_engine
+from mmdeploy.version import __version__
 
-__version__ = "0.1.0"
-
-__all__ = ["__version__", "api", "load"]
+__all__ = ["__version__", "api", "load", "load_engine"]

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
     from mmdeploy.bundle import Bundle
+    from mmdeploy.engines.base import Engine
     from mmdeploy.export.parity import Tolerance
-    from mmdeploy.latency.bench import BenchSummary
+    from mmdeploy.latency.tune import BenchSummary
     from mmdeploy.progress import Progress
     from mmdeploy.report import Report
     from mmdeploy.results import AccuracyResult
@@ -36,7 +37,7 @@ BundleLike = Union["Bundle", str, os.PathLike]
 
 
 def load(bundle: PathLike, arch: str | None = None, trust_code_from_files: bool = False, arch_kwargs: Mapping[str, object] | None = None) -> Bundle:
-    """Open a bundle folder: ``mmdeploy.load("bundle").engine("ort", size=24)`` is an engine for size 24.
+    """Open a bundle folder (a ``Bundle``: its sizes, artifacts and stored results; :func:`load_engine` runs one).
 
     A bundle made from your own ``package.module:factory`` opens only with ``arch`` (and ``arch_kwargs``) set to
     that same call, or with ``trust_code_from_files=True`` (a manifest is data, not code)."""
@@ -45,6 +46,18 @@ def load(bundle: PathLike, arch: str | None = None, trust_code_from_files: bool 
 
     with user_code_policy(arch, trust_code_from_files, _dict(arch_kwargs)):
         return Bundle.open(bundle)
+
+
+def load_engine(bundle: BundleLike, engine: str, size: int, precision: str = "fp32", *, arch: str | None = None,
+                trust_code_from_files: bool = False, arch_kwargs: Mapping[str, object] | None = None, **options) -> Engine:
+    """The ``engine`` engine of one size of a bundle, not yet activated; a context manager mapping a preprocessed batch to
+    logits: ``with mmdeploy.load_engine("bundle", "ort", 24) as run: logits = run(x)``. ``options`` are the engine's own
+    (``batch``, ``device``, ``threads``, ``policy``, ...: ``mmdeploy.engines.loader``); an unknown one is refused by name."""
+    from mmdeploy.engines.loader import load_engine as load_from_bundle
+    from mmdeploy.models.trust import user_code_policy
+
+    with user_code_policy(arch, trust_code_from_files, _dict(arch_kwargs)):
+        return load_from_bundle(bundle, engine, size, precision, **options)
 
 
 def calibrate(
@@ -176,7 +189,7 @@ def bench(
 
     ``tune`` first picks ONNX Runtime's threads and spinning per size and batch by measurement. On a busy machine
     each pass is re-timed for up to ``noise_budget_s`` seconds; points still noisy have ``reliable=False``."""
-    from mmdeploy.latency.bench import tune_and_bench
+    from mmdeploy.latency.tune import tune_and_bench
     from mmdeploy.models.trust import user_code_policy
 
     with user_code_policy(arch, trust_code_from_files, _dict(arch_kwargs)):

@@ -117,7 +117,7 @@ def _plain_table_problems(v: Any, where: str) -> list[str]:
 
 
 def _fraction_problems(v: Any, where: str) -> list[str]:
-    from mmdeploy.report import parse_fraction
+    from mmdeploy.report.gate import parse_fraction  # not the report package: it reads bundles, which read this schema
 
     if isinstance(v, bool) or not isinstance(v, (str, int, float)):
         return [f"{where} must be a fraction such as \"15%\" or 0.15 (got {_show(v)})"]
@@ -135,12 +135,9 @@ class ModelList:
     fields: dict[str, Field] = field(default_factory=dict)
 
 
-def _int8_methods() -> tuple[str, ...]:
-    # quantize.py imports torch and ONNX Runtime; the schema is read by every command's flags (report, the gate), so
-    # the methods are looked up when a config names one.
-    from mmdeploy.export.quantize import METHODS
-
-    return METHODS
+# The int8 activation range methods export/quantize.py implements: named here, below it, because quantize.py imports
+# torch and ONNX Runtime and this schema is read by every command's flags (report, the gate).
+INT8_METHODS = ("minmax", "entropy", "percentile")
 
 
 def _engine_choices() -> tuple[str, ...]:
@@ -194,7 +191,7 @@ SCHEMA: dict[str, Any] = {
                          choices=_engine_choices, non_empty=True, flags=flags("export --engine", "eval --engine", "bench --engine")),
         "precisions": Field("list[str]", "precisions to export (each engine takes those it serves), evaluate and bench",
                             choices=PRECISION_CHOICES, non_empty=True, flags=flags("export --precision", "eval --precision", "bench --precision")),
-        "int8_method": Field("str", "int8 activation range calibration (default percentile)", choices=_int8_methods,
+        "int8_method": Field("str", "int8 activation range calibration (default percentile)", choices=INT8_METHODS,
                              flags=flags("export --int8-method", keyword="int8_method")),
         "int8_images": Field("int", "int8 calibration images per size (default 256)", minimum=1,
                              flags=flags("export --int8-images", keyword="int8_images")),

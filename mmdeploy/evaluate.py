@@ -137,6 +137,7 @@ def evaluate_target(
     from mmdeploy.bundle import Bundle
     from mmdeploy.classes import bundle_label_space, checkpoint_label_space
     from mmdeploy.engines import check_choices, serves, torch_runs
+    from mmdeploy.engines.loader import load_engine
     from mmdeploy.engines.registry import names_serving
     from mmdeploy.engines.torch_engine import TorchEngine
     from mmdeploy.latency.bench import has_artifact
@@ -176,7 +177,7 @@ def evaluate_target(
                     if name != "torch" and not has_artifact(bundle, name, s, prec):  # e.g. a size whose INT8 failed its gate
                         warnings.warn(f"{name} {prec} at size {s} is not exported in {bundle.root}; skipped", stacklevel=2)
                         continue
-                    targets.append(EvalTarget(s, name, prec, True, lambda s=s, n=name, p=prec: bundle.engine(n, s, p, **({"device": device} if n == "torch" else {}))))
+                    targets.append(EvalTarget(s, name, prec, True, lambda s=s, n=name, p=prec: load_engine(bundle, n, s, p, **({"device": device} if n == "torch" else {}))))
     else:
         from mmdeploy.calib.workflow import resolve_preprocess, validate_sizes
         from mmdeploy.models import load_checkpoint

@@ -138,3 +138,23 @@ def calibrate_small(image_dir, ckpt, out, sizes=(16,), seed=0):
     from mmdeploy.calib.workflow import calibrate_to_bundle
 
     return calibrate_to_bundle(ckpt, list(sizes), image_dir, out, batches=2, batch_size=4, seed=seed)
+
+
+def assert_lifecycle_checked(engine, x: torch.Tensor) -> None:
+    """The base class's state checks on ``engine`` (a runner, not yet active): infer before activate, activate twice and
+    infer after deactivate are errors; deactivate twice is a no-op; the engine activates again after."""
+    with pytest.raises(RuntimeError, match="outside its `with` block"):
+        engine(x)
+    with pytest.raises(RuntimeError, match="outside its `with` block"):
+        engine.infer(x)
+    with engine as run:
+        assert run.active and run(x).shape[0] == x.shape[0]
+        with pytest.raises(RuntimeError, match="activated twice"):
+            run.activate()
+        assert run.active, "a refused second activate leaves the engine running"
+    assert not engine.active
+    with pytest.raises(RuntimeError, match="outside its `with` block"):
+        engine(x)
+    engine.deactivate()  # cleanup may run twice
+    with engine as run:  # and the engine can be activated again
+        assert run(x).shape[0] == x.shape[0]

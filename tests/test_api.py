@@ -16,7 +16,7 @@ import mmdeploy
 from mmdeploy import api
 from mmdeploy.bundle import Bundle
 from mmdeploy.errors import MMDeployError
-from mmdeploy.latency.bench import BenchSummary
+from mmdeploy.latency.tune import BenchSummary
 from mmdeploy.report import Report, load_report
 from mmdeploy.results import AccuracyResult, LatencyResult
 
@@ -138,7 +138,7 @@ def test_engine_on_inputs_from_files_matches_the_model(made, image_dir):
     files = sorted((image_dir / "cat").iterdir())[:3]
     x = bundle.preprocess().inputs(files, size=24)
     assert x.shape == (3, 3, 24, 24) and x.dtype == torch.float32
-    with bundle.engine("ort", size=24) as run:
+    with mmdeploy.load_engine(bundle, "ort", size=24) as run:
         logits = run(x)
     with torch.no_grad():
         expected = bundle.build_model(24)(x)

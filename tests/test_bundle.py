@@ -3,7 +3,6 @@ a crash at any os.replace leaves the old or the new bundle, and leftovers are sw
 
 from __future__ import annotations
 
-import ast
 import json
 import multiprocessing
 import os
@@ -316,7 +315,7 @@ def test_measurements_round_trip_through_typed_accessors(made, tmp_path):
     assert stored_policy(Bundle.open(out).engine_settings, "ort", "fp32", 16, 1).source == "default"
 
 
-# -- one content key; no import cycles ----------------------------------------------------
+# -- one content key; manifest keys in one package ----------------------------------------------------
 
 
 def test_content_key_is_stable_and_order_free():
@@ -335,45 +334,6 @@ def test_only_the_bundle_package_spells_manifest_keys():
             if needle in text:
                 offenders.append(f"{path.relative_to(ROOT)}: {needle}")
     assert offenders == []
-
-
-def _top_level_imports(path: Path, package: str, modules) -> set[str]:
-    """Modules of ``package`` that ``path`` imports at module level (imports inside functions are lazy).
-    ``from pkg import sub`` depends on the submodule ``pkg.sub``; ``from pkg import name`` on ``pkg``."""
-    found = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            for a in node.names:
-                found.add(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module)
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-    return {m for m in found if m == package or m.startswith(package + ".")}
-
-
-def test_no_import_cycles_between_mmdeploy_modules():
-    pkg = ROOT / "mmdeploy"
-    modules = {}
-    for path in pkg.rglob("*.py"):
-        parts = list(path.relative_to(ROOT).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        modules[".".join(parts)] = path
-    graph = {m: {i for i in _top_level_imports(p, "mmdeploy", modules) if i in modules and i != m} for m, p in modules.items()}
-    state, cycle = {}, []
-
-    def visit(m, stack):
-        state[m] = "open"
-        for n in sorted(graph[m]):
-            if state.get(n) == "open" and not cycle:
-                cycle.extend(stack[stack.index(n):] + [n])
-            elif n not in state:
-                visit(n, stack + [n])
-        state[m] = "done"
-
-    for m in sorted(graph):
-        if m not in state:
-            visit(m, [m])
-    assert cycle == [], " -> ".join(cycle)
 
 
 def test_load_gives_typed_records(made):

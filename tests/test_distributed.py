@@ -55,7 +55,7 @@ main()
 TRT_DRIVER = """
 import json, os, sys
 from pathlib import Path
-import mmdeploy.engines.tensorrt as tensorrt
+import mmdeploy.engines.loader as loader
 import mmdeploy.export.tensorrt as trt_build
 import mmdeploy.export.workflow as workflow
 from mmdeploy import distributed
@@ -75,9 +75,6 @@ def build_bundle_plan(bundle, size, precision, **options):
     return entry
 
 class FakeEngine:
-    @classmethod
-    def from_bundle(cls, *args, **kwargs):
-        return cls()
     def __enter__(self):
         return self
     def __exit__(self, *exc):
@@ -88,7 +85,7 @@ class Passed:
     def to_dict(self):
         return {"passed": True}
 
-trt_build.build_bundle_plan, tensorrt.TrtEngine = build_bundle_plan, FakeEngine
+trt_build.build_bundle_plan, loader.load_trt = build_bundle_plan, lambda runner, bundle, size, precision: FakeEngine()
 workflow.check_parity = lambda *args, **kwargs: [Passed()]
 saves = []
 real_save = Bundle.save
@@ -287,7 +284,7 @@ def test_trt_build_failing_on_one_rank_stops_all_and_keeps_the_rest(tmp_path, on
 
 def test_trt_builds_in_one_process_record_passes_and_drop_failures(tmp_path, one_process, monkeypatch):
     """Without a process group one rank builds every plan; a failed gate raises its own error."""
-    import mmdeploy.engines.tensorrt as tensorrt
+    import mmdeploy.engines.loader as loader
     import mmdeploy.export.tensorrt as trt_build
     import mmdeploy.export.workflow as workflow
     from mmdeploy.errors import MMDeployError
@@ -312,7 +309,7 @@ def test_trt_builds_in_one_process_record_passes_and_drop_failures(tmp_path, one
 
     class FakeEngine:
         @classmethod
-        def from_bundle(cls, bundle, size, precision, **kwargs):
+        def load(cls, runner, bundle, size, precision):  # the trt loader: the plan is not a real one
             cls.current = (size, precision)
             return cls()
 
@@ -323,7 +320,7 @@ def test_trt_builds_in_one_process_record_passes_and_drop_failures(tmp_path, one
             return False
 
     monkeypatch.setattr(trt_build, "build_bundle_plan", build_bundle_plan)
-    monkeypatch.setattr(tensorrt, "TrtEngine", FakeEngine)
+    monkeypatch.setattr(loader, "load_trt", FakeEngine.load)
     monkeypatch.setattr(workflow, "check_parity", lambda *a, **k: [Check(FakeEngine.current != (24, "fp16"))])
     tolerances = {"fp32": None, "fp16": None}
     assert workflow._build_trt(bundle, [16], ["fp32", "fp16"], [None], None, tolerances, (1,), 1.0, Progress()) == {

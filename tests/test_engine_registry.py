@@ -1,15 +1,19 @@
 """The engine registry is the one place an engine is declared: a toy engine registered here alone (an ONNX Runtime runner
-under another name) is calibrated for, exported, evaluated, benched and reported like a built-in one."""
+under another name, loaded by the ONNX loader) is calibrated for, exported, evaluated, benched and reported like a built-in
+one, and gets the lifecycle's state checks from the base class."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
+from conftest import assert_lifecycle_checked
 
 from mmdeploy.bundle import Bundle
 from mmdeploy.config import config_problems
-from mmdeploy.engines import available_engines, check_choices, create_engine
+from mmdeploy.engines import available_engines, check_choices
+from mmdeploy.engines.loader import load_engine
 from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.engines.registry import (
     EngineSpec,
@@ -36,7 +40,8 @@ class ToyEngine(OrtEngine):
 
 @pytest.fixture
 def toy():
-    spec = register_engine(EngineSpec("toy", ("fp32",), "onnx", ToyEngine, unavailable=lambda: "", title="Toy runtime"))
+    spec = register_engine(EngineSpec("toy", ("fp32",), "onnx", ToyEngine, loader="mmdeploy.engines.loader:load_ort", unavailable=lambda: "",
+                                      title="Toy runtime"))
     yield spec
     unregister_engine("toy")
 
@@ -77,8 +82,9 @@ def test_toy_engine_through_every_step(toy, cli, resnet8_checkpoint, image_dir, 
     assert exported.exit_code == 0, exported.output
     refused = cli("export", out, "--engine", "toy", "--precision", "fp16", "--data", image_dir)
     assert refused.exit_code == 1 and "unknown precision 'fp16' for --engine toy" in refused.output
-    with create_engine("toy", Bundle.open(out), 16) as run:
+    with load_engine(Bundle.open(out), "toy", 16) as run:
         assert isinstance(run, ToyEngine) and run.name == "toy"
+    assert_lifecycle_checked(load_engine(out, "toy", 16, threads=1), torch.zeros(2, 3, 16, 16))
     evaluated = cli("eval", out, "--data", image_dir, "--engine", "torch", "--engine", "toy", "--json")
     assert evaluated.exit_code == 0, evaluated.output
     acc = {(a.size, a.engine) for a in Bundle.open(out).accuracies() if a.calibrated}

@@ -14,11 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_lifecycle_checked
 
 from mmdeploy.bundle import Bundle
-from mmdeploy.engines import InputMeta, create_engine, engine_names
+from mmdeploy.engines import InputMeta, engine_names
+from mmdeploy.engines.loader import load_engine, option_names
 from mmdeploy.engines.onnxruntime import OrtEngine
 from mmdeploy.engines.openvino import OvEngine
+from mmdeploy.engines.registry import engine_spec
 from mmdeploy.engines.tensorrt import TrtEngine
 from mmdeploy.engines.torch_engine import TorchEngine
 from mmdeploy.errors import MMDeployError
@@ -44,22 +47,22 @@ def test_every_engine_name_has_its_class():
 def test_an_unknown_option_is_refused_by_name(name, tmp_path):
     bundle = _empty_bundle(tmp_path)
     with pytest.raises(MMDeployError) as info:
-        create_engine(name, bundle, SIZE, "fp32", treads=2)  # a typo of `threads` must not run with the default
+        load_engine(bundle, name, SIZE, "fp32", treads=2)  # a typo of `threads` must not run with the default
     err = info.value
     assert f"the {name} engine has no option 'treads'" in err.message
     assert "batch" in err.hint and "\n" not in err.one_line()
     with pytest.raises(MMDeployError, match="no option 'colour', 'shape'"):
-        CLASSES[name].from_bundle(bundle, SIZE, "fp32", shape=(1, 3), colour="red")
+        load_engine(bundle, name, SIZE, "fp32", shape=(1, 3), colour="red")
 
 
-def _options(cls) -> dict[str, str]:
+def _options(name: str) -> dict[str, str]:
     """The typed options of an engine's loader: name -> annotation (a string: these modules use postponed annotations)."""
-    params = inspect.signature(cls.from_bundle).parameters.values()
+    params = inspect.signature(engine_spec(name).loader_function()).parameters.values()
     return {p.name: p.annotation for p in params if p.kind is p.KEYWORD_ONLY}
 
 
 def test_shared_options_have_one_type_in_every_engine():
-    options = {name: _options(cls) for name, cls in CLASSES.items()}
+    options = {name: _options(name) for name in ENGINES}
     assert all(opts and all(a is not inspect.Parameter.empty for a in opts.values()) for opts in options.values()), options
     assert all("batch" in opts for opts in options.values())  # the one option a harness can pass to any engine
     seen: dict[str, set[str]] = {}
@@ -67,7 +70,7 @@ def test_shared_options_have_one_type_in_every_engine():
         for option, annotation in opts.items():
             seen.setdefault(option, set()).add(str(annotation))
     assert {k: v for k, v in seen.items() if len(v) > 1} == {}
-    assert CLASSES["ort"].option_names()[:2] == ["variant", "batch"]  # from the signature, in its order
+    assert option_names("ort")[:2] == ["variant", "batch"]  # from the signature, in its order
 
 
 # -- input metadata, on the engines that run here -------------------------------------------------------------
@@ -125,3 +128,42 @@ def test_input_metadata_is_one_accessor_with_one_answer(name, tmp_path):
         out = run(torch.zeros(meta.shape[0] or 2, *meta.shape[1:], dtype=meta.dtype) + x)  # a tensor made from the metadata runs
     with torch.no_grad():
         np.testing.assert_allclose(out.numpy(), model(x).numpy(), atol=1e-4)
+
+
+# -- the lifecycle's state checks: the base class's, whatever the subclass implements ---------------------------------
+@pytest.mark.parametrize("name", ENGINES_HERE)
+def test_every_engine_gets_the_lifecycle_checks_from_the_base_class(name, tmp_path):
+    model = _Tiny().eval()
+    onnx_path = _tiny_onnx(model, tmp_path / "tiny.onnx")
+    engine = {"torch": lambda: TorchEngine(model, SIZE, device="cpu"),
+              "ort": lambda: OrtEngine(onnx_path, SIZE, threads=1),
+              "ov": lambda: OvEngine(onnx_path, SIZE, threads=1)}[name]()
+    assert_lifecycle_checked(engine, torch.randn(2, 3, SIZE, SIZE))
+
+
+def test_a_subclass_implements_hooks_and_cannot_override_the_checked_methods():
+    from mmdeploy.engines.base import Engine
+
+    calls = []
+
+    class Minimal(Engine):  # only the hooks: no super() calls to remember
+        name = "minimal"
+
+        def _activate(self):
+            calls.append("activate")
+
+        def _infer(self, x):
+            return x.sum(dim=(1, 2, 3))
+
+        def _deactivate(self):
+            calls.append("deactivate")
+
+    assert_lifecycle_checked(Minimal(SIZE), torch.ones(2, 3, SIZE, SIZE))
+    assert calls == ["activate", "deactivate", "activate", "deactivate"], "the hooks run once per transition"
+    with pytest.raises(TypeError, match="overrides activate, infer: implement _activate, _infer instead"):
+        class Old(Engine):  # the old pattern, which could forget super().activate() or call it too early
+            def activate(self):
+                pass
+
+            def infer(self, x):
+                return x

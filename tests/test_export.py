@@ -13,6 +13,7 @@ import torch
 
 import mmdeploy
 from mmdeploy.calib.workflow import calibrate_to_bundle
+from mmdeploy.engines.loader import load_engine
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.parity import DEFAULT_TOLERANCES, check_parity
 from mmdeploy.export.workflow import export_bundle, parity_images
@@ -94,11 +95,10 @@ def test_ort_engine_matches_torch(exported):
     out, _ = exported
     bundle = mmdeploy.load(out)
     x = torch.randn(3, 3, 24, 24)
-    with bundle.engine("torch", size=24, device="cpu") as ref, bundle.engine("ort", size=24) as run:
+    with load_engine(bundle, "torch", size=24, device="cpu") as ref, load_engine(bundle, "ort", size=24) as run:
         assert torch.allclose(run(x), ref(x), atol=1e-4)
-    from mmdeploy.engines.onnxruntime import OrtEngine
 
-    with OrtEngine.from_bundle(bundle, 24, variant="dynamic") as dyn:  # dynamic file pinned to 24
+    with load_engine(bundle, "ort", 24, variant="dynamic") as dyn:  # dynamic file pinned to 24
         assert dyn(x).shape == (3, 10)
 
 
@@ -156,7 +156,7 @@ def test_dynamic_dim_names_are_the_ones_ort_overrides_pin(exported, tmp_path):
     assert dims == [BATCH_DIM, 3, HEIGHT_DIM, WIDTH_DIM]
     assert _dims(out / "model.dynamic.fp16.onnx")[0] == dims
     bundle = mmdeploy.load(out)
-    with OrtEngine.from_bundle(bundle, 24, variant="dynamic") as pinned:
+    with load_engine(bundle, "ort", 24, variant="dynamic") as pinned:
         assert pinned(torch.randn(2, 3, 24, 24)).shape == (2, 10)
         with pytest.raises(Exception, match="invalid dimensions"):
             pinned(torch.randn(2, 3, 16, 16))  # pinned to 24: the override took effect
@@ -187,7 +187,7 @@ def test_static_batch_export_eval_and_bench(exported, tmp_path):
     assert new == "sizes/16/model.1.onnx" and not (out / "sizes/16/model.onnx").exists(), "a new name, the old file swept after the commit"
     assert "ort/fp32" not in bundle.manifest["sizes"]["16"]["metrics"]["accuracy"], "metrics of the replaced file are stale"
     x = torch.randn(5, 3, 16, 16)
-    with bundle.engine("torch", size=16, device="cpu") as ref, bundle.engine("ort", size=16) as run:
+    with load_engine(bundle, "torch", size=16, device="cpu") as ref, load_engine(bundle, "ort", size=16) as run:
         assert torch.allclose(run(x), ref(x), atol=1e-4), "other batches run padded to the fixed batch"
     results, _, skipped = bench_bundle(out, ["ort"], sizes=[16, 24], batches=[1], warmup=0, iters=1)
     assert [(r.size, r.batch) for r in results] == [(24, 1)]

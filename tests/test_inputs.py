@@ -200,7 +200,7 @@ def test_eval_uses_the_mapped_indices(image_dir):
     class AlwaysCat(Engine):
         name = "fake"
 
-        def infer(self, x):
+        def _infer(self, x):
             logits = torch.zeros(x.shape[0], 10)
             logits[:, 3] = 1
             return logits

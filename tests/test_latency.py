@@ -69,7 +69,7 @@ class _Spin(Engine):
         super().__init__(size)
         self.per_image_s = per_image_s
 
-    def infer(self, x):
+    def _infer(self, x):
         _busy_wait(self.per_image_s * x.shape[0])
         return torch.zeros(x.shape[0], 10)
 
@@ -96,9 +96,9 @@ def test_bench_keeps_points_reliable_when_the_detector_sees_a_quiet_machine(monk
 class _Counting(_Spin):
     calls = 0
 
-    def infer(self, x):
+    def _infer(self, x):
         type(self).calls += 1
-        return super().infer(x)
+        return super()._infer(x)
 
 
 def test_short_calls_are_timed_in_back_to_back_blocks_and_long_ones_singly():

@@ -12,6 +12,7 @@ import torch
 
 from mmdeploy.bundle import OV, Bundle
 from mmdeploy.calib.workflow import calibrate_to_bundle
+from mmdeploy.engines.loader import load_engine
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.parity import Tolerance
 from mmdeploy.export.workflow import export_bundle
@@ -138,7 +139,7 @@ def test_second_export_reuses_and_the_engine_loads_from_the_cache(ov_bundle):
     assert _blobs(out) == before
     bundle = Bundle.open(out)
     assert {s: {p: bundle.artifact(s, OV, p).key for p in _precisions()} for s in (16, 24)} == keys
-    with bundle.engine("ov", 16, "fp32") as run:  # batch 1 and 8 were compiled by the gate: loaded from blobs, none added
+    with load_engine(bundle, "ov", 16, "fp32") as run:  # batch 1 and 8 were compiled by the gate: loaded from blobs, none added
         run(torch.randn(1, 3, 16, 16))
         run(torch.randn(8, 3, 16, 16))
     assert _blobs(out) == before
@@ -247,7 +248,6 @@ def test_ov_candidates_split_only_large_batches():
 
 @needs_ov
 def test_tune_stores_ov_threads_and_streams_and_the_engine_loads_them(ov_bundle):
-    from mmdeploy.engines.openvino import OvEngine
     from mmdeploy.latency.bench import bench_bundle
     from mmdeploy.latency.threads import ov_default_policy
     from mmdeploy.latency.tune import tune_bundle
@@ -259,10 +259,10 @@ def test_tune_stores_ov_threads_and_streams_and_the_engine_loads_them(ov_bundle)
     bundle = Bundle.open(out)
     for batch in (1, 8):
         chosen = result.chosen[f"ov/fp32/16/b{batch}"]
-        engine = OvEngine.from_bundle(bundle, 16, "fp32", tuned_batch=batch)
+        engine = load_engine(bundle, "ov", 16, "fp32", tuned_batch=batch)
         assert engine.policy == chosen and (engine.threads, engine.streams) == (chosen.threads, chosen.streams)
-    assert OvEngine.from_bundle(bundle, 24, "fp32").policy == ov_default_policy(), "an untuned size keeps the default"
-    assert OvEngine.from_bundle(bundle, 16, "fp32", threads=1).policy.source == "default", "explicit options win"
+    assert load_engine(bundle, "ov", 24, "fp32").policy == ov_default_policy(), "an untuned size keeps the default"
+    assert load_engine(bundle, "ov", 16, "fp32", threads=1).policy.source == "default", "explicit options win"
     results, _, _ = bench_bundle(out, ["ov"], ["fp32"], [16], [1, 8], warmup=1, iters=2, noise_budget_s=0)
     by_batch = {r.batch: r for r in results}
     assert by_batch[8].policy["streams"] == result.chosen["ov/fp32/16/b8"].streams, "bench records what ran per batch"
@@ -286,11 +286,11 @@ def test_ov_int8_runs_the_qdq_onnx_in_int8_gated_like_ort_int8(ov_bundle, tmp_pa
         assert rec["path"] == qdq["path"] and rec["sha256"] == qdq["sha256"], "ov int8 is gated on the QDQ ONNX"
         assert all(c["passed"] for c in rec["parity"])
     x = torch.randn(16, 3, 24, 24, generator=torch.Generator().manual_seed(0))
-    with bundle.engine("ov", 24, "int8") as ov_run, bundle.engine("ort", 24, "int8") as ort_run:
+    with load_engine(bundle, "ov", 24, "int8") as ov_run, load_engine(bundle, "ort", 24, "int8") as ort_run:
         agree = (ov_run(x).argmax(1) == ort_run(x).argmax(1)).float().mean().item()
         compiled = ov_run._compiled[16][0]
     assert agree >= 0.9
     kinds = {(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
              for op in compiled.get_runtime_model().get_ordered_ops()}
     assert {("Convolution", "u8"), ("Convolution", "i8")} & kinds, "the convolutions run in int8, not dequantized to f32"
-    assert isinstance(OvEngine.from_bundle(bundle, 16, "int8"), OvEngine)
+    assert isinstance(load_engine(bundle, "ov", 16, "int8"), OvEngine)

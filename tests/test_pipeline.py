@@ -26,7 +26,7 @@ class _Recorder(Engine):
         self.log = log
         self.syncs = 0
 
-    def infer(self, x):
+    def _infer(self, x):
         self.log.append((self.size, x.shape[0]))
         end = time.perf_counter() + 0.0025  # longer than bench.BLOCK_MS: one call per sample, so rounds are easy to read
         while time.perf_counter() < end:

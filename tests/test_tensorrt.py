@@ -25,7 +25,8 @@ from fake_tensorrt import SIZE, FakeTrt, fake_kernel  # tests/ is on sys.path (r
 import mmdeploy.engines.trt_probe as trt_probe
 import mmdeploy.export.tensorrt as trt_build
 from mmdeploy.bundle import Bundle
-from mmdeploy.engines import InputMeta, create_engine
+from mmdeploy.engines import InputMeta
+from mmdeploy.engines.loader import load_engine
 from mmdeploy.engines.tensorrt import TrtEngine
 from mmdeploy.engines.trt_probe import trt_unavailable_reason
 from mmdeploy.errors import MMDeployError
@@ -145,7 +146,7 @@ def _bundle(root: Path, artifacts: dict | None = None) -> Bundle:
 
 def test_missing_plan_is_a_one_line_error_with_a_hint(tmp_path):
     with pytest.raises(MMDeployError) as info:
-        create_engine("trt", _bundle(tmp_path), SIZE, "fp16")
+        load_engine(_bundle(tmp_path), "trt", SIZE, "fp16")
     err = info.value
     assert "no TensorRT fp16 plan for size 16" in err.message and "--engine trt" in err.hint
     assert "\n" not in err.one_line()
@@ -154,7 +155,7 @@ def test_missing_plan_is_a_one_line_error_with_a_hint(tmp_path):
 def test_recorded_plan_whose_file_is_gone_is_missing(tmp_path):
     bundle = _bundle(tmp_path, {"trt/fp32": {"plan": "sizes/16/model.fp32.plan", "profiles": [1]}})
     with pytest.raises(MMDeployError, match="no TensorRT fp32 plan"):
-        TrtEngine.from_bundle(bundle, SIZE, "fp32")
+        load_engine(bundle, "trt", SIZE, "fp32")
 
 
 @pytest.mark.skipif(not REAL_TRT_REASON, reason="TensorRT and a GPU are present here")
@@ -163,7 +164,7 @@ def test_plan_without_tensorrt_says_why(tmp_path):
     (tmp_path / "sizes/16/model.fp32.plan").write_bytes(b"plan")
     bundle = _bundle(tmp_path, {"trt/fp32": {"plan": "sizes/16/model.fp32.plan", "profiles": [1]}})
     with pytest.raises(MMDeployError, match="trt engine is unavailable") as info:
-        TrtEngine.from_bundle(bundle, SIZE, "fp32")
+        load_engine(bundle, "trt", SIZE, "fp32")
     assert "\n" not in info.value.one_line()
 
 
@@ -435,7 +436,7 @@ def _run_engine_checks(fake: FakeTrt, engine: TrtEngine, device: str) -> None:
 def test_engine_round_trip_through_the_fake(use_fake, cpu_streams, onnx32, tmp_path):
     fake = use_fake()
     bundle = _bundle_with_plan(tmp_path, onnx32)
-    engine = create_engine("trt", bundle, SIZE, "fp32", device="cpu")
+    engine = load_engine(bundle, "trt", SIZE, "fp32", device="cpu")
     assert isinstance(engine, TrtEngine) and engine.describe()["engine"] == "trt"
     _run_engine_checks(fake, engine, "cpu")
 
@@ -443,7 +444,7 @@ def test_engine_round_trip_through_the_fake(use_fake, cpu_streams, onnx32, tmp_p
 def test_half_output_is_returned_as_float32(use_fake, cpu_streams, onnx32, tmp_path):
     use_fake(out_dtype="HALF")
     bundle = _bundle_with_plan(tmp_path, onnx32, dynamic=False)
-    with TrtEngine.from_bundle(bundle, SIZE, "fp32", device="cpu") as run:
+    with load_engine(bundle, "trt", SIZE, "fp32", device="cpu") as run:
         x = torch.randn(4, 3, SIZE, SIZE)
         y = run(x)
     assert y.dtype == torch.float32
@@ -454,7 +455,7 @@ def test_unknown_batch_is_refused_before_loading(use_fake, onnx32, tmp_path):
     use_fake()
     bundle = _bundle_with_plan(tmp_path, onnx32, dynamic=False)
     with pytest.raises(MMDeployError, match=r"profiles for batches \[1, 4\], not 8"):
-        TrtEngine.from_bundle(bundle, SIZE, "fp32", batch=8)
+        load_engine(bundle, "trt", SIZE, "fp32", batch=8)
 
 
 def test_plan_from_another_tensorrt_is_a_clear_error(use_fake, cpu_streams, tmp_path):
@@ -462,7 +463,7 @@ def test_plan_from_another_tensorrt_is_a_clear_error(use_fake, cpu_streams, tmp_
     (tmp_path / "sizes/16").mkdir(parents=True)
     (tmp_path / "sizes/16/model.fp32.plan").write_bytes(b"NOT A PLAN")
     art = {"plan": "sizes/16/model.fp32.plan", "profiles": [1], "versions": {"tensorrt": "10.3.0", "gpu": "NVIDIA A100"}}
-    engine = TrtEngine.from_bundle(_bundle(tmp_path, {"trt/fp32": art}), SIZE, "fp32", device="cpu")
+    engine = load_engine(_bundle(tmp_path, {"trt/fp32": art}), "trt", SIZE, "fp32", device="cpu")
     with pytest.raises(MMDeployError, match="built with TensorRT 10.3.0 on NVIDIA A100") as info:
         engine.activate()
     assert "rebuild" in info.value.hint
@@ -474,7 +475,7 @@ def test_engine_round_trip_through_the_fake_on_cuda(use_fake, onnx32, tmp_path):
     """Real CUDA memory, stream handles and copies; only the TensorRT kernels are faked."""
     fake = use_fake(device="cuda")
     bundle = _bundle_with_plan(tmp_path, onnx32)
-    _run_engine_checks(fake, TrtEngine.from_bundle(bundle, SIZE, "fp32"), "cuda")
+    _run_engine_checks(fake, load_engine(bundle, "trt", SIZE, "fp32"), "cuda")
 
 
 # -- real TensorRT ------------------------------------------------------------------------------
@@ -580,7 +581,7 @@ def test_runtime_nullptr_is_one_line(use_fake, cpu_streams, onnx32, tmp_path):
     use_fake()
     bundle = _bundle_with_plan(tmp_path, onnx32, dynamic=False)
     use_fake(runtime_fails="CUDA initialization failure with error: 35")
-    engine = TrtEngine.from_bundle(bundle, SIZE, "fp32", device="cpu")
+    engine = load_engine(bundle, "trt", SIZE, "fp32", device="cpu")
     with pytest.raises(MMDeployError, match="could not create its Runtime .*CUDA initialization failure with error: 35"):
         engine.activate()
     assert not engine.active

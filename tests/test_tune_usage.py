@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmdeploy.bundle import Bundle
+from mmdeploy.engines.loader import load_engine
 from mmdeploy.errors import MMDeployError
 from mmdeploy.latency.threads import ThreadPolicy
 from mmdeploy.latency.tune import (
@@ -119,13 +120,13 @@ def ort_bundle(tmp_path_factory):
 
 
 def test_a_stored_default_loads_a_session_with_no_thread_or_spinning_option(ort_bundle):
-    from mmdeploy.engines.onnxruntime import OrtEngine, session_options
+    from mmdeploy.engines.onnxruntime import session_options
 
     store_settings(ort_bundle, {("ort", "fp32", 16, 1): ORT_DEFAULT, ("ort", "fp32", 16, 32): QUIET}, {"timings_p50_ms": {}}, "stream")
     bundle = Bundle.open(ort_bundle)
     assert bundle.engine_settings["ort/fp32"]["16"]["1"]["preset"] == "default" and bundle.engine_settings["usage"] == "stream"
     assert stored_policy(bundle.engine_settings, "ort", "fp32", 16, 1) == ORT_DEFAULT
-    engine = OrtEngine.from_bundle(bundle, 16, "fp32", tuned_batch=1)
+    engine = load_engine(bundle, "ort", 16, "fp32", tuned_batch=1)
     assert engine.policy.preset == "default" and engine.describe()["preset"] == "default"
     plain = session_options(2, {"batch": 1}, True, defaults=True)
     assert plain.intra_op_num_threads == 0 and plain.inter_op_num_threads == 0, "ONNX Runtime chooses its own threads"
@@ -135,7 +136,7 @@ def test_a_stored_default_loads_a_session_with_no_thread_or_spinning_option(ort_
     assert tuned.intra_op_num_threads == 1 and tuned.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with engine:
         assert engine(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
-    assert OrtEngine.from_bundle(bundle, 16, "fp32", tuned_batch=32).policy == QUIET
+    assert load_engine(bundle, "ort", 16, "fp32", tuned_batch=32).policy == QUIET
 
 
 def test_tune_records_its_usage_and_the_shared_check(ort_bundle, monkeypatch):

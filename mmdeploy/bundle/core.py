@@ -101,7 +101,7 @@ class Bundle(Measurements):
 
     @classmethod
     def create(cls, root: Path, source: dict, preprocess: dict, training_size: int) -> Bundle:
-        from mmdeploy import __version__
+        from mmdeploy.version import __version__
 
         manifest = {
             "schema": SCHEMA,
@@ -263,12 +263,6 @@ class Bundle(Measurements):
         model = create_model(src.arch, **src.arch_kwargs)
         load_state_strict(model, self.load_weights(size), f"bundle weights for size {size}")
         return model.eval()
-
-    def engine(self, name: str, size: int, precision: str = "fp32", **options):
-        """An inference engine for one size: ``with bundle.engine("ort", 24) as run: run(x)``."""
-        from mmdeploy.engines import create_engine
-
-        return create_engine(name, self, size, precision, **options)
 
     def artifact_keys(self) -> dict:
         """Per size: every artifact's key (or sha256) and the calibration key: what eval and bench depend on."""

@@ -58,7 +58,7 @@ class Measurements:
 
     @property
     def engine_settings(self) -> dict:
-        """What ``mmdeploy bench --tune`` chose (read through ``mmdeploy.latency.tune.stored_policy``); {} if never tuned."""
+        """What ``mmdeploy bench --tune`` chose (read through ``mmdeploy.latency.settings.stored_policy``); {} if never tuned."""
         settings = self.manifest.get(rec.ENGINE_SETTINGS, {})
         return dict(settings) if isinstance(settings, dict) else {}
 

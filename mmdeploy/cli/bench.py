@@ -33,7 +33,7 @@ def bench(
 
     Example: [bold]mmdeploy bench bundle/ --tune --engine torch --engine ort --batch 1 --batch 32[/]
     """
-    from mmdeploy.latency.bench import tune_and_bench
+    from mmdeploy.latency.tune import tune_and_bench
 
     # --batch, --warmup, --iters, --noise-budget: keywords through the mapping [bench] shares
     run = tune_and_bench(bundle, engine, precision, parse_sizes(size), tune=tune, usage=usage, progress=make_progress(json_out), **library_kwargs())

@@ -1,6 +1,7 @@
 """Engines, one module per backend, heavy imports deferred. A missing backend disables only itself.
 
-Which engines exist, and what each serves, is the registry's (engines/registry.py)."""
+Which engines exist, and what each serves, is the registry's (engines/registry.py); an engine is loaded from a bundle by
+``mmdeploy.engines.loader.load_engine`` (the loader finds the files and settings, the runner only runs them)."""
 
 from __future__ import annotations
 
@@ -33,10 +34,6 @@ def check_choices(engines: list[str] | None, precisions: list[str] | None) -> No
             raise MMDeployError(f"unknown precision {p!r}", f"use one of {', '.join(PRECISIONS)}")
 
 
-def create_engine(name: str, bundle, size: int, precision: str = "fp32", **options) -> Engine:
-    return engine_spec(name).runner_class().from_bundle(bundle, size, precision, **options)
-
-
 def __getattr__(name: str):
     # The lifecycle's classes import torch: loaded on first use, so that the registry (read by the config
     # schema, hence by every command's flags) costs no torch import.
@@ -52,5 +49,5 @@ def available_engines() -> dict[str, str]:
     return {name: engine_spec(name).unavailable_reason() for name in engine_names()}
 
 
-__all__ = ["PRECISIONS", "Engine", "EngineSpec", "InputMeta", "available_engines", "check_choices", "create_engine", "engine_names",
+__all__ = ["PRECISIONS", "Engine", "EngineSpec", "InputMeta", "available_engines", "check_choices", "engine_names",
            "engine_spec", "register_engine", "serves", "torch_runs", "unregister_engine"]

@@ -1,25 +1,25 @@
 """The one engine lifecycle every backend shares (activate / infer / deactivate).
 
-An engine serves one bundle size and precision. Input: float32 NCHW torch tensor
+An engine (a runner) serves one size and precision. Input: float32 NCHW torch tensor
 (preprocessed); output: float32 logits as a CPU torch tensor. ``synchronize`` lets the
 benchmark harness time device work honestly; ``input_metadata()`` says what the engine takes.
 
-Engines are built from files (a model, an ONNX path, a plan path); ``from_bundle`` is each
-engine's loader: it finds the files in a bundle and takes the engine's options as typed
-keyword-only arguments. Options with the same name mean the same thing in every engine:
-``batch`` (int: the batch the engine will be called with; every engine takes it), ``device``
-(str: "cpu", "cuda", "cuda:N"), ``threads`` (int: intra-op CPU threads), ``policy``
-(``mmdeploy.latency.threads.ThreadPolicy``). An option an engine does not have is refused, naming it.
+A runner is built from plain values (a model, an ONNX path, a plan path, a size, a precision,
+a ``mmdeploy.latency.threads.ThreadPolicy``); it knows nothing of bundles or tuning. Finding those
+values in a bundle is the loader's work (``mmdeploy.engines.loader``).
+
+The lifecycle's state checks live here, once: ``activate``, ``infer`` (and ``__call__``) and
+``deactivate`` are template methods that check the state and call the subclass's ``_activate``,
+``_infer`` and ``_deactivate``. A subclass implements only those hooks (overriding the public
+methods is refused when the class is defined), so none can forget the checks or run them in the
+wrong order.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
-
-from mmdeploy.errors import MMDeployError
 
 
 @dataclass(frozen=True)
@@ -32,25 +32,21 @@ class InputMeta:
     dtype: torch.dtype = torch.float32
 
 
+_TEMPLATE_METHODS = {"activate": "_activate", "infer": "_infer", "deactivate": "_deactivate", "__call__": "_infer",
+                     "input_metadata": "_input_metadata"}
+
+
 class Engine:
     name = "base"
     policy = None  # mmdeploy.latency.threads.ThreadPolicy the engine runs under (recorded with each latency)
 
-    @classmethod
-    def from_bundle(cls, bundle, size: int, precision: str = "fp32", **options) -> Engine:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    @classmethod
-    def option_names(cls) -> list[str]:
-        """The options ``from_bundle`` takes: its keyword-only parameters."""
-        return [p.name for p in inspect.signature(cls.from_bundle).parameters.values() if p.kind is p.KEYWORD_ONLY]
-
-    @classmethod
-    def refuse_unknown(cls, unknown: dict) -> None:
-        """Raise for options this engine does not have: a misspelled option must not be ignored."""
-        if unknown:
-            names = ", ".join(repr(k) for k in sorted(unknown))
-            raise MMDeployError(f"the {cls.name} engine has no option {names}", f"its options are: {', '.join(cls.option_names())}")
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        overridden = [m for m in _TEMPLATE_METHODS if m in vars(cls)]
+        if overridden:
+            hooks = ", ".join(_TEMPLATE_METHODS[m] for m in overridden)
+            raise TypeError(f"{cls.__name__} overrides {', '.join(overridden)}: implement {hooks} instead "
+                            "(the base class checks the engine's state around them)")
 
     def __init__(self, size: int, precision: str = "fp32", device: str = "cpu"):
         self.size = size
@@ -58,34 +54,35 @@ class Engine:
         self.device = device
         self.active = False
 
+    # -- the lifecycle: state checks here, the work in the subclass's hooks ------------------------
     def activate(self) -> None:
+        if self.active:
+            raise RuntimeError(f"{self.name} engine activated twice (deactivate it first)")
+        self._activate()
         self.active = True
 
     def deactivate(self) -> None:
-        self.active = False
+        """Release what ``activate`` took; a no-op on an engine that is not active (cleanup may run twice)."""
+        if not self.active:
+            return
+        try:
+            self._deactivate()
+        finally:
+            self.active = False
 
-    def infer(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            raise RuntimeError(f"{self.name} engine used outside its `with` block (activate it first)")
+        return self._infer(x)
 
-    def synchronize(self) -> None:
-        pass
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.infer(x)
 
     def input_metadata(self) -> InputMeta:
         """Name, shape and dtype of the input, as the activated engine sees it."""
         if not self.active:
             raise RuntimeError(f"{self.name} engine's input metadata asked for outside its `with` block")
         return self._input_metadata()
-
-    def _input_metadata(self) -> InputMeta:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        return {"engine": self.name, "size": self.size, "precision": self.precision, "device": self.device}
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.active:
-            raise RuntimeError(f"{self.name} engine used outside its `with` block")
-        return self.infer(x)
 
     def __enter__(self):
         self.activate()
@@ -94,3 +91,22 @@ class Engine:
     def __exit__(self, *exc):
         self.deactivate()
         return False
+
+    # -- what a subclass implements ----------------------------------------------------------------
+    def _activate(self) -> None:
+        """Load the model, session or plan (called once, only when inactive)."""
+
+    def _deactivate(self) -> None:
+        """Release what ``_activate`` took (called only when active)."""
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _input_metadata(self) -> InputMeta:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "size": self.size, "precision": self.precision, "device": self.device}

@@ -109,33 +109,7 @@ class OrtEngine(Engine):
         self.fixed_dims = fixed_dims or {}
         self.variant = variant
 
-    @classmethod
-    def from_bundle(cls, bundle, size: int, precision: str = "fp32", *, variant: str = "per-size", batch: int | None = None,
-                    tuned_batch: int | None = None, policy: ThreadPolicy | None = None, threads: int | None = None,
-                    providers: list[str] | None = None, **unknown) -> OrtEngine:
-        """The engine for one size; unless ``policy`` or ``threads`` is given, with the settings
-        `mmdeploy bench --tune` stored for the batch nearest ``tuned_batch`` (or ``batch``)."""
-        from mmdeploy.bundle import ONNX
-
-        cls.refuse_unknown(unknown)
-
-        if variant == "dynamic":
-            art = bundle.artifact(None, ONNX, precision)
-            fixed = {HEIGHT_DIM: size, WIDTH_DIM: size, **({BATCH_DIM: batch} if batch else {})}
-        else:
-            art = bundle.artifact(size, ONNX, precision)
-            fixed = {BATCH_DIM: batch} if batch else {}
-        hint = f"run `mmdeploy export {bundle.root} --engine ort --precision {precision}`"
-        if not art or not bundle.path(art.file).exists():
-            raise MMDeployError(f"no {variant} {precision} ONNX for size {size} in {bundle.root}", hint)
-        if policy is None and threads is None:
-            from mmdeploy.latency.tune import stored_policy
-
-            policy = stored_policy(bundle.engine_settings, "ort", precision, size, tuned_batch or batch)
-        return cls(bundle.artifact_path(art, hint), size, precision, providers=providers, threads=threads, fixed_dims=fixed,
-                   variant=variant, policy=policy)
-
-    def activate(self) -> None:
+    def _activate(self) -> None:
         import onnxruntime as ort
 
         so = session_options(self.policy.threads, self.fixed_dims, self.policy.spinning, defaults=self.policy.preset == "default")
@@ -166,13 +140,11 @@ class OrtEngine(Engine):
                                 "re-export the bundle (`mmdeploy export BUNDLE`), or recalibrate into a new folder if its manifest was edited")
         self.fixed_batch = shape[0] if shape and isinstance(shape[0], int) else None
         self._input_shape = tuple(d if isinstance(d, int) else None for d in shape)  # a named free dim is dynamic
-        super().activate()
 
-    def deactivate(self) -> None:
+    def _deactivate(self) -> None:
         self.session = None
-        super().deactivate()
 
-    def infer(self, x: torch.Tensor) -> torch.Tensor:
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
         b = self.fixed_batch
         if b is None or x.shape[0] == b:
             return self._run(x)

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from mmdeploy.engines.base import Engine, InputMeta
-from mmdeploy.engines.onnxruntime import usable_cores
 from mmdeploy.engines.registry import engine_spec
 from mmdeploy.errors import MMDeployError
-from mmdeploy.latency.threads import ThreadPolicy, ov_default_policy
+from mmdeploy.latency.threads import ThreadPolicy, usable_cores
 
 PRECISIONS = engine_spec("ov").precisions  # int8: the per-size QDQ INT8 ONNX, quantized ops in int8, the rest in f32
 CACHE_DIR = "ov_cache"  # in the bundle; OpenVINO owns the blob files in it
@@ -71,13 +70,6 @@ def check_precision(precision: str) -> None:
                             "use --precision fp32 with --engine ov on this machine")
 
 
-def ov_record(bundle, size: int, precision: str):
-    """The gated ov entry (``ArtifactRecord``) of one (size, precision) in the manifest, or None."""
-    from mmdeploy.bundle import OV
-
-    return bundle.artifact(size, OV, precision)
-
-
 class OvEngine(Engine):
     name = "ov"
 
@@ -93,25 +85,6 @@ class OvEngine(Engine):
         self.policy = policy or ThreadPolicy(self.threads, False, "default", self.streams)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.throughput_min_batch = throughput_min_batch
-
-    @classmethod
-    def from_bundle(cls, bundle, size: int, precision: str = "fp32", *, batch: int | None = None, threads: int | None = None,
-                    streams: int | None = None, throughput_min_batch: int = THROUGHPUT_MIN_BATCH, tuned_batch: int | None = None,
-                    policy: ThreadPolicy | None = None, **unknown) -> OvEngine:
-        """The gated ov engine of one size. ``batch`` is accepted like every engine's: each batch shape compiles on first use.
-        Unless ``policy``, ``threads`` or ``streams`` is given, threads and streams are the ones `mmdeploy bench --tune`
-        stored for the batch nearest ``tuned_batch`` (or ``batch``)."""
-        cls.refuse_unknown(unknown)
-        if policy is None and threads is None and streams is None:
-            from mmdeploy.latency.tune import stored_policy
-
-            policy = stored_policy(bundle.engine_settings, "ov", precision, size, tuned_batch or batch, default=ov_default_policy())
-        record = ov_record(bundle, size, precision)
-        hint = f"run `mmdeploy export {bundle.root} --engine ov --precision {precision}`"
-        if not record or not bundle.path(record.file).exists():
-            raise MMDeployError(f"no gated ov {precision} engine for size {size} in {bundle.root}", hint)
-        return cls(bundle.artifact_path(record, hint), size, precision, threads=threads, cache_dir=bundle.path(record.cache_dir or CACHE_DIR),
-                   streams=streams, throughput_min_batch=throughput_min_batch, policy=policy)
 
     def compile_config(self, throughput: bool) -> dict:
         """The OpenVINO properties of one compiled model (also what the model cache keys on)."""
@@ -136,7 +109,7 @@ class OvEngine(Engine):
             config[props.cache_dir] = str(self.cache_dir)
         return config
 
-    def activate(self) -> None:
+    def _activate(self) -> None:
         reason = ov_unavailable_reason()
         if reason:
             raise MMDeployError(f"the ov engine is unavailable: {reason}", "install openvino, or use --engine ort")
@@ -150,12 +123,10 @@ class OvEngine(Engine):
             raise MMDeployError(f"OpenVINO cannot read {self.onnx_path}: {str(exc).splitlines()[0][:160]}", "re-export the bundle") from None
         self._input = InputMeta(graph_input.get_any_name(), (None, 3, self.size, self.size))  # each batch compiles on first use, at this size
         self._compiled: dict[int, tuple] = {}
-        super().activate()
 
-    def deactivate(self) -> None:
+    def _deactivate(self) -> None:
         self._compiled = {}
         self.core = None
-        super().deactivate()
 
     def _input_metadata(self) -> InputMeta:
         return self._input
@@ -190,7 +161,7 @@ class OvEngine(Engine):
         compiled = self.core.compile_model(model, "CPU", self.compile_config(False))
         return max(1, int(compiled.get_property(props.optimal_number_of_infer_requests)))
 
-    def infer(self, x: torch.Tensor) -> torch.Tensor:
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         n = arr.shape[0]
         _, requests, part = self._plan(n)

@@ -4,7 +4,8 @@ Config choices, the CLI's help, the pipeline's routing, export dispatch, eval, b
 (the runner class, the exporter, the availability probe) is named as ``"package.module:attribute"`` and imported only
 when asked for (code that has them imported already may pass them directly), so reading the registry costs no torch import (the CLI's start-up depends on it).
 
-A new engine is its runner module (an ``Engine`` subclass with a ``from_bundle`` loader), optionally an export step,
+A new engine is its runner module (an ``Engine`` subclass built from plain values), a loader (engines/loader.py: from a
+bundle to those values; an engine that runs an existing artifact names an existing one), optionally an export step,
 and one :func:`register_engine` call.
 """
 
@@ -27,7 +28,9 @@ class EngineSpec:
     """What mmdeploy knows about one engine.
 
     ``artifact``: the bundle artifact kind it runs (None: it runs the model itself, like eager torch).
-    ``runner``: ``"module:Class"``, an ``Engine`` subclass whose ``from_bundle`` loads it from a bundle.
+    ``runner``: ``"module:Class"``, an ``Engine`` subclass. ``loader``: ``"module:function"`` called as
+    ``loader(runner, bundle, size, precision, **options)``: finds the runner's file and settings in a bundle and builds it
+    (mmdeploy.engines.loader); its keyword-only parameters are the engine's options.
     ``unavailable``: ``"module:function"`` returning "" where it runs here, else one line saying why not.
     ``exporter``: ``"module:function"`` that builds its own files after the gated ONNX (None: the ONNX is all it needs);
     called as ``exporter(job)`` with a ``mmdeploy.export.workflow.EngineExport``.
@@ -43,6 +46,7 @@ class EngineSpec:
     precisions: tuple[str, ...]
     artifact: str | None
     runner: str | type
+    loader: str | Callable | None = None
     unavailable: str | Callable[[], str] | None = None
     exporter: str | Callable | None = None
     onnx_float: str | None = None
@@ -57,6 +61,11 @@ class EngineSpec:
 
     def runner_class(self):
         return _resolve(self.runner)
+
+    def loader_function(self) -> Callable:
+        if self.loader is None:
+            raise MMDeployError(f"the {self.name} engine has no loader", "its registry entry must name one (EngineSpec.loader)")
+        return _resolve(self.loader)
 
     def check_here(self, precisions: list[str]) -> None:
         """Refuse, in one line and before any work, an export this machine cannot serve."""
@@ -153,15 +162,16 @@ def describe_engines(names: tuple[str, ...] | None = None) -> str:
 
 # The built-in engines, in the order reports and default lists show them.
 # int8 is an exported-graph precision (QDQ ONNX), so eager torch has none; fp16 in torch needs CUDA (engines.torch_runs).
-register_engine(EngineSpec("torch", ("fp32", "fp16"), None, "mmdeploy.engines.torch_engine:TorchEngine", title="PyTorch", help="eager, the reference"))
-register_engine(EngineSpec("ort", ONNX_PRECISIONS, ONNX_ARTIFACT, "mmdeploy.engines.onnxruntime:OrtEngine",
+register_engine(EngineSpec("torch", ("fp32", "fp16"), None, "mmdeploy.engines.torch_engine:TorchEngine",
+                           loader="mmdeploy.engines.loader:load_torch", title="PyTorch", help="eager, the reference"))
+register_engine(EngineSpec("ort", ONNX_PRECISIONS, ONNX_ARTIFACT, "mmdeploy.engines.onnxruntime:OrtEngine", loader="mmdeploy.engines.loader:load_ort",
                            unavailable="mmdeploy.engines.onnxruntime:ort_unavailable_reason", tunable=True, title="ONNX Runtime"))
 # TensorRT takes only symmetric int8 scales; ONNX Runtime is fastest with uint8 activations (export/quantize.py).
-register_engine(EngineSpec("trt", ("fp32", "fp16", "int8"), TRT_ARTIFACT, "mmdeploy.engines.tensorrt:TrtEngine",
+register_engine(EngineSpec("trt", ("fp32", "fp16", "int8"), TRT_ARTIFACT, "mmdeploy.engines.tensorrt:TrtEngine", loader="mmdeploy.engines.loader:load_trt",
                            unavailable="mmdeploy.engines.trt_probe:trt_unavailable_reason", exporter="mmdeploy.export.workflow:build_trt_step",
                            int8_symmetric=True, title="TensorRT", help="TensorRT, CUDA"))
 # OpenVINO reads the per-size fp32 ONNX and applies its own precision; its int8 reads the per-size QDQ ONNX.
-register_engine(EngineSpec("ov", ("fp32", "bf16", "int8"), OV_ARTIFACT, "mmdeploy.engines.openvino:OvEngine",
+register_engine(EngineSpec("ov", ("fp32", "bf16", "int8"), OV_ARTIFACT, "mmdeploy.engines.openvino:OvEngine", loader="mmdeploy.engines.loader:load_ov",
                            unavailable="mmdeploy.engines.openvino:ov_unavailable_reason", exporter="mmdeploy.export.openvino:build_ov_step",
                            onnx_float="fp32", tunable=True, check="mmdeploy.export.openvino:check_ov_available", title="OpenVINO",
                            help="OpenVINO, CPU"))

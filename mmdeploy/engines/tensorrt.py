@@ -71,26 +71,8 @@ class TrtEngine(Engine):
         self.batch = batch
         self.build_versions = build_versions or {}
 
-    @classmethod
-    def from_bundle(cls, bundle, size: int, precision: str = "fp32", *, batch: int | None = None, device: str | None = None,
-                    **unknown) -> TrtEngine:
-        """The plan of one size; ``batch`` must be one the plan has a profile for."""
-        from mmdeploy.bundle import TRT
-
-        cls.refuse_unknown(unknown)
-        hint = f"run `mmdeploy export {bundle.root} --engine trt --precision {precision}` on a machine with TensorRT and an NVIDIA GPU"
-        art = bundle.artifact(size, TRT, precision)
-        if not art or not bundle.path(art.file).is_file():
-            raise MMDeployError(f"no TensorRT {precision} plan for size {size} in {bundle.root}", hint)
-        profiles = [int(b) for b in art.fields.get("profiles", [])]
-        if batch is not None and profiles and batch not in profiles and not art.fields.get("dynamic"):
-            raise MMDeployError(f"the size-{size} {precision} plan has profiles for batches {profiles}, not {batch}",
-                                f"rebuild with that batch: `mmdeploy export {bundle.root} --engine trt --trt-batch {batch}`")
-        require_trt_engine()
-        return cls(bundle.artifact_path(art, hint), size, precision, device=device, batch=batch, build_versions=art.fields.get("versions"))
-
     # lifecycle
-    def activate(self) -> None:
+    def _activate(self) -> None:
         require_trt_engine()
         import tensorrt as trt
 
@@ -125,9 +107,8 @@ class TrtEngine(Engine):
         self._stream = torch.cuda.Stream(device=self.device)
         self._active_profile = 0
         self._shape: tuple[int, ...] | None = None
-        super().activate()
 
-    def deactivate(self) -> None:
+    def _deactivate(self) -> None:
         stream = getattr(self, "_stream", None)
         if stream is not None:
             stream.synchronize()
@@ -135,7 +116,6 @@ class TrtEngine(Engine):
         for attr in ("_context", "_engine", "_runtime", "_stream"):
             if hasattr(self, attr):
                 setattr(self, attr, None)
-        super().deactivate()
 
     def synchronize(self) -> None:
         if getattr(self, "_stream", None) is not None:
@@ -160,7 +140,7 @@ class TrtEngine(Engine):
         raise MMDeployError(f"the size-{self.size} plan has no profile for input shape {list(shape)} (static batches {batches})",
                             "use one of those batch sizes, or rebuild with `mmdeploy export BUNDLE --engine trt --trt-batch N`")
 
-    def infer(self, x: torch.Tensor) -> torch.Tensor:
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
         ctx, stream = self._context, self._stream
         shape = tuple(int(d) for d in x.shape)
         profile = self._profile_for(shape)

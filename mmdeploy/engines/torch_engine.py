@@ -19,14 +19,7 @@ class TorchEngine(Engine):
         self._model_cpu = model
         self.policy = policy or torch_policy()
 
-    @classmethod
-    def from_bundle(cls, bundle, size: int, precision: str = "fp32", *, batch: int | None = None, device: str | None = None,
-                    policy: ThreadPolicy | None = None, **unknown) -> TorchEngine:
-        """The eager model with size ``size``'s calibrated weights. ``batch`` is accepted like every engine's: eager torch runs any batch."""
-        cls.refuse_unknown(unknown)
-        return cls(bundle.build_model(size), size, precision, device=device, policy=policy)
-
-    def activate(self) -> None:
+    def _activate(self) -> None:
         from mmdeploy.errors import MMDeployError
 
         if self.precision not in ("fp32", "fp16"):
@@ -37,16 +30,13 @@ class TorchEngine(Engine):
         self.model = self._model_cpu.to(self.device, dtype).eval()
         self.dtype = dtype
         TorchThreads.acquire(self.policy.threads)
-        super().activate()
 
-    def deactivate(self) -> None:
-        if self.active:
-            TorchThreads.release()
+    def _deactivate(self) -> None:
+        TorchThreads.release()
         self.model = None
-        super().deactivate()
 
     @torch.inference_mode()
-    def infer(self, x: torch.Tensor) -> torch.Tensor:
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
         TorchThreads.use(self.policy.threads)  # another engine in this process may hold a different count
         out = self.model(x.to(self.device, self.dtype, non_blocking=True))
         return out.float().cpu()

@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 from mmdeploy.bundle import ONNX, OV, Bundle, content_key
-from mmdeploy.engines.openvino import CACHE_DIR, OvEngine, check_precision, ov_record, ov_unavailable_reason
+from mmdeploy.engines.loader import ov_record
+from mmdeploy.engines.openvino import CACHE_DIR, OvEngine, check_precision, ov_unavailable_reason
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.parity import ParityCheck, Tolerance, check_parity
 from mmdeploy.progress import Progress

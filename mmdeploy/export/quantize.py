@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from mmdeploy.bundle import temp_path_for
+from mmdeploy.config import INT8_METHODS
 from mmdeploy.data import Preprocess, decode_for_sizes, scan_image_folder, to_input
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.ranges import collect_ranges
@@ -36,7 +37,7 @@ from mmdeploy.export.ranges import collect_ranges
 # Chosen by measurement (benchmarks/bench_int8.py, both shipped models, sizes 16-48, 10,000 test images):
 # see the README's INT8 section for the figures that picked it.
 DEFAULT_METHOD = "percentile"
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = INT8_METHODS  # named with the config schema, which offers them
 DEFAULT_IMAGES = 256
 INT8_PARITY_IMAGES = 64
 INT8_HINT = ("this model loses too much in INT8 at that size: try --int8-method entropy or percentile, more --int8-images, "

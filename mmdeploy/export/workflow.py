@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from mmdeploy import __version__
 from mmdeploy import distributed as dist
 from mmdeploy.bundle import ONNX, TRT, Bundle, bundle_lock, content_key, sha256_file, temp_path_for
 from mmdeploy.data import decode_for_sizes, scan_image_folder
@@ -38,6 +37,7 @@ from mmdeploy.export.quantize import (
 )
 from mmdeploy.models.fit import forward_error
 from mmdeploy.progress import Progress
+from mmdeploy.version import __version__
 from mmdeploy.writable import ensure_writable
 
 PARITY_BATCHES = (1, 8)
@@ -378,7 +378,7 @@ def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, work
     manifest once. A build that fails leaves no plan for its (size, precision), and every rank
     raises; the plans that passed are kept.
     """
-    from mmdeploy.engines.tensorrt import TrtEngine
+    from mmdeploy.engines.loader import load_engine
     from mmdeploy.engines.trt_probe import trt_identity
     from mmdeploy.export.tensorrt import build_bundle_plan, plan_filename
 
@@ -396,7 +396,7 @@ def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, work
                 entry = build_bundle_plan(bundle, s, precision, batch_sizes=batches, workspace_gb=workspace_gb)
                 entry["key"] = key
                 ref = bundle.build_model(s)
-                with TrtEngine.from_bundle(bundle, s, precision) as run:
+                with load_engine(bundle, "trt", s, precision) as run:
                     checks = check_parity(ref, run, images, s, tuple(b for b in batches if b <= len(images)) or (1,), pre, tolerances[precision], "trt")
                 entry["parity"] = [c.to_dict() for c in checks]
                 if not all(c.passed for c in checks):

@@ -17,7 +17,7 @@ import torch
 
 from mmdeploy.bundle.lock import reading_bundle
 from mmdeploy.errors import MMDeployError
-from mmdeploy.latency.machine import describe_machine
+from mmdeploy.latency.machine import BENCH_PROTOCOL, environment  # noqa: F401  (BENCH_PROTOCOL: re-exported)
 from mmdeploy.latency.noise import Interference, interference, machine_was_busy, point_is_noisy, sample
 from mmdeploy.latency.threads import ThreadPolicy
 from mmdeploy.progress import Progress
@@ -121,7 +121,6 @@ def measure_with_interference(
 # machine); blocks measure what a caller issuing requests back to back gets.
 BLOCK_MS = 2.0
 MAX_CALLS_PER_SAMPLE = 64
-BENCH_PROTOCOL = 4  # bump when the timing protocol changes: older benches are not reused
 
 
 def calls_per_sample(warm_ms: float) -> int:
@@ -169,11 +168,6 @@ def _policy(engine) -> ThreadPolicy:
     return getattr(engine, "policy", None) or ThreadPolicy(1, False, "gpu engine" if engine.device.startswith("cuda") else "unknown")
 
 
-def environment() -> dict:
-    """Where the numbers came from: the timing protocol, the machine, the library versions."""
-    return {"bench_protocol": BENCH_PROTOCOL, **describe_machine()}
-
-
 @reading_bundle("bundle_dir")  # no writer sweeps what it reads; results merge under the lock
 def bench_bundle(
     bundle_dir: str | Path,
@@ -195,6 +189,7 @@ def bench_bundle(
     Returns (results, environment, skipped-with-reason lines)."""
     from mmdeploy.bundle import Bundle
     from mmdeploy.engines import available_engines, check_choices, serves
+    from mmdeploy.engines.loader import load_engine
     from mmdeploy.engines.registry import engine_names, engine_spec
     from mmdeploy.writable import ensure_writable
 
@@ -227,10 +222,10 @@ def bench_bundle(
                     skipped.append(f"{name} {prec} at {s}: its ONNX has a fixed batch of {fixed} (pass --batch {fixed})")
                     continue
                 if engine_spec(name).tunable and fixed is None:  # settings are tuned per batch: one engine per batch
-                    targets += [BenchTarget(s, name, prec, lambda s=s, n=name, p=prec, b=b: bundle.engine(n, s, p, tuned_batch=b), (b,))
+                    targets += [BenchTarget(s, name, prec, lambda s=s, n=name, p=prec, b=b: load_engine(bundle, n, s, p, tuned_batch=b), (b,))
                                 for b in batches]
                 else:
-                    targets.append(BenchTarget(s, name, prec, lambda s=s, n=name, p=prec: bundle.engine(n, s, p), None if fixed is None else (fixed,)))
+                    targets.append(BenchTarget(s, name, prec, lambda s=s, n=name, p=prec: load_engine(bundle, n, s, p), None if fixed is None else (fixed,)))
     if not targets:
         raise MMDeployError(f"nothing to benchmark in {bundle.root}", "; ".join(skipped) or "export the bundle first")
     check_bench_fits(bundle, targets, batches)
@@ -276,46 +271,3 @@ def has_artifact(bundle, engine: str, size: int, precision: str) -> bool:
 
     art = bundle.artifact(size, artifact_of(engine), precision)
     return art is not None and bundle.path(art.file).exists()
-
-
-@dataclass
-class BenchSummary:
-    """What ``mmdeploy bench`` measured: latencies, the machine they were taken on, what was skipped and why, and the
-    ONNX Runtime settings chosen first when tuning was asked for (``mmdeploy.latency.tune.TuneResult``, else None)."""
-
-    results: list[LatencyResult]
-    environment: dict
-    skipped: list[str]
-    tuned: object = None
-
-
-def tune_and_bench(
-    bundle_dir: str | Path,
-    engines: list[str] | None = None,
-    precisions: list[str] | None = None,
-    sizes: list[int] | None = None,
-    batches: list[int] | None = None,
-    warmup: int = 10,
-    iters: int = 50,
-    tune: bool = False,
-    noise_budget_s: float = 30.0,
-    progress: Progress | None = None,
-    usage: str = "shared",
-) -> BenchSummary:
-    """``mmdeploy bench``: with ``tune``, first choose ONNX Runtime's threads and spinning and OpenVINO's threads and
-    streams per size and batch by measurement (stored in the bundle; engines then use them), then :func:`bench_bundle`."""
-    from mmdeploy.latency.tune import USAGES
-
-    if usage not in USAGES:  # refused with or without --tune: a typo must not pass silently
-        raise MMDeployError(f"unknown usage {usage!r}", f"use --usage {' or --usage '.join(USAGES)}")
-    tuned = None
-    if tune:
-        from mmdeploy.engines.registry import tunable_engines
-        from mmdeploy.latency.tune import tune_bundle
-
-        tunable = tuple(e for e in (engines or tunable_engines()) if e in tunable_engines()) or ("ort",)
-        tuned = tune_bundle(bundle_dir, precisions, sizes, batches, noise_budget_s=noise_budget_s, progress=progress, engines=tunable,
-                            usage=usage)
-    results, env, skipped = bench_bundle(bundle_dir, engines, precisions, sizes, batches, warmup, iters, progress=progress,
-                                         noise_budget_s=noise_budget_s)
-    return BenchSummary(results, env, skipped, tuned)

@@ -10,6 +10,8 @@ import os
 import platform
 from pathlib import Path
 
+BENCH_PROTOCOL = 4  # bump when the timing protocol (mmdeploy.latency.bench) changes: older benches are not reused
+
 
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
@@ -37,3 +39,8 @@ def describe_machine() -> dict:
         env["gpu"] = torch.cuda.get_device_name(0)
         env["cuda"] = torch.version.cuda
     return env
+
+
+def environment() -> dict:
+    """Where the numbers came from: the timing protocol, the machine, the library versions."""
+    return {"bench_protocol": BENCH_PROTOCOL, **describe_machine()}

@@ -22,51 +22,30 @@ Engines created from the bundle load these settings unless told otherwise. Setti
 machine (CPU model, usable cores, onnxruntime version) are not loaded.
 
 The settings live in the bundle (``Bundle.engine_settings`` / ``set_engine_settings``); this
-module reads them only through :func:`stored_policy` and writes them only in :func:`store_settings`.
+module writes them only in :func:`store_settings`; they are read only through :func:`mmdeploy.latency.settings.stored_policy`.
 """
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmdeploy.bundle.lock import reading_bundle
 from mmdeploy.errors import MMDeployError
+from mmdeploy.latency.settings import machine_fingerprint, stored_policy  # noqa: F401  (re-exported)
 from mmdeploy.latency.threads import ThreadPolicy, ort_default_policy, usable_cores
 from mmdeploy.progress import Progress
+
+if TYPE_CHECKING:
+    from mmdeploy.results import LatencyResult
 
 SIMPLER_WITHIN = 0.02  # a setting this much slower than the fastest still wins if it is simpler
 SPIN_PENALTY = 0.10  # spinning wins only when more than this much faster (see choose)
 USAGES = ("shared", "stream")  # how the tuned engine will run (see the module's docstring); the first is the default
 SHARED_ITERS = 40  # calls per setting in the shared-process check
-
-
-def machine_fingerprint() -> dict:
-    """What makes settings (and latencies) transferable: the CPU, the cores, the libraries."""
-    from mmdeploy.latency.bench import environment
-
-    env = environment()
-    return {"bench_protocol": env.get("bench_protocol"), "host": platform.node(), "cpu": env.get("cpu"), "usable_cores": usable_cores(), "torch": env.get("torch"),
-            "onnxruntime": env.get("onnxruntime"), "openvino": env.get("openvino"), "gpu": env.get("gpu")}
-
-
-def stored_policy(settings: dict, engine: str, precision: str, size: int, batch: int | None,
-                  default: ThreadPolicy | None = None) -> ThreadPolicy:
-    """The tuned policy for the batch nearest ``batch`` (None: batch 1), or ``default`` (ONNX Runtime's if None).
-    ``settings``: the bundle's ``engine_settings``."""
-    default = default or ort_default_policy()
-    table = settings.get(f"{engine}/{precision}", {}).get(str(size), {}) if isinstance(settings, dict) else {}
-    if not table or not isinstance(table, dict) or settings.get("machine") != machine_fingerprint():
-        return default
-    want = batch or 1
-    try:
-        nearest = min(table, key=lambda b: (abs(int(b) - want), int(b)))
-        return ThreadPolicy.from_dict(table[nearest], source="tuned")
-    except (ValueError, TypeError):
-        return default  # a hand-edited or foreign entry: ignore it rather than guess
 
 
 def store_settings(bundle_dir: str | Path, chosen: dict[tuple[str, str, int, int], ThreadPolicy], evidence: dict,
@@ -260,12 +239,55 @@ def _companion(bundle, engine: str, precision: str, size: int):
 
 
 def _ort(bundle, size: int, precision: str, policy: ThreadPolicy):
-    from mmdeploy.engines.onnxruntime import OrtEngine
+    from mmdeploy.engines.loader import load_engine
 
-    return OrtEngine.from_bundle(bundle, size, precision, policy=policy)
+    return load_engine(bundle, "ort", size, precision, policy=policy)
 
 
 def _ov(bundle, size: int, precision: str, policy: ThreadPolicy):
-    from mmdeploy.engines.openvino import OvEngine
+    from mmdeploy.engines.loader import load_engine
 
-    return OvEngine.from_bundle(bundle, size, precision, policy=policy)
+    return load_engine(bundle, "ov", size, precision, policy=policy)
+
+
+@dataclass
+class BenchSummary:
+    """What ``mmdeploy bench`` measured: latencies, the machine they were taken on, what was skipped and why, and the
+    ONNX Runtime settings chosen first when tuning was asked for (``mmdeploy.latency.tune.TuneResult``, else None)."""
+
+    results: list[LatencyResult]
+    environment: dict
+    skipped: list[str]
+    tuned: object = None
+
+
+def tune_and_bench(
+    bundle_dir: str | Path,
+    engines: list[str] | None = None,
+    precisions: list[str] | None = None,
+    sizes: list[int] | None = None,
+    batches: list[int] | None = None,
+    warmup: int = 10,
+    iters: int = 50,
+    tune: bool = False,
+    noise_budget_s: float = 30.0,
+    progress: Progress | None = None,
+    usage: str = "shared",
+) -> BenchSummary:
+    """``mmdeploy bench``: with ``tune``, first choose ONNX Runtime's threads and spinning and OpenVINO's threads and
+    streams per size and batch by measurement (stored in the bundle; engines then use them), then
+    :func:`mmdeploy.latency.bench.bench_bundle`. It lives here, above both the tuner and the timing it calls."""
+    from mmdeploy.latency.bench import bench_bundle
+
+    if usage not in USAGES:  # refused with or without --tune: a typo must not pass silently
+        raise MMDeployError(f"unknown usage {usage!r}", f"use --usage {' or --usage '.join(USAGES)}")
+    tuned = None
+    if tune:
+        from mmdeploy.engines.registry import tunable_engines
+
+        tunable = tuple(e for e in (engines or tunable_engines()) if e in tunable_engines()) or ("ort",)
+        tuned = tune_bundle(bundle_dir, precisions, sizes, batches, noise_budget_s=noise_budget_s, progress=progress, engines=tunable,
+                            usage=usage)
+    results, env, skipped = bench_bundle(bundle_dir, engines, precisions, sizes, batches, warmup, iters, progress=progress,
+                                         noise_budget_s=noise_budget_s)
+    return BenchSummary(results, env, skipped, tuned)

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import mmdeploy
 from mmdeploy.report.pareto import IsoAccuracySpeedup, pareto_front, set_relative_latency, speedup_at_iso_accuracy
 from mmdeploy.results import Point, PointKey
+from mmdeploy.version import __version__
 
 SCHEMA_VERSION = 2  # 2: top-1 intervals and image counts, per-image results, p50 and speed-up intervals
 FRONT_MARKER = "★"
@@ -20,7 +20,7 @@ def _now() -> str:
 
 
 def _mmdeploy_version() -> str:
-    return str(getattr(mmdeploy, "__version__", "0"))
+    return __version__
 
 
 @dataclass
