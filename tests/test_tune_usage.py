@@ -74,6 +74,8 @@ def test_usage_decides_what_spinning_must_prove():
     assert choose_for_usage(stream, "shared", collapsed) == QUIET, "a spinner that collapses beside another engine loses"
     held = {ORT_DEFAULT: 0.31, QUIET: 0.35}
     assert choose_for_usage(stream, "shared", held) == ORT_DEFAULT, "a spinner that still wins when shared keeps its place"
+    barely = {ORT_DEFAULT: 0.34, QUIET: 0.35}
+    assert choose_for_usage(stream, "shared", barely) == QUIET, "a 3% win in the shared check is not enough to spin"
     assert 0.06 < SPIN_PENALTY and choose_for_usage(stream, "shared") == QUIET, "unchecked, spinning must win by SPIN_PENALTY"
     quiet_wins = {ORT_DEFAULT: 0.40, QUIET: 0.30}
     assert spinner_and_rival(quiet_wins) == (QUIET, None), "no check needed when nothing spins"
