@@ -226,7 +226,7 @@ SCHEMA: dict[str, Any] = {
         "tune": Field("bool", "tune ONNX Runtime's threads and spinning before timing", flags=flags("bench --tune")),
         "usage": Field("str", "how the tuned engines will run: shared (default: several engines in one process), stream "
                        "(back-to-back requests, a process of its own) or isolated (one engine per process, requests with idle gaps)",
-                       choices=("shared", "stream", "isolated"), flags=flags("bench --usage")),
+                       choices=("shared", "stream", "isolated"), flags=flags("bench --usage", "run --usage")),
         "noise_budget_s": Field("number", "seconds to spend re-timing a pass that saw interference", minimum=0,
                                 flags=flags("bench --noise-budget", keyword="noise_budget_s")),
     },
