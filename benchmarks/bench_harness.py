@@ -21,6 +21,10 @@ engine, with the machine's load and CPU.
 
     python benchmarks/bench_harness.py /tmp/i26/b --batches 1 32 --rounds 7
 
+The first table times back-to-back blocks, the ``stream`` usage: a bundle tuned for ``shared`` (the default) runs ONNX Runtime's
+default session with its spinning stopped after each run, which costs it a wake-up per call here (10-22% at batch 1, see
+benchmarks/results/bench_harness_quiet.txt); tune a copy with ``--usage stream`` for that table's like-for-like comparison.
+
 The bundle needs ``mmdeploy export B --engine ort --precision fp32 --precision int8``, the same with ``--engine ov``,
 and ``mmdeploy bench B --tune --engine ort --engine ov --precision fp32 --precision int8`` for tuned settings.
 """

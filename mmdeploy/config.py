@@ -221,6 +221,9 @@ SCHEMA: dict[str, Any] = {
         "warmup": Field("int", "untimed rounds first", minimum=0, flags=flags("bench --warmup", keyword="warmup")),
         "iters": Field("int", "timed rounds", minimum=1, flags=flags("bench --iters", keyword="iters")),
         "tune": Field("bool", "tune ONNX Runtime's threads and spinning before timing", flags=flags("bench --tune")),
+        "usage": Field("str", "how the tuned engines will run: shared (default: several engines in one process), stream "
+                       "(back-to-back requests, a process of its own) or isolated (one engine per process, requests with idle gaps)",
+                       choices=("shared", "stream", "isolated"), flags=flags("bench --usage", "run --usage")),
         "noise_budget_s": Field("number", "seconds to spend re-timing a pass that saw interference", minimum=0,
                                 flags=flags("bench --noise-budget", keyword="noise_budget_s")),
     },

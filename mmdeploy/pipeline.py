@@ -225,15 +225,22 @@ def _fresh_steps(fresh: list[str] | None) -> set[str]:
 
 
 def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None, progress: Progress | None = None, log=print,
-                 fresh: list[str] | None = None, out: str | Path | None = None, quick: bool = False) -> RunSummary:
+                 fresh: list[str] | None = None, out: str | Path | None = None, quick: bool = False, usage: str | None = None) -> RunSummary:
     """Run every step for every model of the config; ``gate`` overrides ``report.gate``; ``fresh`` steps re-run even if reusable;
-    ``out`` replaces the config's ``out`` (relative to the current folder); ``quick``: the reduced demo (no config)."""
+    ``out`` replaces the config's ``out`` (relative to the current folder); ``quick``: the reduced demo (no config);
+    ``usage`` replaces ``bench.usage`` (how the tuned engines will run, see :mod:`mmdeploy.latency.tune`)."""
     from mmdeploy.models.trust import user_code_policy
 
     fresh_steps = _fresh_steps(fresh)
     if quick and gate:
         raise MMDeployError("--quick measures fewer points than the gate's baseline has", "gate the full demo: mmdeploy run --gate")
     config, base = load_config(config_path, quick)
+    if usage is not None:
+        from mmdeploy.latency.tune import USAGES
+
+        if usage not in USAGES:
+            raise MMDeployError(f"unknown usage {usage!r}", f"use --usage {' or --usage '.join(USAGES)}")
+        config["bench"]["usage"] = usage
     if out is not None:
         config["out"] = str(Path(out).absolute())
     # The config is the user's own: its `arch` specs (with their `arch_kwargs`) may be imported, and it may trust files.
@@ -374,12 +381,13 @@ def _tune_and_bench(run: ModelRun, bundle_dir: Path, engines: list[str], precisi
     bundle = Bundle.open(bundle_dir)
     tunable = tuple(e for e in engines if engine_spec(e).tunable)
     if b.get("tune", True) and tunable:
-        tune_key = _key(bundle.artifact_keys(), machine, b["batches"], precisions)
+        usage = b.get("usage", "shared")
+        tune_key = _key(bundle.artifact_keys(), machine, b["batches"], precisions, *([usage] if usage != "shared" else []))
         if _step_done(bundle, "tune", tune_key) and "tune" not in fresh:
             run.steps["tune"] = "reused"
         else:
-            log(f"{run.name}: tune engine settings (ort threads x spinning, ov threads x streams), batches {b['batches']}")
-            tuned = tune_bundle(bundle_dir, precisions, batches=b["batches"], progress=progress, engines=tunable)
+            log(f"{run.name}: tune engine settings (ort threads x spinning, ov threads x streams), batches {b['batches']}, usage {usage}")
+            tuned = tune_bundle(bundle_dir, precisions, batches=b["batches"], progress=progress, engines=tunable, usage=usage)
             if tuned.busy:
                 log(f"{run.name}: tuning saw a busy machine ({tuned.interference}); its choice may not be the quiet machine's best")
             _mark(bundle_dir, "tune", tune_key)

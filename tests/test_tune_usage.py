@@ -15,7 +15,10 @@ from mmdeploy.errors import MMDeployError
 from mmdeploy.latency.threads import ThreadPolicy
 from mmdeploy.latency.tune import (
     SPIN_PENALTY,
+    USAGES,
     choose_for_usage,
+    gap_shortlist,
+    gapped_check,
     ort_candidates,
     ov_candidates,
     shared_check,
@@ -33,7 +36,7 @@ SPIN = ThreadPolicy(2, True, "tuned")
 
 
 def test_the_defaults_a_user_would_pick_are_always_candidates():
-    ort = ort_candidates(cores=2)
+    ort = ort_candidates(cores=2, usage="stream")
     assert ort[0].preset == "default" and ort[0].spinning, "ONNX Runtime's default session spins, and is recorded so"
     assert ort[0].label == "default" and sum(p.preset == "default" for p in ort) == 1 and len(ort) == 1 + 4
     one = ov_candidates(1, cores=2)
@@ -45,6 +48,14 @@ def test_the_defaults_a_user_would_pick_are_always_candidates():
     assert {(p.preset, p.precision_hint) for p in int8 if p.preset} == {("default", "cpu"), ("throughput", "cpu")}
     explicit = [p for p in int8 if not p.preset]
     assert {p.precision_hint for p in explicit} == {"", "cpu"} and len(explicit) == 2 * 3, "each setting with f32 and the CPU's default"
+
+
+def test_the_default_session_stops_spinning_unless_tuned_for_a_stream_of_its_own():
+    by_usage = {usage: ort_candidates(cores=2, usage=usage)[0] for usage in USAGES}
+    assert set(USAGES) == {"shared", "stream", "isolated"} and USAGES[0] == "shared"
+    assert by_usage["stream"].spinning and by_usage["stream"].preset == "default", "stream: ONNX Runtime's default as it comes"
+    assert not by_usage["shared"].spinning and not by_usage["isolated"].spinning, "beside other engines / with gaps: no spin after a run"
+    assert ort_candidates(cores=2) == ort_candidates(cores=2, usage="shared"), "shared is the default"
 
 
 def test_policy_round_trips_its_preset_and_hint_and_old_records_still_load():
@@ -64,6 +75,8 @@ def test_usage_decides_what_spinning_must_prove():
     assert choose_for_usage(stream, "shared", collapsed) == QUIET, "a spinner that collapses beside another engine loses"
     held = {ORT_DEFAULT: 0.31, QUIET: 0.35}
     assert choose_for_usage(stream, "shared", held) == ORT_DEFAULT, "a spinner that still wins when shared keeps its place"
+    barely = {ORT_DEFAULT: 0.34, QUIET: 0.35}
+    assert choose_for_usage(stream, "shared", barely) == QUIET, "a 3% win in the shared check is not enough to spin"
     assert 0.06 < SPIN_PENALTY and choose_for_usage(stream, "shared") == QUIET, "unchecked, spinning must win by SPIN_PENALTY"
     quiet_wins = {ORT_DEFAULT: 0.40, QUIET: 0.30}
     assert spinner_and_rival(quiet_wins) == (QUIET, None), "no check needed when nothing spins"
@@ -139,6 +152,114 @@ def test_a_stored_default_loads_a_session_with_no_thread_or_spinning_option(ort_
     assert load_engine(bundle, "ort", 16, "fp32", tuned_batch=32).policy == QUIET
 
 
+def test_a_default_session_for_shared_use_stops_spinning_when_its_run_returns(ort_bundle):
+    from mmdeploy.engines.onnxruntime import DEFAULT_SPIN_STOP, session_options
+
+    stopped = session_options(2, None, False, defaults=True)
+    assert DEFAULT_SPIN_STOP == ("session.force_spinning_stop", "1"), "the mechanism measured in ort_spin_modes_quiet.txt"
+    assert stopped.get_session_config_entry("session.force_spinning_stop") == "1" and stopped.intra_op_num_threads == 0
+    raw = session_options(2, None, True, defaults=True)
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        raw.get_session_config_entry("session.force_spinning_stop")
+    # a bundle tuned for shared use before this change stored the default as spinning: it loads with spinning stopped
+    store_settings(ort_bundle, {("ort", "fp32", 16, 1): ORT_DEFAULT}, {"timings_p50_ms": {}}, "shared")
+    bundle = Bundle.open(ort_bundle)
+    assert bundle.engine_settings["ort/fp32"]["16"]["1"]["spinning"] is True
+    engine = load_engine(bundle, "ort", 16, "fp32", tuned_batch=1)
+    assert engine.policy.preset == "default" and not engine.policy.spinning
+    with engine:
+        assert engine.session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+    assert stored_policy({**bundle.engine_settings, "usage": "stream"}, "ort", "fp32", 16, 1).spinning, "stream keeps it"
+    assert stored_policy({**bundle.engine_settings, "ov/fp32": bundle.engine_settings["ort/fp32"]}, "ov", "fp32", 16, 1).spinning, \
+        "only ONNX Runtime's default session is changed"
+
+
+def test_isolated_usage_chooses_by_a_call_after_an_idle_gap():
+    two = ThreadPolicy(2, False, "tuned")
+    back_to_back = {ORT_DEFAULT: 0.30, QUIET: 0.32, two: 0.31, SPIN: 0.50}
+    assert gap_shortlist(back_to_back) == [ORT_DEFAULT, two, QUIET], "within 25% of the fastest, fastest first; SPIN is out"
+    gapped = {ORT_DEFAULT: 0.45, two: 0.60, QUIET: 0.33}
+    assert choose_for_usage(back_to_back, "isolated", gapped_ms=gapped) == QUIET, "waking up fast wins when requests come alone"
+    assert choose_for_usage(back_to_back, "isolated") == ORT_DEFAULT, "without the gapped timing: as stream"
+
+
+def test_gapped_check_sleeps_before_every_timed_call(monkeypatch):
+    import mmdeploy.latency.tune as tune
+
+    log: list[str] = []
+    monkeypatch.setattr(tune.time, "sleep", lambda s: log.append(f"gap {s * 1000:.0f}"))
+    out = gapped_check({QUIET: lambda: _Logged("quiet", log), SPIN: lambda: _Logged("spin", log)}, size=8, batch=1, iters=2, gap_ms=7)
+    assert set(out) == {QUIET, SPIN}
+    calls = [c for c in log if not c.startswith(("open", "close"))]
+    assert calls == ["gap 7", "quiet", "gap 7", "spin"] * (2 + 2), "each call alone, after an idle gap"
+    assert sum(c.startswith("close") for c in log) == 2
+
+
+def test_tune_for_isolated_use_retimes_the_shortlist_with_gaps(ort_bundle, monkeypatch):
+    import mmdeploy.latency.tune as tune
+
+    seen = []
+
+    def fake_gapped(make, size, batch, iters=tune.GAP_ITERS, gap_ms=tune.GAP_MS):
+        seen.append((size, batch, len(make)))
+        slowest = max(make, key=lambda p: (p.threads, p.spinning, p.preset))
+        return {p: (0.1 if p == slowest else 1.0) for p in make}  # the gaps turn the order around
+
+    monkeypatch.setattr(tune, "gapped_check", fake_gapped)
+    monkeypatch.setattr(tune, "gap_shortlist", lambda timed: sorted(timed, key=lambda p: (p.threads, p.spinning, p.preset))[:3])
+    result = tune.tune_bundle(ort_bundle, ["fp32"], [16], [1], warmup=0, iters=1, noise_budget_s=0, engines=("ort",), usage="isolated")
+    assert seen == [(16, 1, 3)] and result.usage == "isolated"
+    picked = result.chosen["ort/fp32/16/b1"]
+    assert result.gapped_ms["ort/fp32/16/b1"][picked.label] == 0.1, "the fastest after a gap wins, not the fastest back to back"
+    settings = Bundle.open(ort_bundle).engine_settings
+    assert settings["usage"] == "isolated" and settings["evidence"]["gapped_check_ms"] == result.gapped_ms
+    assert "default" in result.timings["ort/fp32/16/b1"] and not result.shared_ms
+
+
+def test_run_takes_the_usage_from_its_flag_or_the_config(tmp_path, cli):
+    from mmdeploy.config import config_problems
+    from mmdeploy.pipeline import ModelRun, _tune_and_bench
+
+    assert config_problems({"bench": {"usage": "stream"}}) == []
+    assert any("usage" in p for p in config_problems({"bench": {"usage": "batchy"}}))
+    bad = cli("run", "--usage", "batchy", "--out", str(tmp_path / "runs"))
+    assert bad.exit_code == 1 and "unknown usage 'batchy'" in bad.stdout + bad.stderr and not (tmp_path / "runs").exists()
+
+    got = []
+
+    class Tuned:
+        busy = False
+
+    def fake_tune(bundle_dir, precisions, **kw):
+        got.append(kw["usage"])
+        return Tuned()
+
+    class FakeBundle:
+        engine_settings: dict = {}
+
+        def artifact_keys(self):
+            return {}
+
+        def latencies(self):
+            return []
+
+        def step_key(self, step):
+            return None
+
+    import mmdeploy.pipeline as pipeline
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(pipeline.Bundle, "open", staticmethod(lambda d: FakeBundle()))
+    monkeypatch.setattr(pipeline, "_mark", lambda *a: None)
+    try:
+        for b, want in (({"batches": [1], "usage": "isolated"}, "isolated"), ({"batches": [1]}, "shared")):
+            _tune_and_bench(ModelRun("m", tmp_path), tmp_path, ["ort"], ["fp32"], b, set(), {}, None, lambda m: None,
+                            lambda *a, **k: None, fake_tune)
+            assert got[-1] == want
+    finally:
+        monkeypatch.undo()
+
+
 def test_tune_records_its_usage_and_the_shared_check(ort_bundle, monkeypatch):
     import mmdeploy.latency.tune as tune
 
@@ -151,8 +272,8 @@ def test_tune_records_its_usage_and_the_shared_check(ort_bundle, monkeypatch):
     monkeypatch.setattr(tune, "shared_check", fake_check)
     monkeypatch.setattr(tune, "spinner_and_rival", lambda timed: (ORT_DEFAULT if ORT_DEFAULT in timed else SPIN, QUIET))
     result = tune.tune_bundle(ort_bundle, ["fp32"], [16], [1], warmup=0, iters=1, noise_budget_s=0, engines=("ort",))
-    assert result.usage == "shared" and calls == [(["1t", "default"], 16, 1)]
-    assert result.chosen["ort/fp32/16/b1"] == QUIET and result.shared_ms["ort/fp32/16/b1"] == {"default": 5.0, "1t": 1.0}
+    assert result.usage == "shared" and calls == [(["1t", "2t spin"], 16, 1)], "shared: the default session is timed spin-stopped"
+    assert result.chosen["ort/fp32/16/b1"] == QUIET and result.shared_ms["ort/fp32/16/b1"] == {"2t spin": 5.0, "1t": 1.0}
     assert "default" in result.timings["ort/fp32/16/b1"], "the default session was timed with the rest"
     settings = Bundle.open(ort_bundle).engine_settings
     assert settings["usage"] == "shared" and "shared_check_ms" in settings["evidence"]

@@ -21,7 +21,7 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Untimed calls per point first.")] = 10,
     iters: Annotated[int, typer.Option(help="Timed calls per point (round-robin over points).")] = 50,
     tune: Annotated[bool, typer.Option("--tune", help="First time ONNX Runtime's default session and threads 1..cores x spinning on/off, and OpenVINO's defaults, its throughput hint and threads 1..cores x one stream or one per thread (int8: f32 or the CPU's default precision), per size and batch; store the fastest in the bundle (engines then use it; a default is stored as 'default').")] = False,
-    usage: Annotated[str, typer.Option("--usage", help="With --tune: how the engines will run. shared (default): beside other engines in one process, so a spinning setting is kept only if it still wins with another engine called between its calls; stream: back-to-back requests in a process of its own. Stored with the choice.")] = "shared",
+    usage: Annotated[str, typer.Option("--usage", help="With --tune: how the engines will run. shared (default): beside other engines in one process, so a spinning setting is kept only if it still wins with another engine called between its calls; stream: back-to-back requests in a process of its own (ONNX Runtime's default session may spin after each run); isolated: one engine per process, requests with idle gaps (the closest settings re-timed one call after an idle gap). Stored with the choice.")] = "shared",
     noise_budget: Annotated[float, typer.Option("--noise-budget", help="Seconds to spend re-timing when the machine is busy; points still noisy are marked unreliable.")] = 30.0,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,

@@ -18,6 +18,7 @@ def run(
     gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help="Gate each model's report against its baseline (exit 1 on regression).")] = None,
     fresh: Annotated[Optional[list[str]], typer.Option("--fresh", help="Re-run this step even if reusable: eval, tune, bench or all (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder of the bundles, one per model (default: the config's out, relative to the config; the demo: ./runs/demo).")] = None,
+    usage: Annotated[Optional[str], typer.Option("--usage", help="How the tuned engines will run (replaces the config's \\[bench] usage): shared (default: several engines in one process), stream (back-to-back requests, a process of its own) or isolated (one engine per process, requests with idle gaps).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="The demo reduced to a first look in about a minute: sizes 16 and 32, a few calibration batches, ONNX Runtime fp32, no tuning, a short bench.")] = False,
     trust_code_from_files: TrustOpt = False,
     json_out: JsonOpt = False,
@@ -34,7 +35,7 @@ def run(
     from mmdeploy.report import format_gate, render_table
 
     log = (lambda msg: None) if json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
-    summary = run_pipeline(config, gate=gate, progress=make_progress(json_out), log=log, fresh=fresh, out=out, quick=quick)
+    summary = run_pipeline(config, gate=gate, progress=make_progress(json_out), log=log, fresh=fresh, out=out, quick=quick, usage=usage)
     if json_out:
         emit_json({"models": [{"name": m.name, "bundle": m.bundle, "steps": m.steps, "files": m.files,
                                 "gate": None if m.gate is None else m.gate.passed, "pick": m.pick} for m in summary.models],

@@ -67,10 +67,20 @@ def _provider_entries(providers: list[str]) -> list:
 _DIM_POSITION = {BATCH_DIM: 0, HEIGHT_DIM: 2, WIDTH_DIM: 3}
 
 
+# How a default session tuned for usage shared or isolated stops spinning: spin during a run, stop when it returns.
+# Measured on a quiet 2-core AMD EPYC (benchmarks/results/ort_spin_modes_quiet.txt, 16-48 px, batch 1 and 32): the
+# next engine (OpenVINO) ran as fast after it as after a session that never spins (48 px int8 batch 32: 7.0 ms, 12.7 ms
+# after ORT's own default), while allow_spinning=0 made the session itself 5-95% slower (wake-ups between operators).
+# The price: a wake-up per call when calls come back to back (+3% to +45% at batch 1, nothing at batch 32).
+DEFAULT_SPIN_STOP = ("session.force_spinning_stop", "1")
+
+
 def session_options(threads: int | None = None, fixed_dims: dict[str, int] | None = None, spinning: bool = False,
                     defaults: bool = False):
-    """``defaults``: ONNX Runtime's own session (its thread count, its spinning), only the free dimensions pinned;
-    the session a user who never tuned gets, so `mmdeploy bench --tune` times it beside the explicit settings."""
+    """``defaults``: ONNX Runtime's own session (its thread count, its thread placement), only the free dimensions
+    pinned; the session a user who never tuned gets, so `mmdeploy bench --tune` times it beside the explicit settings.
+    With ``spinning`` it is exactly that (its workers spin during a run and on after it); without, its workers stop
+    spinning once a run returns (:data:`DEFAULT_SPIN_STOP`), so it cannot take the cores from the next engine."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -78,6 +88,8 @@ def session_options(threads: int | None = None, fixed_dims: dict[str, int] | Non
     for name, value in (fixed_dims or {}).items():
         so.add_free_dimension_override_by_name(name, value)
     if defaults:
+        if not spinning:
+            so.add_session_config_entry(*DEFAULT_SPIN_STOP)
         return so
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -8,6 +8,7 @@ Settings tuned on another machine (CPU model, usable cores, library versions) ar
 from __future__ import annotations
 
 import platform
+from dataclasses import replace
 
 from mmdeploy.latency.machine import environment
 from mmdeploy.latency.threads import ThreadPolicy, ort_default_policy, usable_cores
@@ -31,6 +32,9 @@ def stored_policy(settings: dict, engine: str, precision: str, size: int, batch:
     want = batch or 1
     try:
         nearest = min(table, key=lambda b: (abs(int(b) - want), int(b)))
-        return ThreadPolicy.from_dict(table[nearest], source="tuned")
+        policy = ThreadPolicy.from_dict(table[nearest], source="tuned")
     except (ValueError, TypeError):
         return default  # a hand-edited or foreign entry: ignore it rather than guess
+    if engine == "ort" and policy.preset == "default" and settings.get("usage") != "stream":
+        policy = replace(policy, spinning=False)  # tuned before the default session stopped spinning for shared use
+    return policy
