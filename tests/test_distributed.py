@@ -51,13 +51,13 @@ sys.argv[0] = "mmdeploy"
 main()
 """
 
-# Run as a rank: _build_trt with a fake TensorRT builder and engine; writes what it saw to OUT/rank<R>.json.
+# Run as a rank: build_trt_plans with a fake TensorRT builder and engine; writes what it saw to OUT/rank<R>.json.
 TRT_DRIVER = """
 import json, os, sys
 from pathlib import Path
 import mmdeploy.engines.tensorrt as tensorrt
 import mmdeploy.export.tensorrt as trt_build
-import mmdeploy.export.workflow as workflow
+import mmdeploy.export.tensorrt_step as trt_step
 from mmdeploy import distributed
 from mmdeploy.bundle import Bundle
 from mmdeploy.errors import MMDeployError
@@ -89,7 +89,7 @@ class Passed:
         return {"passed": True}
 
 trt_build.build_bundle_plan, tensorrt.TrtEngine = build_bundle_plan, FakeEngine
-workflow.check_parity = lambda *args, **kwargs: [Passed()]
+trt_step.check_parity = lambda *args, **kwargs: [Passed()]
 saves = []
 real_save = Bundle.save
 Bundle.save = lambda self: (saves.append(rank), real_save(self))[1]
@@ -97,7 +97,7 @@ Bundle.save = lambda self: (saves.append(rank), real_save(self))[1]
 distributed.init_from_env()
 bundle = Bundle.open(sys.argv[1])
 try:
-    result = {"built": workflow._build_trt(bundle, bundle.sizes, ["fp32", "fp16"], [None], None, {"fp32": None, "fp16": None}, (1,), 1.0, Progress())}
+    result = {"built": trt_step.build_trt_plans(bundle, bundle.sizes, ["fp32", "fp16"], [None], None, {"fp32": None, "fp16": None}, (1,), 1.0, Progress())}
 except MMDeployError as exc:
     result = {"error": type(exc).__name__ + ": " + exc.one_line()}
 Path(sys.argv[2], f"rank{rank}.json").write_text(json.dumps({**result, "saves": len(saves)}))
@@ -289,7 +289,7 @@ def test_trt_builds_in_one_process_record_passes_and_drop_failures(tmp_path, one
     """Without a process group one rank builds every plan; a failed gate raises its own error."""
     import mmdeploy.engines.tensorrt as tensorrt
     import mmdeploy.export.tensorrt as trt_build
-    import mmdeploy.export.workflow as workflow
+    import mmdeploy.export.tensorrt_step as trt_step
     from mmdeploy.errors import MMDeployError
     from mmdeploy.progress import Progress
 
@@ -324,12 +324,12 @@ def test_trt_builds_in_one_process_record_passes_and_drop_failures(tmp_path, one
 
     monkeypatch.setattr(trt_build, "build_bundle_plan", build_bundle_plan)
     monkeypatch.setattr(tensorrt, "TrtEngine", FakeEngine)
-    monkeypatch.setattr(workflow, "check_parity", lambda *a, **k: [Check(FakeEngine.current != (24, "fp16"))])
+    monkeypatch.setattr(trt_step, "check_parity", lambda *a, **k: [Check(FakeEngine.current != (24, "fp16"))])
     tolerances = {"fp32": None, "fp16": None}
-    assert workflow._build_trt(bundle, [16], ["fp32", "fp16"], [None], None, tolerances, (1,), 1.0, Progress()) == {
+    assert trt_step.build_trt_plans(bundle, [16], ["fp32", "fp16"], [None], None, tolerances, (1,), 1.0, Progress()) == {
         "16/fp32": "sizes/16/model.fp32.plan", "16/fp16": "sizes/16/model.fp16.plan"}
     with pytest.raises(MMDeployError, match="parity gate failed for the TensorRT fp16 plan at size 24"):
-        workflow._build_trt(bundle, [24], ["fp32", "fp16"], [None], None, tolerances, (1,), 1.0, Progress())
+        trt_step.build_trt_plans(bundle, [24], ["fp32", "fp16"], [None], None, tolerances, (1,), 1.0, Progress())
     saved = Bundle.open(bundle_dir).manifest["sizes"]
     assert set(saved["16"]["artifacts"]) == {"trt/fp32", "trt/fp16"} and set(saved["24"]["artifacts"]) == {"trt/fp32"}
     assert not (bundle_dir / "sizes/24/model.fp16.plan").exists()

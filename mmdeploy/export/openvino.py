@@ -22,7 +22,7 @@ from pathlib import Path
 from mmdeploy.bundle import ONNX, OV, Bundle, content_key
 from mmdeploy.engines.openvino import CACHE_DIR, OvEngine, check_precision, ov_record, ov_unavailable_reason
 from mmdeploy.errors import MMDeployError
-from mmdeploy.export.parity import ParityCheck, Tolerance, check_parity
+from mmdeploy.export.parity import ParityCheck, Tolerance, check_parity, parity_images
 from mmdeploy.progress import Progress
 
 OV_PARITY_BATCHES = (1, 8)  # 8 reaches the throughput path (engines.openvino.THROUGHPUT_MIN_BATCH)
@@ -49,13 +49,14 @@ def check_ov_available(precisions: list[str]) -> None:
 
 
 def build_ov_step(job) -> None:
-    """The ov engine's export step (``job``: ``mmdeploy.export.workflow.EngineExport``); rank 0 alone compiles and gates."""
+    """The ov engine's export step (``job``: ``mmdeploy.export.plan.EngineExport``); rank 0 alone compiles and gates."""
     from mmdeploy import distributed as dist
 
     if not dist.is_main():
         return
-    built, checks, reused = build_ov_engines(Bundle.open(job.bundle_dir), job.sizes, job.precisions, job.data, job.tolerances,
-                                             job.parity_count, job.progress)
+    options = job.options
+    built, checks, reused = build_ov_engines(Bundle.open(job.bundle_dir), job.sizes, list(job.planned.precisions), options.data,
+                                             options.tolerances, options.parity_count, job.progress)
     job.summary.ov = built
     job.summary.checks += checks
     job.summary.reused += [f"ov {r}" for r in reused]
@@ -65,8 +66,6 @@ def build_ov_engines(bundle: Bundle, sizes: list[int], precisions: list[str], da
                      parity_count: int = 16, progress: Progress | None = None) -> tuple[dict, list[ParityCheck], list[str]]:
     """Gate and record the ov engine of every (size, precision); call under the bundle's lock.
     Returns (built "size/precision" -> ONNX path, checks, reused)."""
-    from mmdeploy.export.workflow import parity_images
-
     progress = progress or Progress()
     pre = bundle.preprocess()
     images = None  # decoded only if some (size, precision) needs its gate
