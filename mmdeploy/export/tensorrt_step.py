@@ -32,7 +32,7 @@ def build_trt_plans(bundle, sizes, precisions, images, pre, tolerances, batches,
     """
     from mmdeploy.engines.tensorrt import TrtEngine
     from mmdeploy.engines.trt_probe import trt_identity
-    from mmdeploy.export.tensorrt import build_bundle_plan, plan_filename
+    from mmdeploy.export.tensorrt import TrtBuildOptions, build_bundle_plan, plan_filename
 
     mine = dist.shard([(s, p) for s in sizes for p in precisions])
     entries, failed, failure = {}, [], None
@@ -45,7 +45,7 @@ def build_trt_plans(bundle, sizes, precisions, images, pre, tolerances, batches,
                 advance(1)  # same ONNX, settings, TensorRT and GPU: the plan is reused
                 continue
             try:
-                entry = build_bundle_plan(bundle, s, precision, batch_sizes=batches, workspace_gb=workspace_gb)
+                entry = build_bundle_plan(bundle, s, precision, options=TrtBuildOptions(batch_sizes=batches, workspace_gb=workspace_gb))
                 entry["key"] = key
                 ref = bundle.build_model(s)
                 with TrtEngine.from_bundle(bundle, s, precision) as run:

@@ -3,7 +3,9 @@
 All artifacts of one call are written to temp names and checked; only if every check passes
 are they moved into place and recorded in the manifest, in two steps: fp32/fp16 first, then
 int8 (which calibrates, and fails for reasons of its own): an int8 failure keeps the fp32/fp16
-files that passed. Unchanged inputs reuse artifacts.
+files that passed. Unchanged inputs reuse artifacts. Which ONNX precisions an engine's precisions need is the
+export plan's (export/plan.py); the engine's own files are then built by the export step its registry entry names
+(export/tensorrt_step.py, export/openvino.py).
 """
 
 from __future__ import annotations
@@ -143,13 +145,13 @@ def _export_locked(bundle_dir, engine: str, precisions: list[str] | None, sizes:
     return run.summary
 
 
-def _export_onnx_pass(run: _OnnxPass, precisions: list[str], progress: Progress) -> None:
-    """Export and gate every ONNX file of ``precisions``; int8 last, in its own step: what passed its gate before it is
+def _export_onnx_pass(run: _OnnxPass, onnx_precisions: list[str], progress: Progress) -> None:
+    """Export and gate every ONNX file of ``onnx_precisions``; int8 last, in its own step: what passed its gate before it is
     committed first, so an int8 failure (its gate, its memory, its calibration images) leaves the fp32/fp16 files in place."""
     summary = run.summary
     try:
-        with progress.task("exporting and checking", (len(run.sizes) + int(run.options.dynamic)) * len(precisions)) as advance:
-            for step in ([p for p in precisions if p != "int8"], [p for p in precisions if p == "int8"]):
+        with progress.task("exporting and checking", (len(run.sizes) + int(run.options.dynamic)) * len(onnx_precisions)) as advance:
+            for step in ([p for p in onnx_precisions if p != "int8"], [p for p in onnx_precisions if p == "int8"]):
                 if not step:
                     continue
                 start = len(run.pending)
