@@ -135,39 +135,35 @@ def _export_locked(bundle_dir, engine: str, precisions: list[str] | None, sizes:
     count = max(options.parity_count, INT8_PARITY_IMAGES) if int8 else options.parity_count
     images = parity_images(bundle, options.data, count, sizes + ([extra] if extra else []))
     run = _OnnxPass(bundle, ExportSummary(bundle.root), options, sizes, example, dyn_bn, extra, int8, images, bundle.preprocess())
+    summary = run.summary
     with dist.agreed():  # rank 0 exports and gates the ONNX; the other ranks wait here for its outcome
         if dist.is_main():
-            _export_onnx_pass(run, onnx_precisions, progress)
+            try:
+                with progress.task("exporting and checking", (len(sizes) + int(options.dynamic)) * len(onnx_precisions)) as advance:
+                    # int8 last, in its own step: what passed its gate before it is committed first, so an int8
+                    # failure (its gate, its memory, its calibration images) leaves the fp32/fp16 files in place.
+                    for step in ([p for p in onnx_precisions if p != "int8"], [p for p in onnx_precisions if p == "int8"]):
+                        if not step:
+                            continue
+                        start = len(run.pending)
+                        try:
+                            for precision in step:
+                                _export_precision(run, precision, advance)
+                            _gate_and_commit(bundle, summary, run.pending[start:], already_written=bool(summary.written))
+                        except MMDeployError as exc:
+                            if "int8" in step and summary.written:  # say what the failure did not undo
+                                raise MMDeployError(f"{exc.message}; kept what passed its gate before int8: {', '.join(summary.written)}", exc.hint) from exc
+                            raise
+            finally:
+                for p in run.pending:
+                    p.tmp.unlink(missing_ok=True)
+                for f in run.fp32_cache.values():
+                    f.unlink(missing_ok=True)
     step = spec.export_step() if spec else None
     if step:  # the engine's own files, built from the gated ONNX (on every rank: a step may spread its work over them)
         step(EngineExport(bundle if dist.is_main() else Bundle.open(bundle_dir), Path(bundle_dir), sizes, planned, options, images,
-                          run.pre, progress, run.summary))
-    return run.summary
-
-
-def _export_onnx_pass(run: _OnnxPass, onnx_precisions: list[str], progress: Progress) -> None:
-    """Export and gate every ONNX file of ``onnx_precisions``; int8 last, in its own step: what passed its gate before it is
-    committed first, so an int8 failure (its gate, its memory, its calibration images) leaves the fp32/fp16 files in place."""
-    summary = run.summary
-    try:
-        with progress.task("exporting and checking", (len(run.sizes) + int(run.options.dynamic)) * len(onnx_precisions)) as advance:
-            for step in ([p for p in onnx_precisions if p != "int8"], [p for p in onnx_precisions if p == "int8"]):
-                if not step:
-                    continue
-                start = len(run.pending)
-                try:
-                    for precision in step:
-                        _export_precision(run, precision, advance)
-                    _gate_and_commit(run.bundle, summary, run.pending[start:], already_written=bool(summary.written))
-                except MMDeployError as exc:
-                    if "int8" in step and summary.written:  # say what the failure did not undo
-                        raise MMDeployError(f"{exc.message}; kept what passed its gate before int8: {', '.join(summary.written)}", exc.hint) from exc
-                    raise
-    finally:
-        for p in run.pending:
-            p.tmp.unlink(missing_ok=True)
-        for f in run.fp32_cache.values():
-            f.unlink(missing_ok=True)
+                          run.pre, progress, summary))
+    return summary
 
 
 def _export_precision(run: _OnnxPass, precision: str, advance) -> None:
