@@ -17,26 +17,21 @@ from mmdeploy.export.plan import EngineExport, artifact_key
 
 
 def build_trt_step(job: EngineExport) -> None:
-    """The trt engine's export step: a TensorRT plan per (size, precision), each gated."""
-    options = job.options
-    job.summary.trt = build_trt_plans(job.bundle, job.sizes, list(job.planned.precisions), job.images, job.pre, options.tolerances,
-                                      options.trt_batches, options.trt_workspace_gb, job.progress)
-
-
-def build_trt_plans(bundle, sizes, precisions, images, pre, tolerances, batches, workspace_gb, progress) -> dict:
-    """Build one TensorRT plan per (size, precision) from its gated ONNX, then gate the plan itself.
+    """Build one TensorRT plan per (size, precision) of ``job`` from its gated ONNX, then gate the plan itself.
 
     Every rank writes its own plan files and rank 0 merges all ranks' manifest entries and saves the
     manifest once. A build that fails leaves no plan for its (size, precision), and every rank
-    raises; the plans that passed are kept. Returns "size/precision" -> the plan's bundle path.
+    raises; the plans that passed are kept, and ``job.summary.trt`` names them ("size/precision" -> plan path).
     """
     from mmdeploy.engines.tensorrt import TrtEngine
     from mmdeploy.engines.trt_probe import trt_identity
     from mmdeploy.export.tensorrt import TrtBuildOptions, build_bundle_plan, plan_filename
 
+    bundle, sizes, precisions, tolerances = job.bundle, job.sizes, job.planned.precisions, job.options.tolerances
+    batches, workspace_gb, images = job.options.trt_batches, job.options.trt_workspace_gb, job.images
     mine = dist.shard([(s, p) for s in sizes for p in precisions])
     entries, failed, failure = {}, [], None
-    with progress.task("building TensorRT plans", len(mine)) as advance:
+    with job.progress.task("building TensorRT plans", len(mine)) as advance:
         for s, precision in mine:
             onnx_art = bundle.artifact(s, ONNX, precision)
             key = artifact_key(onnx_art.sha256 or "" if onnx_art else "", precision, "trt", json.dumps([list(batches), workspace_gb, trt_identity()]))
@@ -49,7 +44,7 @@ def build_trt_plans(bundle, sizes, precisions, images, pre, tolerances, batches,
                 entry["key"] = key
                 ref = bundle.build_model(s)
                 with TrtEngine.from_bundle(bundle, s, precision) as run:
-                    checks = check_parity(ref, run, images, s, tuple(b for b in batches if b <= len(images)) or (1,), pre, tolerances[precision], "trt")
+                    checks = check_parity(ref, run, images, s, tuple(b for b in batches if b <= len(images)) or (1,), job.pre, tolerances[precision], "trt")
                 entry["parity"] = [c.to_dict() for c in checks]
                 if not all(c.passed for c in checks):
                     error = next((f" ({c.error})" for c in checks if getattr(c, "error", "")), "")  # the plan could not run
@@ -72,4 +67,4 @@ def build_trt_plans(bundle, sizes, precisions, images, pre, tolerances, batches,
             bundle.commit()
         if failure is not None:
             raise failure
-    return {f"{s}/{p}": merged[(s, p)]["plan"] for s in sizes for p in precisions if (s, p) in merged}
+    job.summary.trt = {f"{s}/{p}": merged[(s, p)]["plan"] for s in sizes for p in precisions if (s, p) in merged}
