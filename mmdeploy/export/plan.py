@@ -89,7 +89,7 @@ def plan_exports(engines: Sequence[str], precisions: Sequence[str], unavailable:
     served = {e: _served_here(e, precisions, skipped) for e in usable}
     onnx_pass = [e for e in usable if not engine_spec(e).onnx_float]
     after = [e for e in usable if engine_spec(e).onnx_float and served[e]]
-    needed = {p for e in usable for p in engine_spec(e).onnx_precisions(served[e])} if served else set()
+    needed = {p for e in usable for p in engine_spec(e).onnx_precisions(served[e])}  # the ONNX precisions some engine reads
     passes = []
     if usable:
         onnx_precisions = tuple(p for p in precisions if p in ONNX_PRECISIONS and p in needed) or ("fp32",)
