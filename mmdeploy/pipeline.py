@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmdeploy.bundle import ONNX, Bundle, content_key
+from mmdeploy.bundle import Bundle, content_key
 from mmdeploy.config import check_config
 from mmdeploy.errors import MMDeployError
 from mmdeploy.flagmap import step_keywords
@@ -147,64 +147,6 @@ def _excuse_unserved(gate, name: str, skipped: dict):
     return gate
 
 
-def _export_options(export: dict, precisions: list[str]) -> dict:
-    """export_bundle's keywords from [export]: the shared mapping's, and the parity tolerances when any bound is set."""
-    from mmdeploy.export.parity import tolerances_for
-
-    options = step_keywords("export", export)
-    tolerances = tolerances_for(precisions, export.get("atol"), export.get("rtol"), export.get("min_agreement"))
-    return {**options, "tolerances": tolerances} if tolerances else options
-
-
-def _export_int8_per_size(name: str, bundle_dir: Path, engine: str, calib_data: Path, export: dict, skipped: dict, progress, log) -> bool:
-    """INT8 one size at a time: a size whose INT8 fails its parity gate is skipped with its reason instead of failing the run.
-
-    A failure is remembered under its inputs' key (that size's fp32 ONNX, calibration and INT8 settings), so an unchanged
-    bundle does not quantize and gate it again on every run. Returns whether anything was written."""
-    from mmdeploy.export.workflow import export_bundle
-
-    wrote = False
-    bundle = Bundle.open(bundle_dir)
-    for size in bundle.sizes:
-        step = f"int8-refused/{size}"
-        fp32 = bundle.artifact(size, ONNX, "fp32")  # what INT8 is made from, with the calibration
-        # Settings beyond the defaults (a looser gate, a static batch, ...) may let a refused size pass: part of the key when set.
-        changed = {k: v for k, v in export.items() if k not in ("engines", "precisions", "int8_method", "int8_images")}
-        key = _key(fp32 and (fp32.key or fp32.sha256), bundle.size(size).calibration.key, engine, export.get("int8_method"),
-                   export.get("int8_images"), *([changed] if changed else []))
-        if _step_done(bundle, step, key):
-            skipped[f"{name} int8 at {size}"] = "refused by its parity gate in an earlier run (inputs unchanged)"
-            continue
-        try:
-            ex = export_bundle(bundle_dir, engine, ["int8"], sizes=[size], data=calib_data, progress=progress,
-                               **{**_export_options(export, ["int8"]), "dynamic": False})
-        except MMDeployError as exc:
-            skipped[f"{name} int8 at {size}"] = exc.message
-            log(f"{name}: int8 at size {size} not deployed: {exc.message}")
-            _mark(bundle_dir, step, key)
-            continue
-        wrote = wrote or bool(ex.written or ex.trt)
-    return wrote
-
-
-def _served_here(engine: str, precisions: list[str], skipped: dict) -> list[str]:
-    """The config's precisions ``engine`` serves on this machine; one its registry check refuses here (ov bf16 without
-    native bf16) is skipped with its reason."""
-    from mmdeploy.engines.registry import engine_spec, serves
-
-    chosen = []
-    for p in precisions:
-        if not serves(engine, p):
-            continue
-        try:
-            engine_spec(engine).check_here([p])
-        except MMDeployError as exc:
-            skipped[f"{engine} {p}"] = exc.message
-            continue
-        chosen.append(p)
-    return chosen
-
-
 FRESH_STEPS = ("eval", "tune", "bench")
 EVAL_RECORDS = "per-image-1"  # what eval stores besides counts: an eval from before per-image results is not reused
 
@@ -253,11 +195,9 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
     from mmdeploy.calib.workflow import calibrate_to_bundle
     from mmdeploy.data import scan_image_folder
     from mmdeploy.engines import available_engines
-    from mmdeploy.engines.registry import ONNX_PRECISIONS, deployed_engines, engine_spec
     from mmdeploy.evaluate import evaluate_target
-    from mmdeploy.export.workflow import export_bundle
-    from mmdeploy.latency.bench import bench_bundle
-    from mmdeploy.latency.tune import machine_fingerprint, tune_bundle
+    from mmdeploy.export.by_plan import export_by_plan
+    from mmdeploy.export.plan import plan_exports
     from mmdeploy.report import compare_reports, load_report, parse_fraction, report_bundle
     from mmdeploy.report.pareto import pick
 
@@ -268,19 +208,11 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
     out = resolve(config["out"])
     calib_data, val_data = resolve(config["data"]["calibration"]), resolve(config["data"]["validation"])
     reasons = available_engines()
-    wanted = config["export"]["engines"]
-    if "auto" in wanted:
-        wanted = [e for e in deployed_engines() if not reasons[e]]
-    skipped = {e: reasons[e] for e in wanted if reasons.get(e)}
-    if any(e not in deployed_engines() for e in wanted):
-        raise MMDeployError(f"unknown engine in config: {wanted}", f"use {', '.join(deployed_engines())} (torch is always measured)")
-    engines = [e for e in wanted if not reasons[e]]
-    precisions = config["export"]["precisions"]
-    # Engines that read the gated fp32 ONNX and apply their own precision (ov) export after it; what they serve here.
-    after_onnx = {e: _served_here(e, precisions, skipped) for e in engines if engine_spec(e).onnx_float}
-    precisions = [p for p in precisions if p in ONNX_PRECISIONS or any(p in ps for ps in after_onnx.values())]  # bf16: ov's alone
+    # The one plan of which files each engine gets: export runs it, eval and bench measure its engines and precisions.
+    plan = plan_exports(config["export"]["engines"], config["export"]["precisions"], reasons)
+    engines, precisions, skipped = list(plan.engines), list(plan.precisions), plan.skipped
     val_key = scan_image_folder(val_data).fingerprint()
-    c, b, r = config["calibrate"], config["bench"], config["report"]
+    c, r = config["calibrate"], config["report"]
     runs = []
     for spec in config["model"]:
         name = spec["name"]
@@ -293,35 +225,9 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
         summary = calibrate_to_bundle(ckpt, c["sizes"], calib_data, bundle_dir, progress=progress,
                                       **step_keywords("calibrate", c), **step_keywords("model", spec))
         run.steps["calibrate"] = "reused" if summary.reused == summary.sizes else "ran"
-        bundle = Bundle.open(bundle_dir)
-        # Engines that run the ONNX or build from it in the same pass (ort, trt); the others (after_onnx) need it first.
-        export_engines = [e for e in engines if not engine_spec(e).onnx_float] or (["ort"] if engines else [])
-        if export_engines:
-            onnx_precisions = [p for p in precisions if p in ONNX_PRECISIONS] or ["fp32"]
-            # The pass builds the files of the engine with an export step (trt's plans); "ort" alone is the ONNX.
-            export_engine = next((e for e in export_engines if engine_spec(e).exporter), "ort")
-            log(f"{name}: export {', '.join(export_engines)} {', '.join(onnx_precisions)}")
-            float_precisions = [p for p in onnx_precisions if p != "int8"] or ["fp32"]
-            ex = export_bundle(bundle_dir, export_engine, float_precisions, data=calib_data, progress=progress,
-                               **_export_options(config["export"], float_precisions))
-            ran = bool(ex.written or ex.trt)
-            if "int8" in onnx_precisions:
-                ran = _export_int8_per_size(name, bundle_dir, export_engine, calib_data, config["export"], skipped, progress, log) or ran
-            run.steps["export"] = "ran" if ran else "reused"
-        for engine, served in after_onnx.items():
-            if not served:
-                continue
-            log(f"{name}: export {engine} {', '.join(served)}")
-            floats = [p for p in served if p != "int8"]
-            ex = export_bundle(bundle_dir, engine, floats, data=calib_data, progress=progress, **_export_options(config["export"], floats))
-            ran = bool(ex.written or ex.ov or ex.trt)
-            current = Bundle.open(bundle_dir)
-            int8_sizes = [s for s in current.sizes if current.artifact(s, ONNX, "int8")]
-            if "int8" in served and int8_sizes:  # the QDQ ONNX of each size whose INT8 passed its gate
-                ex = export_bundle(bundle_dir, engine, ["int8"], sizes=int8_sizes, data=calib_data, progress=progress,
-                                   **{**_export_options(config["export"], ["int8"]), "dynamic": False})
-                ran = ran or bool(ex.written or ex.ov or ex.trt)
-            run.steps["export"] = "ran" if ran or run.steps.get("export") == "ran" else "reused"
+        wrote = export_by_plan(name, bundle_dir, plan, calib_data, config["export"], skipped, progress, log)
+        if wrote is not None:
+            run.steps["export"] = "ran" if wrote else "reused"
         bundle = Bundle.open(bundle_dir)
         eval_key = _key(bundle.artifact_keys(), val_key, engines, precisions, *([config["eval"]] if config["eval"] else []),
                         EVAL_RECORDS)
@@ -333,7 +239,7 @@ def _run_models(config: dict, base: Path, gate: bool | None, progress: Progress 
                             **step_keywords("eval", config["eval"]))
             _mark(bundle_dir, "eval", eval_key)
             run.steps["eval"] = "ran"
-        _tune_and_bench(run, bundle_dir, engines, precisions, b, fresh_steps, machine_fingerprint(), progress, log, bench_bundle, tune_bundle)
+        _tune_and_bench(run, bundle_dir, engines, precisions, config["bench"], fresh_steps, progress, log)
         baseline = resolve(spec.get("baseline"))
         old = None
         if r.get("gate") and baseline is not None:
@@ -371,13 +277,16 @@ def _method_alone(config: dict, runs: list[ModelRun], out: Path):
     return result
 
 
-def _tune_and_bench(run: ModelRun, bundle_dir: Path, engines: list[str], precisions: list[str], b: dict, fresh: set[str],
-                    machine: dict, progress, log, bench_bundle, tune_bundle) -> None:
+def _tune_and_bench(run: ModelRun, bundle_dir: Path, engines: list[str], precisions: list[str], b: dict, fresh: set[str], progress,
+                    log) -> None:
     """Tune ONNX Runtime's and OpenVINO's settings, then bench. A bench is reused only when taken on this machine (host, CPU,
     cores, library versions), with the same thread policies and settings, and on a quiet machine."""
     from mmdeploy.engines.registry import engine_spec
+    from mmdeploy.latency.bench import bench_bundle
     from mmdeploy.latency.threads import torch_policy
+    from mmdeploy.latency.tune import machine_fingerprint, tune_bundle
 
+    machine = machine_fingerprint()
     bundle = Bundle.open(bundle_dir)
     tunable = tuple(e for e in engines if engine_spec(e).tunable)
     if b.get("tune", True) and tunable:

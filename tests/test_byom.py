@@ -21,7 +21,8 @@ from mmdeploy.bundle import MANIFEST, Bundle
 from mmdeploy.calib.workflow import calibrate_to_bundle
 from mmdeploy.config import config_problems
 from mmdeploy.errors import MMDeployError
-from mmdeploy.export.workflow import check_size_candidates, export_bundle
+from mmdeploy.export.parity import check_size_candidates
+from mmdeploy.export.workflow import export_bundle
 
 SPEC = "timmlike:create_model"
 CNN = {"model_name": "tiny_cnn", "num_classes": 2}

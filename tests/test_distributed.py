@@ -51,13 +51,13 @@ sys.argv[0] = "mmdeploy"
 main()
 """
 
-# Run as a rank: _build_trt with a fake TensorRT builder and engine; writes what it saw to OUT/rank<R>.json.
+# Run as a rank: the trt export step with a fake TensorRT builder and engine; writes what it saw to OUT/rank<R>.json.
 TRT_DRIVER = """
 import json, os, sys
 from pathlib import Path
 import mmdeploy.engines.loader as loader
 import mmdeploy.export.tensorrt as trt_build
-import mmdeploy.export.workflow as workflow
+import mmdeploy.export.tensorrt_step as trt_step
 from mmdeploy import distributed
 from mmdeploy.bundle import Bundle
 from mmdeploy.errors import MMDeployError
@@ -86,15 +86,24 @@ class Passed:
         return {"passed": True}
 
 trt_build.build_bundle_plan, loader.load_trt = build_bundle_plan, lambda runner, bundle, size, precision: FakeEngine()
-workflow.check_parity = lambda *args, **kwargs: [Passed()]
+trt_step.check_parity = lambda *args, **kwargs: [Passed()]
 saves = []
 real_save = Bundle.save
 Bundle.save = lambda self: (saves.append(rank), real_save(self))[1]
 
+def trt_job(bundle, sizes, tolerances):  # what the trt step is handed after the ONNX pass: fp32 and fp16, batch 1, one placeholder image
+    from mmdeploy.export.plan import EngineExport, ExportOptions, ExportSummary, PlannedExport
+
+    planned = PlannedExport("trt", ("fp32", "fp16"), ("fp32", "fp16"), ("trt",))
+    return EngineExport(bundle, bundle.root, sizes, planned, ExportOptions(tolerances=tolerances, trt_batches=(1,), trt_workspace_gb=1.0),
+                        [None], None, Progress(), ExportSummary(bundle.root))
+
 distributed.init_from_env()
 bundle = Bundle.open(sys.argv[1])
 try:
-    result = {"built": workflow._build_trt(bundle, bundle.sizes, ["fp32", "fp16"], [None], None, {"fp32": None, "fp16": None}, (1,), 1.0, Progress())}
+    job = trt_job(bundle, bundle.sizes, {"fp32": None, "fp16": None})
+    trt_step.build_trt_step(job)
+    result = {"built": job.summary.trt}
 except MMDeployError as exc:
     result = {"error": type(exc).__name__ + ": " + exc.one_line()}
 Path(sys.argv[2], f"rank{rank}.json").write_text(json.dumps({**result, "saves": len(saves)}))
@@ -286,8 +295,9 @@ def test_trt_builds_in_one_process_record_passes_and_drop_failures(tmp_path, one
     """Without a process group one rank builds every plan; a failed gate raises its own error."""
     import mmdeploy.engines.loader as loader
     import mmdeploy.export.tensorrt as trt_build
-    import mmdeploy.export.workflow as workflow
+    import mmdeploy.export.tensorrt_step as trt_step
     from mmdeploy.errors import MMDeployError
+    from mmdeploy.export.plan import EngineExport, ExportOptions, ExportSummary, PlannedExport
     from mmdeploy.progress import Progress
 
     bundle_dir = tmp_path / "bundle"
@@ -321,12 +331,19 @@ def test_trt_builds_in_one_process_record_passes_and_drop_failures(tmp_path, one
 
     monkeypatch.setattr(trt_build, "build_bundle_plan", build_bundle_plan)
     monkeypatch.setattr(loader, "load_trt", FakeEngine.load)
-    monkeypatch.setattr(workflow, "check_parity", lambda *a, **k: [Check(FakeEngine.current != (24, "fp16"))])
+    monkeypatch.setattr(trt_step, "check_parity", lambda *a, **k: [Check(FakeEngine.current != (24, "fp16"))])
     tolerances = {"fp32": None, "fp16": None}
-    assert workflow._build_trt(bundle, [16], ["fp32", "fp16"], [None], None, tolerances, (1,), 1.0, Progress()) == {
-        "16/fp32": "sizes/16/model.fp32.plan", "16/fp16": "sizes/16/model.fp16.plan"}
+    planned = PlannedExport("trt", ("fp32", "fp16"), ("fp32", "fp16"), ("trt",))
+
+    def job(sizes):
+        options = ExportOptions(tolerances=tolerances, trt_batches=(1,), trt_workspace_gb=1.0)
+        return EngineExport(bundle, bundle_dir, sizes, planned, options, [None], None, Progress(), ExportSummary(bundle_dir))
+
+    built = job([16])
+    trt_step.build_trt_step(built)
+    assert built.summary.trt == {"16/fp32": "sizes/16/model.fp32.plan", "16/fp16": "sizes/16/model.fp16.plan"}
     with pytest.raises(MMDeployError, match="parity gate failed for the TensorRT fp16 plan at size 24"):
-        workflow._build_trt(bundle, [24], ["fp32", "fp16"], [None], None, tolerances, (1,), 1.0, Progress())
+        trt_step.build_trt_step(job([24]))
     saved = Bundle.open(bundle_dir).manifest["sizes"]
     assert set(saved["16"]["artifacts"]) == {"trt/fp32", "trt/fp16"} and set(saved["24"]["artifacts"]) == {"trt/fp32"}
     assert not (bundle_dir / "sizes/24/model.fp16.plan").exists()

@@ -15,8 +15,8 @@ import mmdeploy
 from mmdeploy.calib.workflow import calibrate_to_bundle
 from mmdeploy.engines.loader import load_engine
 from mmdeploy.errors import MMDeployError
-from mmdeploy.export.parity import DEFAULT_TOLERANCES, check_parity
-from mmdeploy.export.workflow import export_bundle, parity_images
+from mmdeploy.export.parity import DEFAULT_TOLERANCES, check_parity, parity_images
+from mmdeploy.export.workflow import export_bundle
 from mmdeploy.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -125,7 +125,7 @@ class _Broken:
 
 def test_check_parity_records_engine_errors_as_failures(third_party):
     import mmdeploy
-    from mmdeploy.export.workflow import parity_images
+    from mmdeploy.export.parity import parity_images
 
     bundle = mmdeploy.load(third_party("size_slice"))
     images = parity_images(bundle, CALIB, 4, [16])

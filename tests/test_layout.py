@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mmdeploy"
 MAX_LINES = 350
@@ -172,8 +170,5 @@ def _long_modules() -> dict[str, int]:
     return {p: n for p, n in sorted(lengths.items()) if n > MAX_LINES}
 
 
-@pytest.mark.xfail(strict=False, reason="still over 350 lines, being split on other branches: mmdeploy/export/workflow.py, "
-                   "mmdeploy/pipeline.py, mmdeploy/calib/workflow.py, mmdeploy/data.py, mmdeploy/models/checkpoint.py, "
-                   "mmdeploy/export/quantize.py")
 def test_no_module_is_longer_than_350_lines():
     assert _long_modules() == {}

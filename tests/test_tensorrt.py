@@ -32,6 +32,7 @@ from mmdeploy.engines.trt_probe import trt_unavailable_reason
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.tensorrt import (
     TIMING_CACHE,
+    TrtBuildOptions,
     build_bundle_plan,
     build_settings,
     build_trt_plan,
@@ -84,7 +85,7 @@ def test_plan_names():
 
 
 def test_build_settings_record():
-    s = build_settings("images", 32, "fp16", (32, 1), dynamic=True, workspace_gb=0.5, timing_cache=Path("trt/timing.cache"))
+    s = build_settings("images", 32, "fp16", TrtBuildOptions((32, 1), dynamic=True, workspace_gb=0.5, timing_cache=Path("trt/timing.cache")))
     assert s["workspace_bytes"] == 512 << 20
     assert s["precision"] == "fp16" and s["strongly_typed"] is True and s["precision_source"] == "graph"
     assert s["batch_sizes"] == [1, 32] and s["dynamic"] is True and s["tf32"] is False
@@ -93,7 +94,7 @@ def test_build_settings_record():
     assert s["timing_cache"] == "trt/timing.cache"
     json.dumps(s)  # goes into the manifest as is
     with pytest.raises(MMDeployError, match="workspace"):
-        build_settings("images", 32, "fp32", workspace_gb=0)
+        build_settings("images", 32, "fp32", TrtBuildOptions(workspace_gb=0))
 
 
 # -- availability ---------------------------------------------------------------------------
@@ -232,7 +233,7 @@ def test_graph_precision_is_read_from_the_graph(onnx32, onnx16):
 def test_build_calls_tensorrt_10_in_order(use_fake, onnx32, tmp_path):
     fake = use_fake()
     plan, cache = tmp_path / "out/sizes/16/model.fp32.plan", tmp_path / "out/trt/timing.cache"
-    record = build_trt_plan(onnx32, plan, SIZE, "fp32", batch_sizes=(1, 32), dynamic=True, workspace_gb=2, timing_cache=cache)
+    record = build_trt_plan(onnx32, plan, SIZE, "fp32", TrtBuildOptions(batch_sizes=(1, 32), dynamic=True, workspace_gb=2, timing_cache=cache))
 
     assert _in_order(fake.names(), ["Builder", "create_network", "OnnxParser", "parse_from_file", "create_builder_config",
                                     "set_memory_pool_limit", "create_optimization_profile", "set_shape", "add_optimization_profile",
@@ -265,7 +266,7 @@ def _in_order(names: list[str], order: list[str]) -> bool:
 
 def test_fp16_on_tensorrt_11_uses_the_graph_not_a_builder_flag(use_fake, onnx16, tmp_path):
     fake = use_fake(version="11.4.0", fp16_flag=False)
-    record = build_trt_plan(onnx16, tmp_path / "p.plan", SIZE, "fp16", batch_sizes=(8,))
+    record = build_trt_plan(onnx16, tmp_path / "p.plan", SIZE, "fp16", TrtBuildOptions(batch_sizes=(8,)))
     assert fake.args("create_network") == [(1 << 0,)]  # STRONGLY_TYPED is 0 in TensorRT 11
     assert fake.args("set_flag") == [] and fake.args("clear_flag") == [(6,)]  # only TF32 off
     assert "BuilderFlag.FP16" not in fake.touched
@@ -274,7 +275,7 @@ def test_fp16_on_tensorrt_11_uses_the_graph_not_a_builder_flag(use_fake, onnx16,
 
 def test_fp16_without_strong_typing_falls_back_to_the_fp16_flag(use_fake, onnx16, tmp_path):
     fake = use_fake(strongly_typed=False)
-    record = build_trt_plan(onnx16, tmp_path / "p.plan", SIZE, "fp16", batch_sizes=(1,))
+    record = build_trt_plan(onnx16, tmp_path / "p.plan", SIZE, "fp16", TrtBuildOptions(batch_sizes=(1,)))
     assert fake.args("create_network") == [(0,)]
     assert fake.args("set_flag") == [(0,)]  # BuilderFlag.FP16
     assert record["settings"]["strongly_typed"] is False and record["settings"]["precision_source"] == "builder_flag"
@@ -307,7 +308,7 @@ def test_int8_plan_is_built_from_the_qdq_graph_without_precision_flags(use_fake,
     zero_points = [inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # TensorRT: symmetric int8 only
     fake = use_fake(version="11.4.0", fp16_flag=False)
-    record = build_trt_plan(q, tmp_path / "p.plan", SIZE, "int8", batch_sizes=(1,))
+    record = build_trt_plan(q, tmp_path / "p.plan", SIZE, "int8", TrtBuildOptions(batch_sizes=(1,)))
     assert fake.args("create_network") == [(1 << 0,)] and fake.args("set_flag") == []  # strongly typed (0 in TensorRT 11): the graph decides
     assert record["settings"]["precision"] == "int8" and record["settings"]["precision_source"] == "graph"
     use_fake(strongly_typed=False)  # an old weakly typed 10.x without an INT8 flag cannot build it
@@ -339,7 +340,7 @@ def test_failed_build_writes_nothing_and_says_why(use_fake, onnx32, tmp_path):
     use_fake(build_fails=True)
     cache = tmp_path / "c"
     with pytest.raises(MMDeployError, match="out of memory in tactic selection"):
-        build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", timing_cache=cache)
+        build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", TrtBuildOptions(timing_cache=cache))
     assert not (tmp_path / "p.plan").exists() and not cache.exists()
 
 
@@ -347,7 +348,7 @@ def test_timing_cache_is_reused_and_written_back(use_fake, onnx32, tmp_path):
     fake = use_fake()
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"OLD")
-    record = build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", timing_cache=cache)
+    record = build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", TrtBuildOptions(timing_cache=cache))
     assert fake.args("create_timing_cache") == [(b"OLD",)] and fake.args("set_timing_cache") == [(b"OLD", False)]
     assert cache.read_bytes() == b"OLD|tuned" and record["settings"]["timing_cache_reused"] is True
 
@@ -356,7 +357,7 @@ def test_foreign_timing_cache_is_replaced(use_fake, onnx32, tmp_path):
     fake = use_fake(foreign_cache=True)
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"FROM-ANOTHER-GPU")
-    record = build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", timing_cache=cache)
+    record = build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", TrtBuildOptions(timing_cache=cache))
     assert fake.args("set_timing_cache") == [(b"FROM-ANOTHER-GPU", False), (b"", False)]
     assert cache.read_bytes() == b"|tuned" and record["settings"]["timing_cache_reused"] is False
 
@@ -365,7 +366,7 @@ def test_fixed_batch_graph_cannot_serve_other_batches(use_fake, tmp_path):
     use_fake(input_shape=(2, 3, SIZE, SIZE))
     onnx = _conv_mean_onnx(tmp_path / "b2.onnx", batch=2)
     with pytest.raises(MMDeployError, match="fixed batch of 2"):
-        build_trt_plan(onnx, tmp_path / "p.plan", SIZE, "fp32", batch_sizes=(1, 32))
+        build_trt_plan(onnx, tmp_path / "p.plan", SIZE, "fp32", TrtBuildOptions(batch_sizes=(1, 32)))
 
 
 def test_graph_size_must_be_the_plan_size(use_fake, onnx32, tmp_path):
@@ -401,7 +402,7 @@ def _bundle_with_plan(tmp_path, onnx32, dynamic=True) -> Bundle:
     bundle = _bundle(tmp_path / "bundle", {"onnx/fp32": {"path": "sizes/16/model.onnx"}})
     bundle.path("sizes/16").mkdir(parents=True)
     bundle.path("sizes/16/model.onnx").write_bytes(onnx32.read_bytes())
-    entry = build_bundle_plan(bundle, SIZE, "fp32", batch_sizes=(1, 4), dynamic=dynamic, workspace_gb=1)
+    entry = build_bundle_plan(bundle, SIZE, "fp32", options=TrtBuildOptions(batch_sizes=(1, 4), dynamic=dynamic, workspace_gb=1))
     assert entry["plan"] == "sizes/16/model.fp32.plan" and entry["settings"]["timing_cache"] == TIMING_CACHE
     assert bundle.manifest["sizes"]["16"]["artifacts"]["trt/fp32"] is entry
     assert bundle.path(TIMING_CACHE).is_file()
@@ -526,9 +527,9 @@ def test_real_plan_matches_torch(tmp_path, precision, tol):
         onnx = _to_fp16(onnx, tmp_path / "tiny.fp16.onnx")
     cache = tmp_path / "timing.cache"
     plan = tmp_path / plan_filename(SIZE, precision)
-    record = build_trt_plan(onnx, plan, SIZE, precision, batch_sizes=(1, 4), dynamic=True, workspace_gb=1, timing_cache=cache)
+    record = build_trt_plan(onnx, plan, SIZE, precision, TrtBuildOptions(batch_sizes=(1, 4), dynamic=True, workspace_gb=1, timing_cache=cache))
     assert plan.is_file() and cache.is_file() and record["versions"]["gpu"]
-    again = build_trt_plan(onnx, plan, SIZE, precision, batch_sizes=(1, 4), dynamic=True, workspace_gb=1, timing_cache=cache)
+    again = build_trt_plan(onnx, plan, SIZE, precision, TrtBuildOptions(batch_sizes=(1, 4), dynamic=True, workspace_gb=1, timing_cache=cache))
     assert again["settings"]["timing_cache_reused"] is True
     with TrtEngine(plan, SIZE, precision) as run:
         for n in (1, 4, 3):
@@ -590,13 +591,13 @@ def test_runtime_nullptr_is_one_line(use_fake, cpu_streams, onnx32, tmp_path):
 def test_profile_shape_refused_by_tensorrt_is_one_line(use_fake, onnx32, tmp_path):
     use_fake(set_shape_fails=True)
     with pytest.raises(MMDeployError, match="rejected the optimization profile .* inconsistent with other shapes") as info:
-        build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", batch_sizes=(1,))
+        build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", TrtBuildOptions(batch_sizes=(1,)))
     assert "\n" not in info.value.one_line()
 
 
 def test_build_goes_on_without_a_timing_cache_tensorrt_cannot_create(use_fake, onnx32, tmp_path):
     fake = use_fake(timing_cache_fails=True)
     cache = tmp_path / "timing.cache"
-    record = build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", timing_cache=cache)
+    record = build_trt_plan(onnx32, tmp_path / "p.plan", SIZE, "fp32", TrtBuildOptions(timing_cache=cache))
     assert fake.args("create_timing_cache") == [(b"",), (b"",)] and fake.args("set_timing_cache") == []
     assert (tmp_path / "p.plan").is_file() and not cache.exists() and record["settings"]["timing_cache_reused"] is False

@@ -20,7 +20,7 @@ def export(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="With a checkpoint: the bundle folder to create.")] = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
-    precision: PrecisionOpt = None,
+    precisions: PrecisionOpt = None,
     size: SizesOpt = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Real images for the parity gate (default: the calibration folder).")] = None,
     atol: Annotated[Optional[float], typer.Option(help="Parity gate: absolute logit tolerance (default 1e-4 fp32, 1e-2 fp16 and bf16, 0.1 int8).")] = None,
@@ -55,11 +55,11 @@ def export(
     from mmdeploy.models.trust import parse_arch_kwargs
 
     distributed.init_from_env()  # under torchrun the TensorRT builds spread over the ranks
-    tolerances = tolerances_for(precision, atol, rtol, min_agreement)
+    tolerances = tolerances_for(precisions, atol, rtol, min_agreement)
     bundle = bundle_for_export(bundle, parse_sizes(size), data, out, arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs),
                                 progress=make_progress(json_out))  # a checkpoint: a new bundle
     # --dynamic, --check-size, --static-batch, --trt-batch, --workspace-gb, --int8-*: keywords through the mapping [export] shares
-    summary = export_bundle(bundle, engine, precision, parse_sizes(size), data, tolerances, progress=make_progress(json_out),
+    summary = export_bundle(bundle, engine, precisions, parse_sizes(size), data, tolerances, progress=make_progress(json_out),
                             **library_kwargs())
     if not distributed.is_main():
         return

@@ -33,7 +33,7 @@ class EngineSpec:
     (mmdeploy.engines.loader); its keyword-only parameters are the engine's options.
     ``unavailable``: ``"module:function"`` returning "" where it runs here, else one line saying why not.
     ``exporter``: ``"module:function"`` that builds its own files after the gated ONNX (None: the ONNX is all it needs);
-    called as ``exporter(job)`` with a ``mmdeploy.export.workflow.EngineExport``.
+    called as ``exporter(job)`` with a ``mmdeploy.export.plan.EngineExport``.
     ``onnx_float``: the ONNX precision its float precisions are built from (None: the same precision); int8 always
     reads the int8 (QDQ) ONNX.
     ``int8_symmetric``: it takes only symmetric int8 scales. ``tunable``: ``mmdeploy bench --tune`` chooses its settings.
@@ -168,7 +168,7 @@ register_engine(EngineSpec("ort", ONNX_PRECISIONS, ONNX_ARTIFACT, "mmdeploy.engi
                            unavailable="mmdeploy.engines.onnxruntime:ort_unavailable_reason", tunable=True, title="ONNX Runtime"))
 # TensorRT takes only symmetric int8 scales; ONNX Runtime is fastest with uint8 activations (export/quantize.py).
 register_engine(EngineSpec("trt", ("fp32", "fp16", "int8"), TRT_ARTIFACT, "mmdeploy.engines.tensorrt:TrtEngine", loader="mmdeploy.engines.loader:load_trt",
-                           unavailable="mmdeploy.engines.trt_probe:trt_unavailable_reason", exporter="mmdeploy.export.workflow:build_trt_step",
+                           unavailable="mmdeploy.engines.trt_probe:trt_unavailable_reason", exporter="mmdeploy.export.tensorrt_step:build_trt_step",
                            int8_symmetric=True, title="TensorRT", help="TensorRT, CUDA"))
 # OpenVINO reads the per-size fp32 ONNX and applies its own precision; its int8 reads the per-size QDQ ONNX.
 register_engine(EngineSpec("ov", ("fp32", "bf16", "int8"), OV_ARTIFACT, "mmdeploy.engines.openvino:OvEngine", loader="mmdeploy.engines.loader:load_ov",

@@ -23,8 +23,7 @@ from mmdeploy.bundle import ONNX, OV, Bundle, content_key
 from mmdeploy.engines.loader import ov_record
 from mmdeploy.engines.openvino import CACHE_DIR, OvEngine, check_precision, ov_unavailable_reason
 from mmdeploy.errors import MMDeployError
-from mmdeploy.export.parity import ParityCheck, Tolerance, check_parity
-from mmdeploy.progress import Progress
+from mmdeploy.export.parity import ParityCheck, Tolerance, check_parity, parity_images
 
 OV_PARITY_BATCHES = (1, 8)  # 8 reaches the throughput path (engines.openvino.THROUGHPUT_MIN_BATCH)
 # bf16 flips the top-1 of near-ties (about 1 image in 100-250 here): on 16 images one flip fails a 95%
@@ -50,29 +49,18 @@ def check_ov_available(precisions: list[str]) -> None:
 
 
 def build_ov_step(job) -> None:
-    """The ov engine's export step (``job``: ``mmdeploy.export.workflow.EngineExport``); rank 0 alone compiles and gates."""
+    """The ov engine's export step (``job``: ``mmdeploy.export.plan.EngineExport``): gate and record the ov engine of every
+    (size, precision); rank 0 alone compiles and gates, under the bundle's lock. ``job.summary`` gets what was built
+    ("size/precision" -> ONNX path), the checks, and what was reused."""
     from mmdeploy import distributed as dist
 
     if not dist.is_main():
         return
-    built, checks, reused = build_ov_engines(Bundle.open(job.bundle_dir), job.sizes, job.precisions, job.data, job.tolerances,
-                                             job.parity_count, job.progress)
-    job.summary.ov = built
-    job.summary.checks += checks
-    job.summary.reused += [f"ov {r}" for r in reused]
-
-
-def build_ov_engines(bundle: Bundle, sizes: list[int], precisions: list[str], data, tolerances: dict[str, Tolerance],
-                     parity_count: int = 16, progress: Progress | None = None) -> tuple[dict, list[ParityCheck], list[str]]:
-    """Gate and record the ov engine of every (size, precision); call under the bundle's lock.
-    Returns (built "size/precision" -> ONNX path, checks, reused)."""
-    from mmdeploy.export.workflow import parity_images
-
-    progress = progress or Progress()
+    bundle, sizes, precisions, options = Bundle.open(job.bundle_dir), job.sizes, job.planned.precisions, job.options
     pre = bundle.preprocess()
     images = None  # decoded only if some (size, precision) needs its gate
     built, checks, reused, failed = {}, [], [], []
-    with progress.task("checking OpenVINO engines", len(sizes) * len(precisions)) as advance:
+    with job.progress.task("checking OpenVINO engines", len(sizes) * len(precisions)) as advance:
         for s in sizes:
             for precision in precisions:
                 source = "int8" if precision == "int8" else "fp32"  # bf16 is OpenVINO's own precision on the fp32 graph
@@ -87,8 +75,8 @@ def build_ov_engines(bundle: Bundle, sizes: list[int], precisions: list[str], da
                     advance(1)
                     continue
                 if images is None:
-                    images = parity_images(bundle, data, max(parity_count, OV_MIN_PARITY_IMAGES), sizes)
-                mine = _gate_one(bundle, s, precision, bundle.artifact_path(onnx, hint), images, pre, tolerances[precision])
+                    images = parity_images(bundle, options.data, max(options.parity_count, OV_MIN_PARITY_IMAGES), sizes)
+                mine = _gate_one(bundle, s, precision, bundle.artifact_path(onnx, hint), images, pre, options.tolerances[precision])
                 checks += mine
                 if all(c.passed for c in mine):
                     # the ov entry names the ONNX it was gated on; the bundle keeps that file while the entry lists it
@@ -101,10 +89,12 @@ def build_ov_engines(bundle: Bundle, sizes: list[int], precisions: list[str], da
                     failed.append(f"{precision} at size {s}")
                 advance(1)
     bundle.commit()
+    job.summary.ov = built
+    job.summary.checks += checks
+    job.summary.reused += [f"ov {r}" for r in reused]
     if failed:
         raise MMDeployError(f"OpenVINO parity gate failed: {', '.join(failed)} differ from PyTorch beyond tolerance; those were not written",
                             "serve them in fp32 (--precision fp32), or loosen --atol/--rtol/--min-agreement if the accuracy drop is acceptable")
-    return built, checks, reused
 
 
 def _gate_one(bundle: Bundle, size: int, precision: str, onnx: Path, images, pre, tol: Tolerance) -> list[ParityCheck]:

@@ -4,6 +4,7 @@
 (min = opt = max) per batch size and optionally one dynamic profile, a workspace limit, a timing
 cache kept beside the plans, and a build record (settings, versions, sha256) for the manifest.
 ``build_bundle_plan`` does it inside a bundle and records the plan as artifact ``trt/<precision>``.
+``TrtBuildOptions`` holds what a plan is built with besides its graph, size and precision.
 ``derive_profiles``, ``plan_filename`` and ``build_settings`` are pure and tested on the CPU; the
 TensorRT calls are tested against a fake ``tensorrt`` module. Running a plan is
 ``mmdeploy.engines.tensorrt.TrtEngine``; both sides find TensorRT through ``engines/trt_probe.py``.
@@ -41,6 +42,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mmdeploy.bundle import ONNX, TRT, atomic_write_bytes
@@ -53,6 +55,22 @@ from mmdeploy.errors import MMDeployError
 PRECISIONS = engine_spec("trt").precisions
 TIMING_CACHE = "trt/timing.cache"  # relative to the bundle root; one per bundle, shared by its plans
 _log = logging.getLogger("mmdeploy.trt")
+
+
+@dataclass(frozen=True)
+class TrtBuildOptions:
+    """How a plan is built, besides its graph, size and precision (``mmdeploy export --trt-batch --workspace-gb``).
+
+    ``batch_sizes``: one static profile each; ``dynamic``: one more profile over batches 1..max (and over H/W in
+    [1, ``max_dynamic_size``] when that is given); ``tf32``: let fp32 tensors use TF32 tensor cores (off, so that "fp32"
+    means fp32); ``timing_cache``: read when present and written back after the build."""
+
+    batch_sizes: Sequence[int] = (1, 32)
+    dynamic: bool = False
+    workspace_gb: float = 4.0
+    timing_cache: Path | str | None = None
+    max_dynamic_size: int | None = None
+    tf32: bool = False
 
 
 # -- pure planning: profiles, names, settings -------------------------------------------------
@@ -103,35 +121,25 @@ def plan_filename(size: int, precision: str, batch: int | None = None) -> str:
     return f"sizes/{int(size)}/model.{precision}{suffix}.plan"
 
 
-def build_settings(
-    input_name: str,
-    size: int,
-    precision: str,
-    batch_sizes: Sequence[int] = (1, 32),
-    dynamic: bool = False,
-    max_dynamic_size: int | None = None,
-    workspace_gb: float = 4.0,
-    timing_cache: Path | str | None = None,
-    strongly_typed: bool = True,
-    tf32: bool = False,
-    channels: int = 3,
-) -> dict:
+def build_settings(input_name: str, size: int, precision: str, options: TrtBuildOptions = TrtBuildOptions(), strongly_typed: bool = True,
+                   channels: int = 3) -> dict:
     """What a plan is built with, as the manifest records it (JSON-ready)."""
     _check_precision(precision)
-    if not workspace_gb > 0:
-        raise MMDeployError(f"workspace must be positive, got {workspace_gb} GB", "pass e.g. --workspace-gb 4")
-    profiles = derive_profiles(input_name, size, batch_sizes, dynamic, max_dynamic_size, channels)
+    o = options
+    if not o.workspace_gb > 0:
+        raise MMDeployError(f"workspace must be positive, got {o.workspace_gb} GB", "pass e.g. --workspace-gb 4")
+    profiles = derive_profiles(input_name, size, o.batch_sizes, o.dynamic, o.max_dynamic_size, channels)
     return {
         "size": int(size),
         "precision": precision,
         "precision_source": "graph" if strongly_typed else "builder_flag",
         "strongly_typed": bool(strongly_typed),
-        "tf32": bool(tf32),
-        "workspace_bytes": int(workspace_gb * (1 << 30)),
-        "batch_sizes": sorted({int(b) for b in batch_sizes}),
-        "dynamic": bool(dynamic),
+        "tf32": bool(o.tf32),
+        "workspace_bytes": int(o.workspace_gb * (1 << 30)),
+        "batch_sizes": sorted({int(b) for b in o.batch_sizes}),
+        "dynamic": bool(o.dynamic),
         "profiles": [p.to_dict() for p in profiles],
-        "timing_cache": str(timing_cache) if timing_cache is not None else None,
+        "timing_cache": str(o.timing_cache) if o.timing_cache is not None else None,
     }
 
 
@@ -224,28 +232,17 @@ def _load_timing_cache(config, path: Path | None) -> tuple[object, bool]:
     return cache, reused
 
 
-def build_trt_plan(
-    onnx_path: Path,
-    plan_path: Path,
-    size: int,
-    precision: str,
-    batch_sizes: Sequence[int] = (1, 32),
-    dynamic: bool = False,
-    workspace_gb: float = 4.0,
-    timing_cache: Path | None = None,
-    max_dynamic_size: int | None = None,
-    tf32: bool = False,
-) -> dict:
+def build_trt_plan(onnx_path: Path, plan_path: Path, size: int, precision: str, options: TrtBuildOptions = TrtBuildOptions()) -> dict:
     """Build a TensorRT plan from ``onnx_path`` and write it atomically to ``plan_path``.
 
     ``precision`` must match the graph: an fp16 plan is built from the fp16 ONNX (converted
-    upstream, fp32 I/O), since TensorRT >= 10 takes precision from the graph. ``tf32`` lets
-    fp32 tensors use TF32 tensor cores (off by default, so that "fp32" means fp32). The timing
-    cache at ``timing_cache`` is read when present and written back (atomically) after the
-    build. Returns the build record for the manifest: settings, versions, seconds, sha256.
+    upstream, fp32 I/O), since TensorRT >= 10 takes precision from the graph. The timing
+    cache (``options.timing_cache``) is written back atomically. Returns the build record for
+    the manifest: settings, versions, seconds, sha256.
     """
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
-    timing_cache = Path(timing_cache) if timing_cache is not None else None
+    timing_cache = Path(options.timing_cache) if options.timing_cache is not None else None
+    batch_sizes, dynamic, max_dynamic_size = options.batch_sizes, options.dynamic, options.max_dynamic_size
     _check_precision(precision)
     if not onnx_path.is_file():
         raise MMDeployError(f"no ONNX file at {onnx_path}", "run `mmdeploy export BUNDLE --engine onnx` first")
@@ -269,8 +266,7 @@ def build_trt_plan(
     input_name, channels = _input_geometry(network, size, batch_sizes, max_dynamic_size is not None)
 
     config = builder.create_builder_config()
-    settings = build_settings(input_name, size, precision, batch_sizes, dynamic, max_dynamic_size, workspace_gb,
-                              timing_cache, strongly_typed, tf32, channels)
+    settings = build_settings(input_name, size, precision, replace(options, timing_cache=timing_cache), strongly_typed, channels)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_bytes"])
     if not settings["tf32"] and getattr(trt.BuilderFlag, "TF32", None) is not None:
         config.clear_flag(trt.BuilderFlag.TF32)
@@ -311,12 +307,13 @@ def build_trt_plan(
     }
 
 
-def build_bundle_plan(bundle, size: int, precision: str = "fp32", onnx_path: Path | None = None, **options) -> dict:
+def build_bundle_plan(bundle, size: int, precision: str = "fp32", onnx_path: Path | None = None,
+                      options: TrtBuildOptions = TrtBuildOptions()) -> dict:
     """Build size ``size``'s plan inside ``bundle`` and record it as artifact ``trt/<precision>``.
 
     Reads the size's ``onnx/<precision>`` artifact unless ``onnx_path`` is given, uses the
-    bundle's timing cache, and sets the manifest entry that ``TrtEngine.from_bundle`` reads
-    (the caller saves the manifest). ``options`` go to ``build_trt_plan``.
+    bundle's timing cache (unless ``options`` names another), and sets the manifest entry that
+    ``TrtEngine.from_bundle`` reads (the caller saves the manifest).
     """
     hint = f"run `mmdeploy export {bundle.root} --engine onnx --precision {precision}` first"
     if onnx_path is None:
@@ -325,8 +322,9 @@ def build_bundle_plan(bundle, size: int, precision: str = "fp32", onnx_path: Pat
             raise MMDeployError(f"no {precision} ONNX for size {size} in {bundle.root}", hint)
         onnx_path = bundle.artifact_path(art, hint)
     rel = bundle.fresh_name(plan_filename(size, precision))  # never over a plan the committed manifest lists
-    options.setdefault("timing_cache", bundle.path(TIMING_CACHE))
-    record = build_trt_plan(onnx_path, bundle.path(rel), size, precision, **options)
+    if options.timing_cache is None:
+        options = replace(options, timing_cache=bundle.path(TIMING_CACHE))
+    record = build_trt_plan(onnx_path, bundle.path(rel), size, precision, options)
     if record["settings"].get("timing_cache"):
         record["settings"]["timing_cache"] = TIMING_CACHE  # bundle-relative, like every path in the manifest
     entry = {"plan": rel, **record}

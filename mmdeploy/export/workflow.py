@@ -3,28 +3,35 @@
 All artifacts of one call are written to temp names and checked; only if every check passes
 are they moved into place and recorded in the manifest, in two steps: fp32/fp16 first, then
 int8 (which calibrates, and fails for reasons of its own): an int8 failure keeps the fp32/fp16
-files that passed. Unchanged inputs reuse artifacts.
+files that passed. Unchanged inputs reuse artifacts. Which ONNX precisions an engine's precisions need is the
+export plan's (export/plan.py); the engine's own files are then built by the export step its registry entry names
+(export/tensorrt_step.py, export/openvino.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from mmdeploy import distributed as dist
-from mmdeploy.bundle import ONNX, TRT, Bundle, bundle_lock, content_key, sha256_file, temp_path_for
-from mmdeploy.data import decode_for_sizes, scan_image_folder
+from mmdeploy.bundle import ONNX, Bundle, bundle_lock, sha256_file, temp_path_for
 from mmdeploy.engines.onnxruntime import OrtEngine
-from mmdeploy.engines.registry import ONNX_PRECISIONS, deployed_engines, engine_spec
+from mmdeploy.engines.registry import engine_spec
 from mmdeploy.errors import MMDeployError
 from mmdeploy.export.onnx import _BAKE_HINT, NO_DYNAMIC_HINT, convert_fp16, export_onnx, graph_record
-from mmdeploy.export.parity import DEFAULT_TOLERANCES, ParityCheck, Tolerance, check_parity
+from mmdeploy.export.parity import DEFAULT_TOLERANCES, ParityCheck, Tolerance, check_parity, choose_check_size, parity_images
+from mmdeploy.export.plan import (
+    ONNX_ONLY,
+    EngineExport,
+    ExportOptions,
+    ExportSummary,
+    artifact_key,
+    check_export_engine,
+    plan_export,
+)
 from mmdeploy.export.quantize import (
     DEFAULT_IMAGES,
     DEFAULT_METHOD,
@@ -35,42 +42,11 @@ from mmdeploy.export.quantize import (
     int8_settings,
     quantize_int8,
 )
-from mmdeploy.models.fit import forward_error
 from mmdeploy.progress import Progress
 from mmdeploy.version import __version__
 from mmdeploy.writable import ensure_writable
 
 PARITY_BATCHES = (1, 8)
-
-
-@dataclass
-class ExportSummary:
-    bundle: Path
-    written: list[str] = field(default_factory=list)
-    reused: list[str] = field(default_factory=list)
-    checks: list[ParityCheck] = field(default_factory=list)
-    trt: dict = field(default_factory=dict)
-    ov: dict = field(default_factory=dict)
-
-
-@dataclass
-class EngineExport:
-    """What an engine's export step (its registry entry's ``exporter``) is handed once the bundle's ONNX passed its gate."""
-
-    bundle: Bundle  # as this rank sees it after the ONNX commit
-    bundle_dir: Path
-    sizes: list[int]
-    precisions: list[str]  # the engine's own precisions, as asked for
-    onnx_precisions: list[str]  # the gated ONNX precisions they are built from
-    images: object  # the decoded parity images, per size
-    data: str | Path | None
-    pre: object
-    tolerances: dict[str, Tolerance]
-    parity_count: int
-    trt_batches: tuple[int, ...]
-    trt_workspace_gb: float
-    progress: Progress
-    summary: ExportSummary
 
 
 @dataclass
@@ -83,67 +59,23 @@ class _Pending:
     checks: list[ParityCheck] = field(default_factory=list)
 
 
-def _artifact_key(weights_sha: str, precision: str, variant: str, extra: str = "") -> str:
-    return content_key([weights_sha, precision, variant, __version__, torch.__version__, extra])
+@dataclass
+class _OnnxPass:
+    """What every artifact of one call's ONNX pass shares: the bundle, the sizes and images it is checked at, its
+    settings, and the files in flight (temp files, fp32 exports that fp16 and int8 convert)."""
 
-
-def parity_images(bundle: Bundle, data: str | Path | None, count: int, sizes: list[int]):
-    src = data or bundle.calibration_data()
-    if not src or not Path(src).exists():
-        raise MMDeployError("no images for the parity check", "pass --data DIR (an ImageFolder of real images)")
-    folder = scan_image_folder(src)
-    gen = torch.Generator().manual_seed(1234)
-    picks = sorted(torch.randperm(len(folder), generator=gen)[:count].tolist())
-    pre = bundle.preprocess()
-    return decode_for_sizes(folder, picks, pre.kind, sizes)
-
-
-def unseen_size(sizes: list[int], example: int) -> int:
-    """A size that is neither a deployment size nor the example: shows baked-in shapes."""
-    candidate = example + 8
-    while candidate in sizes:
-        candidate += 8
-    return candidate
-
-
-# Multiples tried for the dynamic ONNX's check size after example+8: patch sizes (ViT 16, 14) and network strides (32, 64).
-CHECK_MULTIPLES = (16, 32, 14, 28, 64, 56, 128)
-
-
-def check_size_candidates(sizes: list[int], example: int) -> list[int]:
-    """Sizes to try for the dynamic ONNX's unseen-size check, first to last: example+8, then the next multiples of
-    common patch sizes and strides above the example; never a deployment size."""
-    out = [unseen_size(sizes, example)]
-    for m in CHECK_MULTIPLES:
-        candidate = (example // m + 1) * m
-        while candidate in sizes:
-            candidate += m
-        if candidate not in out:
-            out.append(candidate)
-    return out
-
-
-def choose_check_size(model: torch.nn.Module, sizes: list[int], example: int, given: int | None = None) -> int:
-    """The size the dynamic ONNX is checked at besides the deployment sizes: ``given`` (``--check-size``), or the first
-    candidate the PyTorch model accepts (a patch model asserts its input is a multiple of the patch). One line if none."""
-    if given is not None:
-        if given in sizes:
-            raise MMDeployError(f"--check-size {given} is a deployment size; the check needs a size the export did not see",
-                                "pick another size your model accepts, e.g. the next multiple of its patch size or stride")
-        error = forward_error(model, given)
-        if error:
-            raise MMDeployError(f"--check-size {given}: the PyTorch model does not run at that size ({error})",
-                                "pick a size your model accepts (e.g. a multiple of its patch size or stride)")
-        return given
-    tried = {}
-    for candidate in check_size_candidates(sizes, example):
-        error = forward_error(model, candidate)
-        if not error:
-            return candidate
-        tried[candidate] = error
-    first = next(iter(tried.items()))
-    raise MMDeployError(f"no size to check the dynamic ONNX at: the PyTorch model refused {', '.join(map(str, tried))} "
-                        f"(at {first[0]}: {first[1]})", f"pass --check-size N (a size your model accepts, not a deployment size), {NO_DYNAMIC_HINT}")
+    bundle: Bundle
+    summary: ExportSummary
+    options: ExportOptions
+    sizes: list[int]
+    example: int  # the size the dynamic ONNX is exported at
+    dyn_bn: int | None  # the BN statistics the dynamic ONNX carries (None: the source checkpoint's)
+    extra: int | None  # the unseen size the dynamic ONNX is also checked at
+    int8: dict | None  # the int8 settings, when int8 is exported
+    images: object
+    pre: object
+    pending: list[_Pending] = field(default_factory=list)
+    fp32_cache: dict = field(default_factory=dict)
 
 
 def export_bundle(
@@ -165,109 +97,95 @@ def export_bundle(
 ) -> ExportSummary:
     """Export the bundle's ONNX (dynamic and per size), gate each against PyTorch, and build ``engine``'s files.
     ``check_size``: the unseen size the dynamic ONNX is also checked at (default: the first that the model accepts of
-    example+8 and the next multiples of common patch sizes and strides)."""
-    if engine != "onnx" and engine not in deployed_engines():
-        raise MMDeployError(f"unknown export engine {engine!r}", f"use --engine onnx, {', '.join(deployed_engines())}")
+    example+8 and the next multiples of common patch sizes and strides). The keywords after ``tolerances`` are the
+    command's flags; they travel on as one :class:`~mmdeploy.export.plan.ExportOptions`."""
+    check_export_engine(engine)
+    options = ExportOptions(data, {**DEFAULT_TOLERANCES, **(tolerances or {})}, parity_count, dynamic, static_batch, check_size,
+                            int8_method, int8_images, tuple(trt_batches), trt_workspace_gb)
     progress = progress or Progress()
     Bundle.open(bundle_dir)  # refuse a non-bundle before the lock would create a folder
     # Rank 0 holds the bundle's lock for the whole export: temp files live in the bundle, and
     # whatever a failed export leaves is swept before the lock is released.
     with bundle_lock(bundle_dir) if dist.is_main() else contextlib.nullcontext():
         try:
-            return _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, parity_count, dynamic, static_batch,
-                                  trt_batches, trt_workspace_gb, progress, int8_method, int8_images, check_size)
+            return _export_locked(bundle_dir, engine, precisions, sizes, options, progress)
         finally:
             if dist.is_main() and Bundle.is_bundle(bundle_dir):
                 Bundle.open(bundle_dir).sweep()
 
 
-def _export_locked(bundle_dir, engine, precisions, sizes, data, tolerances, parity_count, dynamic, static_batch, trt_batches,
-                   trt_workspace_gb, progress, int8_method, int8_images, check_size) -> ExportSummary:
+def _export_locked(bundle_dir, engine: str, precisions: list[str] | None, sizes: list[int] | None, options: ExportOptions,
+                   progress: Progress) -> ExportSummary:
     bundle = Bundle.open(bundle_dir)
     ensure_writable(bundle.root)  # before minutes of export work, not after
-    spec = engine_spec(engine) if engine != "onnx" else None  # "onnx": the ONNX files and their gate alone
-    precisions = precisions or ["fp32"]
-    allowed = spec.precisions if spec else ONNX_PRECISIONS
-    for p in precisions:
-        if p not in allowed:
-            raise MMDeployError(f"unknown precision {p!r} for --engine {engine}", f"use --precision {', '.join(allowed)} with --engine {engine}")
-    engine_precisions = precisions
-    if spec:
-        spec.check_here(precisions)
-        precisions = spec.onnx_precisions(precisions)  # e.g. ov reads the fp32 ONNX and applies its own precision
-    int8 = int8_settings(int8_method or DEFAULT_METHOD, DEFAULT_IMAGES if int8_images is None else int8_images,
-                         symmetric=bool(spec and spec.int8_symmetric)) if "int8" in precisions else None
+    planned = plan_export(engine, precisions)  # refuses what the engine does not serve here, before any work
+    onnx_precisions = list(planned.onnx_precisions)  # e.g. ov reads the fp32 ONNX and applies its own precision
+    spec = engine_spec(engine) if engine != ONNX_ONLY else None
+    int8 = int8_settings(options.int8_method or DEFAULT_METHOD, DEFAULT_IMAGES if options.int8_images is None else options.int8_images,
+                         symmetric=bool(spec and spec.int8_symmetric)) if "int8" in onnx_precisions else None
     sizes = [int(s) for s in sizes] if sizes else bundle.sizes
     for s in sizes:
         bundle.size(s)  # refuses a size the bundle lacks
-    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
-    pre = bundle.preprocess()
     example = bundle.training_size if bundle.training_size in sizes else sizes[len(sizes) // 2]
     dyn_bn = bundle.training_size if bundle.has_size(bundle.training_size) else None
-    dynamic_here = dynamic and any(p != "int8" for p in precisions)
+    dynamic_here = options.dynamic and any(p != "int8" for p in onnx_precisions)
     # The dynamic ONNX is also checked at a size it was not exported at, one the model accepts (patch models need multiples).
-    extra = choose_check_size(bundle.build_model(dyn_bn), sizes, example, check_size) if dynamic_here else None
+    extra = choose_check_size(bundle.build_model(dyn_bn), sizes, example, options.check_size) if dynamic_here else None
     # int8 is judged on top-1 agreement: 16 images cannot tell 95% from 85%, so it gets a larger sample.
-    images = parity_images(bundle, data, max(parity_count, INT8_PARITY_IMAGES) if int8 else parity_count, sizes + ([extra] if extra else []))
-    summary = ExportSummary(bundle.root)
-    pending: list[_Pending] = []
-    fp32_cache: dict = {}
+    count = max(options.parity_count, INT8_PARITY_IMAGES) if int8 else options.parity_count
+    images = parity_images(bundle, options.data, count, sizes + ([extra] if extra else []))
+    run = _OnnxPass(bundle, ExportSummary(bundle.root), options, sizes, example, dyn_bn, extra, int8, images, bundle.preprocess())
+    summary = run.summary
     with dist.agreed():  # rank 0 exports and gates the ONNX; the other ranks wait here for its outcome
         if dist.is_main():
             try:
-                with progress.task("exporting and checking", (len(sizes) + int(dynamic)) * len(precisions)) as advance:
+                with progress.task("exporting and checking", (len(sizes) + int(options.dynamic)) * len(onnx_precisions)) as advance:
                     # int8 last, in its own step: what passed its gate before it is committed first, so an int8
                     # failure (its gate, its memory, its calibration images) leaves the fp32/fp16 files in place.
-                    for step in ([p for p in precisions if p != "int8"], [p for p in precisions if p == "int8"]):
+                    for step in ([p for p in onnx_precisions if p != "int8"], [p for p in onnx_precisions if p == "int8"]):
                         if not step:
                             continue
-                        start = len(pending)
+                        start = len(run.pending)
                         try:
                             for precision in step:
-                                _export_precision(bundle, summary, pending, precision, sizes, extra, example, dyn_bn, dynamic,
-                                                  static_batch, fp32_cache, int8, images, pre, tolerances[precision], advance)
-                            _gate_and_commit(bundle, summary, pending[start:], already_written=bool(summary.written))
+                                _export_precision(run, precision, advance)
+                            _gate_and_commit(bundle, summary, run.pending[start:], already_written=bool(summary.written))
                         except MMDeployError as exc:
                             if "int8" in step and summary.written:  # say what the failure did not undo
                                 raise MMDeployError(f"{exc.message}; kept what passed its gate before int8: {', '.join(summary.written)}", exc.hint) from exc
                             raise
             finally:
-                for p in pending:
+                for p in run.pending:
                     p.tmp.unlink(missing_ok=True)
-                for f in fp32_cache.values():
+                for f in run.fp32_cache.values():
                     f.unlink(missing_ok=True)
     step = spec.export_step() if spec else None
     if step:  # the engine's own files, built from the gated ONNX (on every rank: a step may spread its work over them)
-        step(EngineExport(bundle if dist.is_main() else Bundle.open(bundle_dir), Path(bundle_dir), sizes, engine_precisions, precisions, images,
-                          data, pre, tolerances, parity_count, trt_batches, trt_workspace_gb, progress, summary))
+        step(EngineExport(bundle if dist.is_main() else Bundle.open(bundle_dir), Path(bundle_dir), sizes, planned, options, images,
+                          run.pre, progress, summary))
     return summary
 
 
-def build_trt_step(job: EngineExport) -> None:
-    """The trt engine's export step: a TensorRT plan per (size, precision), each gated."""
-    job.summary.trt = _build_trt(job.bundle, job.sizes, job.onnx_precisions, job.images, job.pre, job.tolerances, job.trt_batches,
-                                 job.trt_workspace_gb, job.progress)
-
-
-def _export_precision(bundle, summary, pending, precision, sizes, extra, example, dyn_bn, dynamic, static_batch, fp32_cache, int8, images,
-                      pre, tol, advance) -> None:
+def _export_precision(run: _OnnxPass, precision: str, advance) -> None:
     """Export one precision's artifacts (dynamic, then per size) under temp names and run their checks."""
-    if dynamic and precision != "int8":  # int8 ranges are per size: no dynamic int8 (export/quantize.py)
-        pending_dyn = _export_one(bundle, summary, dyn_bn, example, True, precision, static_batch, "dynamic", fp32_cache)
+    bundle, options, tol = run.bundle, run.options, run.options.tolerances[precision]
+    if options.dynamic and precision != "int8":  # int8 ranges are per size: no dynamic int8 (export/quantize.py)
+        pending_dyn = _export_one(run, run.dyn_bn, run.example, True, precision, "dynamic")
         if pending_dyn:
-            pending.append(pending_dyn)  # before the gate: its temp file is removed on every path
-            ref = bundle.build_model(dyn_bn)
-            with OrtEngine(pending_dyn.tmp, example, precision) as run:
-                for s in sizes + [extra]:
-                    pending_dyn.checks += check_parity(ref, _Sized(run, s), images, s, PARITY_BATCHES, pre, tol, "dynamic")
-    advance(int(dynamic))
-    for s in sizes:
-        p = _export_one(bundle, summary, s, s, False, precision, static_batch, "per-size", fp32_cache, int8)
+            run.pending.append(pending_dyn)  # before the gate: its temp file is removed on every path
+            ref = bundle.build_model(run.dyn_bn)
+            with OrtEngine(pending_dyn.tmp, run.example, precision) as engine:
+                for s in run.sizes + [run.extra]:
+                    pending_dyn.checks += check_parity(ref, _Sized(engine, s), run.images, s, PARITY_BATCHES, run.pre, tol, "dynamic")
+    advance(int(options.dynamic))
+    batches = PARITY_BATCHES if options.static_batch is None else (options.static_batch,)
+    for s in run.sizes:
+        p = _export_one(run, s, s, False, precision, "per-size")
         if p:
-            pending.append(p)
+            run.pending.append(p)
             ref = bundle.build_model(s)
-            with OrtEngine(p.tmp, s, precision) as run:
-                p.checks += check_parity(ref, run, images, s, PARITY_BATCHES if static_batch is None else (static_batch,), pre, tol, "per-size")
+            with OrtEngine(p.tmp, s, precision) as engine:
+                p.checks += check_parity(ref, engine, run.images, s, batches, run.pre, tol, "per-size")
         advance(1)
 
 
@@ -311,14 +229,14 @@ def _min_size(arch: str) -> int:
     return arch_info(arch).min_size if ":" not in arch else 1
 
 
-def _export_one(bundle: Bundle, summary: ExportSummary, bn_size: int | None, size: int, dynamic: bool, precision: str,
-                static_batch: int | None, variant: str, fp32_cache: dict, int8: dict | None = None) -> _Pending | None:
+def _export_one(run: _OnnxPass, bn_size: int | None, size: int, dynamic: bool, precision: str, variant: str) -> _Pending | None:
     """Export (or reuse) one artifact under a temp name. fp16 and int8 convert the fp32 export of the same call."""
+    bundle, summary, static_batch, fp32_cache, int8 = run.bundle, run.summary, run.options.static_batch, run.fp32_cache, run.int8
     weights_sha = sha256_file(bundle.weights_file(bn_size))  # verified against the manifest, then keyed by content
     suffix = "" if precision == "fp32" else f".{precision}"
     calib = None if bn_size is None else bundle.size(bn_size).calibration.fields
     extra = str(static_batch) + (int8_key_extra(calib or {}, int8) if precision == "int8" else "")
-    key = _artifact_key(weights_sha, precision, variant, extra)
+    key = artifact_key(weights_sha, precision, variant, extra)
     old = bundle.artifact(None if dynamic else size, ONNX, precision)
     if old is not None and old.key == key and bundle.artifact_usable(old):  # a changed or garbage file is redone
         summary.reused.append(old.file)
@@ -368,57 +286,3 @@ class _Sized:
 
     def __call__(self, x):
         return self.engine(x)
-
-
-def _build_trt(bundle, sizes, precisions, images, pre, tolerances, batches, workspace_gb, progress) -> dict:
-    """Build one TensorRT plan per (size, precision) from its gated ONNX, then gate the plan itself.
-
-    Under torchrun the builds are spread over the ranks, each on its own GPU; every rank
-    writes its own plan files and rank 0 merges all ranks' manifest entries and saves the
-    manifest once. A build that fails leaves no plan for its (size, precision), and every rank
-    raises; the plans that passed are kept.
-    """
-    from mmdeploy.engines.loader import load_engine
-    from mmdeploy.engines.trt_probe import trt_identity
-    from mmdeploy.export.tensorrt import build_bundle_plan, plan_filename
-
-    mine = dist.shard([(s, p) for s in sizes for p in precisions])
-    entries, failed, failure = {}, [], None
-    with progress.task("building TensorRT plans", len(mine)) as advance:
-        for s, precision in mine:
-            onnx_art = bundle.artifact(s, ONNX, precision)
-            key = _artifact_key(onnx_art.sha256 or "" if onnx_art else "", precision, "trt", json.dumps([list(batches), workspace_gb, trt_identity()]))
-            old = bundle.artifact(s, TRT, precision)
-            if old is not None and old.key == key and bundle.artifact_usable(old):
-                advance(1)  # same ONNX, settings, TensorRT and GPU: the plan is reused
-                continue
-            try:
-                entry = build_bundle_plan(bundle, s, precision, batch_sizes=batches, workspace_gb=workspace_gb)
-                entry["key"] = key
-                ref = bundle.build_model(s)
-                with load_engine(bundle, "trt", s, precision) as run:
-                    checks = check_parity(ref, run, images, s, tuple(b for b in batches if b <= len(images)) or (1,), pre, tolerances[precision], "trt")
-                entry["parity"] = [c.to_dict() for c in checks]
-                if not all(c.passed for c in checks):
-                    error = next((f" ({c.error})" for c in checks if getattr(c, "error", "")), "")  # the plan could not run
-                    raise MMDeployError(f"parity gate failed for the TensorRT {precision} plan at size {s}{error}", "try --precision fp32, or report the model")
-            except Exception as exc:  # noqa: BLE001  (reported to every rank below)
-                failed.append((s, precision))
-                bundle.path(bundle.fresh_name(plan_filename(s, precision))).unlink(missing_ok=True)
-                failure = exc
-                break
-            entries[(s, precision)] = entry
-            advance(1)
-    gathered = dist.all_gather_object((entries, failed))
-    merged = {k: v for part, _ in gathered for k, v in part.items()}
-    with dist.agreed():  # rank 0 records every rank's plans; then all raise if any build failed
-        if dist.is_main():
-            for s, precision in (k for _, bad in gathered for k in bad):
-                bundle.remove_artifact(s, TRT, precision)
-            for (s, precision), entry in merged.items():
-                bundle.set_artifact(s, TRT, precision, entry)
-            bundle.commit()
-        if failure is not None:
-            raise failure
-    built = {f"{s}/{p}": merged[(s, p)]["plan"] for s in sizes for p in precisions if (s, p) in merged}
-    return built
