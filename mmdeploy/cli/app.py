@@ -58,10 +58,12 @@ def command(fn=None, *, name: str | None = None):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from mmdeploy.allocator import keep_freed_memory
         from mmdeploy.models.trust import parse_arch_kwargs, user_code_policy
 
         warnings.showwarning = _warn_one_line
         _full_width_when_piped()
+        keep_freed_memory()  # large activations reused, not mapped and faulted in again every batch
         invocation = _invocation.set((name or fn.__name__, kwargs))
         try:
             from mmdeploy.bundle import lock_policy
