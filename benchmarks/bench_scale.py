@@ -137,7 +137,12 @@ def main(argv=None) -> int:
     parser.add_argument("--no-export", action="store_true", help="calibration only")
     parser.add_argument("--work", type=Path, default=None, help="folder for the data, checkpoint and bundles (default: a temp folder)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--system-malloc", action="store_true", help="leave glibc's malloc as it is (every mmdeploy command keeps freed blocks)")
     args = parser.parse_args(argv)
+    if not args.system_malloc:
+        from mmdeploy.allocator import keep_freed_memory
+
+        keep_freed_memory()  # what the mmdeploy commands do (the exports below run as commands)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale_"))
     work.mkdir(parents=True, exist_ok=True)
