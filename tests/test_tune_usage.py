@@ -251,10 +251,11 @@ def test_run_takes_the_usage_from_its_flag_or_the_config(tmp_path, cli):
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setattr(pipeline.Bundle, "open", staticmethod(lambda d: FakeBundle()))
     monkeypatch.setattr(pipeline, "_mark", lambda *a: None)
+    monkeypatch.setattr("mmdeploy.latency.tune.tune_bundle", fake_tune)
+    monkeypatch.setattr("mmdeploy.latency.bench.bench_bundle", lambda *a, **k: None)
     try:
         for b, want in (({"batches": [1], "usage": "isolated"}, "isolated"), ({"batches": [1]}, "shared")):
-            _tune_and_bench(ModelRun("m", tmp_path), tmp_path, ["ort"], ["fp32"], b, set(), {}, None, lambda m: None,
-                            lambda *a, **k: None, fake_tune)
+            _tune_and_bench(ModelRun("m", tmp_path), tmp_path, ["ort"], ["fp32"], b, set(), None, lambda m: None)
             assert got[-1] == want
     finally:
         monkeypatch.undo()

@@ -123,8 +123,8 @@ def artifact_key(source_sha: str, precision: str, variant: str, extra: str = "")
     """An exported file's reuse key: the bytes it is made from, its precision and kind, and the versions that make it."""
     import torch
 
-    from mmdeploy import __version__
     from mmdeploy.bundle import content_key
+    from mmdeploy.version import __version__
 
     return content_key([source_sha, precision, variant, __version__, torch.__version__, extra])
 
