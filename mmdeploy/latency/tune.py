@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -144,33 +145,34 @@ def choose_for_usage(timings: dict[ThreadPolicy, float], usage: str, shared_ms: 
     return winner if shared_ms[winner] * (1 + SPIN_PENALTY) <= shared_ms[rival] else rival
 
 
+def _time_interleaved(make: dict[ThreadPolicy, object], size: int, batch: int, iters: int, before, after=None) -> dict[ThreadPolicy, float]:
+    """Median ms per setting of ``engine(x)`` plus ``after(x)``, with ``before(x)`` untimed ahead of each call; the
+    engines of ``make`` (policy -> () -> Engine) interleaved call by call, after two rounds of warm-up."""
+    import torch
+
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with ExitStack() as stack:
+        engines = {policy: stack.enter_context(factory()) for policy, factory in make.items()}
+        times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
+        for i in range(iters + 2):
+            for policy, engine in engines.items():
+                before(x)
+                start = time.perf_counter()
+                engine(x)
+                if after is not None:
+                    after(x)
+                if i >= 2:  # two rounds of warm-up
+                    times[policy].append(1000.0 * (time.perf_counter() - start))
+        return {p: statistics.median(t) for p, t in times.items()}
+
+
 def shared_check(make: dict[ThreadPolicy, object], companion, size: int, batch: int, iters: int = SHARED_ITERS) -> dict[ThreadPolicy, float]:
     """Median ms of one call of each engine in ``make`` (policy -> () -> Engine) plus the call of ``companion`` (() -> Engine:
     another engine in this process) that follows it, the settings interleaved call by call: the layout of a process
     serving several models, or of `mmdeploy bench`'s round robin. The pair is timed because a setting that spins after
     its run slows the next engine more than itself (measured: OpenVINO 2-5x slower after a default ORT session)."""
-    import torch
-
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    engines = {}
-    other = companion().__enter__()
-    try:
-        for policy, factory in make.items():
-            engines[policy] = factory().__enter__()
-        times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
-        for i in range(iters + 2):
-            for policy, engine in engines.items():
-                other(x)
-                start = time.perf_counter()
-                engine(x)
-                other(x)
-                if i >= 2:  # two rounds of warm-up
-                    times[policy].append(1000.0 * (time.perf_counter() - start))
-        return {p: statistics.median(t) for p, t in times.items()}
-    finally:
-        for engine in engines.values():
-            engine.__exit__(None, None, None)
-        other.__exit__(None, None, None)
+    with companion() as other:
+        return _time_interleaved(make, size, batch, iters, before=other, after=other)
 
 
 def gap_shortlist(timings: dict[ThreadPolicy, float]) -> list[ThreadPolicy]:
@@ -185,25 +187,7 @@ def gapped_check(make: dict[ThreadPolicy, object], size: int, batch: int, iters:
     """Median ms of one call of each engine in ``make`` (policy -> () -> Engine) made ``gap_ms`` after the previous
     call of any of them, the settings interleaved call by call: requests that arrive one at a time to a process of its
     own, where what counts is how fast the engine's threads wake up, not how fast it runs back to back."""
-    import torch
-
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    engines = {}
-    try:
-        for policy, factory in make.items():
-            engines[policy] = factory().__enter__()
-        times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
-        for i in range(iters + 2):
-            for policy, engine in engines.items():
-                time.sleep(gap_ms / 1000)
-                start = time.perf_counter()
-                engine(x)
-                if i >= 2:  # two rounds of warm-up
-                    times[policy].append(1000.0 * (time.perf_counter() - start))
-        return {p: statistics.median(t) for p, t in times.items()}
-    finally:
-        for engine in engines.values():
-            engine.__exit__(None, None, None)
+    return _time_interleaved(make, size, batch, iters, before=lambda _x: time.sleep(gap_ms / 1000))
 
 
 @dataclass
