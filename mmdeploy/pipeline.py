@@ -178,10 +178,9 @@ def run_pipeline(config_path: str | Path | None = None, gate: bool | None = None
         raise MMDeployError("--quick measures fewer points than the gate's baseline has", "gate the full demo: mmdeploy run --gate")
     config, base = load_config(config_path, quick)
     if usage is not None:
-        from mmdeploy.latency.tune import USAGES
+        from mmdeploy.latency.confirm import check_usage
 
-        if usage not in USAGES:
-            raise MMDeployError(f"unknown usage {usage!r}", f"use --usage {' or --usage '.join(USAGES)}")
+        check_usage(usage)
         config["bench"]["usage"] = usage
     if out is not None:
         config["out"] = str(Path(out).absolute())
@@ -284,14 +283,14 @@ def _tune_and_bench(run: ModelRun, bundle_dir: Path, engines: list[str], precisi
     from mmdeploy.engines.registry import engine_spec
     from mmdeploy.latency.bench import bench_bundle
     from mmdeploy.latency.threads import torch_policy
-    from mmdeploy.latency.tune import machine_fingerprint, tune_bundle
+    from mmdeploy.latency.tune import TUNE_METHOD, machine_fingerprint, tune_bundle
 
     machine = machine_fingerprint()
     bundle = Bundle.open(bundle_dir)
     tunable = tuple(e for e in engines if engine_spec(e).tunable)
     if b.get("tune", True) and tunable:
         usage = b.get("usage", "shared")
-        tune_key = _key(bundle.artifact_keys(), machine, b["batches"], precisions, *([usage] if usage != "shared" else []))
+        tune_key = _key(bundle.artifact_keys(), machine, b["batches"], precisions, TUNE_METHOD, usage)
         if _step_done(bundle, "tune", tune_key) and "tune" not in fresh:
             run.steps["tune"] = "reused"
         else:

@@ -1,5 +1,7 @@
 """Tuning for how the engine is used: the defaults a user would pick are candidates, "default" is stored and loaded as
-a session with no options, a spinning winner must survive the shared-process check. Mechanisms only: no timing asserted."""
+a session with no options, the first pass's front runners and the best preset are re-timed in the usage's pattern and
+the choice comes from that second round (a spinning setting counted slower when shared). Mechanisms only: no timing
+asserted."""
 
 from __future__ import annotations
 
@@ -13,19 +15,8 @@ from mmdeploy.bundle import Bundle
 from mmdeploy.engines.loader import load_engine
 from mmdeploy.errors import MMDeployError
 from mmdeploy.latency.threads import ThreadPolicy
-from mmdeploy.latency.tune import (
-    SPIN_PENALTY,
-    USAGES,
-    choose_for_usage,
-    gap_shortlist,
-    gapped_check,
-    ort_candidates,
-    ov_candidates,
-    shared_check,
-    spinner_and_rival,
-    store_settings,
-    stored_policy,
-)
+from mmdeploy.latency.confirm import SPIN_PENALTY, USAGES, choose_confirmed, confirm, shortlist
+from mmdeploy.latency.tune import ort_candidates, ov_candidates, store_settings, stored_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_OV = importlib.util.find_spec("openvino") is not None
@@ -68,20 +59,28 @@ def test_policy_round_trips_its_preset_and_hint_and_old_records_still_load():
 
 
 def test_usage_decides_what_spinning_must_prove():
-    stream = {ORT_DEFAULT: 0.30, QUIET: 0.32, SPIN: 0.33}  # the default session wins back to back by 6%
-    assert choose_for_usage(stream, "stream") == ORT_DEFAULT
-    assert spinner_and_rival(stream) == (ORT_DEFAULT, QUIET)
-    collapsed = {ORT_DEFAULT: 4.1, QUIET: 0.35}
-    assert choose_for_usage(stream, "shared", collapsed) == QUIET, "a spinner that collapses beside another engine loses"
+    collapsed = {ORT_DEFAULT: 4.1, QUIET: 0.35}  # second round, shared: each call plus the other engine's next call
+    assert choose_confirmed(collapsed, "shared") == QUIET, "a spinner that collapses beside another engine loses"
     held = {ORT_DEFAULT: 0.31, QUIET: 0.35}
-    assert choose_for_usage(stream, "shared", held) == ORT_DEFAULT, "a spinner that still wins when shared keeps its place"
+    assert choose_confirmed(held, "shared") == ORT_DEFAULT, "a spinner that still wins clearly when shared keeps its place"
     barely = {ORT_DEFAULT: 0.34, QUIET: 0.35}
-    assert choose_for_usage(stream, "shared", barely) == QUIET, "a 3% win in the shared check is not enough to spin"
-    assert 0.06 < SPIN_PENALTY and choose_for_usage(stream, "shared") == QUIET, "unchecked, spinning must win by SPIN_PENALTY"
-    quiet_wins = {ORT_DEFAULT: 0.40, QUIET: 0.30}
-    assert spinner_and_rival(quiet_wins) == (QUIET, None), "no check needed when nothing spins"
+    assert 0.06 < SPIN_PENALTY and choose_confirmed(barely, "shared") == QUIET, "a 3% win in the shared pattern is not enough to spin"
+    assert choose_confirmed(barely, "stream") == ORT_DEFAULT, "stream: the engine is alone, the fastest wins"
+    close = {ThreadPolicy(2, False, "tuned"): 0.300, ThreadPolicy(2, False, "tuned", 2, "default"): 0.305}
+    assert choose_confirmed(close, "stream").preset == "default", "a preset within SIMPLER_WITHIN of the fastest is preferred"
     with pytest.raises(MMDeployError, match="unknown usage"):
-        choose_for_usage(stream, "batchy")
+        choose_confirmed(held, "batchy")
+
+
+def test_the_second_round_re_times_the_front_runners_the_best_preset_and_a_quiet_rival():
+    two, two_streams = ThreadPolicy(2, False, "tuned"), ThreadPolicy(2, False, "tuned", 2)
+    ov_default = ThreadPolicy(2, False, "tuned", 2, "default")
+    first = {two: 1.00, two_streams: 1.02, QUIET: 1.40, ov_default: 1.30, SPIN: 3.0}
+    assert shortlist(first) == [two, two_streams, ov_default], "within 25% of the fastest, then the best preset however far"
+    spinners = {SPIN: 0.20, ThreadPolicy(1, True, "tuned"): 0.21, ORT_DEFAULT: 0.22, QUIET: 0.40}
+    assert shortlist(spinners) == [SPIN, ThreadPolicy(1, True, "tuned"), ORT_DEFAULT, QUIET], "every front runner spins: the best quiet one too"
+    many = {ThreadPolicy(t, False, "tuned", s): 1.0 + 0.01 * (t + s) for t in (1, 2, 3) for s in (1, 2, 3)}
+    assert len(shortlist(many)) == 4 and len(shortlist({QUIET: 1.0})) == 1, "at most 4 front runners; one setting alone is kept"
 
 
 class _Logged:
@@ -103,14 +102,36 @@ class _Logged:
         return x
 
 
-def test_shared_check_calls_the_other_engine_between_every_timed_call():
+def test_shared_pattern_calls_the_other_engine_around_every_timed_call():
     log: list[str] = []
-    out = shared_check({ORT_DEFAULT: lambda: _Logged("spin", log), QUIET: lambda: _Logged("quiet", log)},
-                       lambda: _Logged("ov", log), size=8, batch=1, iters=3)
+    out = confirm({ORT_DEFAULT: lambda: _Logged("spin", log), QUIET: lambda: _Logged("quiet", log)}, "shared", 8, 1,
+                  companion=lambda: _Logged("ov", log), rounds=3)
     assert set(out) == {ORT_DEFAULT, QUIET} and all(ms >= 0 for ms in out.values())
     calls = [c for c in log if not c.startswith(("open", "close"))]
     assert calls == ["ov", "spin", "ov", "ov", "quiet", "ov"] * (3 + 2), "each setting's call between two of the other engine's"
     assert log[0] == "open ov" and log[-1] == "close ov" and sum(c.startswith("close") for c in log) == 3, "every engine closed"
+    with pytest.raises(ValueError, match="companion"):
+        confirm({QUIET: lambda: _Logged("quiet", log)}, "shared", 8, 1)
+
+
+def test_stream_pattern_times_blocks_each_after_an_idle_gap_and_a_wake_up_call(monkeypatch):
+    import mmdeploy.latency.confirm as confirm_module
+
+    log: list[str] = []
+    monkeypatch.setattr(confirm_module.time, "sleep", lambda s: log.append(f"gap {s * 1000:.0f}"))
+    out = confirm({QUIET: lambda: _Logged("quiet", log), SPIN: lambda: _Logged("spin", log)}, "stream", 8, 1, rounds=3)
+    assert set(out) == {QUIET, SPIN}
+    body = [c for c in log if not c.startswith(("open", "close"))][4:]  # after two calls each that size the blocks
+    blocks, current = [], None
+    for c in body:
+        if c.startswith("gap"):
+            current = []
+            blocks.append(current)
+        else:
+            current.append(c)
+    assert len(blocks) == 2 * (3 + 2) and all(len(b) >= 2 and len(set(b)) == 1 for b in blocks), \
+        "each block: one setting only, a wake-up call then the timed calls, after an idle gap"
+    assert sorted(b[0] for b in blocks) == ["quiet"] * 5 + ["spin"] * 5
 
 
 @pytest.fixture(scope="module")
@@ -174,46 +195,38 @@ def test_a_default_session_for_shared_use_stops_spinning_when_its_run_returns(or
         "only ONNX Runtime's default session is changed"
 
 
-def test_isolated_usage_chooses_by_a_call_after_an_idle_gap():
-    two = ThreadPolicy(2, False, "tuned")
-    back_to_back = {ORT_DEFAULT: 0.30, QUIET: 0.32, two: 0.31, SPIN: 0.50}
-    assert gap_shortlist(back_to_back) == [ORT_DEFAULT, two, QUIET], "within 25% of the fastest, fastest first; SPIN is out"
-    gapped = {ORT_DEFAULT: 0.45, two: 0.60, QUIET: 0.33}
-    assert choose_for_usage(back_to_back, "isolated", gapped_ms=gapped) == QUIET, "waking up fast wins when requests come alone"
-    assert choose_for_usage(back_to_back, "isolated") == ORT_DEFAULT, "without the gapped timing: as stream"
-
-
-def test_gapped_check_sleeps_before_every_timed_call(monkeypatch):
-    import mmdeploy.latency.tune as tune
+def test_isolated_pattern_sleeps_before_every_timed_call(monkeypatch):
+    import mmdeploy.latency.confirm as confirm_module
 
     log: list[str] = []
-    monkeypatch.setattr(tune.time, "sleep", lambda s: log.append(f"gap {s * 1000:.0f}"))
-    out = gapped_check({QUIET: lambda: _Logged("quiet", log), SPIN: lambda: _Logged("spin", log)}, size=8, batch=1, iters=2, gap_ms=7)
+    monkeypatch.setattr(confirm_module.time, "sleep", lambda s: log.append(f"gap {s * 1000:.0f}"))
+    out = confirm({QUIET: lambda: _Logged("quiet", log), SPIN: lambda: _Logged("spin", log)}, "isolated", 8, 1, rounds=2)
     assert set(out) == {QUIET, SPIN}
     calls = [c for c in log if not c.startswith(("open", "close"))]
-    assert calls == ["gap 7", "quiet", "gap 7", "spin"] * (2 + 2), "each call alone, after an idle gap"
+    assert calls == [f"gap {confirm_module.GAP_MS:.0f}", "quiet", f"gap {confirm_module.GAP_MS:.0f}", "spin"] * (2 + 2), "each call alone, after an idle gap"
     assert sum(c.startswith("close") for c in log) == 2
 
 
-def test_tune_for_isolated_use_retimes_the_shortlist_with_gaps(ort_bundle, monkeypatch):
+@pytest.mark.parametrize("usage", ["isolated", "stream"])
+def test_tune_chooses_from_the_second_round_not_the_first_pass(ort_bundle, monkeypatch, usage):
     import mmdeploy.latency.tune as tune
 
     seen = []
 
-    def fake_gapped(make, size, batch, iters=tune.GAP_ITERS, gap_ms=tune.GAP_MS):
-        seen.append((size, batch, len(make)))
+    def fake_confirm(make, usage_, size, batch, companion=None, rounds=None):
+        seen.append((usage_, size, batch, len(make), companion))
         slowest = max(make, key=lambda p: (p.threads, p.spinning, p.preset))
-        return {p: (0.1 if p == slowest else 1.0) for p in make}  # the gaps turn the order around
+        return {p: (0.1 if p == slowest else 1.0) for p in make}  # the second round turns the order around
 
-    monkeypatch.setattr(tune, "gapped_check", fake_gapped)
-    monkeypatch.setattr(tune, "gap_shortlist", lambda timed: sorted(timed, key=lambda p: (p.threads, p.spinning, p.preset))[:3])
-    result = tune.tune_bundle(ort_bundle, ["fp32"], [16], [1], warmup=0, iters=1, noise_budget_s=0, engines=("ort",), usage="isolated")
-    assert seen == [(16, 1, 3)] and result.usage == "isolated"
+    monkeypatch.setattr(tune, "confirm", fake_confirm)
+    monkeypatch.setattr(tune, "shortlist", lambda timed: sorted(timed, key=lambda p: (p.threads, p.spinning, p.preset))[:3])
+    result = tune.tune_bundle(ort_bundle, ["fp32"], [16], [1], warmup=0, iters=1, noise_budget_s=0, engines=("ort",), usage=usage)
+    assert seen == [(usage, 16, 1, 3, None)] and result.usage == usage
     picked = result.chosen["ort/fp32/16/b1"]
-    assert result.gapped_ms["ort/fp32/16/b1"][picked.label] == 0.1, "the fastest after a gap wins, not the fastest back to back"
+    assert result.confirmed_ms["ort/fp32/16/b1"][picked.label] == 0.1, "the fastest of the second round wins, not of the first pass"
     settings = Bundle.open(ort_bundle).engine_settings
-    assert settings["usage"] == "isolated" and settings["evidence"]["gapped_check_ms"] == result.gapped_ms
-    assert "default" in result.timings["ort/fp32/16/b1"] and not result.shared_ms
+    assert settings["usage"] == usage and settings["evidence"]["confirmed_ms"] == result.confirmed_ms
+    assert settings["evidence"]["confirm_pattern"] == usage and "default" in result.timings["ort/fp32/16/b1"]
 
 
 def test_run_takes_the_usage_from_its_flag_or_the_config(tmp_path, cli):
@@ -261,25 +274,36 @@ def test_run_takes_the_usage_from_its_flag_or_the_config(tmp_path, cli):
         monkeypatch.undo()
 
 
-def test_tune_records_its_usage_and_the_shared_check(ort_bundle, monkeypatch):
+def test_tune_records_its_usage_and_the_shared_round(ort_bundle, monkeypatch):
     import mmdeploy.latency.tune as tune
 
     calls = []
 
-    def fake_check(make, companion, size, batch, iters=tune.SHARED_ITERS):
-        calls.append((sorted(p.label for p in make), size, batch))
+    def fake_confirm(make, usage, size, batch, companion=None, rounds=None):
+        calls.append((sorted(p.label for p in make), usage, size, batch, companion is not None))
         return {p: (5.0 if p.spinning else 1.0) for p in make}  # spinning collapses when shared
 
-    monkeypatch.setattr(tune, "shared_check", fake_check)
-    monkeypatch.setattr(tune, "spinner_and_rival", lambda timed: (ORT_DEFAULT if ORT_DEFAULT in timed else SPIN, QUIET))
+    monkeypatch.setattr(tune, "confirm", fake_confirm)
+    monkeypatch.setattr(tune, "shortlist", lambda timed: [SPIN, QUIET])
     result = tune.tune_bundle(ort_bundle, ["fp32"], [16], [1], warmup=0, iters=1, noise_budget_s=0, engines=("ort",))
-    assert result.usage == "shared" and calls == [(["1t", "2t spin"], 16, 1)], "shared: the default session is timed spin-stopped"
-    assert result.chosen["ort/fp32/16/b1"] == QUIET and result.shared_ms["ort/fp32/16/b1"] == {"2t spin": 5.0, "1t": 1.0}
+    assert result.usage == "shared" and calls == [(["1t", "2t spin"], "shared", 16, 1, True)], "shared: with a companion engine"
+    assert result.chosen["ort/fp32/16/b1"] == QUIET and result.confirmed_ms["ort/fp32/16/b1"] == {"2t spin": 5.0, "1t": 1.0}
     assert "default" in result.timings["ort/fp32/16/b1"], "the default session was timed with the rest"
+    default = next(p for p in tune.ort_candidates(usage="shared") if p.preset)
+    assert not default.spinning, "shared: the default session is timed spin-stopped"
     settings = Bundle.open(ort_bundle).engine_settings
-    assert settings["usage"] == "shared" and "shared_check_ms" in settings["evidence"]
+    assert settings["usage"] == "shared" and settings["evidence"]["confirmed_ms"] == result.confirmed_ms
     with pytest.raises(MMDeployError, match="unknown usage"):
         tune.tune_bundle(ort_bundle, ["fp32"], [16], [1], engines=("ort",), usage="batchy")
+
+
+def test_the_real_second_round_runs_on_real_engines(ort_bundle):
+    import mmdeploy.latency.tune as tune
+
+    result = tune.tune_bundle(ort_bundle, ["fp32"], [16], [1], warmup=0, iters=2, noise_budget_s=0, engines=("ort",), usage="stream")
+    confirmed = result.confirmed_ms["ort/fp32/16/b1"]
+    assert len(confirmed) >= 2 and "default" in confirmed and all(ms > 0 for ms in confirmed.values())
+    assert result.chosen["ort/fp32/16/b1"].label in confirmed, "the choice is one of the settings re-timed"
 
 
 def test_bench_usage_flag_is_stored_and_a_typo_refused(ort_bundle, cli):

@@ -11,17 +11,11 @@ f32 and with the CPU's default precision (bf16 where native). The fastest wins, 
 a simpler setting (OpenVINO's defaults, fewer threads, no spinning) within ``SIMPLER_WITHIN``
 of it is preferred, since it leaves more of the machine to everything else for no measurable loss.
 
-How the engine will be used (``usage``) decides what spinning must prove. ``stream``: requests
-back to back in a process of its own; the fastest wins, ONNX Runtime's default session as it comes (spinning after
-each run). ``isolated``: one engine per process, requests one at a time with idle gaps; the settings within 25% of
-the fastest back to back are re-timed one call after an idle gap each (:func:`gapped_check`), and the fastest there
-wins. ``shared`` and ``isolated`` time ONNX Runtime's default session with its spinning stopped after each run (it
-would take the cores from the next engine, or burn them until the next request). ``shared`` (the default, and how
-``mmdeploy bench`` runs every engine in one process): a winner whose workers spin (ONNX
-Runtime's default session spins too) is re-timed against the fastest non-spinning setting with
-another engine called between its calls, and kept only if the pair (its call and the other
-engine's next call) still takes SPIN_PENALTY less time than with the non-spinning setting (spinning on few
-cores has turned a 0.3 ms run into 3-4 ms beside OpenVINO, and slowed OpenVINO after it). The usage is stored with the choice.
+How the engine will be used (``usage``: ``stream``, ``isolated`` or ``shared``, the default) decides the pattern of the
+second round (:mod:`mmdeploy.latency.confirm`): the first pass's front runners, plus the best preset, are re-timed on
+fresh engines the way they will be called, and the choice comes from that round. ``shared`` and ``isolated`` time ONNX
+Runtime's default session with its spinning stopped after each run (it would take the cores from the next engine, or
+burn them until the next request); ``stream`` times it as it comes. The usage is stored with the choice.
 Engines created from the bundle load these settings unless told otherwise. Settings tuned on another
 machine (CPU model, usable cores, onnxruntime version) are not loaded.
 
@@ -31,29 +25,22 @@ module writes them only in :func:`store_settings`; they are read only through :f
 
 from __future__ import annotations
 
-import statistics
-import time
-from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmdeploy.bundle.lock import reading_bundle
 from mmdeploy.errors import MMDeployError
+from mmdeploy.latency.confirm import USAGES, check_usage, choose, choose_confirmed, confirm, shortlist  # noqa: F401  (choose: re-exported)
 from mmdeploy.latency.settings import machine_fingerprint, stored_policy  # noqa: F401  (re-exported)
 from mmdeploy.latency.threads import ThreadPolicy, ort_default_policy, usable_cores
 from mmdeploy.progress import Progress
 
+TUNE_METHOD = 2  # how settings are chosen (2: a second round in the usage's pattern); a run re-tunes when it changes
+
 if TYPE_CHECKING:
     from mmdeploy.results import LatencyResult
 
-SIMPLER_WITHIN = 0.02  # a setting this much slower than the fastest still wins if it is simpler
-SPIN_PENALTY = 0.10  # spinning wins only when more than this much faster (see choose)
-USAGES = ("shared", "stream", "isolated")  # how the tuned engine will run (see the module's docstring); the first is the default
-SHARED_ITERS = 40  # calls per setting in the shared-process check
-GAP_MS = 10.0  # isolated usage: idle time before each timed call (a request arriving after the workers went idle)
-GAP_ITERS = 15  # calls per setting in the isolated (gapped) re-timing
-GAP_SHORTLIST = (0.25, 4)  # isolated usage re-times the settings within 25% of the fastest back to back, at most 4
 
 
 def store_settings(bundle_dir: str | Path, chosen: dict[tuple[str, str, int, int], ThreadPolicy], evidence: dict,
@@ -100,96 +87,6 @@ def ov_candidates(batch: int, cores: int | None = None, precision: str = "fp32")
     return ([replace(p, precision_hint="cpu") for p in presets] + explicit + [replace(p, precision_hint="cpu") for p in explicit])
 
 
-def choose(timings: dict[ThreadPolicy, float], spin_penalty: float = SPIN_PENALTY) -> ThreadPolicy:
-    """The simplest setting within SIMPLER_WITHIN of the fastest (``timings``: p50 ms by setting), a setting that may
-    spin counted ``spin_penalty`` slower: spin-waiting workers take the cores from everything else between
-    operators, and on a 2-core machine their gain turned into 5-10x slower runs whenever another engine or
-    process ran beside them (measured in the round-robin bench), so spinning must win clearly to be chosen
-    (unless the shared-process check of :func:`choose_for_usage` decides instead)."""
-    def cost(p: ThreadPolicy) -> float:
-        return timings[p] * (1 + spin_penalty if p.spinning else 1)
-
-    fastest = min(cost(p) for p in timings)
-    simplest_first = sorted(timings, key=lambda p: (p.spinning, p.preset != "default", p.streams, p.threads, p.precision_hint))
-    return next(p for p in simplest_first if cost(p) <= fastest * (1 + SIMPLER_WITHIN))
-
-
-def spinner_and_rival(timings: dict[ThreadPolicy, float]) -> tuple[ThreadPolicy, ThreadPolicy | None]:
-    """The stream winner (no spin penalty) and, if it may spin, the best setting that does not (None if it does not spin
-    or every candidate spins): the two the shared-process check times."""
-    winner = choose(timings, 0.0)
-    quiet = {p: t for p, t in timings.items() if not p.spinning}
-    return winner, (choose(quiet, 0.0) if winner.spinning and quiet else None)
-
-
-def choose_for_usage(timings: dict[ThreadPolicy, float], usage: str, shared_ms: dict[ThreadPolicy, float] | None = None,
-                     gapped_ms: dict[ThreadPolicy, float] | None = None) -> ThreadPolicy:
-    """The setting for one point. ``stream``: the fastest back to back. ``isolated``: the fastest of ``gapped_ms``
-    (one call after an idle gap, see :func:`gapped_check`; without it, as ``stream``). ``shared``: a winner that spins
-    keeps its place only if, with another engine in the process (``shared_ms``: its call plus the other engine's next
-    call, see :func:`shared_check`), it still beats the best non-spinning setting by SPIN_PENALTY; without that
-    check, spinning must win by SPIN_PENALTY back to back."""
-    if usage not in USAGES:
-        raise MMDeployError(f"unknown usage {usage!r}", f"use one of {', '.join(USAGES)}")
-    if usage == "isolated" and gapped_ms:
-        return choose(gapped_ms, 0.0)
-    if usage in ("stream", "isolated"):
-        return choose(timings, 0.0)
-    winner, rival = spinner_and_rival(timings)
-    if rival is None:
-        return winner
-    if not shared_ms or winner not in shared_ms or rival not in shared_ms:
-        return choose(timings)
-    # by SPIN_PENALTY, not SIMPLER_WITHIN: "2t spin" that won this check by 3% (ort int8, 16 px, batch 32) ran 1.5x its
-    # isolated time in bench_harness.py beside OpenVINO, and slowed OpenVINO 1.6x (benchmarks/results/bench_harness_quiet.txt)
-    return winner if shared_ms[winner] * (1 + SPIN_PENALTY) <= shared_ms[rival] else rival
-
-
-def _time_interleaved(make: dict[ThreadPolicy, object], size: int, batch: int, iters: int, before, after=None) -> dict[ThreadPolicy, float]:
-    """Median ms per setting of ``engine(x)`` plus ``after(x)``, with ``before(x)`` untimed ahead of each call; the
-    engines of ``make`` (policy -> () -> Engine) interleaved call by call, after two rounds of warm-up."""
-    import torch
-
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with ExitStack() as stack:
-        engines = {policy: stack.enter_context(factory()) for policy, factory in make.items()}
-        times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
-        for i in range(iters + 2):
-            for policy, engine in engines.items():
-                before(x)
-                start = time.perf_counter()
-                engine(x)
-                if after is not None:
-                    after(x)
-                if i >= 2:  # two rounds of warm-up
-                    times[policy].append(1000.0 * (time.perf_counter() - start))
-        return {p: statistics.median(t) for p, t in times.items()}
-
-
-def shared_check(make: dict[ThreadPolicy, object], companion, size: int, batch: int, iters: int = SHARED_ITERS) -> dict[ThreadPolicy, float]:
-    """Median ms of one call of each engine in ``make`` (policy -> () -> Engine) plus the call of ``companion`` (() -> Engine:
-    another engine in this process) that follows it, the settings interleaved call by call: the layout of a process
-    serving several models, or of `mmdeploy bench`'s round robin. The pair is timed because a setting that spins after
-    its run slows the next engine more than itself (measured: OpenVINO 2-5x slower after a default ORT session)."""
-    with companion() as other:
-        return _time_interleaved(make, size, batch, iters, before=other, after=other)
-
-
-def gap_shortlist(timings: dict[ThreadPolicy, float]) -> list[ThreadPolicy]:
-    """The settings the isolated usage re-times with gaps: those within GAP_SHORTLIST[0] of the fastest back to back,
-    fastest first, at most GAP_SHORTLIST[1] (a setting much slower back to back does not win by waking up faster)."""
-    within, most = GAP_SHORTLIST
-    fastest = min(timings.values())
-    return sorted((p for p, t in timings.items() if t <= fastest * (1 + within)), key=timings.get)[:most]
-
-
-def gapped_check(make: dict[ThreadPolicy, object], size: int, batch: int, iters: int = GAP_ITERS, gap_ms: float = GAP_MS) -> dict[ThreadPolicy, float]:
-    """Median ms of one call of each engine in ``make`` (policy -> () -> Engine) made ``gap_ms`` after the previous
-    call of any of them, the settings interleaved call by call: requests that arrive one at a time to a process of its
-    own, where what counts is how fast the engine's threads wake up, not how fast it runs back to back."""
-    return _time_interleaved(make, size, batch, iters, before=lambda _x: time.sleep(gap_ms / 1000))
-
-
 @dataclass
 class TuneResult:
     chosen: dict  # "ort/fp32/16/b1" -> ThreadPolicy
@@ -197,8 +94,7 @@ class TuneResult:
     busy: bool  # the tuning run saw interference (its choice may not hold on a quiet machine)
     interference: str
     usage: str = USAGES[0]  # what the choice was made for (see the module's docstring)
-    shared_ms: dict | None = None  # "ort/fp32/16/b1" -> {policy label: median ms with another engine in the process}
-    gapped_ms: dict | None = None  # isolated usage: "ort/fp32/16/b1" -> {policy label: median ms of a call after an idle gap}
+    confirmed_ms: dict | None = None  # "ort/fp32/16/b1" -> {policy label: median ms in the second round, the usage's pattern}
 
 
 @reading_bundle("bundle_dir")  # no writer sweeps what it reads; results merge under the lock
@@ -213,8 +109,7 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
     from mmdeploy.engines.registry import tunable_engines
     from mmdeploy.latency.bench import BenchTarget, check_bench_fits, measure_with_interference
 
-    if usage not in USAGES:
-        raise MMDeployError(f"unknown usage {usage!r}", f"use one of {', '.join(USAGES)}")
+    check_usage(usage)
     engines = engines or tunable_engines()
     reasons = available_engines()
     if "ort" in engines and reasons["ort"] and not (set(engines) - {"ort"}):
@@ -244,26 +139,22 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
         policy = ThreadPolicy.from_dict(r.policy, source="tuned")
         by_point.setdefault((r.engine.split()[0], r.precision, r.size, r.batch), {})[policy] = r.p50_ms
     name = lambda k: "/".join(map(str, k[:3])) + f"/b{k[3]}"  # noqa: E731
-    chosen, shared, gapped = {}, {}, {}
+    chosen, confirmed = {}, {}
     for key, timed in by_point.items():
         engine, precision, size, batch = key
         factory = _ort if engine == "ort" else _ov
-        winner, rival = spinner_and_rival(timed)
-        if usage == "shared" and rival is not None:  # a spinning winner must hold with another engine in the process
-            checked = shared_check({p: (lambda p=p: factory(bundle, size, precision, p)) for p in (winner, rival)},
-                                   _companion(bundle, engine, precision, size), size, batch)
-            shared[name(key)] = {p.label: round(ms, 4) for p, ms in checked.items()}
-            chosen[key] = choose_for_usage(timed, usage, checked)
-        elif usage == "isolated" and len(shortlist := gap_shortlist(timed)) > 1:  # requests one at a time, idle between
-            checked = gapped_check({p: (lambda p=p: factory(bundle, size, precision, p)) for p in shortlist}, size, batch)
-            gapped[name(key)] = {p.label: round(ms, 4) for p, ms in checked.items()}
-            chosen[key] = choose_for_usage(timed, usage, gapped_ms=checked)
-        else:
-            chosen[key] = choose_for_usage(timed, usage)
+        short = shortlist(timed)
+        if len(short) == 1:
+            chosen[key] = short[0]
+            continue
+        companion = _companion(bundle, engine, precision, size) if usage == "shared" else None
+        retimed = confirm({p: (lambda p=p: factory(bundle, size, precision, p)) for p in short}, usage, size, batch, companion)
+        confirmed[name(key)] = {p.label: round(ms, 4) for p, ms in retimed.items()}
+        chosen[key] = choose_confirmed(retimed, usage)
     timings = {name(k): {p.label: round(ms, 4) for p, ms in v.items()} for k, v in by_point.items()}
-    evidence = {"timings_p50_ms": timings, "shared_check_ms": shared, "gapped_check_ms": gapped, "interference": seen.to_dict()}
+    evidence = {"timings_p50_ms": timings, "confirmed_ms": confirmed, "confirm_pattern": usage, "interference": seen.to_dict()}
     store_settings(bundle_dir, chosen, evidence, usage)
-    return TuneResult({name(k): p for k, p in chosen.items()}, timings, seen.busy, seen.summary(), usage, shared, gapped)
+    return TuneResult({name(k): p for k, p in chosen.items()}, timings, seen.busy, seen.summary(), usage, confirmed)
 
 
 def _companion(bundle, engine: str, precision: str, size: int):
@@ -320,8 +211,7 @@ def tune_and_bench(
     :func:`mmdeploy.latency.bench.bench_bundle`. It lives here, above both the tuner and the timing it calls."""
     from mmdeploy.latency.bench import bench_bundle
 
-    if usage not in USAGES:  # refused with or without --tune: a typo must not pass silently
-        raise MMDeployError(f"unknown usage {usage!r}", f"use --usage {' or --usage '.join(USAGES)}")
+    check_usage(usage)  # refused with or without --tune: a typo must not pass silently
     tuned = None
     if tune:
         from mmdeploy.engines.registry import tunable_engines

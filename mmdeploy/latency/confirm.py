@@ -1,0 +1,150 @@
+"""The second round of ``mmdeploy bench --tune``: the first pass's front runners re-timed, on fresh engines, in the
+pattern of calls the engine will serve (its ``usage``), and the choice made from that round.
+
+Why a second round. The first pass times every setting of every point interleaved (:mod:`mmdeploy.latency.bench`), a
+hundred engines alive at once, one short block each in turn. Taking the fastest of many noisy medians picks the setting
+that was lucky as often as the one that is fast (the winner's curse), and one compiled instance of a setting can be
+10-15% off another of the same setting; the tuned choice then lost up to 14% to OpenVINO's plain defaults in an
+independent harness (``benchmarks/bench_harness.py``, stream usage, batch 32). So the settings within
+``SHORTLIST[0]`` of the fastest (at most ``SHORTLIST[1]``), plus the best of the settings a user would pick unasked (a
+preset: ONNX Runtime's default session, OpenVINO's defaults or its throughput hint) and, where the front runner spins,
+the best one that does not, are opened afresh and re-timed, only they, in the usage's own pattern:
+
+- ``stream`` (requests back to back, the engine alone in its process): blocks of back-to-back calls, each after an
+  idle gap (so a spinning setting's workers have gone quiet and do not slow the next setting's block);
+- ``isolated`` (one request at a time, idle between): one call after an idle gap (what counts is how fast the threads
+  wake up);
+- ``shared`` (other engines in the process): one call between two calls of another engine (the companion), the pair
+  timed, because a setting that spins after its run slows the next engine more than itself.
+
+The choice: the simplest setting within ``SIMPLER_WITHIN`` of the fastest of the second round (a preset before an explicit
+setting, fewer streams and threads before more); under ``shared`` a setting that spins counts ``SPIN_PENALTY`` slower.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from contextlib import ExitStack
+
+from mmdeploy.errors import MMDeployError
+from mmdeploy.latency.threads import ThreadPolicy
+
+USAGES = ("shared", "stream", "isolated")  # how the tuned engine will run; the first is the default
+SIMPLER_WITHIN = 0.02  # a setting this much slower than the fastest still wins if it is simpler
+SPIN_PENALTY = 0.10  # under shared use, spinning wins only when more than this much faster (see choose)
+SHORTLIST = (0.25, 4)  # the second round re-times the settings within 25% of the fastest of the first, at most 4 (+ a preset)
+ROUNDS = {"stream": 15, "isolated": 15, "shared": 40}  # timed rounds of the second round per usage (after 2 of warm-up)
+GAP_MS = 10.0  # idle time before each block (stream) or call (isolated)
+BLOCK_MS = 2.0  # a stream block lasts at least this long (as in the first pass)
+
+
+def check_usage(usage: str) -> None:
+    if usage not in USAGES:
+        raise MMDeployError(f"unknown usage {usage!r}", f"use --usage {' or --usage '.join(USAGES)}")
+
+
+def choose(timings: dict[ThreadPolicy, float], spin_penalty: float = SPIN_PENALTY) -> ThreadPolicy:
+    """The simplest setting within SIMPLER_WITHIN of the fastest (``timings``: ms by setting), a setting that may
+    spin counted ``spin_penalty`` slower: spin-waiting workers take the cores from everything else between
+    operators, and on a 2-core machine their gain turned into 5-10x slower runs whenever another engine or
+    process ran beside them (measured in the round-robin bench), so spinning must win clearly to be chosen."""
+    def cost(p: ThreadPolicy) -> float:
+        return timings[p] * (1 + spin_penalty if p.spinning else 1)
+
+    fastest = min(cost(p) for p in timings)
+    simplest_first = sorted(timings, key=lambda p: (p.spinning, p.preset != "default", p.streams, p.threads, p.precision_hint))
+    return next(p for p in simplest_first if cost(p) <= fastest * (1 + SIMPLER_WITHIN))
+
+
+def shortlist(timings: dict[ThreadPolicy, float]) -> list[ThreadPolicy]:
+    """What the second round re-times, from the first pass's ``timings``: the settings within SHORTLIST[0] of the fastest,
+    fastest first, at most SHORTLIST[1]; then the fastest preset (what a user would pick unasked) if none is among them;
+    then, if every one of them spins, the fastest setting that does not. One setting alone needs no second round."""
+    within, most = SHORTLIST
+    fastest = min(timings.values())
+    ranked = sorted(timings, key=timings.get)
+    short = [p for p in ranked if timings[p] <= fastest * (1 + within)][:most]
+    presets = [p for p in ranked if p.preset]
+    if presets and not any(p.preset for p in short):
+        short.append(presets[0])
+    quiet = [p for p in ranked if not p.spinning]
+    if quiet and all(p.spinning for p in short):
+        short.append(quiet[0])
+    return short
+
+
+def confirm(make: dict[ThreadPolicy, object], usage: str, size: int, batch: int, companion=None,
+            rounds: int | None = None) -> dict[ThreadPolicy, float]:
+    """The second round: median ms per setting of ``make`` (policy -> () -> Engine, opened afresh here) in ``usage``'s
+    pattern (see the module's docstring); ``companion`` (() -> Engine) is the other engine of the ``shared`` pattern."""
+    check_usage(usage)
+    rounds = rounds or ROUNDS[usage]
+    if usage == "shared":
+        if companion is None:
+            raise ValueError("the shared pattern needs a companion engine")
+        with companion() as other:
+            return _time_calls(make, size, batch, rounds, before=other, after=other)
+    if usage == "isolated":
+        return _time_calls(make, size, batch, rounds, before=lambda _x: time.sleep(GAP_MS / 1000))
+    return _time_blocks(make, size, batch, rounds)
+
+
+def _time_calls(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int, before, after=None) -> dict[ThreadPolicy, float]:
+    """Median ms per setting of ``engine(x)`` plus ``after(x)``, with ``before(x)`` untimed ahead of each call; the
+    settings interleaved call by call, after two rounds of warm-up."""
+    import torch
+
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with ExitStack() as stack:
+        engines = {policy: stack.enter_context(factory()) for policy, factory in make.items()}
+        times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
+        for i in range(rounds + 2):
+            for policy, engine in engines.items():
+                before(x)
+                start = time.perf_counter()
+                engine(x)
+                if after is not None:
+                    after(x)
+                if i >= 2:
+                    times[policy].append(1000.0 * (time.perf_counter() - start))
+        return {p: statistics.median(t) for p, t in times.items()}
+
+
+def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int) -> dict[ThreadPolicy, float]:
+    """Median over rounds of the mean ms per call in a block of back-to-back calls lasting at least BLOCK_MS, each block
+    after GAP_MS idle and one untimed call; the settings in a fresh shuffled order each round, after two warm-up rounds."""
+    import torch
+
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with ExitStack() as stack:
+        engines = {policy: stack.enter_context(factory()) for policy, factory in make.items()}
+        calls = {}
+        for policy, engine in engines.items():
+            engine(x)
+            start = time.perf_counter()
+            engine(x)
+            calls[policy] = max(1, min(64, int(BLOCK_MS / max(1e-3, 1000.0 * (time.perf_counter() - start))) + 1))
+        times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
+        order, rng = list(engines), random.Random(0)
+        for i in range(rounds + 2):
+            rng.shuffle(order)
+            for policy in order:
+                engine = engines[policy]
+                time.sleep(GAP_MS / 1000)
+                engine(x)  # untimed: wakes the setting's threads, warms its caches after the previous setting
+                start = time.perf_counter()
+                for _ in range(calls[policy]):
+                    engine(x)
+                if i >= 2:
+                    times[policy].append(1000.0 * (time.perf_counter() - start) / calls[policy])
+        return {p: statistics.median(t) for p, t in times.items()}
+
+
+def choose_confirmed(confirmed: dict[ThreadPolicy, float], usage: str) -> ThreadPolicy:
+    """The setting for one point from the second round's ``confirmed`` ms: the simplest within SIMPLER_WITHIN of the
+    fastest; under ``shared`` (pair times with the companion) a spinning setting counts SPIN_PENALTY slower (a 3% win
+    of a spinning setting there became 1.5x its isolated time beside OpenVINO in bench_harness.py)."""
+    check_usage(usage)
+    return choose(confirmed, SPIN_PENALTY if usage == "shared" else 0.0)
