@@ -297,6 +297,23 @@ def test_tune_records_its_usage_and_the_shared_round(ort_bundle, monkeypatch):
         tune.tune_bundle(ort_bundle, ["fp32"], [16], [1], engines=("ort",), usage="batchy")
 
 
+def test_settings_that_spin_are_timed_apart_from_the_rest(ort_bundle, monkeypatch):
+    import mmdeploy.latency.bench as bench
+    import mmdeploy.latency.tune as tune
+
+    real, groups = bench.measure_with_interference, []
+
+    def spy(targets, *args, **kwargs):
+        groups.append(sorted(t.engine for t in targets))
+        return real(targets, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure_with_interference", spy)
+    monkeypatch.setattr(tune, "shortlist", lambda timed: [min(timed, key=timed.get)])
+    result = tune.tune_bundle(ort_bundle, ["fp32"], [16], [1], warmup=0, iters=1, noise_budget_s=0, engines=("ort",), usage="stream")
+    assert groups == [["ort 1t", "ort 2t"], ["ort 1t spin", "ort 2t spin", "ort default"]], "stream: the default session spins too"
+    assert set(result.timings["ort/fp32/16/b1"]) == {"1t", "2t", "1t spin", "2t spin", "default"}, "one table from both passes"
+
+
 def test_the_real_second_round_runs_on_real_engines(ort_bundle):
     import mmdeploy.latency.tune as tune
 

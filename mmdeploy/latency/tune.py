@@ -1,7 +1,8 @@
 """Engine settings chosen by measurement (``mmdeploy bench --tune``), stored in the bundle.
 
 For ONNX Runtime every combination of intra-op threads (1..usable cores) and spinning on/off
-is timed, interleaved in one run, per size, precision and batch; for OpenVINO, threads
+is timed, interleaved in one run (the settings that spin in a run of their own, since their workers slow whatever
+runs after them), per size, precision and batch; for OpenVINO, threads
 1..usable cores with one stream (latency hint) and, from batch 8, the batch split over one
 stream per thread (throughput hint). The settings any user would pick without tuning are
 always among the candidates, so the choice is never slower than them in this measure: ONNX
@@ -123,17 +124,25 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
             if "ort" in engines and not reasons["ort"] and serves("ort", precision):
                 art = bundle.artifact(s, ONNX, precision)
                 if art and not art.static_batch:  # a fixed batch's other batches are padded: nothing fair to tune
-                    targets += [BenchTarget(s, f"ort {pol.label}", precision, lambda s=s, p=precision, pol=pol: _ort(bundle, s, p, pol))
+                    targets += [(pol, BenchTarget(s, f"ort {pol.label}", precision, lambda s=s, p=precision, pol=pol: _ort(bundle, s, p, pol)))
                                 for pol in ort_candidates(usage=usage)]
             if "ov" in engines and not reasons["ov"] and serves("ov", precision) and bundle.artifact_usable(bundle.artifact(s, OV, precision)):
                 for b in batches:
-                    targets += [BenchTarget(s, f"ov {pol.label}", precision, lambda s=s, p=precision, pol=pol: _ov(bundle, s, p, pol), (b,))
+                    targets += [(pol, BenchTarget(s, f"ov {pol.label}", precision, lambda s=s, p=precision, pol=pol: _ov(bundle, s, p, pol), (b,)))
                                 for pol in ov_candidates(b, precision=precision)]
     if not targets:
         raise MMDeployError(f"nothing to tune in {bundle.root}: no per-size ONNX with a dynamic batch, no gated ov engine",
                             f"run `mmdeploy export {bundle.root} --engine ort` first")
-    check_bench_fits(bundle, targets, batches)
-    results, seen = measure_with_interference(targets, batches, warmup, iters, progress, noise_budget_s)
+    check_bench_fits(bundle, [t for _, t in targets], batches)
+    # The settings that spin are timed in a pass of their own: their workers go on spinning after each run and slowed
+    # every engine timed after them (OpenVINO at 2 threads ran as at 1, 8.4 ms instead of 4.5 at 48 px batch 32 int8).
+    results, passes = [], []
+    for group in ([t for p, t in targets if not p.spinning], [t for p, t in targets if p.spinning]):
+        if group:
+            timed, seen = measure_with_interference(group, batches, warmup, iters, progress, noise_budget_s)
+            results += timed
+            passes.append(seen)
+    seen = max(passes, key=lambda s: (s.busy, s.others_cpu or 0.0, s.max_spread))  # the busier pass speaks for the tuning
     by_point: dict[tuple, dict[ThreadPolicy, float]] = {}
     for r in results:
         policy = ThreadPolicy.from_dict(r.policy, source="tuned")
