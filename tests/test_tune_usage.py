@@ -132,6 +132,10 @@ def test_stream_pattern_times_blocks_each_after_an_idle_gap_and_a_wake_up_call(m
     assert len(blocks) == 2 * (3 + 2) and all(len(b) >= 2 and len(set(b)) == 1 for b in blocks), \
         "each block: one setting only, a wake-up call then the timed calls, after an idle gap"
     assert sorted(b[0] for b in blocks) == ["quiet"] * 5 + ["spin"] * 5
+    gaps = [c for c in body if c.startswith("gap")]
+    after_spin = [gaps[i + 1] for i, b in enumerate(blocks[:-1]) if b[0] == "spin"]
+    assert after_spin and set(after_spin) == {f"gap {confirm_module.SPIN_SETTLE_MS:.0f}"}, "a spinning setting's workers settle first"
+    assert gaps[0] == f"gap {confirm_module.GAP_MS:.0f}"
 
 
 @pytest.fixture(scope="module")

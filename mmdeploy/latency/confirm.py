@@ -11,7 +11,8 @@ preset: ONNX Runtime's default session, OpenVINO's defaults or its throughput hi
 the best one that does not, are opened afresh and re-timed, only they, in the usage's own pattern:
 
 - ``stream`` (requests back to back, the engine alone in its process): blocks of back-to-back calls, each after an
-  idle gap (so a spinning setting's workers have gone quiet and do not slow the next setting's block);
+  idle gap, a longer one after a setting that spins (ONNX Runtime's workers spin on for about 35 ms after a run, and
+  slowed the next setting's block, OpenVINO's by up to 1.5x, through a 10 ms gap);
 - ``isolated`` (one request at a time, idle between): one call after an idle gap (what counts is how fast the threads
   wake up);
 - ``shared`` (other engines in the process): one call between two calls of another engine (the companion), the pair
@@ -37,6 +38,7 @@ SPIN_PENALTY = 0.10  # under shared use, spinning wins only when more than this 
 SHORTLIST = (0.25, 4)  # the second round re-times the settings within 25% of the fastest of the first, at most 4 (+ a preset)
 ROUNDS = {"stream": 15, "isolated": 15, "shared": 40}  # timed rounds of the second round per usage (after 2 of warm-up)
 GAP_MS = 10.0  # idle time before each block (stream) or call (isolated)
+SPIN_SETTLE_MS = 50.0  # stream: idle time after a spinning setting's block (ONNX Runtime's workers spun on ~35 ms after a run)
 BLOCK_MS = 2.0  # a stream block lasts at least this long (as in the first pass)
 
 
@@ -114,7 +116,7 @@ def _time_calls(make: dict[ThreadPolicy, object], size: int, batch: int, rounds:
 
 def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int) -> dict[ThreadPolicy, float]:
     """Median over rounds of the mean ms per call in a block of back-to-back calls lasting at least BLOCK_MS, each block
-    after GAP_MS idle and one untimed call; the settings in a fresh shuffled order each round, after two warm-up rounds."""
+    after GAP_MS idle (SPIN_SETTLE_MS after a spinning setting's block) and one untimed call; the settings in a fresh shuffled order each round, after two warm-up rounds."""
     import torch
 
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -127,12 +129,13 @@ def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds
             engine(x)
             calls[policy] = max(1, min(64, int(BLOCK_MS / max(1e-3, 1000.0 * (time.perf_counter() - start))) + 1))
         times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
-        order, rng = list(engines), random.Random(0)
+        order, rng, previous = list(engines), random.Random(0), None
         for i in range(rounds + 2):
             rng.shuffle(order)
             for policy in order:
                 engine = engines[policy]
-                time.sleep(GAP_MS / 1000)
+                time.sleep((SPIN_SETTLE_MS if previous is not None and previous.spinning else GAP_MS) / 1000)
+                previous = policy
                 engine(x)  # untimed: wakes the setting's threads, warms its caches after the previous setting
                 start = time.perf_counter()
                 for _ in range(calls[policy]):
