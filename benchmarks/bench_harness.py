@@ -20,9 +20,10 @@ alike), each in the pattern that usage's requests meet, so no configuration is t
   each ``--gap-ms`` after the previous call of any; figure: the median call. Every such request wakes idle workers.
 - ``shared`` (several engines in one process): each configuration X alternates call by call with one fixed neighbour
   N (OpenVINO's defaults on the fp32 file, same size and batch; without one, an ONNX Runtime session that does not
-  spin): X, N, X, N, ...; X's cost per call is median(X's call + the N call right after it) minus N's median after its
-  own call (same rounds): X's time plus the slowdown it causes its neighbour, which a session that spins after its run
-  (fast alone, it keeps the cores from whatever runs next) would otherwise charge to nobody.
+  spin): X, N, X, N, ...; X's cost per call is median(X's call + the N call right after it) minus N's undisturbed median
+  (N's median after its own call, also timed in the rounds, or after any configuration where that is lower: at batch 1
+  OpenVINO ran slower right after its own call than after another engine's): X's time plus the slowdown it causes its
+  neighbour, which a session that spins after its run (it keeps the cores from whatever runs next) charges to nobody.
 
 Then the process layout, in back-to-back blocks whatever the usage: each mmdeploy engine in a process of its own
 (``isolated``), and in this one after a block of another (the other runtime, same precision) before each of its blocks
@@ -205,7 +206,8 @@ def time_shared(runs: dict, neighbour, x: np.ndarray, rounds: int, calls: int, g
                 seed: int = 0) -> tuple[dict[str, tuple[float, float, float]], float]:
     """``shared``: each configuration X alternates with ``neighbour`` N, X, N, X, N, ... (one untimed pair, then ``calls``
     timed pairs per round, configurations and N's own run in a shuffled order). Returns name -> (X's median ms, N's
-    median ms right after X, cost = median(X + N after it) - N's median after its own call), and that last median."""
+    median ms right after X, cost = median(X + N after it) - N undisturbed), and N undisturbed: the lowest of N's
+    medians after its own call and after each configuration."""
     every = {**runs, None: neighbour}  # None: N after N, the neighbour's own time
     _warm(every, x)
     own, after = ({name: [] for name in every} for _ in range(2))
@@ -220,7 +222,7 @@ def time_shared(runs: dict, neighbour, x: np.ndarray, rounds: int, calls: int, g
                 own[name].append(_timed(every[name], x))
                 after[name].append(_timed(neighbour, x))
             _sleep(gap_ms / 1000)
-    alone = statistics.median(after[None])
+    alone = min(statistics.median(a) for a in after.values())
     return {name: (statistics.median(own[name]), statistics.median(after[name]),
                    statistics.median(a + b for a, b in zip(own[name], after[name])) - alone) for name in runs}, alone
 
@@ -261,7 +263,7 @@ def _time_as(usage: str, every: dict, x: np.ndarray, args, bundle, size: int, ba
     n_name, neighbour = _neighbour(bundle, size, batch)
     pairs, alone = time_shared(every, neighbour, x, args.rounds, args.calls, args.gap_ms, seed=seed)
     for name, (own, after, _) in pairs.items():
-        notes[name] = f"own {own:.3f} + {n_name} after it {after:.3f} - after itself {alone:.3f}  {notes.get(name, '')}"
+        notes[name] = f"own {own:.3f} + {n_name} after it {after:.3f} - N undisturbed {alone:.3f}  {notes.get(name, '')}"
     return {name: max(1e-6, cost) for name, (_, _, cost) in pairs.items()}, "ms cost"
 
 
