@@ -245,11 +245,9 @@ def _files(bundle, size: int, precision: str) -> tuple[Path | None, Path | None]
 def _neighbour(bundle, size: int, batch: int):
     """N of the ``shared`` pattern: OpenVINO's defaults on the fp32 file, else an ONNX Runtime session that does not spin."""
     onnx, ov = _files(bundle, size, "fp32")
-    if ov:
-        return "ov-default fp32", OvPlain(ov, size, batch, throughput=False)
-    if onnx:
-        return "ort-nospin fp32", OrtPlain(onnx, spin=False)
-    sys.exit(f"usage shared needs an fp32 file at {size} px for the neighbour engine")
+    if not (onnx or ov):
+        sys.exit(f"usage shared needs an fp32 file at {size} px for the neighbour engine")
+    return ("ov-default fp32", OvPlain(ov, size, batch, throughput=False)) if ov else ("ort-nospin fp32", OrtPlain(onnx, spin=False))
 
 
 def _time_as(usage: str, every: dict, x: np.ndarray, args, bundle, size: int, batch: int, notes: dict):
