@@ -1,29 +1,35 @@
-"""Independent harness: is mmdeploy's best point as fast as any configuration a user could pick, and does it hold
-when another engine shares the process?
+"""Independent harness: is mmdeploy's best point as fast as any configuration a user could pick, timed the way the engine
+will be used, and does it hold when another engine shares the process?
 
 Not the tuner's timing loop: this script opens the bundle's per-size ONNX files itself, with the plain ONNX Runtime
 and OpenVINO APIs, and times, per (size, batch), in one process:
 
-- ``ort-default P``: ``onnxruntime.InferenceSession(file)``, no options at all;
+- ``ort-default P``: ``onnxruntime.InferenceSession(file)``, no options at all (its workers spin after each run);
+- ``ort-nospin P``: only ``session.intra_op.allow_spinning=0``, what ONNX Runtime's docs suggest for sharing cores;
 - ``ov-default P``: ``Core().compile_model(model, "CPU")``, no hints (its default precision: bf16 on CPUs with it);
 - ``ov-throughput P`` (batch > 1): the throughput hint alone, the batch split over the infer requests it asks for;
 - ``mmdeploy ort P`` / ``mmdeploy ov P``: mmdeploy's own engines loaded from the bundle with their tuned settings;
 
-for P in fp32 and int8 where the bundle has them. Configurations are interleaved: each round times one block of
-back-to-back calls of every configuration (a block lasts at least ``--block-ms``, after one untimed call), in a fresh
-shuffled order, with ``--gap-ms`` of idle between blocks. The median over rounds of a block's mean is the figure.
+for P in fp32 and int8 where the bundle has them. ``--usage`` (default: the usage the bundle was tuned for) sets how
+all of them are timed for the first table, interleaved and in a fresh shuffled order per round (drift falls on all
+alike), each in the pattern that usage's requests meet, so no configuration is timed in a pattern it will not run in:
 
-Then the process layout: each mmdeploy engine is timed (same blocks) once in a process of its own (``isolated``, a
-child process per engine) and once in this process with another mmdeploy engine (the other runtime, same precision)
-running a block right before each of its blocks, no gap (``shared``: the layout of `mmdeploy bench` and of an app
-serving several models). Prints the ratio mmdeploy best / fastest configuration per cell and shared / isolated per
-engine, with the machine's load and CPU.
+- ``stream`` (back-to-back requests, engine alone): per round one block of back-to-back calls per configuration (at
+  least ``--block-ms``, after one untimed call), ``--gap-ms`` apart; figure: the median of block means.
+- ``isolated`` (one engine per process, requests with idle gaps): ``--calls`` single calls per configuration and round,
+  each ``--gap-ms`` after the previous call of any; figure: the median call. Every such request wakes idle workers.
+- ``shared`` (several engines in one process): each configuration X alternates call by call with one fixed neighbour
+  N (OpenVINO's defaults on the fp32 file, same size and batch; without one, an ONNX Runtime session that does not
+  spin): X, N, X, N, ...; X's cost per call is median(X's call + the N call right after it) minus N's undisturbed median
+  (N's median after its own call, also timed in the rounds, or after any configuration where that is lower: at batch 1
+  OpenVINO ran slower right after its own call than after another engine's): X's time plus the slowdown it causes its
+  neighbour, which a session that spins after its run (it keeps the cores from whatever runs next) charges to nobody.
 
-    python benchmarks/bench_harness.py /tmp/i26/b --batches 1 32 --rounds 7
+Then the process layout, in back-to-back blocks whatever the usage: each mmdeploy engine in a process of its own
+(``isolated``), and in this one after a block of another (the other runtime, same precision) before each of its blocks
+(``shared``). Prints mmdeploy best / fastest per cell and shared / isolated per engine, with the machine's load and CPU.
 
-The first table times back-to-back blocks, the ``stream`` usage: a bundle tuned for ``shared`` (the default) runs ONNX Runtime's
-default session with its spinning stopped after each run, which costs it a wake-up per call here (10-22% at batch 1, see
-benchmarks/results/bench_harness_quiet.txt); tune a copy with ``--usage stream`` for that table's like-for-like comparison.
+    python benchmarks/bench_harness.py /tmp/i26/b --batches 1 32 --rounds 7 [--usage stream|isolated|shared]
 
 The bundle needs ``mmdeploy export B --engine ort --precision fp32 --precision int8``, the same with ``--engine ov``,
 and ``mmdeploy bench B --tune --engine ort --engine ov --precision fp32 --precision int8`` for tuned settings.
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -49,8 +56,6 @@ def cpu_description() -> str:
     name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown")
     flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
     family = "AMD EPYC" if "EPYC" in name else "Intel Xeon" if "Xeon" in name else "other CPU"
-    import os
-
     cores = len(os.sched_getaffinity(0))
     features = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
     return f"{family} ({name}), {cores} usable cores, {' '.join(features) or 'no AVX-512'}"
@@ -65,13 +70,16 @@ def load_line() -> str:
 # ----------------------------------------------------------------------------- configurations (plain library calls)
 
 
-class OrtDefault:
-    """A session exactly as a user opens it: no options."""
+class OrtPlain:
+    """A session as a user opens it: no options (``spin=True``), or only ``session.intra_op.allow_spinning=0``."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, spin: bool = True):
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = None if spin else ort.SessionOptions()
+        if options:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.name = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray):
@@ -143,35 +151,80 @@ class Mmdeploy:
 # ----------------------------------------------------------------------------- timing
 
 
+_clock, _sleep = time.perf_counter, time.sleep  # the tests run the timing functions on a virtual clock
+
+
+def _warm(runs: dict, x: np.ndarray) -> None:
+    for run in [run for run in runs.values() for _ in range(3)]:  # compile caches, thread pools
+        run(x)
+
+
+def _timed(run, x: np.ndarray) -> float:
+    start = _clock()
+    run(x)
+    return 1000 * (_clock() - start)
+
+
 def time_blocks(runs: dict, x: np.ndarray, rounds: int, block_ms: float, gap_ms: float, before: dict | None = None,
                 seed: int = 0) -> dict[str, float]:
-    """Median over ``rounds`` of the mean ms per call in a block of back-to-back calls, configurations interleaved.
-    ``before``: name -> a callable run (untimed, one block's worth) right before that configuration's block."""
-    for run in runs.values():  # warm-up: compile caches, thread pools
-        for _ in range(3):
-            run(x)
-    calls = {}
-    for name, run in runs.items():
-        start = time.perf_counter()
-        run(x)
-        calls[name] = max(1, int(block_ms / max(1e-3, 1000 * (time.perf_counter() - start))))
+    """``stream``: median over ``rounds`` of the mean ms per call in a block of back-to-back calls, configurations
+    interleaved. ``before``: name -> a callable run (untimed, one block's worth) right before that configuration's block."""
+    _warm(runs, x)
+    calls = {name: max(1, int(block_ms / max(1e-3, _timed(run, x)))) for name, run in runs.items()}
     samples: dict[str, list[float]] = {name: [] for name in runs}
     order = list(runs)
     rng = random.Random(seed)
     for _ in range(rounds):
         rng.shuffle(order)
         for name in order:
-            if before and name in before:
-                before[name](x)
-            else:
-                runs[name](x)  # untimed: wakes the configuration's threads
-            start = time.perf_counter()
+            (before[name] if before and name in before else runs[name])(x)  # untimed: wakes the configuration's threads
+            start = _clock()
             for _ in range(calls[name]):
                 runs[name](x)
-            samples[name].append(1000 * (time.perf_counter() - start) / calls[name])
+            samples[name].append(1000 * (_clock() - start) / calls[name])
             if gap_ms and not before:
-                time.sleep(gap_ms / 1000)
+                _sleep(gap_ms / 1000)
     return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def time_isolated(runs: dict, x: np.ndarray, rounds: int, calls: int, gap_ms: float, seed: int = 0) -> dict[str, float]:
+    """``isolated``: median ms of a single call made ``gap_ms`` after the previous call of any configuration; each round
+    makes ``calls`` calls per configuration in a shuffled order."""
+    _warm(runs, x)
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        order = [name for name in runs for _ in range(calls)]
+        rng.shuffle(order)
+        for name in order:
+            _sleep(gap_ms / 1000)
+            samples[name].append(_timed(runs[name], x))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def time_shared(runs: dict, neighbour, x: np.ndarray, rounds: int, calls: int, gap_ms: float,
+                seed: int = 0) -> tuple[dict[str, tuple[float, float, float]], float]:
+    """``shared``: each configuration X alternates with ``neighbour`` N, X, N, X, N, ... (one untimed pair, then ``calls``
+    timed pairs per round, configurations and N's own run in a shuffled order). Returns name -> (X's median ms, N's
+    median ms right after X, cost = median(X + N after it) - N undisturbed), and N undisturbed: the lowest of N's
+    medians after its own call and after each configuration."""
+    every = {**runs, None: neighbour}  # None: N after N, the neighbour's own time
+    _warm(every, x)
+    own, after = ({name: [] for name in every} for _ in range(2))
+    order = list(every)
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            every[name](x)
+            neighbour(x)
+            for _ in range(calls):
+                own[name].append(_timed(every[name], x))
+                after[name].append(_timed(neighbour, x))
+            _sleep(gap_ms / 1000)
+    alone = min(statistics.median(a) for a in after.values())
+    return {name: (statistics.median(own[name]), statistics.median(after[name]),
+                   statistics.median(a + b for a, b in zip(own[name], after[name])) - alone) for name in runs}, alone
 
 
 def _inputs(size: int, batch: int) -> np.ndarray:
@@ -187,6 +240,29 @@ def _files(bundle, size: int, precision: str) -> tuple[Path | None, Path | None]
     rec = ov_record(bundle, size, precision)
     ov = bundle.path(rec.file) if rec and bundle.path(rec.file).exists() else None
     return onnx, ov
+
+
+def _neighbour(bundle, size: int, batch: int):
+    """N of the ``shared`` pattern: OpenVINO's defaults on the fp32 file, else an ONNX Runtime session that does not spin."""
+    onnx, ov = _files(bundle, size, "fp32")
+    if not (onnx or ov):
+        sys.exit(f"usage shared needs an fp32 file at {size} px for the neighbour engine")
+    return ("ov-default fp32", OvPlain(ov, size, batch, throughput=False)) if ov else ("ort-nospin fp32", OrtPlain(onnx, spin=False))
+
+
+def _time_as(usage: str, every: dict, x: np.ndarray, args, bundle, size: int, batch: int, notes: dict):
+    """Every configuration's figure in ``usage``'s pattern, and its unit; for ``shared``, what makes up each cost goes
+    into ``notes``."""
+    seed = size * 1000 + batch
+    if usage == "stream":
+        return time_blocks(every, x, args.rounds, args.block_ms, args.gap_ms, seed=seed), "ms"
+    if usage == "isolated":
+        return time_isolated(every, x, args.rounds, args.calls, args.gap_ms, seed=seed), "ms"
+    n_name, neighbour = _neighbour(bundle, size, batch)
+    pairs, alone = time_shared(every, neighbour, x, args.rounds, args.calls, args.gap_ms, seed=seed)
+    for name, (own, after, _) in pairs.items():
+        notes[name] = f"own {own:.3f} + {n_name} after it {after:.3f} - N undisturbed {alone:.3f}  {notes.get(name, '')}"
+    return {name: max(1e-6, cost) for name, (_, _, cost) in pairs.items()}, "ms cost"
 
 
 def isolated_child(bundle_dir: str, engine: str, precision: str, cells: list[tuple[int, int]], rounds: int, block_ms: float) -> None:
@@ -210,7 +286,10 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--block-ms", type=float, default=5.0)
-    ap.add_argument("--gap-ms", type=float, default=10.0)
+    ap.add_argument("--gap-ms", type=float, default=10.0, help="idle ms between blocks (stream), before each call (isolated)")
+    ap.add_argument("--calls", type=int, default=5, help="single calls (isolated) or pairs (shared) per configuration and round")
+    ap.add_argument("--usage", choices=["stream", "isolated", "shared"],
+                    help="how the first table times every configuration (default: the usage the bundle was tuned for)")
     ap.add_argument("--isolated-child", nargs=2, metavar=("ENGINE", "PRECISION"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     from mmdeploy.bundle import Bundle
@@ -224,8 +303,14 @@ def main() -> None:
 
     print(f"CPU: {cpu_description()}")
     print(f"before: {load_line()}")
-    print(f"bundle {bundle.root}, tuned for usage {bundle.engine_settings.get('usage', '(not recorded)')}; rounds {args.rounds}, "
-          f"blocks >= {args.block_ms} ms, {args.gap_ms} ms apart\n")
+    tuned = bundle.engine_settings.get("usage")
+    usage = args.usage or tuned or "shared"
+    why = "--usage" if args.usage else "the bundle's" if tuned else "tune's default; the bundle records none"
+    pattern = {"stream": f"blocks >= {args.block_ms} ms, {args.gap_ms} ms apart",
+               "isolated": f"{args.calls} single calls per round, each {args.gap_ms} ms after the previous call",
+               "shared": f"{args.calls} pairs (X, neighbour) per round"}[usage]
+    print(f"bundle {bundle.root}, tuned for usage {tuned or '(not recorded)'}; timed as usage {usage} ({why}): {pattern}; "
+          f"rounds {args.rounds}\n")
     summary, layout = [], []
     for size, batch in cells:
         x = _inputs(size, batch)
@@ -233,7 +318,8 @@ def main() -> None:
         for p in args.precisions:
             onnx, ov = _files(bundle, size, p)
             if onnx:
-                runs[f"ort-default {p}"] = OrtDefault(onnx)
+                runs[f"ort-default {p}"] = OrtPlain(onnx)
+                runs[f"ort-nospin {p}"] = OrtPlain(onnx, spin=False)
                 mine[f"mmdeploy ort {p}"] = Mmdeploy(bundle, "ort", size, p, batch)
             if ov:
                 runs[f"ov-default {p}"] = plain = OvPlain(ov, size, batch, throughput=False)
@@ -244,13 +330,13 @@ def main() -> None:
                 mine[f"mmdeploy ov {p}"] = Mmdeploy(bundle, "ov", size, p, batch)
         for name, m in mine.items():
             notes[name] = f"tuned: {m.settings}"
-        ms = time_blocks({**runs, **mine}, x, args.rounds, args.block_ms, args.gap_ms, seed=size * 1000 + batch)
+        ms, unit = _time_as(usage, {**runs, **mine}, x, args, bundle, size, batch, notes)
         fastest = min(ms, key=ms.get)
         best = min(mine, key=lambda n: ms[n])
-        print(f"== {size} px, batch {batch}: mmdeploy best {best} {ms[best]:.3f} ms / fastest {fastest} {ms[fastest]:.3f} ms "
-              f"= {ms[best] / ms[fastest]:.2f}")
+        print(f"== {size} px, batch {batch}: mmdeploy best {best} {ms[best]:.3f} {unit} / fastest {fastest} {ms[fastest]:.3f} "
+              f"{unit} = {ms[best] / ms[fastest]:.2f}")
         for name in sorted(ms, key=ms.get):
-            print(f"   {name:<24} {ms[name]:9.3f} ms  {notes.get(name, '')}")
+            print(f"   {name:<24} {ms[name]:9.3f} {unit}  {notes.get(name, '')}")
         summary.append((size, batch, ms[best] / ms[fastest], fastest))
         # shared: each mmdeploy engine with the other runtime's engine of the same precision running right before it
         for name, m in mine.items():
@@ -272,7 +358,7 @@ def main() -> None:
                 for key, value in json.loads(done.stdout.strip().splitlines()[-1]).items():
                     isolated[(f"mmdeploy {engine} {p}", key)] = value
 
-    print("\nmmdeploy's best point / fastest configuration of any kind")
+    print(f"\nmmdeploy's best point / fastest configuration of any kind, timed as usage {usage}")
     print("| size | " + " | ".join(f"batch {b}" for b in args.batches) + " |")
     print("|---:|" + "---:|" * len(args.batches))
     for s in sizes:
