@@ -15,7 +15,9 @@ all of them are timed for the first table, interleaved and in a fresh shuffled o
 alike), each in the pattern that usage's requests meet, so no configuration is timed in a pattern it will not run in:
 
 - ``stream`` (back-to-back requests, engine alone): per round one block of back-to-back calls per configuration (at
-  least ``--block-ms``, after one untimed call), ``--gap-ms`` apart; figure: the median of block means.
+  least ``--block-ms``, after one untimed call), ``--block-gap-ms`` (50) apart; figure: the median of block means. The
+  gap outlasts ONNX Runtime's spinning (its workers spin on ~35 ms after a run): through a 10 ms gap a spinning
+  session's block slowed the next block, OpenVINO's by up to 1.5x, so each configuration runs as if alone.
 - ``isolated`` (one engine per process, requests with idle gaps): ``--calls`` single calls per configuration and round,
   each ``--gap-ms`` after the previous call of any; figure: the median call. Every such request wakes idle workers.
 - ``shared`` (several engines in one process): each configuration X alternates call by call with one fixed neighbour
@@ -59,6 +61,21 @@ def cpu_description() -> str:
     cores = len(os.sched_getaffinity(0))
     features = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
     return f"{family} ({name}), {cores} usable cores, {' '.join(features) or 'no AVX-512'}"
+
+
+def cpu_seconds() -> tuple[float, float, float]:
+    """(wall, machine-wide busy CPU seconds from /proc/stat, this process's and its children's CPU seconds)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    t = os.times()
+    return time.monotonic(), busy, t.user + t.system + t.children_user + t.children_system
+
+
+def others_line(start: tuple[float, float, float]) -> str:
+    """Other processes' share of the usable cores since ``start`` (a quiet run: under a few %)."""
+    wall, busy, own = (b - a for a, b in zip(start, cpu_seconds()))
+    share = max(0.0, busy - own) / max(1e-9, wall * len(os.sched_getaffinity(0)))
+    return f"other processes used {share:.1%} of the cores during the run" + (" - NOT QUIET: do not quote" if share > 0.05 else "")
 
 
 def load_line() -> str:
@@ -255,7 +272,7 @@ def _time_as(usage: str, every: dict, x: np.ndarray, args, bundle, size: int, ba
     into ``notes``."""
     seed = size * 1000 + batch
     if usage == "stream":
-        return time_blocks(every, x, args.rounds, args.block_ms, args.gap_ms, seed=seed), "ms"
+        return time_blocks(every, x, args.rounds, args.block_ms, args.block_gap_ms, seed=seed), "ms"
     if usage == "isolated":
         return time_isolated(every, x, args.rounds, args.calls, args.gap_ms, seed=seed), "ms"
     n_name, neighbour = _neighbour(bundle, size, batch)
@@ -286,7 +303,8 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--block-ms", type=float, default=5.0)
-    ap.add_argument("--gap-ms", type=float, default=10.0, help="idle ms between blocks (stream), before each call (isolated)")
+    ap.add_argument("--gap-ms", type=float, default=10.0, help="idle ms before each call (isolated), between pairs (shared)")
+    ap.add_argument("--block-gap-ms", type=float, default=50.0, help="idle ms between blocks (stream): longer than ONNX Runtime spins")
     ap.add_argument("--calls", type=int, default=5, help="single calls (isolated) or pairs (shared) per configuration and round")
     ap.add_argument("--usage", choices=["stream", "isolated", "shared"],
                     help="how the first table times every configuration (default: the usage the bundle was tuned for)")
@@ -303,10 +321,11 @@ def main() -> None:
 
     print(f"CPU: {cpu_description()}")
     print(f"before: {load_line()}")
+    started = cpu_seconds()
     tuned = bundle.engine_settings.get("usage")
     usage = args.usage or tuned or "shared"
     why = "--usage" if args.usage else "the bundle's" if tuned else "tune's default; the bundle records none"
-    pattern = {"stream": f"blocks >= {args.block_ms} ms, {args.gap_ms} ms apart",
+    pattern = {"stream": f"blocks >= {args.block_ms} ms, {args.block_gap_ms} ms apart",
                "isolated": f"{args.calls} single calls per round, each {args.gap_ms} ms after the previous call",
                "shared": f"{args.calls} pairs (X, neighbour) per round"}[usage]
     print(f"bundle {bundle.root}, tuned for usage {tuned or '(not recorded)'}; timed as usage {usage} ({why}): {pattern}; "
@@ -370,7 +389,7 @@ def main() -> None:
     for name, s, b, shared in layout:
         iso = isolated.get((name, f"{s}/{b}"))
         print(f"| {name} | {s} | {b} | {iso:.3f} | {shared:.3f} | {shared / iso:.2f} |" if iso else f"| {name} | {s} | {b} | - | {shared:.3f} | - |")
-    print(f"\nafter: {load_line()}")
+    print(f"\nafter: {load_line()}; {others_line(started)}")
 
 
 if __name__ == "__main__":
