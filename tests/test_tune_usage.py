@@ -130,7 +130,7 @@ def test_stream_pattern_times_blocks_each_after_an_idle_gap_and_a_wake_up_call(m
         else:
             current.append(c)
     assert len(blocks) == 2 * (3 + 2) and all(len(b) >= 2 and len(set(b)) == 1 for b in blocks), \
-        "each block: one setting only, a wake-up call then the timed calls, after an idle gap"
+        "each block: one setting only, untimed wake-up calls then the timed calls, after an idle gap"
     assert sorted(b[0] for b in blocks) == ["quiet"] * 5 + ["spin"] * 5
     gaps = [c for c in body if c.startswith("gap")]
     after_spin = [gaps[i + 1] for i, b in enumerate(blocks[:-1]) if b[0] == "spin"]

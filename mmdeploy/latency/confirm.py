@@ -39,7 +39,8 @@ SHORTLIST = (0.25, 4)  # the second round re-times the settings within 25% of th
 ROUNDS = {"stream": 15, "isolated": 15, "shared": 40}  # timed rounds of the second round per usage (after 2 of warm-up)
 GAP_MS = 10.0  # idle time before each block (stream) or call (isolated)
 SPIN_SETTLE_MS = 50.0  # stream: idle time after a spinning setting's block (ONNX Runtime's workers spun on ~35 ms after a run)
-BLOCK_MS = 2.0  # a stream block lasts at least this long (as in the first pass)
+BLOCK_MS = 5.0  # a stream block lasts at least this long: a steady stream, not the wake-up after the gap
+WAKE_MS = 1.0  # untimed back-to-back calls before each stream block (the threads woken, the caches warm)
 
 
 def check_usage(usage: str) -> None:
@@ -116,18 +117,19 @@ def _time_calls(make: dict[ThreadPolicy, object], size: int, batch: int, rounds:
 
 def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int) -> dict[ThreadPolicy, float]:
     """Median over rounds of the mean ms per call in a block of back-to-back calls lasting at least BLOCK_MS, each block
-    after GAP_MS idle (SPIN_SETTLE_MS after a spinning setting's block) and one untimed call; the settings in a fresh shuffled order each round, after two warm-up rounds."""
+    after GAP_MS idle (SPIN_SETTLE_MS after a spinning setting's block) and WAKE_MS of untimed calls; the settings in a fresh shuffled order each round, after two warm-up rounds."""
     import torch
 
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     with ExitStack() as stack:
         engines = {policy: stack.enter_context(factory()) for policy, factory in make.items()}
-        calls = {}
+        calls, wake = {}, {}
         for policy, engine in engines.items():
             engine(x)
             start = time.perf_counter()
             engine(x)
-            calls[policy] = max(1, min(64, int(BLOCK_MS / max(1e-3, 1000.0 * (time.perf_counter() - start))) + 1))
+            call_ms = max(1e-3, 1000.0 * (time.perf_counter() - start))
+            calls[policy], wake[policy] = max(1, min(256, int(BLOCK_MS / call_ms) + 1)), max(1, min(64, int(WAKE_MS / call_ms)))
         times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
         order, rng, previous = list(engines), random.Random(0), None
         for i in range(rounds + 2):
@@ -136,7 +138,8 @@ def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds
                 engine = engines[policy]
                 time.sleep((SPIN_SETTLE_MS if previous is not None and previous.spinning else GAP_MS) / 1000)
                 previous = policy
-                engine(x)  # untimed: wakes the setting's threads, warms its caches after the previous setting
+                for _ in range(wake[policy]):  # untimed: wakes the setting's threads, warms its caches after the previous setting
+                    engine(x)
                 start = time.perf_counter()
                 for _ in range(calls[policy]):
                     engine(x)
