@@ -15,8 +15,9 @@ the best one that does not, are opened afresh and re-timed, only they, in the us
   slowed the next setting's block, OpenVINO's by up to 1.5x, through a 10 ms gap);
 - ``isolated`` (one request at a time, idle between): one call after an idle gap (what counts is how fast the threads
   wake up);
-- ``shared`` (other engines in the process): one call between two calls of another engine (the companion), the pair
-  timed, because a setting that spins after its run slows the next engine more than itself.
+- ``shared`` (other engines in the process): one call between two calls of another engine (the companion); the figure
+  is the median of the setting's call plus the median of the companion's call right after it, because a setting that
+  spins after its run slows the next engine more than itself.
 
 The choice: the simplest setting within ``SIMPLER_WITHIN`` of the fastest of the second round (a preset before an explicit
 setting, fewer streams and threads before more); under ``shared`` a setting that spins counts ``SPIN_PENALTY`` slower.
@@ -36,7 +37,7 @@ USAGES = ("shared", "stream", "isolated")  # how the tuned engine will run; the 
 SIMPLER_WITHIN = 0.02  # a setting this much slower than the fastest still wins if it is simpler
 SPIN_PENALTY = 0.10  # under shared use, spinning wins only when more than this much faster (see choose)
 SHORTLIST = (0.25, 4)  # the second round re-times the settings within 25% of the fastest of the first, at most 4 (+ a preset)
-ROUNDS = {"stream": 15, "isolated": 15, "shared": 40}  # timed rounds of the second round per usage (after 2 of warm-up)
+ROUNDS = {"stream": 15, "isolated": 25, "shared": 60}  # timed rounds of the second round per usage (after 2 of warm-up)
 GAP_MS = 10.0  # idle time before each block (stream) or call (isolated)
 SPIN_SETTLE_MS = 50.0  # stream: idle time after a spinning setting's block (ONNX Runtime's workers spun on ~35 ms after a run)
 BLOCK_MS = 5.0  # a stream block lasts at least this long: a steady stream, not the wake-up after the gap
@@ -95,24 +96,28 @@ def confirm(make: dict[ThreadPolicy, object], usage: str, size: int, batch: int,
 
 
 def _time_calls(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int, before, after=None) -> dict[ThreadPolicy, float]:
-    """Median ms per setting of ``engine(x)`` plus ``after(x)``, with ``before(x)`` untimed ahead of each call; the
-    settings interleaved call by call, after two rounds of warm-up."""
+    """Per setting, the median ms of ``engine(x)`` plus, with ``after``, the median ms of ``after(x)`` right after it (what
+    the setting leaves the next engine), with ``before(x)`` untimed ahead of each call; the settings interleaved call by
+    call, after two rounds of warm-up. Medians apart, not of the sums: the two vary independently."""
     import torch
 
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     with ExitStack() as stack:
         engines = {policy: stack.enter_context(factory()) for policy, factory in make.items()}
-        times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
+        own: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
+        then: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
         for i in range(rounds + 2):
             for policy, engine in engines.items():
                 before(x)
                 start = time.perf_counter()
                 engine(x)
+                middle = time.perf_counter()
                 if after is not None:
                     after(x)
                 if i >= 2:
-                    times[policy].append(1000.0 * (time.perf_counter() - start))
-        return {p: statistics.median(t) for p, t in times.items()}
+                    own[policy].append(1000.0 * (middle - start))
+                    then[policy].append(1000.0 * (time.perf_counter() - middle))
+        return {p: statistics.median(own[p]) + (statistics.median(then[p]) if after is not None else 0.0) for p in engines}
 
 
 def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int) -> dict[ThreadPolicy, float]:
