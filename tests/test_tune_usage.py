@@ -114,6 +114,18 @@ def test_shared_pattern_calls_the_other_engine_around_every_timed_call():
         confirm({QUIET: lambda: _Logged("quiet", log)}, "shared", 8, 1)
 
 
+def test_shared_charges_a_setting_what_it_costs_the_next_engine_beyond_the_noise():
+    from mmdeploy.latency.confirm import CHARGE_ABOVE, charged
+
+    two = ThreadPolicy(2, False, "tuned")
+    own = {SPIN: 0.10, QUIET: 0.14, two: 0.13}
+    after = {SPIN: 0.30, QUIET: 0.20, two: 0.20 * (1 + CHARGE_ABOVE / 2)}  # the companion takes 0.20 ms undisturbed
+    cost = charged(own, after)
+    assert cost[SPIN] == pytest.approx(0.20) and cost[QUIET] == 0.14, "the spinner pays the 0.10 ms it leaves the next engine"
+    assert cost[two] == 0.13, "a slowdown inside the noise of the next engine's time is not charged"
+    assert choose_confirmed(cost, "shared") == two
+
+
 def test_stream_pattern_times_blocks_each_after_an_idle_gap_and_a_wake_up_call(monkeypatch):
     import mmdeploy.latency.confirm as confirm_module
 

@@ -16,8 +16,8 @@ the best one that does not, are opened afresh and re-timed, only they, in the us
 - ``isolated`` (one request at a time, idle between): one call after an idle gap (what counts is how fast the threads
   wake up);
 - ``shared`` (other engines in the process): one call between two calls of another engine (the companion); the figure
-  is the median of the setting's call plus the median of the companion's call right after it, because a setting that
-  spins after its run slows the next engine more than itself.
+  is the setting's median call plus the slowdown it leaves the companion's next call (:func:`charged`), because a
+  setting that spins after its run slows the next engine more than itself.
 
 The choice: the simplest setting within ``SIMPLER_WITHIN`` of the fastest of the second round (a preset before an explicit
 setting, fewer streams and threads before more); under ``shared`` a setting that spins counts ``SPIN_PENALTY`` slower.
@@ -38,6 +38,7 @@ SIMPLER_WITHIN = 0.02  # a setting this much slower than the fastest still wins 
 SPIN_PENALTY = 0.10  # under shared use, spinning wins only when more than this much faster (see choose)
 SHORTLIST = (0.25, 4)  # the second round re-times the settings within 25% of the fastest of the first, at most 4 (+ a preset)
 ROUNDS = {"stream": 15, "isolated": 25, "shared": 60}  # timed rounds of the second round per usage (after 2 of warm-up)
+CHARGE_ABOVE = 0.03  # shared: a slowdown of the next engine above this share of its time is charged to the setting
 GAP_MS = 10.0  # idle time before each block (stream) or call (isolated)
 SPIN_SETTLE_MS = 50.0  # stream: idle time after a spinning setting's block (ONNX Runtime's workers spun on ~35 ms after a run)
 BLOCK_MS = 5.0  # a stream block lasts at least this long: a steady stream, not the wake-up after the gap
@@ -96,9 +97,9 @@ def confirm(make: dict[ThreadPolicy, object], usage: str, size: int, batch: int,
 
 
 def _time_calls(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int, before, after=None) -> dict[ThreadPolicy, float]:
-    """Per setting, the median ms of ``engine(x)`` plus, with ``after``, the median ms of ``after(x)`` right after it (what
-    the setting leaves the next engine), with ``before(x)`` untimed ahead of each call; the settings interleaved call by
-    call, after two rounds of warm-up. Medians apart, not of the sums: the two vary independently."""
+    """Per setting, the median ms of ``engine(x)``, with ``before(x)`` untimed ahead of each call; with ``after``, plus
+    what the setting costs ``after(x)`` run right after it (:func:`charged`); the settings interleaved call by call,
+    after two rounds of warm-up."""
     import torch
 
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -117,7 +118,17 @@ def _time_calls(make: dict[ThreadPolicy, object], size: int, batch: int, rounds:
                 if i >= 2:
                     own[policy].append(1000.0 * (middle - start))
                     then[policy].append(1000.0 * (time.perf_counter() - middle))
-        return {p: statistics.median(own[p]) + (statistics.median(then[p]) if after is not None else 0.0) for p in engines}
+        mine = {p: statistics.median(t) for p, t in own.items()}
+        return charged(mine, {p: statistics.median(t) for p, t in then.items()}) if after is not None else mine
+
+
+def charged(own: dict[ThreadPolicy, float], after: dict[ThreadPolicy, float]) -> dict[ThreadPolicy, float]:
+    """Each setting's own ms plus the slowdown it leaves the engine that runs next (``after``: that engine's median ms
+    right after it), measured from the least such median; a slowdown within CHARGE_ABOVE of that engine's time is the
+    timing's noise and is not charged (the next engine can take 3x a setting's own time, and its noise drowned the
+    settings' differences)."""
+    least = min(after.values())
+    return {p: own[p] + (after[p] - least if after[p] - least > CHARGE_ABOVE * least else 0.0) for p in own}
 
 
 def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int) -> dict[ThreadPolicy, float]:

@@ -167,15 +167,15 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
 
 
 def _companion(bundle, engine: str, precision: str, size: int):
-    """() -> the other engine of the shared pattern: OpenVINO's default engine on the fp32 file of this size where there is
-    one (the layout that collapsed spinning ONNX Runtime sessions, and the neighbour of bench_harness.py), else a
-    non-spinning ONNX Runtime session."""
+    """() -> the other engine of the shared pattern: OpenVINO with its defaults on this size's int8 file, else on its fp32
+    file (f32), where there is one (the layout that collapsed spinning ONNX Runtime sessions), else a non-spinning ONNX
+    Runtime session. The fastest neighbour at hand: its own noise is what hides small differences."""
     from mmdeploy.bundle import OV
-    from mmdeploy.latency.threads import ov_default_policy
 
-    for p in ("fp32", precision):
+    for p in ("int8", "fp32"):
         if bundle.artifact_usable(bundle.artifact(size, OV, p)):
-            return lambda p=p: _ov(bundle, size, p, ov_default_policy())
+            default = ThreadPolicy(usable_cores(), False, "tuned", usable_cores(), "default", "cpu" if p == "int8" else "")
+            return lambda p=p, default=default: _ov(bundle, size, p, default)
     return lambda: _ort(bundle, size, precision if engine == "ort" else "fp32", ort_default_policy())
 
 
