@@ -167,15 +167,16 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
 
 
 def _companion(bundle, engine: str, precision: str, size: int):
-    """() -> the other engine of the shared pattern: OpenVINO with its defaults on this size's int8 file, else on its fp32
-    file (f32), where there is one (the layout that collapsed spinning ONNX Runtime sessions), else a non-spinning ONNX
-    Runtime session. The fastest neighbour at hand: its own noise is what hides small differences."""
+    """() -> the other engine of the shared pattern: OpenVINO as a user opens it (no hints: bf16 on a CPU with native
+    bf16) on this size's fp32 file, where there is one (the layout that collapsed spinning ONNX Runtime sessions; the
+    neighbour of benchmarks/bench_harness.py), else a non-spinning ONNX Runtime session."""
     from mmdeploy.bundle import OV
+    from mmdeploy.engines.openvino import OvEngine, native_bf16
 
-    for p in ("int8", "fp32"):
-        if bundle.artifact_usable(bundle.artifact(size, OV, p)):
-            default = ThreadPolicy(usable_cores(), False, "tuned", usable_cores(), "default", "cpu" if p == "int8" else "")
-            return lambda p=p, default=default: _ov(bundle, size, p, default)
+    record = bundle.artifact(size, OV, "fp32")
+    if bundle.artifact_usable(record):
+        plain = ThreadPolicy(usable_cores(), False, "tuned", usable_cores(), "default")
+        return lambda: OvEngine(bundle.path(record.file), size, "bf16" if native_bf16() else "fp32", policy=plain)
     return lambda: _ort(bundle, size, precision if engine == "ort" else "fp32", ort_default_policy())
 
 
