@@ -10,7 +10,8 @@ rounds of a block's mean):
   "fp32" there is bf16 arithmetic); ``ov-f32 P``: the f32 inference-precision hint;
 - ``mmdeploy ort P`` / ``mmdeploy ov P``: mmdeploy's engines with their default (untuned) settings;
 - the per-call floor: a one-node graph (Identity on the 1x3xSxS input) through ``session.run``, OpenVINO's
-  ``infer({0: x})`` and ``set_input_tensor`` + ``infer()``.
+  ``infer({0: x})``, ``set_input_tensor`` + ``infer()``, a copy into the request's own input + ``infer()`` (what
+  mmdeploy's ov engine does at batch 1), and mmdeploy's two engines (fp32 names them, the graph has no precision).
 
 Then, per precision, OpenVINO's per-layer counters (``PERF_COUNT``): the summed time of the convolution layers, the
 part of a call no per-call saving can remove. Prints fastest fp32 / fastest int8 per size (and with fp32 meaning f32
@@ -89,6 +90,18 @@ def ov_tensor_call(path: Path, size: int, config: dict | None = None):
     return call
 
 
+def ov_copy_call(path: Path, size: int, config: dict | None = None):
+    request = ov_request(path, size, config)
+    buffer = request.get_input_tensor(0).data  # the request's own input memory, written in place each call
+
+    def call(x):
+        buffer[...] = x
+        request.infer()
+        return request.get_output_tensor(0).data.copy()
+
+    return call
+
+
 def mmdeploy_engine(kind: str, path: Path, size: int, precision: str):
     import torch
 
@@ -156,6 +169,9 @@ def bench_size(bundle: Path, size: int, rounds: int, block_ms: float, scratch: P
     calls["floor ort session.run"] = ort_session(identity)
     calls["floor ov infer(dict)"] = ov_dict_call(identity, size)
     calls["floor ov set_input_tensor+infer()"] = ov_tensor_call(identity, size)
+    calls["floor ov copy-in+infer()"] = ov_copy_call(identity, size)
+    calls["floor mmdeploy ort engine"] = mmdeploy_engine("ort", identity, size, "fp32")
+    calls["floor mmdeploy ov engine"] = mmdeploy_engine("ov", identity, size, "fp32")
     x = np.random.default_rng(size).random((1, 3, size, size), dtype=np.float32)
     ms = time_interleaved(calls, x, rounds, block_ms)
     conv = {"f32": ov_conv_us(files["fp32"], size, f32), "bf16": ov_conv_us(files["fp32"], size, {}),
@@ -163,8 +179,36 @@ def bench_size(bundle: Path, size: int, rounds: int, block_ms: float, scratch: P
     return {"ms": ms, "conv_us": conv}
 
 
+def ort_profile(path: Path, size: int, scratch: Path, calls: int = 300) -> str:
+    """ONNX Runtime's per-node profile of a default session (after its graph optimizations): nodes and time per op type.
+
+    The profiler adds its own cost to every node (a profiled call lasts 2-4x an unprofiled one), so read shares, not us."""
+    import collections
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(scratch / f"profile_{size}_{path.stem}")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    for _ in range(calls):
+        session.run(None, {name: x})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    time_by_op, count_by_op = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            time_by_op[e["args"]["op_name"]] += e["dur"]
+            count_by_op[e["args"]["op_name"]] += 1
+    total = sum(time_by_op.values())
+    parts = [f"{op} x{count_by_op[op] // calls} {100 * t / total:.0f}%" for op, t in time_by_op.most_common()]
+    return f"{sum(count_by_op.values()) // calls} nodes: " + ", ".join(parts)
+
+
 def _fastest(ms: dict[str, float], precision: str, exclude: tuple[str, ...] = ()) -> tuple[str, float]:
-    pool = {k: v for k, v in ms.items() if k.endswith(f" {precision}") and not k.startswith(exclude)}
+    pool = {k: v for k, v in ms.items() if k.endswith(f" {precision}") and not k.startswith(("floor", *exclude))}
     name = min(pool, key=pool.get)
     return name, pool[name]
 
@@ -175,6 +219,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 24, 32, 48])
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--block-ms", type=float, default=30.0)
+    parser.add_argument("--ort-profile", action="store_true", help="also print ONNX Runtime's per-op-type profile of both files")
     args = parser.parse_args()
     import onnxruntime
     import openvino
@@ -188,6 +233,9 @@ def main() -> None:
             print(f"\n## {size} px (ms per call)")
             for name, value in sorted(results[size]["ms"].items(), key=lambda kv: kv[1]):
                 print(f"  {name:<36} {value:.4f}")
+            if args.ort_profile:
+                for precision, file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
+                    print(f"  ort profile {precision}: {ort_profile(args.bundle / 'sizes' / str(size) / file, size, Path(scratch))}")
     print("\n| size | fastest fp32 | ms | fastest int8 | ms | fp32/int8 | fastest f32 arithmetic | ms | f32/int8 | ov conv layers f32 / bf16 / int8 (us) | conv f32/int8 | conv bf16/int8 |")
     print("|---:|---|---:|---|---:|---:|---|---:|---:|---|---:|---:|")
     for size, r in results.items():

@@ -98,11 +98,15 @@ def test_batch_1_calls_each_read_their_own_input_and_keep_their_own_output(ov_bu
         y = run(x)
         x.zero_()  # the caller reuses its buffer after the call
         batched = run(torch.cat(xs))
+        half = run(xs[1].half())  # converted on the way in, as before
+        with pytest.raises(MMDeployError, match="takes"):
+            run(torch.randn(1, 3, 1, 1))  # would broadcast into the input memory unnoticed
     assert all(torch.equal(a, b) for a, b in zip(first, kept)), "a later call overwrote an earlier output"
     assert all(torch.equal(a, b) for a, b in zip(first, reversed(again))), "a call read another call's input"
     assert not torch.allclose(first[0], first[1]), "different inputs, different logits"
     assert torch.equal(y, first[0])
     torch.testing.assert_close(batched, torch.cat(first), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(half, first[1], atol=1e-2, rtol=1e-2)
 
 
 @needs_ov
