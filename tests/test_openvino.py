@@ -85,6 +85,31 @@ def test_ov_engine_matches_torch_at_batch_1_and_a_split_padded_batch(ov_bundle):
 
 
 @needs_ov
+def test_batch_1_calls_each_read_their_own_input_and_keep_their_own_output(ov_bundle):
+    # Batch 1 hands OpenVINO a tensor over the caller's memory (no input copy, no output dict): a call must not see an
+    # earlier call's input, and a returned output must not change when later calls reuse the request.
+    out, _ = ov_bundle
+    xs = [torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    with load_engine(Bundle.open(out), "ov", 16, "fp32") as run:
+        first = [run(x) for x in xs]
+        kept = [y.clone() for y in first]
+        again = [run(x) for x in reversed(xs)]
+        x = xs[0].clone()
+        y = run(x)
+        x.zero_()  # the caller reuses its buffer after the call
+        batched = run(torch.cat(xs))
+        half = run(xs[1].half())  # converted on the way in, as before
+        with pytest.raises(MMDeployError, match="takes"):
+            run(torch.randn(1, 3, 1, 1))  # would broadcast into the input memory unnoticed
+    assert all(torch.equal(a, b) for a, b in zip(first, kept)), "a later call overwrote an earlier output"
+    assert all(torch.equal(a, b) for a, b in zip(first, reversed(again))), "a call read another call's input"
+    assert not torch.allclose(first[0], first[1]), "different inputs, different logits"
+    assert torch.equal(y, first[0])
+    torch.testing.assert_close(batched, torch.cat(first), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(half, first[1], atol=1e-2, rtol=1e-2)
+
+
+@needs_ov
 def test_export_gates_and_records_every_size_and_precision(ov_bundle):
     out, summary = ov_bundle
     manifest = json.loads((out / "manifest.json").read_text())
