@@ -130,6 +130,25 @@ def test_input_metadata_is_one_accessor_with_one_answer(name, tmp_path):
         np.testing.assert_allclose(out.numpy(), model(x).numpy(), atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ENGINES_HERE)
+def test_every_input_form_gives_the_same_logits(name, tmp_path):
+    """float32 contiguous CPU tensors take a short path (no conversion calls); every other form still runs, converted."""
+    model = _Tiny().eval()
+    onnx_path = _tiny_onnx(model, tmp_path / "tiny.onnx")
+    engine = {"torch": lambda: TorchEngine(model, SIZE, device="cpu"),
+              "ort": lambda: OrtEngine(onnx_path, SIZE, threads=1),
+              "ov": lambda: OvEngine(onnx_path, SIZE, threads=1)}[name]()
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    with engine as run:
+        want = run(x).clone()
+        forms = {"float64": x.double(), "strided": torch.randn(2, SIZE, SIZE, 3).permute(0, 3, 1, 2).copy_(x),
+                 "requires_grad": x.clone().requires_grad_(True), "batch 1": x[:1]}
+        for form, value in forms.items():
+            got = run(value)
+            np.testing.assert_allclose(got.detach().numpy(), want[: value.shape[0]].numpy(), atol=1e-4, err_msg=form)
+    assert not forms["strided"].is_contiguous() and forms["requires_grad"].requires_grad
+
+
 # -- the lifecycle's state checks: the base class's, whatever the subclass implements ---------------------------------
 @pytest.mark.parametrize("name", ENGINES_HERE)
 def test_every_engine_gets_the_lifecycle_checks_from_the_base_class(name, tmp_path):

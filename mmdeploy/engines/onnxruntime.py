@@ -139,6 +139,7 @@ class OrtEngine(Engine):
         self.device = "cuda" if self.active_provider != "CPUExecutionProvider" else "cpu"
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        self._outputs = [self.output_name]
         shape = self.session.get_inputs()[0].shape
         for name, value in self.fixed_dims.items():  # an override whose name the graph lacks does nothing, silently
             pos = _DIM_POSITION.get(name)
@@ -176,8 +177,11 @@ class OrtEngine(Engine):
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.device == "cuda" and torch.cuda.is_available():  # onnxruntime-gpu beside a CPU-only torch: no binding
             return self._infer_cuda(x)
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run([self.output_name], {self.input_name: arr})[0])
+        if x.dtype is torch.float32 and not x.requires_grad and x.is_contiguous() and x.device.type == "cpu":
+            arr = x.numpy()  # the common case, without the conversions' calls: a batch-1 call lasts 0.07 ms at 16 px
+        else:
+            arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(self._outputs, {self.input_name: arr})[0])
 
     def _infer_cuda(self, x: torch.Tensor) -> torch.Tensor:
         """Bind torch CUDA memory directly: no host round trip for the input."""
