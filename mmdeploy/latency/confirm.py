@@ -89,8 +89,8 @@ def confirm(make: dict[ThreadPolicy, object], usage: str, size: int, batch: int,
     if usage == "shared":
         if companion is None:
             raise ValueError("the shared pattern needs a companion engine")
-        with companion() as other:
-            return _time_calls(make, size, batch, rounds, before=other, after=other)
+        with companion() as other:  # X, N, X', N, ...: the companion's call after each setting is also the one before the next
+            return _time_calls(make, size, batch, rounds, before=lambda _x: None, after=other)
     if usage == "isolated":
         return _time_calls(make, size, batch, rounds, before=lambda _x: time.sleep(GAP_MS / 1000))
     return _time_blocks(make, size, batch, rounds)
