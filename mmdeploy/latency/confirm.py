@@ -34,10 +34,11 @@ from mmdeploy.errors import MMDeployError
 from mmdeploy.latency.threads import ThreadPolicy
 
 USAGES = ("shared", "stream", "isolated")  # how the tuned engine will run; the first is the default
+ALONE = ("stream", "isolated")  # the usages with the engine alone in its process: ONNX Runtime's default session may spin
 SIMPLER_WITHIN = 0.02  # a setting this much slower than the fastest still wins if it is simpler
 SPIN_PENALTY = 0.10  # under shared use, spinning wins only when more than this much faster (see choose)
 SHORTLIST = (0.25, 4)  # the second round re-times the settings within 25% of the fastest of the first, at most 4 (+ a preset)
-ROUNDS = {"stream": 15, "isolated": 25, "shared": 60}  # timed rounds of the second round per usage (after 2 of warm-up)
+ROUNDS = {"stream": 15, "isolated": 60, "shared": 60}  # isolated: single calls after a wake-up, the noisiest  # timed rounds of the second round per usage (after 2 of warm-up)
 CHARGE_ABOVE = 0.03  # shared: a slowdown of the next engine above this share of its time is charged to the setting
 GAP_MS = 10.0  # idle time before each block (stream) or call (isolated)
 SPIN_SETTLE_MS = 50.0  # stream: idle time after a spinning setting's block (ONNX Runtime's workers spun on ~35 ms after a run)

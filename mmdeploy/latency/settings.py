@@ -35,6 +35,6 @@ def stored_policy(settings: dict, engine: str, precision: str, size: int, batch:
         policy = ThreadPolicy.from_dict(table[nearest], source="tuned")
     except (ValueError, TypeError):
         return default  # a hand-edited or foreign entry: ignore it rather than guess
-    if engine == "ort" and policy.preset == "default" and settings.get("usage") != "stream":
+    if engine == "ort" and policy.preset == "default" and settings.get("usage") not in ("stream", "isolated"):
         policy = replace(policy, spinning=False)  # tuned before the default session stopped spinning for shared use
     return policy

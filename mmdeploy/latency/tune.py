@@ -14,9 +14,9 @@ of it is preferred, since it leaves more of the machine to everything else for n
 
 How the engine will be used (``usage``: ``stream``, ``isolated`` or ``shared``, the default) decides the pattern of the
 second round (:mod:`mmdeploy.latency.confirm`): the first pass's front runners, plus the best preset, are re-timed on
-fresh engines the way they will be called, and the choice comes from that round. ``shared`` and ``isolated`` time ONNX
-Runtime's default session with its spinning stopped after each run (it would take the cores from the next engine, or
-burn them until the next request); ``stream`` times it as it comes. The usage is stored with the choice.
+fresh engines the way they will be called, and the choice comes from that round. ``shared`` times ONNX Runtime's
+default session with its spinning stopped after each run (it would take the cores from the next engine); ``stream``
+and ``isolated`` (the engine alone in its process) time it as it comes. The usage is stored with the choice.
 Engines created from the bundle load these settings unless told otherwise. Settings tuned on another
 machine (CPU model, usable cores, onnxruntime version) are not loaded.
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from mmdeploy.bundle.lock import reading_bundle
 from mmdeploy.errors import MMDeployError
-from mmdeploy.latency.confirm import USAGES, check_usage, choose, choose_confirmed, confirm, shortlist  # noqa: F401  (choose: re-exported)
+from mmdeploy.latency.confirm import ALONE, USAGES, check_usage, choose, choose_confirmed, confirm, shortlist  # noqa: F401  (choose: re-exported)
 from mmdeploy.latency.settings import machine_fingerprint, stored_policy  # noqa: F401  (re-exported)
 from mmdeploy.latency.threads import ThreadPolicy, ort_default_policy, usable_cores
 from mmdeploy.progress import Progress
@@ -62,14 +62,15 @@ def store_settings(bundle_dir: str | Path, chosen: dict[tuple[str, str, int, int
 def ort_candidates(cores: int | None = None, usage: str = USAGES[0]) -> list[ThreadPolicy]:
     """ONNX Runtime's default session, then threads 1..usable cores, spinning off and on; simplest first.
 
-    ``stream``: the default session exactly as ONNX Runtime opens it; it spins (session.intra_op.allow_spinning defaults
-    to 1) and goes on spinning after each run, recorded as spinning. ``shared`` and ``isolated``: the default session with
-    its workers' spinning stopped (``spinning: False``, see ``mmdeploy.engines.onnxruntime.session_options``): beside
-    another engine, spinning after a run took the cores from the next engine (OpenVINO 2-9x slower right after it), and
-    with idle gaps between requests it only burns the cores until the next request wakes the workers anyway."""
+    ``stream`` and ``isolated`` (the engine alone in its process): the default session exactly as ONNX Runtime opens it;
+    it spins (session.intra_op.allow_spinning defaults to 1) and goes on spinning after each run (about 35 ms), recorded
+    as spinning: a request within that time finds its workers awake (isolated, 10 ms gaps, 32 px int8 batch 1: 0.53 ms
+    against 0.64 spin-stopped in bench_harness.py). ``shared``: the default session with its workers' spinning stopped
+    (``spinning: False``, see ``mmdeploy.engines.onnxruntime.session_options``): beside another engine, spinning after a
+    run took the cores from the next engine (OpenVINO 2-9x slower right after it)."""
     cores = cores or usable_cores()
     explicit = [ThreadPolicy(t, spin, "tuned") for t in range(1, cores + 1) for spin in (False, True)]
-    return [ThreadPolicy(cores, usage == "stream", "tuned", preset="default")] + explicit
+    return [ThreadPolicy(cores, usage in ALONE, "tuned", preset="default")] + explicit
 
 
 def ov_candidates(batch: int, cores: int | None = None, precision: str = "fp32") -> list[ThreadPolicy]:
