@@ -150,17 +150,19 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
         by_point.setdefault((r.engine.split()[0], r.precision, r.size, r.batch), {})[policy] = r.p50_ms
     name = lambda k: "/".join(map(str, k[:3])) + f"/b{k[3]}"  # noqa: E731
     chosen, confirmed = {}, {}
-    for key, timed in by_point.items():
-        engine, precision, size, batch = key
-        factory = _ort if engine == "ort" else _ov
-        short = shortlist(timed)
-        if len(short) == 1:
-            chosen[key] = short[0]
-            continue
-        companion = _companion(bundle, engine, precision, size) if usage == "shared" else None
-        retimed = confirm({p: (lambda p=p: factory(bundle, size, precision, p)) for p in short}, usage, size, batch, companion)
-        confirmed[name(key)] = {p.label: round(ms, 4) for p, ms in retimed.items()}
-        chosen[key] = choose_confirmed(retimed, usage)
+    with (progress or Progress()).task(f"second round ({usage} pattern): {len(by_point)} points' front runners", len(by_point)) as advance:
+        for key, timed in by_point.items():
+            engine, precision, size, batch = key
+            factory = _ort if engine == "ort" else _ov
+            short = shortlist(timed)
+            if len(short) == 1:
+                chosen[key] = short[0]
+            else:
+                companion = _companion(bundle, engine, precision, size) if usage == "shared" else None
+                retimed = confirm({p: (lambda p=p: factory(bundle, size, precision, p)) for p in short}, usage, size, batch, companion)
+                confirmed[name(key)] = {p.label: round(ms, 4) for p, ms in retimed.items()}
+                chosen[key] = choose_confirmed(retimed, usage)
+            advance(1)
     timings = {name(k): {p.label: round(ms, 4) for p, ms in v.items()} for k, v in by_point.items()}
     evidence = {"timings_p50_ms": timings, "confirmed_ms": confirmed, "confirm_pattern": usage, "interference": seen.to_dict()}
     store_settings(bundle_dir, chosen, evidence, usage)
