@@ -14,8 +14,8 @@ import torch
 from mmdeploy.bundle import Bundle
 from mmdeploy.engines.loader import load_engine
 from mmdeploy.errors import MMDeployError
-from mmdeploy.latency.threads import ThreadPolicy
 from mmdeploy.latency.confirm import SPIN_PENALTY, USAGES, choose_confirmed, confirm, shortlist
+from mmdeploy.latency.threads import ThreadPolicy
 from mmdeploy.latency.tune import ort_candidates, ov_candidates, store_settings, stored_policy
 
 ROOT = Path(__file__).resolve().parents[1]

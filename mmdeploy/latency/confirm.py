@@ -38,7 +38,7 @@ ALONE = ("stream", "isolated")  # the usages with the engine alone in its proces
 SIMPLER_WITHIN = 0.02  # a setting this much slower than the fastest still wins if it is simpler
 SPIN_PENALTY = 0.10  # under shared use, spinning wins only when more than this much faster (see choose)
 SHORTLIST = (0.25, 4)  # the second round re-times the settings within 25% of the fastest of the first, at most 4 (+ a preset)
-ROUNDS = {"stream": 15, "isolated": 60, "shared": 60}  # isolated: single calls after a wake-up, the noisiest  # timed rounds of the second round per usage (after 2 of warm-up)
+ROUNDS = {"stream": 15, "isolated": 60, "shared": 60}  # timed rounds per usage (after 2 of warm-up); isolated: the noisiest
 CHARGE_ABOVE = 0.03  # shared: a slowdown of the next engine above this share of its time is charged to the setting
 GAP_MS = 10.0  # idle time before each block (stream) or call (isolated)
 SPIN_SETTLE_MS = 50.0  # stream: idle time after a spinning setting's block (ONNX Runtime's workers spun on ~35 ms after a run)
@@ -134,7 +134,8 @@ def charged(own: dict[ThreadPolicy, float], after: dict[ThreadPolicy, float]) ->
 
 def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int) -> dict[ThreadPolicy, float]:
     """Median over rounds of the mean ms per call in a block of back-to-back calls lasting at least BLOCK_MS, each block
-    after GAP_MS idle (SPIN_SETTLE_MS after a spinning setting's block) and WAKE_MS of untimed calls; the settings in a fresh shuffled order each round, after two warm-up rounds."""
+    after GAP_MS idle (SPIN_SETTLE_MS after a spinning setting's block) and WAKE_MS of untimed calls; the settings in a
+    fresh shuffled order each round, after two warm-up rounds."""
     import torch
 
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -167,7 +168,8 @@ def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds
 
 def choose_confirmed(confirmed: dict[ThreadPolicy, float], usage: str) -> ThreadPolicy:
     """The setting for one point from the second round's ``confirmed`` ms: the simplest within SIMPLER_WITHIN of the
-    fastest; under ``shared`` (pair times with the companion) a spinning setting counts SPIN_PENALTY slower (a 3% win
-    of a spinning setting there became 1.5x its isolated time beside OpenVINO in bench_harness.py)."""
+    fastest; under ``shared`` (own time plus the slowdown charged for the companion) a spinning setting counts
+    SPIN_PENALTY slower (a 3% win of a spinning setting there became 1.5x its isolated time beside OpenVINO in
+    bench_harness.py)."""
     check_usage(usage)
     return choose(confirmed, SPIN_PENALTY if usage == "shared" else 0.0)
