@@ -112,13 +112,19 @@ ENGINES_HERE = [
 ]
 
 
-@pytest.mark.parametrize("name", ENGINES_HERE)
-def test_input_metadata_is_one_accessor_with_one_answer(name, tmp_path):
+def _tiny_engine(name: str, tmp_path):
+    """The tiny model and one engine of it by name (its ONNX written under ``tmp_path``)."""
     model = _Tiny().eval()
     onnx_path = _tiny_onnx(model, tmp_path / "tiny.onnx")
     engine = {"torch": lambda: TorchEngine(model, SIZE, device="cpu"),
               "ort": lambda: OrtEngine(onnx_path, SIZE, threads=1),
               "ov": lambda: OvEngine(onnx_path, SIZE, threads=1)}[name]()
+    return model, engine
+
+
+@pytest.mark.parametrize("name", ENGINES_HERE)
+def test_input_metadata_is_one_accessor_with_one_answer(name, tmp_path):
+    model, engine = _tiny_engine(name, tmp_path)
     with pytest.raises(RuntimeError, match="outside its `with` block"):
         engine.input_metadata()
     x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
@@ -133,11 +139,7 @@ def test_input_metadata_is_one_accessor_with_one_answer(name, tmp_path):
 @pytest.mark.parametrize("name", ENGINES_HERE)
 def test_every_input_form_gives_the_same_logits(name, tmp_path):
     """float32 contiguous CPU tensors take a short path (no conversion calls); every other form still runs, converted."""
-    model = _Tiny().eval()
-    onnx_path = _tiny_onnx(model, tmp_path / "tiny.onnx")
-    engine = {"torch": lambda: TorchEngine(model, SIZE, device="cpu"),
-              "ort": lambda: OrtEngine(onnx_path, SIZE, threads=1),
-              "ov": lambda: OvEngine(onnx_path, SIZE, threads=1)}[name]()
+    model, engine = _tiny_engine(name, tmp_path)
     x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     with engine as run:
         want = run(x).clone()
@@ -152,11 +154,7 @@ def test_every_input_form_gives_the_same_logits(name, tmp_path):
 # -- the lifecycle's state checks: the base class's, whatever the subclass implements ---------------------------------
 @pytest.mark.parametrize("name", ENGINES_HERE)
 def test_every_engine_gets_the_lifecycle_checks_from_the_base_class(name, tmp_path):
-    model = _Tiny().eval()
-    onnx_path = _tiny_onnx(model, tmp_path / "tiny.onnx")
-    engine = {"torch": lambda: TorchEngine(model, SIZE, device="cpu"),
-              "ort": lambda: OrtEngine(onnx_path, SIZE, threads=1),
-              "ov": lambda: OvEngine(onnx_path, SIZE, threads=1)}[name]()
+    model, engine = _tiny_engine(name, tmp_path)
     assert_lifecycle_checked(engine, torch.randn(2, 3, SIZE, SIZE))
 
 
