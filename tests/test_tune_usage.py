@@ -127,6 +127,27 @@ def test_shared_charges_a_setting_what_it_costs_the_next_engine_beyond_the_noise
     assert choose_confirmed(cost, "shared") == two
 
 
+@pytest.mark.parametrize("usage", ["stream", "isolated", "shared"])
+def test_a_slow_model_stops_the_round_at_the_time_budget(monkeypatch, usage):
+    import mmdeploy.latency.confirm as confirm_module
+
+    log: list[str] = []
+    started_rounds = []
+    real_spent = confirm_module._spent
+
+    def spent(i, started):
+        stop = real_spent(i, started)
+        started_rounds.extend([] if stop else [i])
+        return stop
+
+    monkeypatch.setattr(confirm_module, "POINT_BUDGET_S", 0.0)  # every call "too slow": only the minimum is timed
+    monkeypatch.setattr(confirm_module, "_spent", spent)
+    monkeypatch.setattr(confirm_module.time, "sleep", lambda s: None)
+    out = confirm({QUIET: lambda: _Logged("quiet", log)}, usage, 8, 1, companion=lambda: _Logged("ov", log), rounds=50)
+    assert set(out) == {QUIET} and out[QUIET] >= 0
+    assert started_rounds == list(range(2 + confirm_module.MIN_ROUNDS)), "two warm-up rounds and MIN_ROUNDS timed, not the 50 asked"
+
+
 def test_stream_pattern_times_blocks_each_after_an_idle_gap_and_a_wake_up_call(monkeypatch):
     import mmdeploy.latency.confirm as confirm_module
 

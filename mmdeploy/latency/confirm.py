@@ -39,6 +39,8 @@ SIMPLER_WITHIN = 0.02  # a setting this much slower than the fastest still wins 
 SPIN_PENALTY = 0.10  # under shared use, spinning wins only when more than this much faster (see choose)
 SHORTLIST = (0.25, 4)  # the second round re-times the settings within 25% of the fastest of the first, at most 4 (+ a preset)
 ROUNDS = {"stream": 15, "isolated": 60, "shared": 60}  # timed rounds per usage (after 2 of warm-up); isolated: the noisiest
+POINT_BUDGET_S = 10.0  # a point's round stops after this long once MIN_ROUNDS are timed (a ResNet-50 call lasts 100x the demo's)
+MIN_ROUNDS = 5
 CHARGE_ABOVE = 0.03  # shared: a slowdown of the next engine above this share of its time is charged to the setting
 GAP_MS = 10.0  # idle time before each block (stream) or call (isolated)
 SPIN_SETTLE_MS = 50.0  # stream: idle time after a spinning setting's block (ONNX Runtime's workers spun on ~35 ms after a run)
@@ -108,7 +110,10 @@ def _time_calls(make: dict[ThreadPolicy, object], size: int, batch: int, rounds:
         engines = {policy: stack.enter_context(factory()) for policy, factory in make.items()}
         own: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
         then: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
+        started = time.perf_counter()
         for i in range(rounds + 2):
+            if _spent(i, started):
+                break
             for policy, engine in engines.items():
                 before(x)
                 start = time.perf_counter()
@@ -121,6 +126,12 @@ def _time_calls(make: dict[ThreadPolicy, object], size: int, batch: int, rounds:
                     then[policy].append(1000.0 * (time.perf_counter() - middle))
         mine = {p: statistics.median(t) for p, t in own.items()}
         return charged(mine, {p: statistics.median(t) for p, t in then.items()}) if after is not None else mine
+
+
+def _spent(i: int, started: float) -> bool:
+    """Whether the round about to start (``i``, counting the two warm-up rounds) may be skipped: MIN_ROUNDS are timed and
+    the point has had POINT_BUDGET_S (a large model keeps the second round to seconds per point, not minutes)."""
+    return i >= 2 + MIN_ROUNDS and time.perf_counter() - started > POINT_BUDGET_S
 
 
 def charged(own: dict[ThreadPolicy, float], after: dict[ThreadPolicy, float]) -> dict[ThreadPolicy, float]:
@@ -150,7 +161,10 @@ def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds
             calls[policy], wake[policy] = max(1, min(256, int(BLOCK_MS / call_ms) + 1)), max(1, min(64, int(WAKE_MS / call_ms)))
         times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
         order, rng, previous = list(engines), random.Random(0), None
+        started = time.perf_counter()
         for i in range(rounds + 2):
+            if _spent(i, started):
+                break
             rng.shuffle(order)
             for policy in order:
                 engine = engines[policy]
