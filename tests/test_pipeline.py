@@ -232,7 +232,7 @@ def test_bench_cli_tunes_then_times_each_point_under_its_recorded_settings(demo_
                  "--warmup", "0", "--noise-budget", "0")
     assert result.exit_code == 0, result.stdout + result.stderr
     out = " ".join(result.stdout.split())  # rich wraps long lines at the terminal width, wherever the figures put the break
-    assert "tuned ort settings: ort/fp32/16/b1" in out and "interference:" in out
+    assert "tuned settings: ort/fp32/16/b1" in out and "\\n" not in out and "interference:" in out
     manifest = json.loads((bundle / "manifest.json").read_text())
     ort = manifest["sizes"]["16"]["metrics"]["latency"]["ort/fp32/b1"]
     tuned = manifest["engine_settings"]["ort/fp32"]["16"]["1"]

@@ -145,7 +145,9 @@ def test_a_slow_model_stops_the_round_at_the_time_budget(monkeypatch, usage):
     monkeypatch.setattr(confirm_module.time, "sleep", lambda s: None)
     out = confirm({QUIET: lambda: _Logged("quiet", log)}, usage, 8, 1, companion=lambda: _Logged("ov", log), rounds=50)
     assert set(out) == {QUIET} and out[QUIET] >= 0
-    assert started_rounds == list(range(2 + confirm_module.MIN_ROUNDS)), "two warm-up rounds and MIN_ROUNDS timed, not the 50 asked"
+    first = 1 if usage == "isolated" else 0  # isolated warms up for one round (its turns are long), asked as round 1
+    assert started_rounds == list(range(first, 2 + confirm_module.MIN_ROUNDS)), "warm-up and MIN_ROUNDS timed, not the 50 asked"
+    assert all(len(r) == confirm_module.MIN_ROUNDS for r in out.rounds.values())
 
 
 def test_stream_pattern_times_blocks_each_after_an_idle_gap_and_a_wake_up_call(monkeypatch):
@@ -234,16 +236,78 @@ def test_a_default_session_for_shared_use_stops_spinning_when_its_run_returns(or
         "only ONNX Runtime's default session is changed"
 
 
-def test_isolated_pattern_sleeps_before_every_timed_call(monkeypatch):
+def test_isolated_pattern_gives_each_setting_turns_of_gapped_calls_after_the_previous_one_settles(monkeypatch):
     import mmdeploy.latency.confirm as confirm_module
 
     log: list[str] = []
     monkeypatch.setattr(confirm_module.time, "sleep", lambda s: log.append(f"gap {s * 1000:.0f}"))
-    out = confirm({QUIET: lambda: _Logged("quiet", log), SPIN: lambda: _Logged("spin", log)}, "isolated", 8, 1, rounds=2)
-    assert set(out) == {QUIET, SPIN}
+    out = confirm({QUIET: lambda: _Logged("quiet", log), SPIN: lambda: _Logged("spin", log)}, "isolated", 8, 1, rounds=3)
+    assert set(out) == {QUIET, SPIN} and all(len(r) == 3 for r in out.rounds.values()), "a figure per setting and timed round"
     calls = [c for c in log if not c.startswith(("open", "close"))]
-    assert calls == [f"gap {confirm_module.GAP_MS:.0f}", "quiet", f"gap {confirm_module.GAP_MS:.0f}", "spin"] * (2 + 2), "each call alone, after an idle gap"
+    settle, gap, k = f"gap {confirm_module.SPIN_SETTLE_MS:.0f}", f"gap {confirm_module.GAP_MS:.0f}", confirm_module.TURN_CALLS
+    turns = [calls[i:i + 2 + 2 * k] for i in range(0, len(calls), 2 + 2 * k)]
+    assert len(turns) == 2 * (3 + 1), "one warm-up round, then three, a turn per setting each"
+    for turn in turns:
+        name = turn[1]
+        assert turn == [settle, name] + [gap, name] * k, "settle, one untimed call, then calls of the SAME setting each after a gap"
     assert sum(c.startswith("close") for c in log) == 2
+
+
+def _rounds(**figures):
+    """A second round's result with per-round figures: name -> list of ms."""
+    from mmdeploy.latency.confirm import Confirmed
+
+    import statistics
+    by = {POLICIES[n]: f for n, f in figures.items()}
+    return Confirmed({p: statistics.median(f) for p, f in by.items()}, by)
+
+
+OV_DEFAULT = ThreadPolicy(2, False, "tuned", preset="default", precision_hint="cpu")
+OV_THROUGHPUT = ThreadPolicy(2, False, "tuned", 2, "throughput", "cpu")
+OV_1T = ThreadPolicy(1, False, "tuned")
+POLICIES = {"default": OV_DEFAULT, "throughput": OV_THROUGHPUT, "one": OV_1T, "spin": SPIN}
+
+
+def test_wins_needed_is_a_one_sided_sign_test():
+    from mmdeploy.latency.confirm import wins_needed
+
+    assert wins_needed(4) == 5, "four rounds can never show it at 5%"
+    assert (wins_needed(5), wins_needed(12), wins_needed(15)) == (5, 10, 12)
+    assert 36 <= wins_needed(60) <= 39 and wins_needed(1000) < 540
+
+
+def test_the_defaults_stay_unless_another_setting_wins_the_paired_rounds_clearly():
+    from mmdeploy.latency.confirm import paired_wins
+
+    lucky = _rounds(default=[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], one=[0.9, 1.1, 0.9, 1.1, 0.9, 1.1, 0.93])
+    assert lucky[OV_1T] < lucky[OV_DEFAULT] * 0.95, "faster by the median..."
+    assert choose_confirmed(lucky, "stream") == OV_DEFAULT, "...but it won 4 rounds of 7: the defaults stay"
+    assert paired_wins(lucky, "stream") == {OV_1T: (4, 7)}
+    clear = _rounds(default=[1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0], one=[0.9, 1.0, 0.85, 0.9, 1.0, 0.9, 0.92])
+    assert choose_confirmed(clear, "stream") == OV_1T, "won all 7: it replaces the defaults"
+    small = _rounds(default=[1.0] * 7, one=[0.99] * 7)
+    assert choose_confirmed(small, "stream") == OV_DEFAULT, "every round, but by 1%: inside SIMPLER_WITHIN, the defaults stay"
+    batch = _rounds(default=[2.0] * 6, throughput=[1.6] * 6, one=[1.62] * 6)
+    assert choose_confirmed(batch, "stream") == OV_THROUGHPUT, "among those that beat the defaults, the simplest within 2%"
+    assert choose_confirmed(dict(lucky), "stream") == OV_1T, "without per-round figures: the medians decide, as before"
+
+
+def test_a_spinning_setting_must_win_its_paired_rounds_with_the_penalty_when_shared():
+    spin = _rounds(default=[1.0] * 8, spin=[0.93] * 8)
+    assert choose_confirmed(spin, "stream") == SPIN
+    assert choose_confirmed(spin, "shared") == OV_DEFAULT, "shared: 7% faster is not faster once spinning counts 10% slower"
+
+
+def test_every_pattern_returns_its_per_round_figures(monkeypatch):
+    import mmdeploy.latency.confirm as confirm_module
+
+    monkeypatch.setattr(confirm_module.time, "sleep", lambda s: None)
+    for usage in USAGES:
+        log: list[str] = []
+        out = confirm({QUIET: lambda: _Logged("quiet", log), SPIN: lambda: _Logged("spin", log)}, usage, 8, 1,
+                      companion=lambda: _Logged("ov", log), rounds=5)
+        assert {p: len(r) for p, r in out.rounds.items()} == {QUIET: 5, SPIN: 5}, usage
+        assert choose_confirmed(out, usage) in (QUIET, SPIN)
 
 
 @pytest.mark.parametrize("usage", ["isolated", "stream"])

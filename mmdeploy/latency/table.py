@@ -13,7 +13,7 @@ def latency_table(results, env: dict, tuned=None) -> Table:
     if seen.get("busy"):
         caption += f"; {UNRELIABLE_MARK} = unreliable ({'; '.join(seen.get('reasons', []))})"
     if tuned is not None:
-        caption += f"\\ntuned ort settings: {', '.join(f'{k} {p.label}' for k, p in sorted(tuned.chosen.items()))} (for usage {getattr(tuned, 'usage', '?')})"
+        caption += f"\ntuned settings: {', '.join(f'{k} {p.label}' for k, p in sorted(tuned.chosen.items()))} (for usage {getattr(tuned, 'usage', '?')})"
     table = Table(title=f"latency ({env.get('gpu') or env['cpu']})", caption=caption)
     for col in ("size", "engine", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "images/s", "settings"):
         table.add_column(col, justify="left" if col in ("engine", "precision", "settings") else "right")

@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING
 
 from mmdeploy.bundle.lock import reading_bundle
 from mmdeploy.errors import MMDeployError
-from mmdeploy.latency.confirm import ALONE, USAGES, check_usage, choose, choose_confirmed, confirm, shortlist  # noqa: F401  (choose: re-exported)
+from mmdeploy.latency.confirm import ALONE, USAGES, check_usage, choose, choose_confirmed, confirm, paired_wins, shortlist  # noqa: F401  (choose: re-exported)
 from mmdeploy.latency.settings import machine_fingerprint, stored_policy  # noqa: F401  (re-exported)
 from mmdeploy.latency.threads import ThreadPolicy, ort_default_policy, usable_cores
 from mmdeploy.progress import Progress
 
-TUNE_METHOD = 2  # how settings are chosen (2: a second round in the usage's pattern); a run re-tunes when it changes
+TUNE_METHOD = 3  # how settings are chosen (2: a second round in the usage's pattern; 3: the defaults kept unless beaten in a paired test); a run re-tunes when it changes
 
 if TYPE_CHECKING:
     from mmdeploy.results import LatencyResult
@@ -149,7 +149,7 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
         policy = ThreadPolicy.from_dict(r.policy, source="tuned")
         by_point.setdefault((r.engine.split()[0], r.precision, r.size, r.batch), {})[policy] = r.p50_ms
     name = lambda k: "/".join(map(str, k[:3])) + f"/b{k[3]}"  # noqa: E731
-    chosen, confirmed = {}, {}
+    chosen, confirmed, won = {}, {}, {}
     with (progress or Progress()).task(f"second round ({usage} pattern): {len(by_point)} points' front runners", len(by_point)) as advance:
         for key, timed in by_point.items():
             engine, precision, size, batch = key
@@ -162,9 +162,11 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
                 retimed = confirm({p: (lambda p=p: factory(bundle, size, precision, p)) for p in short}, usage, size, batch, companion)
                 confirmed[name(key)] = {p.label: round(ms, 4) for p, ms in retimed.items()}
                 chosen[key] = choose_confirmed(retimed, usage)
+                won[name(key)] = {p.label: list(w) for p, w in paired_wins(retimed, usage).items()}
             advance(1)
     timings = {name(k): {p.label: round(ms, 4) for p, ms in v.items()} for k, v in by_point.items()}
-    evidence = {"timings_p50_ms": timings, "confirmed_ms": confirmed, "confirm_pattern": usage, "interference": seen.to_dict()}
+    evidence = {"timings_p50_ms": timings, "confirmed_ms": confirmed, "confirm_pattern": usage,
+                "confirmed_wins": won, "interference": seen.to_dict()}
     store_settings(bundle_dir, chosen, evidence, usage)
     return TuneResult({name(k): p for k, p in chosen.items()}, timings, seen.busy, seen.summary(), usage, confirmed)
 
