@@ -255,9 +255,9 @@ def test_isolated_pattern_gives_each_setting_turns_of_gapped_calls_after_the_pre
 
 def _rounds(**figures):
     """A second round's result with per-round figures: name -> list of ms."""
-    from mmdeploy.latency.confirm import Confirmed
-
     import statistics
+
+    from mmdeploy.latency.confirm import Confirmed
     by = {POLICIES[n]: f for n, f in figures.items()}
     return Confirmed({p: statistics.median(f) for p, f in by.items()}, by)
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import random
 import statistics
-from math import comb
 import time
 from contextlib import ExitStack
+from math import comb
 
 from mmdeploy.errors import MMDeployError
 from mmdeploy.latency.threads import ThreadPolicy
@@ -188,7 +188,7 @@ def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds
         return Confirmed({p: statistics.median(t) for p, t in times.items()}, times)
 
 
-def _time_turns(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int) -> "Confirmed":
+def _time_turns(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int) -> Confirmed:
     """``isolated``: per round, each setting in a fresh shuffled order takes a turn: SPIN_SETTLE_MS idle (whatever ran
     before has stopped spinning: the engine is alone in its process), one untimed call, then TURN_CALLS calls each
     GAP_MS after the previous one of the same setting, as its own requests would come; the round's figure is the turn's
