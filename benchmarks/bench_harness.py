@@ -2,7 +2,7 @@
 will be used, and does it hold when another engine shares the process?
 
 Not the tuner's timing loop: this script opens the bundle's per-size ONNX files itself, with the plain ONNX Runtime
-and OpenVINO APIs, and times, per (size, batch), in one process:
+and OpenVINO APIs, and times, per (size, batch):
 
 - ``ort-default P``: ``onnxruntime.InferenceSession(file)``, no options at all (its workers spin after each run);
 - ``ort-nospin P``: only ``session.intra_op.allow_spinning=0``, what ONNX Runtime's docs suggest for sharing cores;
@@ -11,21 +11,31 @@ and OpenVINO APIs, and times, per (size, batch), in one process:
 - ``mmdeploy ort P`` / ``mmdeploy ov P``: mmdeploy's own engines loaded from the bundle with their tuned settings;
 
 for P in fp32 and int8 where the bundle has them. ``--usage`` (default: the usage the bundle was tuned for) sets how
-all of them are timed for the first table, interleaved and in a fresh shuffled order per round (drift falls on all
-alike), each in the pattern that usage's requests meet, so no configuration is timed in a pattern it will not run in:
+all of them are timed for the first table, in a fresh shuffled order per round (drift falls on all alike), each in the
+pattern that usage's requests meet, so no configuration is timed in a pattern it will not run in:
 
-- ``stream`` (back-to-back requests, engine alone): per round one block of back-to-back calls per configuration (at
-  least ``--block-ms``, after one untimed call), ``--block-gap-ms`` (50) apart; figure: the median of block means. The
-  gap outlasts ONNX Runtime's spinning (its workers spin on ~35 ms after a run): through a 10 ms gap a spinning
-  session's block slowed the next block, OpenVINO's by up to 1.5x, so each configuration runs as if alone.
-- ``isolated`` (one engine per process, requests with idle gaps): ``--calls`` single calls per configuration and round,
-  each ``--gap-ms`` after the previous call of any; figure: the median call. Every such request wakes idle workers.
-- ``shared`` (several engines in one process): each configuration X alternates call by call with one fixed neighbour
-  N (OpenVINO's defaults on the fp32 file, same size and batch; without one, an ONNX Runtime session that does not
-  spin): X, N, X, N, ...; X's cost per call is median(X's call + the N call right after it) minus N's undisturbed median
-  (N's median after its own call, also timed in the rounds, or after any configuration where that is lower: at batch 1
-  OpenVINO ran slower right after its own call than after another engine's): X's time plus the slowdown it causes its
-  neighbour, which a session that spins after its run (it keeps the cores from whatever runs next) charges to nobody.
+- ``stream`` (back-to-back requests, engine alone), all in this process: per round one block of back-to-back calls per
+  configuration (at least ``--block-ms``, after one untimed call), ``--block-gap-ms`` (50) apart; figure: the median of
+  block means. The gap outlasts ONNX Runtime's spinning (its workers spin on ~35 ms after a run): through a 10 ms gap a
+  spinning session's block slowed the next block, OpenVINO's by up to 1.5x, so each configuration runs as if alone.
+- ``isolated`` (one engine per process, requests with idle gaps): each configuration in a process of its own (this
+  script in ``--worker`` mode, opening only that configuration and warming it with 3 calls), one process computing at
+  a time. Per round, in a shuffled order, each process takes a turn: one untimed call, then ``--calls`` calls, each
+  ``--gap-ms`` after the previous call of the same configuration; ``--block-gap-ms`` of idle between two turns, longer
+  than ONNX Runtime spins, so no turn runs beside another process's spinning workers. Figure: the median call over all
+  turns; a round's figure: the median of its turn.
+- ``shared`` (several engines in one process), all in this process: each configuration X alternates call by call with
+  one fixed neighbour N (OpenVINO's defaults on the fp32 file, same size and batch; without one, an ONNX Runtime
+  session that does not spin): X, N, X, N, ...; X's cost per call is median(X's call + the N call right after it)
+  minus N's undisturbed median (N's median after its own call, also timed in the rounds, or after any configuration
+  where that is lower: at batch 1 OpenVINO ran slower right after its own call than after another engine's): X's time
+  plus the slowdown it causes its neighbour, which a session that spins after its run (it keeps the cores from
+  whatever runs next) charges to nobody.
+
+Per cell, mmdeploy's best configuration and the fastest of any kind are chosen by those figures; the ratio printed is
+the median over rounds of the two's ratio in the same round (round figures: stream a block mean, isolated a turn's
+median, shared the median cost of the round's pairs), with a 95% bootstrap interval over rounds (2000 resamples,
+seeded), e.g. ``1.03 [0.99-1.07]``; ``1.00`` alone where mmdeploy's best is the fastest.
 
 Then the process layout, in back-to-back blocks whatever the usage: each mmdeploy engine in a process of its own
 (``isolated``), and in this one after a block of another (the other runtime, same precision) before each of its blocks
@@ -40,12 +50,15 @@ and ``mmdeploy bench B --tune --engine ort --engine ov --precision fp32 --precis
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import select
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -183,9 +196,10 @@ def _timed(run, x: np.ndarray) -> float:
 
 
 def time_blocks(runs: dict, x: np.ndarray, rounds: int, block_ms: float, gap_ms: float, before: dict | None = None,
-                seed: int = 0) -> dict[str, float]:
+                seed: int = 0, per_round: dict | None = None) -> dict[str, float]:
     """``stream``: median over ``rounds`` of the mean ms per call in a block of back-to-back calls, configurations
-    interleaved. ``before``: name -> a callable run (untimed, one block's worth) right before that configuration's block."""
+    interleaved. ``before``: name -> a callable run (untimed, one block's worth) right before that configuration's block.
+    ``per_round``: filled with name -> each round's block mean."""
     _warm(runs, x)
     calls = {name: max(1, int(block_ms / max(1e-3, _timed(run, x)))) for name, run in runs.items()}
     samples: dict[str, list[float]] = {name: [] for name in runs}
@@ -201,30 +215,49 @@ def time_blocks(runs: dict, x: np.ndarray, rounds: int, block_ms: float, gap_ms:
             samples[name].append(1000 * (_clock() - start) / calls[name])
             if gap_ms and not before:
                 _sleep(gap_ms / 1000)
+    if per_round is not None:
+        per_round.update(samples)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def time_isolated(runs: dict, x: np.ndarray, rounds: int, calls: int, gap_ms: float, seed: int = 0) -> dict[str, float]:
-    """``isolated``: median ms of a single call made ``gap_ms`` after the previous call of any configuration; each round
-    makes ``calls`` calls per configuration in a shuffled order."""
-    _warm(runs, x)
-    samples: dict[str, list[float]] = {name: [] for name in runs}
+def _turn(run, x: np.ndarray, calls: int, gap_ms: float) -> dict:
+    """One ``isolated`` turn of one engine: an untimed call, then ``calls`` calls each ``gap_ms`` after the previous one;
+    the calls' ms and the turn's start and end (``perf_counter``: one clock for every process on the machine)."""
+    start = _clock()
+    run(x)  # the request before: in isolated use the previous request was one gap ago
+    ms = []
+    for _ in range(calls):
+        _sleep(gap_ms / 1000)
+        ms.append(_timed(run, x))
+    return {"ms": ms, "start": start, "end": _clock()}
+
+
+def time_isolated(workers: dict, rounds: int, calls: int, gap_ms: float, settle_ms: float, seed: int = 0,
+                  per_round: dict | None = None) -> dict[str, float]:
+    """``isolated``: each configuration in a process of its own (``worker_processes``); per round, in a shuffled order,
+    one worker at a time takes a turn (``_turn``) while the others idle, ``settle_ms`` apart. Returns name -> the median
+    call over all turns; ``per_round``: filled with name -> each turn's median."""
+    samples: dict[str, list[float]] = {name: [] for name in workers}
+    order = list(workers)
     rng = random.Random(seed)
     for _ in range(rounds):
-        order = [name for name in runs for _ in range(calls)]
         rng.shuffle(order)
         for name in order:
-            _sleep(gap_ms / 1000)
-            samples[name].append(_timed(runs[name], x))
+            _sleep(settle_ms / 1000)  # longer than ONNX Runtime spins after the previous turn, whichever process ran it
+            ms = workers[name].turn(calls, gap_ms)
+            samples[name] += ms
+            if per_round is not None:
+                per_round.setdefault(name, []).append(statistics.median(ms))
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
 def time_shared(runs: dict, neighbour, x: np.ndarray, rounds: int, calls: int, gap_ms: float,
-                seed: int = 0) -> tuple[dict[str, tuple[float, float, float]], float]:
+                seed: int = 0, per_round: dict | None = None) -> tuple[dict[str, tuple[float, float, float]], float]:
     """``shared``: each configuration X alternates with ``neighbour`` N, X, N, X, N, ... (one untimed pair, then ``calls``
     timed pairs per round, configurations and N's own run in a shuffled order). Returns name -> (X's median ms, N's
     median ms right after X, cost = median(X + N after it) - N undisturbed), and N undisturbed: the lowest of N's
-    medians after its own call and after each configuration."""
+    medians after its own call and after each configuration. ``per_round``: filled with name -> each round's cost (the
+    median of that round's pairs minus N undisturbed)."""
     every = {**runs, None: neighbour}  # None: N after N, the neighbour's own time
     _warm(every, x)
     own, after = ({name: [] for name in every} for _ in range(2))
@@ -240,8 +273,26 @@ def time_shared(runs: dict, neighbour, x: np.ndarray, rounds: int, calls: int, g
                 after[name].append(_timed(neighbour, x))
             _sleep(gap_ms / 1000)
     alone = min(statistics.median(a) for a in after.values())
+    if per_round is not None:
+        for name in runs:  # each configuration's pairs were appended round by round, ``calls`` at a time
+            pairs = [a + b for a, b in zip(own[name], after[name])]
+            per_round[name] = [max(1e-6, statistics.median(pairs[i:i + calls]) - alone) for i in range(0, len(pairs), calls)]
     return {name: (statistics.median(own[name]), statistics.median(after[name]),
                    statistics.median(a + b for a, b in zip(own[name], after[name])) - alone) for name in runs}, alone
+
+
+def ratio_interval(best: list[float], fastest: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """mmdeploy's best over the fastest: the median of the per-round ratios (the two timed in the same round) and its
+    95% bootstrap interval, rounds resampled with replacement (numpy Generator seeded with ``seed``)."""
+    ratios = np.asarray(best, dtype=float) / np.asarray(fastest, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(ratios), size=(resamples, len(ratios)))
+    low, high = np.percentile(np.median(ratios[picks], axis=1), [2.5, 97.5])
+    return float(np.median(ratios)), float(low), float(high)
+
+
+def ratio_text(ratio: tuple[float, float, float] | None) -> str:
+    """``1.03 [0.99-1.07]``; ``1.00`` alone (``None``) where mmdeploy's best is the fastest."""
+    return "1.00" if ratio is None else f"{ratio[0]:.2f} [{ratio[1]:.2f}-{ratio[2]:.2f}]"
 
 
 def _inputs(size: int, batch: int) -> np.ndarray:
@@ -259,6 +310,164 @@ def _files(bundle, size: int, precision: str) -> tuple[Path | None, Path | None]
     return onnx, ov
 
 
+def _configurations(bundle, size: int, batch: int, precisions: list[str]) -> dict[str, dict]:
+    """name -> what opens that configuration (``_open``): the plain ones by file, mmdeploy's by bundle, engine and
+    precision; small JSON-able dicts, so a worker process can open one by itself."""
+    cell = {"size": size, "batch": batch}
+    plain, mine = {}, {}
+    for p in precisions:
+        onnx, ov = _files(bundle, size, p)
+        if onnx:
+            plain[f"ort-default {p}"] = {**cell, "kind": "ort", "path": str(onnx), "spin": True}
+            plain[f"ort-nospin {p}"] = {**cell, "kind": "ort", "path": str(onnx), "spin": False}
+            mine[f"mmdeploy ort {p}"] = {**cell, "kind": "mmdeploy", "bundle": str(bundle.root), "engine": "ort", "precision": p}
+        if ov:
+            plain[f"ov-default {p}"] = {**cell, "kind": "ov", "path": str(ov), "throughput": False}
+            if batch > 1:
+                plain[f"ov-throughput {p}"] = {**cell, "kind": "ov", "path": str(ov), "throughput": True}
+            mine[f"mmdeploy ov {p}"] = {**cell, "kind": "mmdeploy", "bundle": str(bundle.root), "engine": "ov", "precision": p}
+    return {**plain, **mine}
+
+
+def _open(spec: dict, bundle=None) -> tuple:
+    """One configuration from its ``_configurations`` entry: (a callable run, a note for the table)."""
+    size, batch = spec["size"], spec["batch"]
+    if spec["kind"] == "ort":
+        return OrtPlain(Path(spec["path"]), spin=spec["spin"]), ""
+    if spec["kind"] == "ov":
+        run = OvPlain(Path(spec["path"]), size, batch, throughput=spec["throughput"])
+        return run, (f"{len(run.requests)} requests, {run.precision}" if spec["throughput"] else f"runs {run.precision}")
+    if bundle is None:
+        from mmdeploy.bundle import Bundle
+
+        bundle = Bundle.open(spec["bundle"])
+    run = Mmdeploy(bundle, spec["engine"], size, spec["precision"], batch)
+    return run, f"tuned: {run.settings}"
+
+
+def _close(run) -> None:
+    if hasattr(run, "close"):
+        run.close()
+
+
+# ----------------------------------------------------------------------------- isolated: one process per configuration
+
+
+def _serve() -> None:
+    """Worker mode (``--worker``): reads one configuration (a ``_configurations`` entry, one JSON line) on stdin, opens
+    and warms it, answers ``{"note": ...}`` or ``{"error": "one line"}``; then answers each ``{"calls", "gap_ms"}`` line
+    with a ``_turn``, until stdin closes."""
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # what the libraries print goes to stderr, never into the replies
+    sys.stdout = sys.stderr
+
+    def reply(answer: dict) -> None:
+        replies.write(json.dumps(answer) + "\n")
+        replies.flush()
+
+    run = None
+    try:
+        spec = json.loads(sys.stdin.readline() or "{}")
+        try:
+            run, note = _open(spec)
+            x = _inputs(spec["size"], spec["batch"])
+            _warm({"it": run}, x)
+        except Exception as e:  # any failure to open is this configuration's, reported in one line
+            reply({"error": " ".join(f"{type(e).__name__}: {e}".split())[:300]})
+            return
+        reply({"note": note})
+        for line in iter(sys.stdin.readline, ""):
+            ask = json.loads(line)
+            reply(_turn(run, x, int(ask["calls"]), float(ask["gap_ms"])))
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass  # the parent is gone or stopping: just end
+    finally:
+        if run is not None:
+            _close(run)
+
+
+class WorkerFailed(Exception):
+    """A worker could not open its configuration, or stopped answering; the message names the configuration."""
+
+
+class _Worker:
+    """The parent's end of one configuration's process: one JSON line asked, one answered (``_serve``)."""
+
+    def __init__(self, name: str, spec: dict):
+        self.name, self.note, self.spans = name, "", []  # spans: (start, end) of each turn, on the workers' clock
+        self.log = tempfile.TemporaryFile()  # the worker's stderr, for the last line when it dies
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)  # the parent's environment, as is
+        self._ask(spec)
+
+    def _ask(self, message: dict) -> None:
+        try:
+            self.proc.stdin.write(json.dumps(message) + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            pass  # it died: _answer says how
+
+    def _answer(self, timeout: float) -> dict:
+        ready = select.select([self.proc.stdout], [], [], timeout)[0]
+        line = self.proc.stdout.readline() if ready else ""
+        if not ready:
+            raise WorkerFailed(f"{self.name}: no answer in {timeout:.0f} s")
+        if not line:
+            self.log.seek(0)
+            last = (self.log.read().decode(errors="replace").strip().splitlines() or [""])[-1]
+            raise WorkerFailed(f"{self.name}: its process ended (exit {self.proc.wait()}) {last}".strip())
+        answer = json.loads(line)
+        if "error" in answer:
+            raise WorkerFailed(f"{self.name}: {answer['error']}")
+        return answer
+
+    def opened(self, timeout: float = 600.0) -> str:
+        self.note = self._answer(timeout)["note"]
+        return self.note
+
+    def turn(self, calls: int, gap_ms: float, timeout: float = 300.0) -> list[float]:
+        self._ask({"calls": calls, "gap_ms": gap_ms})
+        answer = self._answer(timeout)
+        self.spans.append((answer["start"], answer["end"]))
+        return answer["ms"]
+
+    def close(self, timeout: float = 10.0) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()  # the worker ends at the end of its input
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+
+
+@contextlib.contextmanager
+def worker_processes(specs: dict[str, dict]):
+    """Every configuration of ``specs`` opened and warmed in a process of its own (all opening at once: nothing is timed
+    yet). Yields (name -> worker, name -> the one-line error of each that could not open); every process has ended
+    when the block is left, however it is left (a worker that does not end is killed)."""
+    started = []
+    try:
+        for name, spec in specs.items():
+            started.append(_Worker(name, spec))
+        workers, errors = {}, {}
+        for worker in started:
+            try:
+                worker.opened()
+                workers[worker.name] = worker
+            except WorkerFailed as e:
+                errors[worker.name] = str(e)
+        yield workers, errors
+    finally:
+        for worker in started:
+            worker.close()
+
+
+# ----------------------------------------------------------------------------- the harness
+
+
 def _neighbour(bundle, size: int, batch: int):
     """N of the ``shared`` pattern: OpenVINO's defaults on the fp32 file, else an ONNX Runtime session that does not spin."""
     onnx, ov = _files(bundle, size, "fp32")
@@ -267,16 +476,24 @@ def _neighbour(bundle, size: int, batch: int):
     return ("ov-default fp32", OvPlain(ov, size, batch, throughput=False)) if ov else ("ort-nospin fp32", OrtPlain(onnx, spin=False))
 
 
-def _time_as(usage: str, every: dict, x: np.ndarray, args, bundle, size: int, batch: int, notes: dict):
-    """Every configuration's figure in ``usage``'s pattern, and its unit; for ``shared``, what makes up each cost goes
-    into ``notes``."""
+def _time_as(usage: str, specs: dict, args, bundle, size: int, batch: int, notes: dict, per_round: dict, opened: dict):
+    """Every configuration's figure in ``usage``'s pattern, and its unit; each one's round figures into ``per_round``;
+    what was opened in this process into ``opened`` (isolated: nothing); for ``shared``, what makes up each cost and
+    for ``isolated``, the configurations that could not open go into ``notes``."""
     seed = size * 1000 + batch
-    if usage == "stream":
-        return time_blocks(every, x, args.rounds, args.block_ms, args.block_gap_ms, seed=seed), "ms"
     if usage == "isolated":
-        return time_isolated(every, x, args.rounds, args.calls, args.gap_ms, seed=seed), "ms"
+        with worker_processes(specs) as (workers, errors):
+            notes.update({name: w.note for name, w in workers.items()})
+            notes.update({name: f"NOT TIMED: {error}" for name, error in errors.items()})
+            return time_isolated(workers, args.rounds, args.calls, args.gap_ms, args.block_gap_ms, seed=seed,
+                                 per_round=per_round), "ms"
+    for name, spec in specs.items():
+        opened[name], notes[name] = _open(spec, bundle)
+    x = _inputs(size, batch)
+    if usage == "stream":
+        return time_blocks(opened, x, args.rounds, args.block_ms, args.block_gap_ms, seed=seed, per_round=per_round), "ms"
     n_name, neighbour = _neighbour(bundle, size, batch)
-    pairs, alone = time_shared(every, neighbour, x, args.rounds, args.calls, args.gap_ms, seed=seed)
+    pairs, alone = time_shared(opened, neighbour, x, args.rounds, args.calls, args.gap_ms, seed=seed, per_round=per_round)
     for name, (own, after, _) in pairs.items():
         notes[name] = f"own {own:.3f} + {n_name} after it {after:.3f} - N undisturbed {alone:.3f}  {notes.get(name, '')}"
     return {name: max(1e-6, cost) for name, (_, _, cost) in pairs.items()}, "ms cost"
@@ -296,6 +513,9 @@ def isolated_child(bundle_dir: str, engine: str, precision: str, cells: list[tup
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--worker"]:
+        _serve()
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
     ap.add_argument("--sizes", type=int, nargs="*")
@@ -303,11 +523,19 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--block-ms", type=float, default=5.0)
-    ap.add_argument("--gap-ms", type=float, default=10.0, help="idle ms before each call (isolated), between pairs (shared)")
-    ap.add_argument("--block-gap-ms", type=float, default=50.0, help="idle ms between blocks (stream): longer than ONNX Runtime spins")
-    ap.add_argument("--calls", type=int, default=5, help="single calls (isolated) or pairs (shared) per configuration and round")
+    ap.add_argument("--gap-ms", type=float, default=10.0,
+                    help="isolated: idle ms before each call, after the previous call of the same configuration (its own "
+                         "process); shared: idle ms between pairs")
+    ap.add_argument("--block-gap-ms", type=float, default=50.0,
+                    help="idle ms between blocks (stream) and between two processes' turns (isolated): longer than ONNX "
+                         "Runtime spins")
+    ap.add_argument("--calls", type=int, default=5,
+                    help="isolated: timed calls per configuration and round (one turn of its process, after one untimed "
+                         "call); shared: pairs per configuration and round")
     ap.add_argument("--usage", choices=["stream", "isolated", "shared"],
-                    help="how the first table times every configuration (default: the usage the bundle was tuned for)")
+                    help="how the first table times every configuration (default: the usage the bundle was tuned for): "
+                         "stream and shared in this process, isolated with each configuration in a process of its own, "
+                         "one process computing at a time")
     ap.add_argument("--isolated-child", nargs=2, metavar=("ENGINE", "PRECISION"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     from mmdeploy.bundle import Bundle
@@ -326,46 +554,45 @@ def main() -> None:
     usage = args.usage or tuned or "shared"
     why = "--usage" if args.usage else "the bundle's" if tuned else "tune's default; the bundle records none"
     pattern = {"stream": f"blocks >= {args.block_ms} ms, {args.block_gap_ms} ms apart",
-               "isolated": f"{args.calls} single calls per round, each {args.gap_ms} ms after the previous call",
+               "isolated": f"each configuration in a process of its own, one computing at a time, turns "
+                           f"{args.block_gap_ms} ms apart; per turn 1 untimed + {args.calls} calls, each {args.gap_ms} ms "
+                           f"after the previous call of the same configuration",
                "shared": f"{args.calls} pairs (X, neighbour) per round"}[usage]
     print(f"bundle {bundle.root}, tuned for usage {tuned or '(not recorded)'}; timed as usage {usage} ({why}): {pattern}; "
-          f"rounds {args.rounds}\n")
+          f"rounds {args.rounds}")
+    print("ratio: the median over rounds of mmdeploy best / fastest timed in the same round [95% bootstrap interval]\n")
     summary, layout = [], []
     for size, batch in cells:
-        x = _inputs(size, batch)
-        runs, mine, notes = {}, {}, {}
-        for p in args.precisions:
-            onnx, ov = _files(bundle, size, p)
-            if onnx:
-                runs[f"ort-default {p}"] = OrtPlain(onnx)
-                runs[f"ort-nospin {p}"] = OrtPlain(onnx, spin=False)
-                mine[f"mmdeploy ort {p}"] = Mmdeploy(bundle, "ort", size, p, batch)
-            if ov:
-                runs[f"ov-default {p}"] = plain = OvPlain(ov, size, batch, throughput=False)
-                notes[f"ov-default {p}"] = f"runs {plain.precision}"
-                if batch > 1:
-                    runs[f"ov-throughput {p}"] = tp = OvPlain(ov, size, batch, throughput=True)
-                    notes[f"ov-throughput {p}"] = f"{len(tp.requests)} requests, {tp.precision}"
-                mine[f"mmdeploy ov {p}"] = Mmdeploy(bundle, "ov", size, p, batch)
-        for name, m in mine.items():
-            notes[name] = f"tuned: {m.settings}"
-        ms, unit = _time_as(usage, {**runs, **mine}, x, args, bundle, size, batch, notes)
+        specs = _configurations(bundle, size, batch, args.precisions)
+        notes, per_round, opened = {}, {}, {}
+        ms, unit = _time_as(usage, specs, args, bundle, size, batch, notes, per_round, opened)
+        mine = [name for name in specs if specs[name]["kind"] == "mmdeploy" and name in ms]
+        if not mine:
+            print(f"== {size} px, batch {batch}: no mmdeploy engine could be timed")
+            for name in sorted(notes):
+                print(f"   {name:<24} {notes[name]}")
+            continue
         fastest = min(ms, key=ms.get)
         best = min(mine, key=lambda n: ms[n])
+        ratio = None if best == fastest else ratio_interval(per_round[best], per_round[fastest], seed=size * 1000 + batch)
         print(f"== {size} px, batch {batch}: mmdeploy best {best} {ms[best]:.3f} {unit} / fastest {fastest} {ms[fastest]:.3f} "
-              f"{unit} = {ms[best] / ms[fastest]:.2f}")
+              f"{unit} = {ratio_text(ratio)}")
         for name in sorted(ms, key=ms.get):
             print(f"   {name:<24} {ms[name]:9.3f} {unit}  {notes.get(name, '')}")
-        summary.append((size, batch, ms[best] / ms[fastest], fastest))
+        for name in sorted(set(notes) - set(ms)):
+            print(f"   {name:<24} {notes[name]}")
+        summary.append((size, batch, ratio, fastest))
         # shared: each mmdeploy engine with the other runtime's engine of the same precision running right before it
-        for name, m in mine.items():
+        engines = {name: opened.get(name) or _open(specs[name], bundle)[0] for name in mine}
+        x = _inputs(size, batch)
+        for name, m in engines.items():
             kind, p = name.split()[1:]
             other = f"mmdeploy {'ov' if kind == 'ort' else 'ort'} {p}"
-            if other in mine:
-                shared = time_blocks({name: m}, x, args.rounds, args.block_ms, 0.0, before={name: mine[other]}, seed=batch)
+            if other in engines:
+                shared = time_blocks({name: m}, x, args.rounds, args.block_ms, 0.0, before={name: engines[other]}, seed=batch)
                 layout.append((name, size, batch, shared[name]))
-        for m in mine.values():
-            m.close()
+        for run in {id(r): r for r in [*opened.values(), *engines.values()]}.values():
+            _close(run)
 
     isolated = {}
     for engine in ("ort", "ov"):
@@ -377,12 +604,14 @@ def main() -> None:
                 for key, value in json.loads(done.stdout.strip().splitlines()[-1]).items():
                     isolated[(f"mmdeploy {engine} {p}", key)] = value
 
-    print(f"\nmmdeploy's best point / fastest configuration of any kind, timed as usage {usage}")
+    print(f"\nmmdeploy's best point / fastest configuration of any kind, timed as usage {usage} "
+          f"(median ratio over rounds [95% bootstrap interval])")
     print("| size | " + " | ".join(f"batch {b}" for b in args.batches) + " |")
     print("|---:|" + "---:|" * len(args.batches))
     for s in sizes:
-        row = [f"{r:.2f} ({f})" if r > 1.05 else f"{r:.2f}" for (sz, b, r, f) in summary if sz == s]
+        row = [ratio_text(r) + (f" ({f})" if r and r[0] > 1.05 else "") for (sz, b, r, f) in summary if sz == s]
         print(f"| {s} | " + " | ".join(row) + " |")
+    print(f"\n{count_line([r for (_, _, r, _) in summary])}")
     print("\nprocess layout: each tuned engine's ms per call, isolated (own process) vs shared (another engine's block right before)")
     print("| engine | size | batch | isolated ms | shared ms | shared / isolated |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -390,6 +619,15 @@ def main() -> None:
         iso = isolated.get((name, f"{s}/{b}"))
         print(f"| {name} | {s} | {b} | {iso:.3f} | {shared:.3f} | {shared / iso:.2f} |" if iso else f"| {name} | {s} | {b} | - | {shared:.3f} | - |")
     print(f"\nafter: {load_line()}; {others_line(started)}")
+
+
+def count_line(ratios: list, limit: float = 1.05) -> str:
+    """The two counts under the table: cells whose interval lies above ``limit`` (the honest failures) and cells whose
+    median is above it but whose interval reaches it or below (within noise). ``None``: mmdeploy's best is the fastest."""
+    above = sum(1 for r in ratios if r and r[1] > limit)
+    noise = sum(1 for r in ratios if r and r[0] > limit and r[1] <= limit)
+    return (f"cells whose interval lies above {limit:.2f}: {above}\n"
+            f"cells whose median is above {limit:.2f} but whose interval reaches {limit:.2f} or below: {noise}")
 
 
 if __name__ == "__main__":

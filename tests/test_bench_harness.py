@@ -1,10 +1,12 @@
 """benchmarks/bench_harness.py's timing patterns, run on fake engines and a virtual clock (no sleeping, no real engine):
 each pattern times what its usage's requests meet, and the shared pattern charges a neighbour's slowdown to the
-configuration that causes it. Speed figures come from the script itself, never from here."""
+configuration that causes it; the isolated pattern's worker processes, on a tiny real ONNX file; the ratio's bootstrap
+interval. Speed figures come from the script itself, never from here."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,8 +62,10 @@ def test_shared_cost_charges_the_neighbours_slowdown_to_the_configuration_that_c
     # its own call it takes 1.4 ms (as OpenVINO did at batch 1), so its undisturbed time is the 1 ms after "calm"
     neighbour = FakeEngine(clock, "N", 1.0, after={"spinner": 3.0, "N": 1.4})
     runs = {"spinner": FakeEngine(clock, "spinner", 0.2), "calm": FakeEngine(clock, "calm", 0.5)}
-    pairs, alone = h.time_shared(runs, neighbour, X, rounds=3, calls=4, gap_ms=10.0)
+    per_round = {}
+    pairs, alone = h.time_shared(runs, neighbour, X, rounds=3, calls=4, gap_ms=10.0, per_round=per_round)
     assert alone == pytest.approx(1.0)
+    assert per_round["spinner"] == pytest.approx([2.2] * 3) and per_round["calm"] == pytest.approx([0.5] * 3), "a cost per round"
     own, after, cost = pairs["spinner"]
     assert (own, after, cost) == pytest.approx((0.2, 3.0, 2.2))
     assert pairs["calm"] == pytest.approx((0.5, 1.0, 0.5))
@@ -72,13 +76,100 @@ def test_isolated_times_every_call_after_an_idle_gap_and_stream_back_to_back(har
     h, clock = harness
     # "hot" is fast only while its workers are awake; "steady" takes the same time either way
     runs = {"hot": FakeEngine(clock, "hot", 0.2, idle_ms=2.0), "steady": FakeEngine(clock, "steady", 0.8)}
-    stream = h.time_blocks(runs, X, rounds=3, block_ms=5.0, gap_ms=10.0)
-    isolated = h.time_isolated(runs, X, rounds=3, calls=4, gap_ms=10.0)
+    per_round = {}
+    stream = h.time_blocks(runs, X, rounds=3, block_ms=5.0, gap_ms=10.0, per_round=per_round)
     assert stream == pytest.approx({"hot": 0.2, "steady": 0.8})
-    assert isolated == pytest.approx({"hot": 2.0, "steady": 0.8})
+    assert per_round["hot"] == pytest.approx([0.2] * 3) and per_round["steady"] == pytest.approx([0.8] * 3), "a block mean per round"
+    # an isolated turn (what each worker process runs): an untimed call, then each call a gap after the previous one
+    turn = h._turn(runs["hot"], X, calls=4, gap_ms=10.0)
+    assert turn["ms"] == pytest.approx([2.0] * 4) and turn["end"] - turn["start"] == pytest.approx(4 * 0.012 + 0.002)
+    assert h._turn(runs["steady"], X, calls=4, gap_ms=10.0)["ms"] == pytest.approx([0.8] * 4)
 
 
 def test_help_names_the_usage_patterns():
     done = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert "--usage {stream,isolated,shared}" in done.stdout and "--calls" in done.stdout
+
+
+# -- isolated: one real process per configuration, on a tiny real ONNX file ----------------------------------------------
+
+
+def _tiny_onnx(path: Path) -> Path:
+    """A 3x3 conv and a mean over a 4x4 image, dynamic batch, written with onnx.helper."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+         helper.make_node("ReduceMean", ["y"], ["logits"], axes=[2, 3], keepdims=0)],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], [weight])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.save(proto, str(path))
+    return path
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_isolated_runs_each_configuration_in_its_own_process_one_turn_at_a_time(harness, tmp_path, monkeypatch):
+    h, _ = harness
+    monkeypatch.setattr(h, "_clock", __import__("time").perf_counter)  # real processes: the real clock
+    monkeypatch.setattr(h, "_sleep", __import__("time").sleep)
+    onnx = str(_tiny_onnx(tmp_path / "tiny.onnx"))
+    (tmp_path / "broken.onnx").write_bytes(b"not an onnx file")
+    cell = {"size": 4, "batch": 2}
+    specs = {"ort-default fp32": {**cell, "kind": "ort", "path": onnx, "spin": True},
+             "ort-nospin fp32": {**cell, "kind": "ort", "path": onnx, "spin": False},
+             "ort-default int8": {**cell, "kind": "ort", "path": str(tmp_path / "broken.onnx"), "spin": True}}
+    per_round = {}
+    with h.worker_processes(specs) as (workers, errors):
+        ms = h.time_isolated(workers, rounds=3, calls=2, gap_ms=1.0, settle_ms=2.0, seed=1, per_round=per_round)
+        spans = sorted(span for w in workers.values() for span in w.spans)
+        pids = {w.proc.pid for w in workers.values()}
+    assert os.getpid() not in pids and len(pids) == 2, "a process of its own per configuration"
+    assert set(ms) == set(per_round) == {"ort-default fp32", "ort-nospin fp32"} and all(v > 0 for v in ms.values())
+    assert all(len(r) == 3 for r in per_round.values()) and len(spans) == 6, "every configuration gets its turn per round"
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), "one process computes at a time"
+    assert all(_gone(pid) for pid in pids), "every worker has ended"
+    assert list(errors) == ["ort-default int8"]
+    message = errors["ort-default int8"]
+    assert message.startswith("ort-default int8: ") and "\n" not in message and len(message) < 400
+
+
+def test_workers_end_when_the_parent_stops_mid_cell(harness, tmp_path):
+    h, _ = harness
+    spec = {"size": 4, "batch": 1, "kind": "ort", "path": str(_tiny_onnx(tmp_path / "tiny.onnx")), "spin": True}
+    with pytest.raises(KeyboardInterrupt):
+        with h.worker_processes({"ort-default fp32": spec}) as (workers, _):
+            pid = workers["ort-default fp32"].proc.pid
+            raise KeyboardInterrupt
+    assert _gone(pid)
+
+
+# -- the ratio's interval -----------------------------------------------------------------------------------------------
+
+
+def test_ratio_interval_is_reproducible_and_counts_failures_apart_from_noise(harness):
+    h, _ = harness
+    rng = np.random.default_rng(3)
+    fastest = list(1.0 + 0.05 * rng.random(15))
+    noisy = [f * r for f, r in zip(fastest, 1.06 + 0.2 * (rng.random(15) - 0.5))]
+    assert h.ratio_interval(noisy, fastest, seed=7) == h.ratio_interval(noisy, fastest, seed=7)
+    assert h.ratio_text(h.ratio_interval(fastest, fastest)) == "1.00 [1.00-1.00]"
+    assert h.ratio_text(None) == "1.00", "mmdeploy's best is the fastest: no interval"
+    slow = h.ratio_interval([f * 1.2 for f in fastest], fastest)
+    assert slow == pytest.approx((1.2, 1.2, 1.2))
+    within = h.ratio_interval(noisy, fastest, seed=7)
+    assert within[0] > 1.05 and within[1] <= 1.05 < within[2]
+    lines = h.count_line([slow, within, None, h.ratio_interval(fastest, fastest)]).splitlines()
+    assert lines == ["cells whose interval lies above 1.05: 1",
+                     "cells whose median is above 1.05 but whose interval reaches 1.05 or below: 1"]
