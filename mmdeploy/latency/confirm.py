@@ -41,14 +41,14 @@ ALONE = ("stream", "isolated")  # the usages with the engine alone in its proces
 SIMPLER_WITHIN = 0.02  # a setting this much slower than the fastest still wins if it is simpler
 SPIN_PENALTY = 0.10  # under shared use, spinning wins only when more than this much faster (see choose)
 SHORTLIST = (0.25, 4)  # the second round re-times the settings within 25% of the fastest of the first, at most 4 (+ a preset)
-ROUNDS = {"stream": 15, "isolated": 12, "shared": 60}  # timed rounds per usage (after 2 of warm-up); isolated: TURN_CALLS per round
+ROUNDS = {"stream": 15, "isolated": 12, "shared": 60}  # timed rounds per usage (after 2 of warm-up, isolated 1); isolated: TURN_CALLS calls per round
 TURN_CALLS = 4  # isolated: timed calls per setting's turn, each GAP_MS after the previous one of the same setting
 SIGNIFICANCE = 0.05  # a setting replaces the preset only if it won so many paired rounds that chance gives that <= 5% of the time
 POINT_BUDGET_S = 10.0  # a point's round stops after this long once MIN_ROUNDS are timed (a ResNet-50 call lasts 100x the demo's)
 MIN_ROUNDS = 5
 CHARGE_ABOVE = 0.03  # shared: a slowdown of the next engine above this share of its time is charged to the setting
 GAP_MS = 10.0  # idle time before each block (stream) or call (isolated)
-SPIN_SETTLE_MS = 50.0  # stream: idle time after a spinning setting's block (ONNX Runtime's workers spun on ~35 ms after a run)
+SPIN_SETTLE_MS = 50.0  # idle time after a spinning setting's stream block, and before every isolated turn (ONNX Runtime's workers spun on ~35 ms after a run)
 BLOCK_MS = 5.0  # a stream block lasts at least this long: a steady stream, not the wake-up after the gap
 WAKE_MS = 1.0  # untimed back-to-back calls before each stream block (the threads woken, the caches warm)
 
@@ -73,15 +73,18 @@ def choose(timings: dict[ThreadPolicy, float], spin_penalty: float = SPIN_PENALT
 
 def shortlist(timings: dict[ThreadPolicy, float]) -> list[ThreadPolicy]:
     """What the second round re-times, from the first pass's ``timings``: the settings within SHORTLIST[0] of the fastest,
-    fastest first, at most SHORTLIST[1]; then the fastest preset (what a user would pick unasked) if none is among them;
+    fastest first, at most SHORTLIST[1]; then each preset not among them (the library's defaults, the reference of
+    :func:`choose_confirmed`, and OpenVINO's throughput hint: what a user would pick unasked; in the isolated pattern
+    the hint ran 1.3x faster than the defaults at 48 px int8 batch 32 though 5th of the first pass, within 1%);
     then, if every one of them spins, the fastest setting that does not. One setting alone needs no second round."""
     within, most = SHORTLIST
     fastest = min(timings.values())
     ranked = sorted(timings, key=timings.get)
     short = [p for p in ranked if timings[p] <= fastest * (1 + within)][:most]
-    presets = [p for p in ranked if p.preset]
-    if presets and not any(p.preset for p in short):
-        short.append(presets[0])
+    for kind in ("default", "throughput"):  # every preset: the choices a user makes unasked are always re-timed
+        kind_ranked = [p for p in ranked if p.preset == kind]
+        if kind_ranked and not any(p.preset == kind for p in short):
+            short.append(kind_ranked[0])
     quiet = [p for p in ranked if not p.spinning]
     if quiet and all(p.spinning for p in short):
         short.append(quiet[0])
@@ -89,25 +92,29 @@ def shortlist(timings: dict[ThreadPolicy, float]) -> list[ThreadPolicy]:
 
 
 def confirm(make: dict[ThreadPolicy, object], usage: str, size: int, batch: int, companion=None,
-            rounds: int | None = None) -> dict[ThreadPolicy, float]:
+            rounds: int | None = None) -> Confirmed:
     """The second round: median ms per setting of ``make`` (policy -> () -> Engine, opened afresh here) in ``usage``'s
-    pattern (see the module's docstring); ``companion`` (() -> Engine) is the other engine of the ``shared`` pattern."""
+    pattern (see the module's docstring), with each setting's figure per timed round (:class:`Confirmed`);
+    ``companion`` (() -> Engine) is the other engine of the ``shared`` pattern."""
     check_usage(usage)
     rounds = rounds or ROUNDS[usage]
     if usage == "shared":
         if companion is None:
             raise ValueError("the shared pattern needs a companion engine")
         with companion() as other:  # X, N, X', N, ...: the companion's call after each setting is also the one before the next
-            return _time_calls(make, size, batch, rounds, before=lambda _x: None, after=other)
+            return _time_shared(make, size, batch, rounds, other)
     if usage == "isolated":
         return _time_turns(make, size, batch, rounds)
     return _time_blocks(make, size, batch, rounds)
 
 
-def _time_calls(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int, before, after=None) -> dict[ThreadPolicy, float]:
-    """Per setting, the median ms of ``engine(x)``, with ``before(x)`` untimed ahead of each call; with ``after``, plus
-    what the setting costs ``after(x)`` run right after it (:func:`charged`); the settings interleaved call by call,
-    after two rounds of warm-up."""
+def _time_shared(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int, companion) -> Confirmed:
+    """``shared``: per setting, the median ms of its call plus what it costs ``companion`` called right after it
+    (:func:`charged`); the settings called one by one, each followed by one companion call (X, N, X', N, ...), in a fresh
+    shuffled order each round (a fixed order would give each setting the same predecessor every round, and the paired
+    test would turn that into a win), after two rounds of warm-up. Per round, each setting's figure is its call plus
+    the companion's next call minus the companion's least median after any setting: the median cost's form, so the
+    spinning penalty scales the same quantity in the paired test as in the medians."""
     import torch
 
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -115,25 +122,24 @@ def _time_calls(make: dict[ThreadPolicy, object], size: int, batch: int, rounds:
         engines = {policy: stack.enter_context(factory()) for policy, factory in make.items()}
         own: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
         then: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
+        order, rng = list(engines), random.Random(0)
         started = time.perf_counter()
         for i in range(rounds + 2):
             if _spent(i, started):
                 break
-            for policy, engine in engines.items():
-                before(x)
+            rng.shuffle(order)
+            for policy in order:
                 start = time.perf_counter()
-                engine(x)
+                engines[policy](x)
                 middle = time.perf_counter()
-                if after is not None:
-                    after(x)
+                companion(x)
                 if i >= 2:
                     own[policy].append(1000.0 * (middle - start))
                     then[policy].append(1000.0 * (time.perf_counter() - middle))
-        mine = {p: statistics.median(t) for p, t in own.items()}
-        if after is None:
-            return Confirmed(mine, own)
-        pairs = {p: [a + b for a, b in zip(own[p], then[p])] for p in own}  # per round: the setting's call + the companion's next
-        return Confirmed(charged(mine, {p: statistics.median(t) for p, t in then.items()}), pairs)
+        after = {p: statistics.median(t) for p, t in then.items()}
+        least = min(after.values())
+        per_round = {p: [a + b - least for a, b in zip(own[p], then[p])] for p in own}
+        return Confirmed(charged({p: statistics.median(t) for p, t in own.items()}, after), per_round)
 
 
 def _spent(i: int, started: float) -> bool:
@@ -257,34 +263,34 @@ def choose_confirmed(confirmed: dict[ThreadPolicy, float], usage: str) -> Thread
     if not rounds:
         return choose(confirmed, penalty)
     cost = {p: confirmed[p] * (1 + penalty if p.spinning else 1.0) for p in confirmed}
-    reference = _reference(list(confirmed))
+    ref = reference(list(confirmed))
     wins = paired_wins(confirmed, usage)
 
     def clearly_faster(p: ThreadPolicy) -> bool:
         won, n = wins[p]
-        return cost[p] < cost[reference] * (1 - SIMPLER_WITHIN) and won >= wins_needed(n)
+        return cost[p] < cost[ref] * (1 - SIMPLER_WITHIN) and won >= wins_needed(n)
 
-    better = [p for p in confirmed if p != reference and clearly_faster(p)]
+    better = [p for p in confirmed if p != ref and clearly_faster(p)]
     if not better:
-        return reference
+        return ref
     return choose({p: confirmed[p] for p in better}, penalty)
 
 
 def paired_wins(confirmed: dict[ThreadPolicy, float], usage: str) -> dict[ThreadPolicy, tuple[int, int]]:
     """Per setting: (rounds it won against the reference of :func:`choose_confirmed`, rounds compared), the evidence
-    stored with the choice; empty without per-round figures."""
+    stored with the choice; a tie counts as a loss (conservative); empty without per-round figures."""
     rounds = getattr(confirmed, "rounds", None)
     if not rounds:
         return {}
     penalty = SPIN_PENALTY if usage == "shared" else 0.0
-    reference = _reference(list(confirmed))
+    ref = reference(list(confirmed))
     n = min(len(rounds[p]) for p in confirmed)
     scale = lambda p: 1 + penalty if p.spinning else 1.0  # noqa: E731
-    return {p: (sum(a * scale(p) < b * scale(reference) for a, b in zip(rounds[p][:n], rounds[reference][:n])), n)
-            for p in confirmed if p != reference}
+    return {p: (sum(a * scale(p) < b * scale(ref) for a, b in zip(rounds[p][:n], rounds[ref][:n])), n)
+            for p in confirmed if p != ref}
 
 
-def _reference(settings: list[ThreadPolicy]) -> ThreadPolicy:
+def reference(settings: list[ThreadPolicy]) -> ThreadPolicy:
     """What a setting must beat: the library's defaults, else its throughput hint, else the simplest setting."""
     for preset in ("default", "throughput"):
         found = [p for p in settings if p.preset == preset]

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from mmdeploy.bundle.lock import reading_bundle
 from mmdeploy.errors import MMDeployError
-from mmdeploy.latency.confirm import ALONE, USAGES, check_usage, choose, choose_confirmed, confirm, paired_wins, shortlist  # noqa: F401  (choose: re-exported)
+from mmdeploy.latency.confirm import ALONE, USAGES, check_usage, choose, choose_confirmed, confirm, paired_wins, reference, shortlist  # noqa: F401  (choose: re-exported)
 from mmdeploy.latency.settings import machine_fingerprint, stored_policy  # noqa: F401  (re-exported)
 from mmdeploy.latency.threads import ThreadPolicy, ort_default_policy, usable_cores
 from mmdeploy.progress import Progress
@@ -149,7 +149,7 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
         policy = ThreadPolicy.from_dict(r.policy, source="tuned")
         by_point.setdefault((r.engine.split()[0], r.precision, r.size, r.batch), {})[policy] = r.p50_ms
     name = lambda k: "/".join(map(str, k[:3])) + f"/b{k[3]}"  # noqa: E731
-    chosen, confirmed, won = {}, {}, {}
+    chosen, confirmed, won, against = {}, {}, {}, {}
     with (progress or Progress()).task(f"second round ({usage} pattern): {len(by_point)} points' front runners", len(by_point)) as advance:
         for key, timed in by_point.items():
             engine, precision, size, batch = key
@@ -163,10 +163,11 @@ def tune_bundle(bundle_dir: str | Path, precisions: list[str] | None = None, siz
                 confirmed[name(key)] = {p.label: round(ms, 4) for p, ms in retimed.items()}
                 chosen[key] = choose_confirmed(retimed, usage)
                 won[name(key)] = {p.label: list(w) for p, w in paired_wins(retimed, usage).items()}
+                against[name(key)] = reference(list(retimed)).label
             advance(1)
     timings = {name(k): {p.label: round(ms, 4) for p, ms in v.items()} for k, v in by_point.items()}
     evidence = {"timings_p50_ms": timings, "confirmed_ms": confirmed, "confirm_pattern": usage,
-                "confirmed_wins": won, "interference": seen.to_dict()}
+                "confirmed_reference": against, "confirmed_wins": won, "interference": seen.to_dict()}
     store_settings(bundle_dir, chosen, evidence, usage)
     return TuneResult({name(k): p for k, p in chosen.items()}, timings, seen.busy, seen.summary(), usage, confirmed)
 
