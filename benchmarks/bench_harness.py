@@ -23,7 +23,8 @@ pattern that usage's requests meet, so no configuration is timed in a pattern it
   a time. Per round, in a shuffled order, each process takes a turn: one untimed call, then ``--calls`` calls, each
   ``--gap-ms`` after the previous call of the same configuration; ``--block-gap-ms`` of idle between two turns, longer
   than ONNX Runtime spins, so no turn runs beside another process's spinning workers. Figure: the median call over all
-  turns; a round's figure: the median of its turn.
+  turns; a round's figure: the median of its turn. A configuration whose turn fails (it raises, its process dies or
+  stops answering) is dropped with all its rounds and shown ``NOT TIMED``; the others keep every round.
 - ``shared`` (several engines in one process), all in this process: each configuration X alternates call by call with
   one fixed neighbour N (OpenVINO's defaults on the fp32 file, same size and batch; without one, an ONNX Runtime
   session that does not spin): X, N, X, N, ...; X's cost per call is median(X's call + the N call right after it)
@@ -233,21 +234,33 @@ def _turn(run, x: np.ndarray, calls: int, gap_ms: float) -> dict:
 
 
 def time_isolated(workers: dict, rounds: int, calls: int, gap_ms: float, settle_ms: float, seed: int = 0,
-                  per_round: dict | None = None) -> dict[str, float]:
+                  per_round: dict | None = None, failed: dict | None = None) -> dict[str, float]:
     """``isolated``: each configuration in a process of its own (``worker_processes``); per round, in a shuffled order,
     one worker at a time takes a turn (``_turn``) while the others idle, ``settle_ms`` apart. Returns name -> the median
-    call over all turns; ``per_round``: filled with name -> each turn's median."""
+    call over all turns; ``per_round``: filled with name -> each turn's median. A worker whose turn fails (it raised,
+    died or stopped answering) is closed and dropped with all its figures, so every figure left has all its rounds;
+    ``failed``: filled with name -> the one-line reason."""
     samples: dict[str, list[float]] = {name: [] for name in workers}
+    rounds_of: dict[str, list[float]] = {name: [] for name in workers}
     order = list(workers)
     rng = random.Random(seed)
     for _ in range(rounds):
         rng.shuffle(order)
-        for name in order:
+        for name in list(order):
             _sleep(settle_ms / 1000)  # longer than ONNX Runtime spins after the previous turn, whichever process ran it
-            ms = workers[name].turn(calls, gap_ms)
+            try:
+                ms = workers[name].turn(calls, gap_ms)
+            except WorkerFailed as e:
+                workers[name].close(timeout=1.0)  # a worker that hangs must not compute beside the next turns
+                order.remove(name)
+                del samples[name], rounds_of[name]
+                if failed is not None:
+                    failed[name] = str(e)
+                continue
             samples[name] += ms
-            if per_round is not None:
-                per_round.setdefault(name, []).append(statistics.median(ms))
+            rounds_of[name].append(statistics.median(ms))
+    if per_round is not None:
+        per_round.update(rounds_of)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -257,7 +270,7 @@ def time_shared(runs: dict, neighbour, x: np.ndarray, rounds: int, calls: int, g
     timed pairs per round, configurations and N's own run in a shuffled order). Returns name -> (X's median ms, N's
     median ms right after X, cost = median(X + N after it) - N undisturbed), and N undisturbed: the lowest of N's
     medians after its own call and after each configuration. ``per_round``: filled with name -> each round's cost (the
-    median of that round's pairs minus N undisturbed)."""
+    median of that round's pairs minus N undisturbed, at least half X's own median)."""
     every = {**runs, None: neighbour}  # None: N after N, the neighbour's own time
     _warm(every, x)
     own, after = ({name: [] for name in every} for _ in range(2))
@@ -276,7 +289,11 @@ def time_shared(runs: dict, neighbour, x: np.ndarray, rounds: int, calls: int, g
     if per_round is not None:
         for name in runs:  # each configuration's pairs were appended round by round, ``calls`` at a time
             pairs = [a + b for a, b in zip(own[name], after[name])]
-            per_round[name] = [max(1e-6, statistics.median(pairs[i:i + calls]) - alone) for i in range(0, len(pairs), calls)]
+            # X's own call is part of every pair, so a round whose pairs dip below N undisturbed (a tiny X beside a noisy
+            # N at batch 1) is noise, not a cost near 0: a floor near 0 put ratios near 1e6 into the bootstrap. Half X's
+            # own median bounds such a round's ratio and still leaves room for a real dip.
+            floor = 0.5 * statistics.median(own[name])
+            per_round[name] = [max(floor, statistics.median(pairs[i:i + calls]) - alone) for i in range(0, len(pairs), calls)]
     return {name: (statistics.median(own[name]), statistics.median(after[name]),
                    statistics.median(a + b for a, b in zip(own[name], after[name])) - alone) for name in runs}, alone
 
@@ -334,6 +351,8 @@ def _open(spec: dict, bundle=None) -> tuple:
     size, batch = spec["size"], spec["batch"]
     if spec["kind"] == "ort":
         return OrtPlain(Path(spec["path"]), spin=spec["spin"]), ""
+    if spec["kind"] == "fake":
+        return _FakeRun(spec.get("fail_on_call")), "fake"
     if spec["kind"] == "ov":
         run = OvPlain(Path(spec["path"]), size, batch, throughput=spec["throughput"])
         return run, (f"{len(run.requests)} requests, {run.precision}" if spec["throughput"] else f"runs {run.precision}")
@@ -345,6 +364,20 @@ def _open(spec: dict, bundle=None) -> tuple:
     return run, f"tuned: {run.settings}"
 
 
+class _FakeRun:
+    """Tests only (kind ``fake``, never made by ``_configurations``): returns its input, and raises from its
+    ``fail_on_call``-th call on, a configuration that fails mid-run."""
+
+    def __init__(self, fail_on_call: int | None):
+        self.fail_on_call, self.calls = fail_on_call, 0
+
+    def __call__(self, x: np.ndarray):
+        self.calls += 1
+        if self.fail_on_call is not None and self.calls >= self.fail_on_call:
+            raise RuntimeError(f"fake failure\non call {self.calls}")
+        return x
+
+
 def _close(run) -> None:
     if hasattr(run, "close"):
         run.close()
@@ -353,10 +386,14 @@ def _close(run) -> None:
 # ----------------------------------------------------------------------------- isolated: one process per configuration
 
 
+def _one_line(e: Exception) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
 def _serve() -> None:
     """Worker mode (``--worker``): reads one configuration (a ``_configurations`` entry, one JSON line) on stdin, opens
     and warms it, answers ``{"note": ...}`` or ``{"error": "one line"}``; then answers each ``{"calls", "gap_ms"}`` line
-    with a ``_turn``, until stdin closes."""
+    with a ``_turn``, or ``{"error": "one line"}`` where the turn raised, until stdin closes."""
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # what the libraries print goes to stderr, never into the replies
     sys.stdout = sys.stderr
@@ -373,12 +410,16 @@ def _serve() -> None:
             x = _inputs(spec["size"], spec["batch"])
             _warm({"it": run}, x)
         except Exception as e:  # any failure to open is this configuration's, reported in one line
-            reply({"error": " ".join(f"{type(e).__name__}: {e}".split())[:300]})
+            reply({"error": _one_line(e)})
             return
         reply({"note": note})
         for line in iter(sys.stdin.readline, ""):
             ask = json.loads(line)
-            reply(_turn(run, x, int(ask["calls"]), float(ask["gap_ms"])))
+            try:
+                answer = _turn(run, x, int(ask["calls"]), float(ask["gap_ms"]))
+            except Exception as e:  # a run failing mid-turn is this configuration's too: the parent drops it
+                answer = {"error": _one_line(e)}
+            reply(answer)
     except (KeyboardInterrupt, BrokenPipeError):
         pass  # the parent is gone or stopping: just end
     finally:
@@ -479,14 +520,15 @@ def _neighbour(bundle, size: int, batch: int):
 def _time_as(usage: str, specs: dict, args, bundle, size: int, batch: int, notes: dict, per_round: dict, opened: dict):
     """Every configuration's figure in ``usage``'s pattern, and its unit; each one's round figures into ``per_round``;
     what was opened in this process into ``opened`` (isolated: nothing); for ``shared``, what makes up each cost and
-    for ``isolated``, the configurations that could not open go into ``notes``."""
+    for ``isolated``, the configurations that could not open or failed mid-run go into ``notes``."""
     seed = size * 1000 + batch
     if usage == "isolated":
         with worker_processes(specs) as (workers, errors):
             notes.update({name: w.note for name, w in workers.items()})
+            ms = time_isolated(workers, args.rounds, args.calls, args.gap_ms, args.block_gap_ms, seed=seed,
+                               per_round=per_round, failed=errors)
             notes.update({name: f"NOT TIMED: {error}" for name, error in errors.items()})
-            return time_isolated(workers, args.rounds, args.calls, args.gap_ms, args.block_gap_ms, seed=seed,
-                                 per_round=per_round), "ms"
+            return ms, "ms"
     for name, spec in specs.items():
         opened[name], notes[name] = _open(spec, bundle)
     x = _inputs(size, batch)
@@ -571,6 +613,7 @@ def main() -> None:
             print(f"== {size} px, batch {batch}: no mmdeploy engine could be timed")
             for name in sorted(notes):
                 print(f"   {name:<24} {notes[name]}")
+            summary.append((size, batch, None, None))  # its column in the table: "-"
             continue
         fastest = min(ms, key=ms.get)
         best = min(mine, key=lambda n: ms[n])
@@ -606,11 +649,7 @@ def main() -> None:
 
     print(f"\nmmdeploy's best point / fastest configuration of any kind, timed as usage {usage} "
           f"(median ratio over rounds [95% bootstrap interval])")
-    print("| size | " + " | ".join(f"batch {b}" for b in args.batches) + " |")
-    print("|---:|" + "---:|" * len(args.batches))
-    for s in sizes:
-        row = [ratio_text(r) + (f" ({f})" if r and r[0] > 1.05 else "") for (sz, b, r, f) in summary if sz == s]
-        print(f"| {s} | " + " | ".join(row) + " |")
+    print("\n".join(summary_table(sizes, args.batches, summary)))
     print(f"\n{count_line([r for (_, _, r, _) in summary])}")
     print("\nprocess layout: each tuned engine's ms per call, isolated (own process) vs shared (another engine's block right before)")
     print("| engine | size | batch | isolated ms | shared ms | shared / isolated |")
@@ -619,6 +658,21 @@ def main() -> None:
         iso = isolated.get((name, f"{s}/{b}"))
         print(f"| {name} | {s} | {b} | {iso:.3f} | {shared:.3f} | {shared / iso:.2f} |" if iso else f"| {name} | {s} | {b} | - | {shared:.3f} | - |")
     print(f"\nafter: {load_line()}; {others_line(started)}")
+
+
+def summary_table(sizes: list[int], batches: list[int], summary: list[tuple]) -> list[str]:
+    """The markdown table, a row per size and a column per batch, from ``summary``'s (size, batch, ratio, fastest):
+    ``ratio_text``, with the fastest named where the median is above 1.05; ``-`` where the cell was skipped (fastest
+    ``None``: no mmdeploy engine could be timed) or is missing, so no later batch shifts into its column."""
+    cells = {(size, batch): (ratio, fastest) for size, batch, ratio, fastest in summary}
+    lines = ["| size | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---:|" + "---:|" * len(batches)]
+    for s in sizes:
+        row = []
+        for b in batches:
+            ratio, fastest = cells.get((s, b), (None, None))
+            row.append("-" if fastest is None else ratio_text(ratio) + (f" ({fastest})" if ratio and ratio[0] > 1.05 else ""))
+        lines.append(f"| {s} | " + " | ".join(row) + " |")
+    return lines
 
 
 def count_line(ratios: list, limit: float = 1.05) -> str:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -70,6 +71,37 @@ def test_shared_cost_charges_the_neighbours_slowdown_to_the_configuration_that_c
     assert (own, after, cost) == pytest.approx((0.2, 3.0, 2.2))
     assert pairs["calm"] == pytest.approx((0.5, 1.0, 0.5))
     assert min(pairs, key=lambda n: pairs[n][2]) == "calm", "ranked by cost, not by its own time"
+
+
+class DippingNeighbour(FakeEngine):
+    """N, which right after ``dipper`` takes ``dip_ms`` on its calls number ``dip_calls`` (counted after ``dipper``)."""
+
+    def __init__(self, clock, ms, dipper, dip_ms, dip_calls):
+        super().__init__(clock, "N", ms)
+        self.dipper, self.dip_ms, self.dip_calls, self.seen = dipper, dip_ms, dip_calls, 0
+
+    def __call__(self, x):
+        if self.clock.last == self.dipper:
+            self.seen += 1
+            if self.seen in self.dip_calls:
+                self.clock.now += self.dip_ms / 1000
+                self.clock.last, self.clock.last_end = self.name, self.clock.now
+                return x
+        return super().__call__(x)
+
+
+def test_a_round_whose_pairs_dip_below_the_neighbour_alone_keeps_the_ratio_sane(harness):
+    h, clock = harness
+    # "tiny" takes 0.2 ms; N takes 1 ms, but 0.5 ms after "tiny" through the 2nd round (its untimed call and 4 timed
+    # calls after "tiny" are its 6th to 10th: the 1st to 5th were round 1's), so that round's pairs are 0.7 < 1 alone
+    neighbour = DippingNeighbour(clock, 1.0, "tiny", 0.5, range(6, 11))
+    runs = {"tiny": FakeEngine(clock, "tiny", 0.2), "calm": FakeEngine(clock, "calm", 0.5)}
+    per_round = {}
+    _, alone = h.time_shared(runs, neighbour, X, rounds=5, calls=4, gap_ms=10.0, per_round=per_round)
+    assert alone == pytest.approx(1.0)
+    assert sorted(per_round["tiny"]) == pytest.approx([0.1, 0.2, 0.2, 0.2, 0.2]), "floored at half its own 0.2 ms"
+    median, low, high = h.ratio_interval(per_round["calm"], per_round["tiny"])
+    assert median == pytest.approx(2.5) and 2.5 - 1e-9 <= low <= high <= 5.0 + 1e-9
 
 
 def test_isolated_times_every_call_after_an_idle_gap_and_stream_back_to_back(harness):
@@ -139,10 +171,42 @@ def test_isolated_runs_each_configuration_in_its_own_process_one_turn_at_a_time(
     assert set(ms) == set(per_round) == {"ort-default fp32", "ort-nospin fp32"} and all(v > 0 for v in ms.values())
     assert all(len(r) == 3 for r in per_round.values()) and len(spans) == 6, "every configuration gets its turn per round"
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), "one process computes at a time"
+    assert all(next_start - end >= 0.002 for (_, end), (next_start, _) in zip(spans, spans[1:])), "settle_ms between turns"
     assert all(_gone(pid) for pid in pids), "every worker has ended"
     assert list(errors) == ["ort-default int8"]
     message = errors["ort-default int8"]
     assert message.startswith("ort-default int8: ") and "\n" not in message and len(message) < 400
+
+
+def test_a_worker_failing_mid_run_is_not_timed_and_the_others_keep_every_round(harness, tmp_path, monkeypatch):
+    h, _ = harness
+    monkeypatch.setattr(h, "_clock", __import__("time").perf_counter)
+    monkeypatch.setattr(h, "_sleep", __import__("time").sleep)
+    cell = {"size": 4, "batch": 2}
+    calls = 2
+    # the fake run is called 3 times to warm it, then 1 + calls times per turn: it raises on the first call of turn 2
+    specs = {"ort-default fp32": {**cell, "kind": "ort", "path": str(_tiny_onnx(tmp_path / "tiny.onnx")), "spin": True},
+             "fails": {**cell, "kind": "fake", "fail_on_call": 3 + (1 + calls) + 1},
+             "steady": {**cell, "kind": "fake"}}
+    args = SimpleNamespace(rounds=3, calls=calls, gap_ms=1.0, block_gap_ms=2.0)
+    notes, per_round = {}, {}
+    ms, unit = h._time_as("isolated", specs, args, None, 4, 2, notes, per_round, {})
+    assert unit == "ms" and set(ms) == set(per_round) == {"ort-default fp32", "steady"}, "the failed one is dropped"
+    assert all(len(r) == 3 for r in per_round.values()), "the others keep all their rounds"
+    assert notes["fails"].startswith("NOT TIMED: fails: RuntimeError: fake failure on call 7")
+    assert "\n" not in notes["fails"] and notes["steady"] == "fake"
+
+
+def test_summary_table_keeps_a_column_for_a_skipped_cell():
+    spec = importlib.util.spec_from_file_location("bench_harness", SCRIPT)
+    h = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(h)
+    slow = (1.2, 1.1, 1.3)
+    summary = [(32, 1, None, None), (32, 8, slow, "ort-nospin fp32"), (48, 1, None, "mmdeploy ov fp32")]
+    lines = h.summary_table([32, 48], [1, 8], summary)
+    assert lines == ["| size | batch 1 | batch 8 |", "|---:|---:|---:|",
+                     "| 32 | - | 1.20 [1.10-1.30] (ort-nospin fp32) |",
+                     "| 48 | 1.00 | - |"]
 
 
 def test_workers_end_when_the_parent_stops_mid_cell(harness, tmp_path):
