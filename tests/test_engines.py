@@ -151,6 +151,30 @@ def test_every_input_form_gives_the_same_logits(name, tmp_path):
     assert not forms["strided"].is_contiguous() and forms["requires_grad"].requires_grad
 
 
+@pytest.mark.parametrize("name", ENGINES_HERE)
+def test_a_numpy_batch_gets_numpy_logits_without_torch_on_the_call_path(name, tmp_path, monkeypatch):
+    model, engine = _tiny_engine(name, tmp_path)
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    with engine as run:
+        want = run(x).clone().numpy()
+        if name != "torch":  # ONNX Runtime and OpenVINO: a float32 array goes straight to the runtime
+            import mmdeploy.engines.base as base
+
+            def no_torch(*a, **k):
+                raise AssertionError("torch on the numpy call path")
+
+            monkeypatch.setattr(base.torch, "from_numpy", no_torch)
+            monkeypatch.setattr(type(run), "_infer", no_torch)
+        for form, value in {"float32": x.numpy(), "batch 1": x[:1].numpy().copy()}.items():
+            got = run(value)
+            assert isinstance(got, np.ndarray) and got.dtype == np.float32, form
+            np.testing.assert_allclose(got, want[: value.shape[0]], atol=1e-4, err_msg=form)
+        monkeypatch.undo()
+        got = run(x.double().numpy())  # another dtype: converted, through the general path
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
 # -- the lifecycle's state checks: the base class's, whatever the subclass implements ---------------------------------
 @pytest.mark.parametrize("name", ENGINES_HERE)
 def test_every_engine_gets_the_lifecycle_checks_from_the_base_class(name, tmp_path):

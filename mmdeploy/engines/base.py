@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -70,13 +71,22 @@ class Engine:
         finally:
             self.active = False
 
-    def infer(self, x: torch.Tensor) -> torch.Tensor:
+    def infer(self, x):
+        """Logits for a batch ``x``: a torch tensor gives a tensor; a numpy array gives an array, where the engine can
+        without torch on the call path (ONNX Runtime and OpenVINO on the CPU): after an idle gap, wrapping a call's input
+        and output in torch tensors cost ~40 us (2 us back to back), a tenth of a 0.3 ms batch-1 request."""
         if not self.active:
             raise RuntimeError(f"{self.name} engine used outside its `with` block (activate it first)")
+        if isinstance(x, np.ndarray):
+            return self._infer_numpy(x)
         return self._infer(x)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x):
         return self.infer(x)
+
+    def _infer_numpy(self, x: np.ndarray) -> np.ndarray:
+        """A numpy batch through the torch path (engines with a direct one override this)."""
+        return self._infer(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).detach().cpu().numpy()
 
     def input_metadata(self) -> InputMeta:
         """Name, shape and dtype of the input, as the activated engine sees it."""

@@ -174,6 +174,12 @@ class OrtEngine(Engine):
     def _input_metadata(self) -> InputMeta:
         return InputMeta(self.input_name, self._input_shape)
 
+    def _infer_numpy(self, x: np.ndarray) -> np.ndarray:
+        b = self.fixed_batch
+        if self.device == "cpu" and x.dtype == np.float32 and x.flags.c_contiguous and (b is None or x.shape[0] == b):
+            return self.session.run(self._outputs, {self.input_name: x})[0]  # no torch on the call path
+        return super()._infer_numpy(x)
+
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.device == "cuda" and torch.cuda.is_available():  # onnxruntime-gpu beside a CPU-only torch: no binding
             return self._infer_cuda(x)

@@ -166,7 +166,9 @@ class OvEngine(Engine):
         return max(1, int(compiled.get_property(props.optimal_number_of_infer_requests)))
 
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
-        values = x.detach().cpu().numpy()
+        return torch.from_numpy(self._infer_numpy(x.detach().cpu().numpy()))
+
+    def _infer_numpy(self, values: np.ndarray) -> np.ndarray:
         n = values.shape[0]
         _, requests, part = self._plan(n)
         if part == n:
@@ -180,7 +182,7 @@ class OvEngine(Engine):
                                     f"pass NCHW images resized to {self.size}x{self.size}")
             buffer[...] = values
             requests[0].infer()
-            return torch.from_numpy(requests[0].get_output_tensor(0).data.copy())
+            return requests[0].get_output_tensor(0).data.copy()
         arr = np.ascontiguousarray(values, dtype=np.float32)
         if len(requests) * part > n:  # the last part zero-padded to the compiled shape
             arr = np.concatenate([arr, np.zeros((len(requests) * part - n, *arr.shape[1:]), np.float32)])
@@ -190,7 +192,7 @@ class OvEngine(Engine):
         for request in requests:
             request.wait()
             outs.append(request.get_output_tensor(0).data.copy())
-        return torch.from_numpy(np.concatenate(outs)[:n])
+        return np.concatenate(outs)[:n]
 
     def describe(self) -> dict:
         return {**super().describe(), "threads": self.threads, "streams": self.streams, "throughput_min_batch": self.throughput_min_batch,
