@@ -73,8 +73,9 @@ class Engine:
 
     def infer(self, x):
         """Logits for a batch ``x``: a torch tensor gives a tensor; a numpy array gives an array, where the engine can
-        without torch on the call path (ONNX Runtime and OpenVINO on the CPU): after an idle gap, wrapping a call's input
-        and output in torch tensors cost ~40 us (2 us back to back), a tenth of a 0.3 ms batch-1 request."""
+        without torch on the call path (ONNX Runtime and OpenVINO on the CPU): after a 10 ms idle gap, wrapping a call's
+        input and output in torch tensors cost 26-29 us (2 us back to back), 1.11x a 16 px batch-1 request
+        (benchmarks/bench_cold_call.py)."""
         if not self.active:
             raise RuntimeError(f"{self.name} engine used outside its `with` block (activate it first)")
         if isinstance(x, np.ndarray):
