@@ -535,7 +535,8 @@ def _time_as(usage: str, specs: dict, args, bundle, size: int, batch: int, notes
     pairs, alone = time_shared(opened, neighbour, x, args.rounds, args.calls, args.gap_ms, seed=seed, per_round=per_round)
     for name, (own, after, _) in pairs.items():
         notes[name] = f"own {own:.3f} + {n_name} after it {after:.3f} - N undisturbed {alone:.3f}  {notes.get(name, '')}"
-    return {name: max(1e-6, cost) for name, (_, _, cost) in pairs.items()}, "ms cost"
+    # at least half X's own median, as each round's figure (time_shared): X's call is part of every pair it is charged
+    return {name: max(0.5 * own, cost) for name, (own, _, cost) in pairs.items()}, "ms cost"
 
 
 def isolated_child(bundle_dir: str, engine: str, precision: str, cells: list[tuple[int, int]], rounds: int, block_ms: float) -> None:
