@@ -30,7 +30,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from math import comb
 
 from mmdeploy.errors import MMDeployError
@@ -115,31 +115,44 @@ def _time_shared(make: dict[ThreadPolicy, object], size: int, batch: int, rounds
     test would turn that into a win), after two rounds of warm-up. Per round, each setting's figure is its call plus
     the companion's next call minus the companion's least median after any setting: the median cost's form, so the
     spinning penalty scales the same quantity in the paired test as in the medians."""
-    import torch
-
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with ExitStack() as stack:
-        engines = {policy: stack.enter_context(factory()) for policy, factory in make.items()}
+    with _opened(make, size, batch) as (x, engines):
         own: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
         then: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
-        order, rng = list(engines), random.Random(0)
-        started = time.perf_counter()
-        for i in range(rounds + 2):
-            if _spent(i, started):
-                break
-            rng.shuffle(order)
+        for timed, order in _rounds(engines, rounds, warmup=2):
             for policy in order:
                 start = time.perf_counter()
                 engines[policy](x)
                 middle = time.perf_counter()
                 companion(x)
-                if i >= 2:
+                if timed:
                     own[policy].append(1000.0 * (middle - start))
                     then[policy].append(1000.0 * (time.perf_counter() - middle))
         after = {p: statistics.median(t) for p, t in then.items()}
         least = min(after.values())
         per_round = {p: [a + b - least for a, b in zip(own[p], then[p])] for p in own}
         return Confirmed(charged({p: statistics.median(t) for p, t in own.items()}, after), per_round)
+
+
+@contextmanager
+def _opened(make: dict[ThreadPolicy, object], size: int, batch: int):
+    """(the round's input batch, policy -> engine opened afresh from ``make``), every engine closed on the way out."""
+    import torch
+
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with ExitStack() as stack:
+        yield x, {policy: stack.enter_context(factory()) for policy, factory in make.items()}
+
+
+def _rounds(engines: dict, rounds: int, warmup: int):
+    """(whether the round is timed, the settings in a fresh shuffled order) for ``warmup`` untimed rounds and then
+    ``rounds`` timed ones, stopping early at the point's time budget (:func:`_spent`, which counts two warm-up rounds)."""
+    order, rng = list(engines), random.Random(0)
+    started = time.perf_counter()
+    for i in range(rounds + warmup):
+        if _spent(i + 2 - warmup, started):
+            return
+        rng.shuffle(order)
+        yield i >= warmup, order
 
 
 def _spent(i: int, started: float) -> bool:
@@ -161,11 +174,7 @@ def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds
     """Median over rounds of the mean ms per call in a block of back-to-back calls lasting at least BLOCK_MS, each block
     after GAP_MS idle (SPIN_SETTLE_MS after a spinning setting's block) and WAKE_MS of untimed calls; the settings in a
     fresh shuffled order each round, after two warm-up rounds."""
-    import torch
-
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with ExitStack() as stack:
-        engines = {policy: stack.enter_context(factory()) for policy, factory in make.items()}
+    with _opened(make, size, batch) as (x, engines):
         calls, wake = {}, {}
         for policy, engine in engines.items():
             engine(x)
@@ -174,12 +183,8 @@ def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds
             call_ms = max(1e-3, 1000.0 * (time.perf_counter() - start))
             calls[policy], wake[policy] = max(1, min(256, int(BLOCK_MS / call_ms) + 1)), max(1, min(64, int(WAKE_MS / call_ms)))
         times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
-        order, rng, previous = list(engines), random.Random(0), None
-        started = time.perf_counter()
-        for i in range(rounds + 2):
-            if _spent(i, started):
-                break
-            rng.shuffle(order)
+        previous = None
+        for timed, order in _rounds(engines, rounds, warmup=2):
             for policy in order:
                 engine = engines[policy]
                 time.sleep((SPIN_SETTLE_MS if previous is not None and previous.spinning else GAP_MS) / 1000)
@@ -189,7 +194,7 @@ def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds
                 start = time.perf_counter()
                 for _ in range(calls[policy]):
                     engine(x)
-                if i >= 2:
+                if timed:
                     times[policy].append(1000.0 * (time.perf_counter() - start) / calls[policy])
         return Confirmed({p: statistics.median(t) for p, t in times.items()}, times)
 
@@ -200,18 +205,9 @@ def _time_turns(make: dict[ThreadPolicy, object], size: int, batch: int, rounds:
     GAP_MS after the previous one of the same setting, as its own requests would come; the round's figure is the turn's
     median call. One warm-up round. Timing the settings call by call instead let each call run 10 ms after another
     setting's, beside its still spinning workers, and found a spinning setting's own workers asleep."""
-    import torch
-
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with ExitStack() as stack:
-        engines = {policy: stack.enter_context(factory()) for policy, factory in make.items()}
+    with _opened(make, size, batch) as (x, engines):
         times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
-        order, rng = list(engines), random.Random(0)
-        started = time.perf_counter()
-        for i in range(rounds + 1):  # i = 0: the one warm-up round (_spent counts two, so it is asked about i + 1)
-            if _spent(i + 1, started):
-                break
-            rng.shuffle(order)
+        for timed, order in _rounds(engines, rounds, warmup=1):
             for policy in order:
                 engine = engines[policy]
                 time.sleep(SPIN_SETTLE_MS / 1000)
@@ -222,7 +218,7 @@ def _time_turns(make: dict[ThreadPolicy, object], size: int, batch: int, rounds:
                     start = time.perf_counter()
                     engine(x)
                     turn.append(1000.0 * (time.perf_counter() - start))
-                if i >= 1:
+                if timed:
                     times[policy].append(statistics.median(turn))
         return Confirmed({p: statistics.median(t) for p, t in times.items()}, times)
 
