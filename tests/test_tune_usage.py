@@ -332,6 +332,26 @@ def test_shared_rounds_carry_the_charged_cost_so_the_spin_penalty_scales_the_sam
     assert choose_confirmed(out, "shared") == SPIN, "0.50 x 1.1 = 0.55 < 0.60: the spinner wins every round and the median"
 
 
+def test_isolated_turns_of_a_large_model_take_one_call_each(monkeypatch):
+    import mmdeploy.latency.confirm as confirm_module
+
+    clock, calls = [0.0], []
+    monkeypatch.setattr(confirm_module.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(confirm_module.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+
+    class Slow(_Clocked):
+        def __call__(self, x):
+            calls.append(self.ms)
+            return super().__call__(x)
+
+    big = confirm_module.LONG_CALL_MS * 2
+    out = confirm({QUIET: lambda: Slow(big, clock), SPIN: lambda: Slow(1.0, clock)}, "isolated", 8, 1, rounds=3)
+    assert out.rounds[QUIET] == pytest.approx([big] * 3) and out.rounds[SPIN] == pytest.approx([1.0] * 3)
+    k = confirm_module.TURN_CALLS
+    assert calls.count(big) == (1 + k) + 3, "the warm-up turn finds the call long: then one timed call per turn"
+    assert calls.count(1.0) == (1 + k) * 4, "a short call keeps its untimed call and TURN_CALLS timed ones"
+
+
 def test_tune_stores_the_defaults_when_a_lucky_setting_loses_the_paired_rounds(ort_bundle, monkeypatch):
     import mmdeploy.latency.tune as tune
     from mmdeploy.latency.confirm import Confirmed

@@ -43,6 +43,7 @@ SPIN_PENALTY = 0.10  # under shared use, spinning wins only when more than this 
 SHORTLIST = (0.25, 4)  # the second round re-times the settings within 25% of the fastest of the first, at most 4 (+ a preset)
 ROUNDS = {"stream": 15, "isolated": 12, "shared": 60}  # timed rounds per usage (after 2 of warm-up, isolated 1); isolated: TURN_CALLS calls per round
 TURN_CALLS = 4  # isolated: timed calls per setting's turn, each GAP_MS after the previous one of the same setting
+LONG_CALL_MS = 50.0  # isolated: from this call length on, one timed call per turn (a large model's round stays short)
 SIGNIFICANCE = 0.05  # a setting replaces the preset only if it won so many paired rounds that chance gives that <= 5% of the time
 POINT_BUDGET_S = 10.0  # a point's round stops after this long once MIN_ROUNDS are timed (a ResNet-50 call lasts 100x the demo's)
 MIN_ROUNDS = 5
@@ -170,7 +171,7 @@ def charged(own: dict[ThreadPolicy, float], after: dict[ThreadPolicy, float]) ->
     return {p: own[p] + (after[p] - least if after[p] - least > CHARGE_ABOVE * least else 0.0) for p in own}
 
 
-def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int) -> dict[ThreadPolicy, float]:
+def _time_blocks(make: dict[ThreadPolicy, object], size: int, batch: int, rounds: int) -> Confirmed:
     """Median over rounds of the mean ms per call in a block of back-to-back calls lasting at least BLOCK_MS, each block
     after GAP_MS idle (SPIN_SETTLE_MS after a spinning setting's block) and WAKE_MS of untimed calls; the settings in a
     fresh shuffled order each round, after two warm-up rounds."""
@@ -204,22 +205,28 @@ def _time_turns(make: dict[ThreadPolicy, object], size: int, batch: int, rounds:
     before has stopped spinning: the engine is alone in its process), one untimed call, then TURN_CALLS calls each
     GAP_MS after the previous one of the same setting, as its own requests would come; the round's figure is the turn's
     median call. One warm-up round. Timing the settings call by call instead let each call run 10 ms after another
-    setting's, beside its still spinning workers, and found a spinning setting's own workers asleep."""
+    setting's, beside its still spinning workers, and found a spinning setting's own workers asleep. A setting whose
+    call lasted LONG_CALL_MS or more in its last turn takes one timed call per turn and no untimed one (a large model:
+    its threads' wake-up is noise beside such a call, and five calls per turn made a ResNet-50 point 5x longer)."""
     with _opened(make, size, batch) as (x, engines):
         times: dict[ThreadPolicy, list[float]] = {p: [] for p in engines}
+        last: dict[ThreadPolicy, float] = {}
         for timed, order in _rounds(engines, rounds, warmup=1):
             for policy in order:
                 engine = engines[policy]
+                long_call = last.get(policy, 0.0) >= LONG_CALL_MS
                 time.sleep(SPIN_SETTLE_MS / 1000)
-                engine(x)
+                if not long_call:
+                    engine(x)
                 turn = []
-                for _ in range(TURN_CALLS):
+                for _ in range(1 if long_call else TURN_CALLS):
                     time.sleep(GAP_MS / 1000)
                     start = time.perf_counter()
                     engine(x)
                     turn.append(1000.0 * (time.perf_counter() - start))
+                last[policy] = statistics.median(turn)
                 if timed:
-                    times[policy].append(statistics.median(turn))
+                    times[policy].append(last[policy])
         return Confirmed({p: statistics.median(t) for p, t in times.items()}, times)
 
 
